@@ -1,0 +1,38 @@
+//! The part of l3agent's iptables manager that touches the system, and the long-lived
+//! [`Manager`] built on it.
+//!
+//! - [`process`] is the only code that starts processes: argv only, `setns` into the target
+//!   namespace between fork and exec, bounded in time.
+//! - [`runner`] drives `iptables-save`/`iptables-restore --noflush -w` of the detected backend.
+//! - [`lock`] serialises l3agent processes per namespace with `flock`.
+//! - [`manager`] keeps the committed state, plans incrementally and maps failures back to the
+//!   caller's rules.
+
+pub mod backend;
+pub mod error;
+pub mod lock;
+pub mod manager;
+pub mod netns;
+pub mod process;
+pub mod runner;
+
+pub use backend::{Backend, BackendChoice};
+pub use error::{ApplyError, ExecError, RestoreError, Rollback};
+pub use manager::{ApplyReport, Counters, Manager};
+pub use netns::NetnsTarget;
+pub use runner::{ExecOptions, ProcessRunner, Runner};
+
+impl Manager<ProcessRunner> {
+    /// A manager for `target`, with the backend settled (see [`backend`]).
+    pub fn open(
+        target: &NetnsTarget,
+        choice: BackendChoice,
+        model: l3agent_iptables::IptablesModel,
+        options: ExecOptions,
+    ) -> Result<Self, ExecError> {
+        Ok(Manager::with_runner(
+            model,
+            ProcessRunner::open(target, choice, options)?,
+        ))
+    }
+}

@@ -1,0 +1,160 @@
+//! The one place l3agent starts processes: argv only (never a shell), the child enters the
+//! target network namespace with `setns` between fork and exec (no `ip netns exec`), every run
+//! is bounded in time, and stdout/stderr are captured.
+
+use std::io::Write;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use crate::error::ExecError;
+
+/// What a finished process left.
+#[derive(Debug)]
+pub struct Output {
+    /// Exit code (`None` if killed by a signal).
+    pub code: Option<i32>,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl Output {
+    /// Exit code 0.
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+/// Finds a program in the system directories (not `$PATH`: l3agent runs as root).
+pub fn find_program(name: &str) -> Result<PathBuf, ExecError> {
+    ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+        .iter()
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| ExecError::NotInstalled(name.to_owned()))
+}
+
+/// Runs `program args...`, optionally inside the network namespace `netns`, feeding `stdin`,
+/// killing it after `timeout`.
+pub fn run(
+    program: &Path,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+    netns: Option<BorrowedFd<'_>>,
+    timeout: Duration,
+) -> Result<Output, ExecError> {
+    let name = program.display().to_string();
+    #[allow(clippy::disallowed_methods)] // this module is the one place that spawns
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/sbin:/usr/bin:/bin")
+        .env("LC_ALL", "C")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(fd) = netns {
+        let raw = fd.as_raw_fd();
+        // SAFETY: between fork and exec only async-signal-safe calls are allowed; setns(2) is a
+        // plain system call. The descriptor stays open in the parent for the whole run.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(raw, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let mut child = cmd.spawn().map_err(|source| ExecError::Spawn {
+        program: name.clone(),
+        source,
+    })?;
+    let writer = match (stdin, child.stdin.take()) {
+        (Some(data), Some(mut pipe)) => {
+            let data = data.to_vec();
+            Some(std::thread::spawn(move || {
+                // A child that exits early closes the pipe: its exit status says why.
+                let _ = pipe.write_all(&data);
+            }))
+        }
+        _ => None,
+    };
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let result = match rx.recv_timeout(timeout) {
+        Ok(r) => r,
+        Err(_) => {
+            if let Ok(pid) = i32::try_from(pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            let _ = waiter.join();
+            if let Some(w) = writer {
+                let _ = w.join();
+            }
+            return Err(ExecError::Timeout {
+                program: name,
+                secs: timeout.as_secs(),
+            });
+        }
+    };
+    let _ = waiter.join();
+    if let Some(w) = writer {
+        let _ = w.join();
+    }
+    let out = result.map_err(|source| ExecError::Spawn {
+        program: name,
+        source,
+    })?;
+    Ok(Output {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_argv_without_a_shell() {
+        let sh = find_program("echo").unwrap();
+        let out = run(&sh, &["a;", "$(id)"], None, None, Duration::from_secs(10)).unwrap();
+        assert!(out.success());
+        assert_eq!(out.stdout, "a; $(id)\n");
+    }
+
+    #[test]
+    fn feeds_stdin_and_times_out() {
+        let cat = find_program("cat").unwrap();
+        let out = run(&cat, &[], Some(b"x\ny\n"), None, Duration::from_secs(10)).unwrap();
+        assert_eq!(out.stdout, "x\ny\n");
+        let sleep = find_program("sleep").unwrap();
+        let e = run(&sleep, &["5"], None, None, Duration::from_millis(100)).unwrap_err();
+        assert!(matches!(e, ExecError::Timeout { .. }), "{e}");
+    }
+
+    #[test]
+    fn missing_program() {
+        assert!(matches!(
+            find_program("no-such-program-l3agent"),
+            Err(ExecError::NotInstalled(_))
+        ));
+    }
+}

@@ -1,0 +1,895 @@
+//! The desired state of one manager (one wrap name) in one network namespace: the Rust
+//! counterpart of Neutron's `IptablesManager` tables, chains and rules, without any I/O.
+//!
+//! Every mutation validates its input by type before anything is stored, and records which
+//! chains changed, so that an apply only plans what changed.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::error::Error;
+use crate::marker::{marker_text, rule_hash};
+use crate::names::{ChainName, Comment, Family, Table, Tag, WrapName};
+use crate::rule::ParsedRule;
+
+/// Neutron's constructor options, plus the names of its shared chains.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelOptions {
+    /// No mangle table and a nat table with PREROUTING only (Neutron's firewall manager).
+    pub state_less: bool,
+    /// Full nat table (PREROUTING, OUTPUT, POSTROUTING, snat, float-snat) for IPv4.
+    pub nat: bool,
+    /// Manage ip6tables as well.
+    pub ipv6: bool,
+    /// Put the fixed comments on the default rules (Neutron's `comment_iptables_rules`).
+    pub comments: bool,
+    /// The shared filter chain at the top of FORWARD and OUTPUT (`neutron-filter-top`).
+    pub filter_top: ChainName,
+    /// The shared nat chain at the bottom of POSTROUTING (`neutron-postrouting-bottom`).
+    pub postrouting_bottom: ChainName,
+}
+
+impl Default for ModelOptions {
+    fn default() -> Self {
+        ModelOptions {
+            state_less: false,
+            nat: true,
+            ipv6: true,
+            comments: true,
+            filter_top: ChainName::new("filter_top", "neutron-filter-top").expect("valid"),
+            postrouting_bottom: ChainName::new("postrouting_bottom", "neutron-postrouting-bottom")
+                .expect("valid"),
+        }
+    }
+}
+
+/// Where a rule came from, to name it in errors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// The chain as the caller wrote it.
+    pub chain: String,
+    /// The rule as the caller wrote it.
+    pub rule: String,
+}
+
+/// A rule ready for the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredRule {
+    /// The text after `-A <chain> ` (canonical when possible, with comments and marker).
+    pub spec: String,
+    /// The identity hash; `marked` says whether it is carried in a marker comment.
+    pub hash: u64,
+    /// Whether the spec carries the marker (then the kernel rule is matched by hash).
+    pub marked: bool,
+    /// The `-j`/`-g` target.
+    pub target: Option<String>,
+    /// What the caller wrote.
+    pub origin: Origin,
+    /// The caller's comment.
+    pub comment: Option<Comment>,
+    /// The caller's tag.
+    pub tag: Option<Tag>,
+    /// How many times the same rule was added (Neutron B-04: never silently collapsed).
+    pub refs: u32,
+}
+
+/// How a chain is owned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChainKind {
+    /// `<wrap>-<name>`: entirely ours.
+    Own,
+    /// An unwrapped chain we declared: created if missing, shared with others; only our marked
+    /// rules in it are ours.
+    Shared,
+    /// A builtin chain, or an unwrapped chain we put rules in without declaring it.
+    Foreign,
+}
+
+/// One chain of the desired state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredChain {
+    /// Ownership.
+    pub kind: ChainKind,
+    /// The name as the caller wrote it (without the wrap prefix).
+    pub short: String,
+    /// Rules added with `top`, in order; they come first.
+    pub top: Vec<DesiredRule>,
+    /// The other rules, in order.
+    pub bottom: Vec<DesiredRule>,
+}
+
+impl DesiredChain {
+    /// All rules in chain order.
+    pub fn rules(&self) -> impl Iterator<Item = &DesiredRule> {
+        self.top.iter().chain(self.bottom.iter())
+    }
+
+    fn all_mut(&mut self) -> impl Iterator<Item = &mut Vec<DesiredRule>> {
+        [&mut self.top, &mut self.bottom].into_iter()
+    }
+}
+
+/// One table of the desired state, keyed by kernel chain name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DesiredTable {
+    /// Chains by kernel name.
+    pub chains: BTreeMap<String, DesiredChain>,
+    /// Unwrapped chains removed from the desired state: deleted once nothing uses them.
+    pub release: BTreeSet<String>,
+}
+
+/// A rule to add or remove, as Neutron's `add_rule(chain, rule, wrap, top, tag, comment)`.
+#[derive(Debug, Clone, Copy)]
+pub struct RuleSpec<'a> {
+    /// Chain name (wrapped unless `wrap` is false).
+    pub chain: &'a str,
+    /// Rule text; `$name` words jump to the wrapped chain `name`.
+    pub rule: &'a str,
+    /// The chain is one of ours (`<wrap>-<chain>`).
+    pub wrap: bool,
+    /// Place before the non-top rules.
+    pub top: bool,
+    /// Tag for [`IptablesModel::clear_rules_by_tag`].
+    pub tag: Option<&'a str>,
+    /// Comment (`-m comment`).
+    pub comment: Option<&'a str>,
+}
+
+impl<'a> RuleSpec<'a> {
+    /// A wrapped, non-top rule without tag or comment.
+    pub fn new(chain: &'a str, rule: &'a str) -> Self {
+        RuleSpec {
+            chain,
+            rule,
+            wrap: true,
+            top: false,
+            tag: None,
+            comment: None,
+        }
+    }
+}
+
+/// The desired state of one manager: per family, per table.
+#[derive(Debug, Clone)]
+pub struct IptablesModel {
+    wrap: WrapName,
+    options: ModelOptions,
+    tables: [BTreeMap<Table, DesiredTable>; 2],
+    dirty: [BTreeMap<Table, BTreeSet<String>>; 2],
+}
+
+impl IptablesModel {
+    /// A model with Neutron's default chains and rules for these options (I-03..I-06).
+    pub fn new(wrap: WrapName, options: ModelOptions) -> Self {
+        let mut m = IptablesModel {
+            wrap,
+            options,
+            tables: Default::default(),
+            dirty: Default::default(),
+        };
+        m.install_defaults()
+            .expect("default chains and rules are valid");
+        m
+    }
+
+    /// The wrap name.
+    pub fn wrap(&self) -> &WrapName {
+        &self.wrap
+    }
+
+    /// The options.
+    pub fn options(&self) -> &ModelOptions {
+        &self.options
+    }
+
+    /// The families this model manages.
+    pub fn families(&self) -> Vec<Family> {
+        if self.options.ipv6 {
+            Family::ALL.to_vec()
+        } else {
+            vec![Family::V4]
+        }
+    }
+
+    /// The tables of a family this model manages (mangle only when stateful).
+    pub fn tables_of(&self, family: Family) -> Vec<Table> {
+        self.tables[family.index()].keys().copied().collect()
+    }
+
+    /// The desired state of a table.
+    pub fn table(&self, family: Family, table: Table) -> Option<&DesiredTable> {
+        self.tables[family.index()].get(&table)
+    }
+
+    /// Chains changed since the last [`IptablesModel::take_dirty`], by table.
+    pub fn dirty(&self, family: Family) -> &BTreeMap<Table, BTreeSet<String>> {
+        &self.dirty[family.index()]
+    }
+
+    /// Returns and clears the changed chains of a family.
+    pub fn take_dirty(&mut self, family: Family) -> BTreeMap<Table, BTreeSet<String>> {
+        std::mem::take(&mut self.dirty[family.index()])
+    }
+
+    /// Marks changed chains again (after a failed apply).
+    pub fn restore_dirty(&mut self, family: Family, dirty: BTreeMap<Table, BTreeSet<String>>) {
+        for (t, chains) in dirty {
+            self.dirty[family.index()]
+                .entry(t)
+                .or_default()
+                .extend(chains);
+        }
+    }
+
+    /// Clears every pending "release" of unwrapped chains that the kernel no longer has.
+    pub fn forget_released(&mut self, family: Family, table: Table, chain: &str) {
+        if let Some(t) = self.tables[family.index()].get_mut(&table) {
+            t.release.remove(chain);
+        }
+    }
+
+    fn install_defaults(&mut self) -> Result<(), Error> {
+        let o = self.options.clone();
+        let top = o.filter_top.as_str().to_owned();
+        let bottom = o.postrouting_bottom.as_str().to_owned();
+        for family in self.families() {
+            let mut tables = vec![
+                (Table::Filter, vec!["INPUT", "OUTPUT", "FORWARD"]),
+                (Table::Raw, vec!["PREROUTING", "OUTPUT"]),
+            ];
+            if !o.state_less {
+                tables.push((
+                    Table::Mangle,
+                    vec!["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"],
+                ));
+            }
+            let full_nat = family == Family::V4 && !o.state_less && o.nat;
+            tables.push((
+                Table::Nat,
+                if full_nat {
+                    vec!["PREROUTING", "OUTPUT", "POSTROUTING"]
+                } else {
+                    vec!["PREROUTING"]
+                },
+            ));
+            for (table, builtins) in &tables {
+                self.tables[family.index()].entry(*table).or_default();
+                for b in builtins {
+                    self.add_chain(family, *table, b, true)?;
+                }
+            }
+            // neutron-filter-top at the top of FORWARD and OUTPUT, holding our `local` chain.
+            self.add_chain(family, Table::Filter, &top, false)?;
+            self.add_chain(family, Table::Filter, "local", true)?;
+            for b in ["FORWARD", "OUTPUT"] {
+                let jump = format!("-j {top}");
+                self.add_rule(
+                    family,
+                    Table::Filter,
+                    RuleSpec {
+                        wrap: false,
+                        top: true,
+                        ..RuleSpec::new(b, &jump)
+                    },
+                )?;
+            }
+            for (table, builtins) in &tables {
+                for b in builtins {
+                    let jump = format!("-j ${b}");
+                    self.add_rule(
+                        family,
+                        *table,
+                        RuleSpec {
+                            wrap: false,
+                            top: true,
+                            ..RuleSpec::new(b, &jump)
+                        },
+                    )?;
+                }
+            }
+            self.add_rule(
+                family,
+                Table::Filter,
+                RuleSpec {
+                    wrap: false,
+                    ..RuleSpec::new(&top, "-j $local")
+                },
+            )?;
+            if family == Family::V4 && !o.state_less {
+                self.add_chain(family, Table::Mangle, "mark", true)?;
+                self.add_rule(
+                    family,
+                    Table::Mangle,
+                    RuleSpec {
+                        top: true,
+                        ..RuleSpec::new("PREROUTING", "-j $mark")
+                    },
+                )?;
+            }
+            if full_nat {
+                self.add_chain(family, Table::Nat, &bottom, false)?;
+                let jump = format!("-j {bottom}");
+                self.add_rule(
+                    family,
+                    Table::Nat,
+                    RuleSpec {
+                        wrap: false,
+                        ..RuleSpec::new("POSTROUTING", &jump)
+                    },
+                )?;
+                self.add_chain(family, Table::Nat, "snat", true)?;
+                self.add_chain(family, Table::Nat, "float-snat", true)?;
+                let comment = o
+                    .comments
+                    .then_some("Perform source NAT on outgoing traffic.");
+                self.add_rule(
+                    family,
+                    Table::Nat,
+                    RuleSpec {
+                        wrap: false,
+                        comment,
+                        ..RuleSpec::new(&bottom, "-j $snat")
+                    },
+                )?;
+                self.add_rule(family, Table::Nat, RuleSpec::new("snat", "-j $float-snat"))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn table_mut(&mut self, family: Family, table: Table) -> Result<&mut DesiredTable, Error> {
+        if family == Family::V6 && !self.options.ipv6 {
+            return Err(Error::invalid(
+                "family",
+                "ipv6",
+                "IPv6 is disabled (options.ipv6 is false)",
+            ));
+        }
+        self.tables[family.index()].get_mut(&table).ok_or_else(|| {
+            Error::invalid(
+                "table",
+                table.as_str(),
+                format!("table {table} is not managed with these options"),
+            )
+        })
+    }
+
+    fn mark(&mut self, family: Family, table: Table, chain: &str) {
+        self.dirty[family.index()]
+            .entry(table)
+            .or_default()
+            .insert(chain.to_owned());
+    }
+
+    /// The kernel name of a chain: `<wrap>-<name>` when wrapped.
+    pub fn kernel_chain(&self, name: &str, wrap: bool) -> Result<String, Error> {
+        let short = ChainName::new("chain", name)?;
+        if wrap {
+            self.wrap.wrap_chain("chain", &short)
+        } else {
+            if self.wrap.strip(name).is_some() {
+                return Err(Error::invalid(
+                    "chain",
+                    name,
+                    format!(
+                        "names one of this manager's own chains ({}-...): use wrap: true",
+                        self.wrap
+                    ),
+                ));
+            }
+            Ok(name.to_owned())
+        }
+    }
+
+    /// Neutron's `add_chain`: a wrapped chain (ours) or an unwrapped shared chain. Idempotent.
+    pub fn add_chain(
+        &mut self,
+        family: Family,
+        table: Table,
+        name: &str,
+        wrap: bool,
+    ) -> Result<(), Error> {
+        let full = self.kernel_chain(name, wrap)?;
+        if !wrap && table.is_builtin(name) {
+            return Err(Error::invalid("chain", name, "is a builtin chain"));
+        }
+        let t = self.table_mut(family, table)?;
+        t.release.remove(&full);
+        let kind = if wrap {
+            ChainKind::Own
+        } else {
+            ChainKind::Shared
+        };
+        let entry = t
+            .chains
+            .entry(full.clone())
+            .or_insert_with(|| DesiredChain {
+                kind,
+                short: name.to_owned(),
+                top: Vec::new(),
+                bottom: Vec::new(),
+            });
+        if entry.kind == ChainKind::Foreign {
+            entry.kind = kind;
+        }
+        self.mark(family, table, &full);
+        Ok(())
+    }
+
+    /// Whether a chain exists in the desired state.
+    pub fn has_chain(&self, family: Family, table: Table, name: &str, wrap: bool) -> bool {
+        let Ok(full) = self.kernel_chain(name, wrap) else {
+            return false;
+        };
+        self.table(family, table).is_some_and(|t| {
+            t.chains
+                .get(&full)
+                .is_some_and(|c| c.kind != ChainKind::Foreign)
+        })
+    }
+
+    fn resolve_rule(
+        &self,
+        family: Family,
+        table: Table,
+        spec: &RuleSpec<'_>,
+    ) -> Result<(String, ChainKind, DesiredRule), Error> {
+        let full = self
+            .kernel_chain(spec.chain, spec.wrap)
+            .map_err(|e| rename(e, "chain"))?;
+        let t = self.table(family, table).ok_or_else(|| {
+            Error::invalid(
+                "table",
+                table.as_str(),
+                format!("table {table} is not managed with these options"),
+            )
+        })?;
+        let kind = match t.chains.get(&full) {
+            Some(c) => c.kind,
+            None if spec.wrap => {
+                return Err(Error::UnknownChain {
+                    field: "chain".into(),
+                    chain: spec.chain.to_owned(),
+                    family: family.to_string(),
+                    table: table.to_string(),
+                })
+            }
+            None => ChainKind::Foreign,
+        };
+        let expand = |name: &str| -> Result<String, Error> {
+            let short = ChainName::new("rule", name)?;
+            let target = self.wrap.wrap_chain("rule", &short)?;
+            match t.chains.get(&target) {
+                Some(c) if c.kind == ChainKind::Own => Ok(target),
+                _ => Err(Error::invalid(
+                    "rule",
+                    &format!("${name}"),
+                    format!("jumps to {target}, which is not a chain of {family} table {table}"),
+                )),
+            }
+        };
+        let parsed = ParsedRule::parse("rule", family, spec.rule, &expand)?;
+        if let Some(target) = &parsed.target {
+            if self.wrap.strip(target).is_some()
+                && !t
+                    .chains
+                    .get(target)
+                    .is_some_and(|c| c.kind == ChainKind::Own)
+            {
+                return Err(Error::invalid(
+                    "rule",
+                    spec.rule,
+                    format!("jumps to {target}, which is not a chain of {family} table {table}"),
+                ));
+            }
+        }
+        let comment = spec
+            .comment
+            .map(|c| Comment::new("comment", c))
+            .transpose()?;
+        let tag = spec.tag.map(|t| Tag::new("tag", t)).transpose()?;
+        let identity = parsed.identity();
+        let hash = rule_hash(
+            table,
+            &full,
+            &identity,
+            comment.as_ref().map(Comment::as_str),
+            spec.top,
+        );
+        let marked = kind != ChainKind::Own || !parsed.is_canonical();
+        let marker = marked.then(|| marker_text(self.wrap.as_str(), hash));
+        let comments: Vec<&str> = comment
+            .as_ref()
+            .map(Comment::as_str)
+            .into_iter()
+            .chain(marker.as_deref())
+            .collect();
+        let rule = DesiredRule {
+            spec: parsed.render(&comments),
+            hash,
+            marked,
+            target: parsed.target.clone(),
+            origin: Origin {
+                chain: spec.chain.to_owned(),
+                rule: spec.rule.to_owned(),
+            },
+            comment,
+            tag,
+            refs: 1,
+        };
+        Ok((full, kind, rule))
+    }
+
+    /// Neutron's `add_rule`. Adding the same rule again counts a reference (and one
+    /// [`IptablesModel::remove_rule`] leaves it installed) instead of silently collapsing.
+    pub fn add_rule(
+        &mut self,
+        family: Family,
+        table: Table,
+        spec: RuleSpec<'_>,
+    ) -> Result<(), Error> {
+        let (full, kind, rule) = self.resolve_rule(family, table, &spec)?;
+        let t = self.table_mut(family, table)?;
+        let chain = t
+            .chains
+            .entry(full.clone())
+            .or_insert_with(|| DesiredChain {
+                kind,
+                short: spec.chain.to_owned(),
+                top: Vec::new(),
+                bottom: Vec::new(),
+            });
+        if let Some(existing) = chain
+            .all_mut()
+            .flat_map(|v| v.iter_mut())
+            .find(|r| r.hash == rule.hash)
+        {
+            existing.refs += 1;
+            return Ok(());
+        }
+        if spec.top {
+            &mut chain.top
+        } else {
+            &mut chain.bottom
+        }
+        .push(rule);
+        self.mark(family, table, &full);
+        Ok(())
+    }
+
+    /// Neutron's `remove_rule`: drops one reference of the rule (matched on chain, text and
+    /// placement, and comment when given). Returns whether it was found.
+    pub fn remove_rule(
+        &mut self,
+        family: Family,
+        table: Table,
+        spec: RuleSpec<'_>,
+    ) -> Result<bool, Error> {
+        let (full, _, rule) = self.resolve_rule(family, table, &spec)?;
+        let t = self.table_mut(family, table)?;
+        let Some(chain) = t.chains.get_mut(&full) else {
+            return Ok(false);
+        };
+        let list = if spec.top {
+            &mut chain.top
+        } else {
+            &mut chain.bottom
+        };
+        let identity = |r: &DesiredRule| (r.origin.rule.clone(), r.comment.clone());
+        let pos = list.iter().position(|r| r.hash == rule.hash).or_else(|| {
+            spec.comment
+                .is_none()
+                .then(|| list.iter().position(|r| identity(r).0 == rule.origin.rule))
+                .flatten()
+        });
+        let Some(pos) = pos else { return Ok(false) };
+        list[pos].refs -= 1;
+        if list[pos].refs == 0 {
+            list.remove(pos);
+        }
+        let foreign_empty =
+            chain.kind == ChainKind::Foreign && chain.top.is_empty() && chain.bottom.is_empty();
+        if foreign_empty {
+            t.chains.remove(&full);
+        }
+        self.mark(family, table, &full);
+        Ok(true)
+    }
+
+    /// Neutron's `remove_chain`, with exact cascading: the chain, its rules, and every rule of
+    /// ours whose target is exactly this chain. A removed unwrapped chain is deleted from the
+    /// kernel once nothing uses it. Returns whether the chain existed.
+    pub fn remove_chain(
+        &mut self,
+        family: Family,
+        table: Table,
+        name: &str,
+        wrap: bool,
+    ) -> Result<bool, Error> {
+        let full = self.kernel_chain(name, wrap)?;
+        let t = self.table_mut(family, table)?;
+        let existed = t.chains.remove(&full).is_some();
+        let mut touched = vec![full.clone()];
+        for (cname, chain) in t.chains.iter_mut() {
+            let before = chain.top.len() + chain.bottom.len();
+            for list in chain.all_mut() {
+                list.retain(|r| r.target.as_deref() != Some(full.as_str()));
+            }
+            if chain.top.len() + chain.bottom.len() != before {
+                touched.push(cname.clone());
+            }
+        }
+        t.chains.retain(|_, c| {
+            c.kind != ChainKind::Foreign || !(c.top.is_empty() && c.bottom.is_empty())
+        });
+        if !wrap && existed {
+            t.release.insert(full);
+        }
+        for c in touched {
+            self.mark(family, table, &c);
+        }
+        Ok(existed)
+    }
+
+    /// Neutron's `empty_chain`: removes every rule of ours in the chain, keeps the chain.
+    pub fn empty_chain(
+        &mut self,
+        family: Family,
+        table: Table,
+        name: &str,
+        wrap: bool,
+    ) -> Result<(), Error> {
+        let full = self.kernel_chain(name, wrap)?;
+        let t = self.table_mut(family, table)?;
+        if let Some(c) = t.chains.get_mut(&full) {
+            c.top.clear();
+            c.bottom.clear();
+        }
+        self.mark(family, table, &full);
+        Ok(())
+    }
+
+    /// Neutron's `clear_rules_by_tag`: removes every rule with this tag, in every table.
+    pub fn clear_rules_by_tag(&mut self, tag: &str) {
+        let mut touched = Vec::new();
+        for family in Family::ALL {
+            for (table, t) in self.tables[family.index()].iter_mut() {
+                for (name, chain) in t.chains.iter_mut() {
+                    let before = chain.top.len() + chain.bottom.len();
+                    for list in chain.all_mut() {
+                        list.retain(|r| r.tag.as_ref().map(Tag::as_str) != Some(tag));
+                    }
+                    if before != chain.top.len() + chain.bottom.len() {
+                        touched.push((family, *table, name.clone()));
+                    }
+                }
+            }
+        }
+        for (f, t, c) in touched {
+            self.mark(f, t, &c);
+        }
+    }
+
+    /// The rules of a chain as they will be written (Neutron's `get_chain`), or `None`.
+    pub fn rules(
+        &self,
+        family: Family,
+        table: Table,
+        name: &str,
+        wrap: bool,
+    ) -> Option<Vec<String>> {
+        let full = self.kernel_chain(name, wrap).ok()?;
+        let c = self.table(family, table)?.chains.get(&full)?;
+        Some(c.rules().map(|r| r.spec.clone()).collect())
+    }
+
+    /// Neutron's `is_chain_empty`.
+    pub fn is_chain_empty(&self, family: Family, table: Table, name: &str, wrap: bool) -> bool {
+        self.rules(family, table, name, wrap)
+            .is_none_or(|r| r.is_empty())
+    }
+
+    /// Marks every chain of every table dirty (used to force a full plan).
+    pub fn mark_all_dirty(&mut self) {
+        for family in Family::ALL {
+            let names: Vec<(Table, String)> = self.tables[family.index()]
+                .iter()
+                .flat_map(|(t, d)| {
+                    d.chains
+                        .keys()
+                        .chain(d.release.iter())
+                        .map(move |c| (*t, c.clone()))
+                })
+                .collect();
+            for (t, c) in names {
+                self.mark(family, t, &c);
+            }
+        }
+    }
+}
+
+fn rename(e: Error, field: &str) -> Error {
+    match e {
+        Error::Invalid { value, reason, .. } => Error::Invalid {
+            field: field.to_owned(),
+            value,
+            reason,
+        },
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model() -> IptablesModel {
+        IptablesModel::new(WrapName::new("w").unwrap(), ModelOptions::default())
+    }
+
+    #[test]
+    fn neutron_defaults() {
+        let m = model();
+        let f = m.table(Family::V4, Table::Filter).unwrap();
+        let names: Vec<&str> = f.chains.keys().map(String::as_str).collect();
+        assert_eq!(
+            names,
+            [
+                "FORWARD",
+                "INPUT",
+                "OUTPUT",
+                "neutron-filter-top",
+                "w-FORWARD",
+                "w-INPUT",
+                "w-OUTPUT",
+                "w-local"
+            ]
+        );
+        let fwd: Vec<&str> = f.chains["FORWARD"]
+            .rules()
+            .map(|r| r.spec.as_str())
+            .collect();
+        assert_eq!(fwd.len(), 2);
+        assert!(
+            fwd[0].starts_with("-m comment --comment \"l3agent:w:")
+                && fwd[0].ends_with("-j neutron-filter-top"),
+            "{fwd:?}"
+        );
+        assert!(fwd[1].ends_with("-j w-FORWARD"));
+        let nat = m.table(Family::V4, Table::Nat).unwrap();
+        assert_eq!(
+            m.rules(Family::V4, Table::Nat, "snat", true).unwrap(),
+            ["-j w-float-snat"]
+        );
+        let bottom: Vec<&str> = nat.chains["neutron-postrouting-bottom"]
+            .rules()
+            .map(|r| r.spec.as_str())
+            .collect();
+        assert!(bottom[0].starts_with("-m comment --comment \"Perform source NAT on outgoing traffic.\" -m comment --comment \"l3agent:w:"), "{bottom:?}");
+        // IPv6 nat wraps PREROUTING only; mangle has the mark chain only in IPv4.
+        assert_eq!(
+            m.table(Family::V6, Table::Nat)
+                .unwrap()
+                .chains
+                .keys()
+                .collect::<Vec<_>>(),
+            ["PREROUTING", "w-PREROUTING"]
+        );
+        assert!(m.has_chain(Family::V4, Table::Mangle, "mark", true));
+        assert!(!m.has_chain(Family::V6, Table::Mangle, "mark", true));
+    }
+
+    #[test]
+    fn state_less_and_no_nat() {
+        let m = IptablesModel::new(
+            WrapName::default(),
+            ModelOptions {
+                state_less: true,
+                ..ModelOptions::default()
+            },
+        );
+        assert!(m.table(Family::V4, Table::Mangle).is_none());
+        assert!(!m.has_chain(Family::V4, Table::Nat, "POSTROUTING", true));
+        let m = IptablesModel::new(
+            WrapName::default(),
+            ModelOptions {
+                nat: false,
+                ..ModelOptions::default()
+            },
+        );
+        assert!(m.table(Family::V4, Table::Mangle).is_some());
+        assert!(!m.has_chain(Family::V4, Table::Nat, "snat", true));
+    }
+
+    #[test]
+    fn duplicates_are_counted_not_collapsed() {
+        let mut m = model();
+        let r = RuleSpec::new("INPUT", "-j ACCEPT");
+        m.add_rule(Family::V4, Table::Filter, r).unwrap();
+        m.add_rule(Family::V4, Table::Filter, r).unwrap();
+        assert!(m.remove_rule(Family::V4, Table::Filter, r).unwrap());
+        assert_eq!(
+            m.rules(Family::V4, Table::Filter, "INPUT", true)
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(m.remove_rule(Family::V4, Table::Filter, r).unwrap());
+        assert!(m.is_chain_empty(Family::V4, Table::Filter, "INPUT", true));
+        assert!(!m.remove_rule(Family::V4, Table::Filter, r).unwrap());
+    }
+
+    #[test]
+    fn remove_chain_cascades_exactly() {
+        let mut m = model();
+        m.add_chain(Family::V4, Table::Nat, "float", true).unwrap();
+        m.add_rule(
+            Family::V4,
+            Table::Nat,
+            RuleSpec::new("PREROUTING", "-j $float"),
+        )
+        .unwrap();
+        assert!(m
+            .remove_chain(Family::V4, Table::Nat, "float", true)
+            .unwrap());
+        // B-03: removing `float` must not remove the jump to `float-snat`.
+        assert_eq!(
+            m.rules(Family::V4, Table::Nat, "snat", true).unwrap(),
+            ["-j w-float-snat"]
+        );
+        assert!(m.is_chain_empty(Family::V4, Table::Nat, "PREROUTING", true));
+    }
+
+    #[test]
+    fn unknown_chains_and_bad_jumps() {
+        let mut m = model();
+        let e = m
+            .add_rule(
+                Family::V4,
+                Table::Filter,
+                RuleSpec::new("nope", "-j ACCEPT"),
+            )
+            .unwrap_err();
+        assert!(matches!(e, Error::UnknownChain { .. }), "{e}");
+        let e = m
+            .add_rule(
+                Family::V4,
+                Table::Filter,
+                RuleSpec::new("INPUT", "-j $nope"),
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("w-nope"), "{e}");
+        let e = m
+            .add_rule(
+                Family::V4,
+                Table::Filter,
+                RuleSpec::new("INPUT", "-j w-nope"),
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("w-nope"), "{e}");
+        let e = m
+            .add_chain(Family::V4, Table::Filter, "w-x", false)
+            .unwrap_err();
+        assert!(e.to_string().contains("wrap: true"), "{e}");
+    }
+
+    #[test]
+    fn tags() {
+        let mut m = model();
+        m.add_rule(
+            Family::V4,
+            Table::Nat,
+            RuleSpec {
+                tag: Some("floating_ip"),
+                ..RuleSpec::new(
+                    "PREROUTING",
+                    "-d 203.0.113.5/32 -j DNAT --to-destination 192.0.2.10",
+                )
+            },
+        )
+        .unwrap();
+        m.take_dirty(Family::V4);
+        m.clear_rules_by_tag("floating_ip");
+        assert!(m.is_chain_empty(Family::V4, Table::Nat, "PREROUTING", true));
+        assert!(m.dirty(Family::V4)[&Table::Nat].contains("w-PREROUTING"));
+    }
+}

@@ -1,0 +1,365 @@
+//! The rules file of `l3agent iptables apply`: the complete desired state of one wrap name, as
+//! YAML or JSON. Unknown fields are errors; every problem is reported with its path in the file.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::error::Error;
+use crate::model::{IptablesModel, ModelOptions, RuleSpec};
+use crate::names::{ChainName, Family, Table, WrapName};
+
+fn default_wrap() -> String {
+    WrapName::default().as_str().to_owned()
+}
+fn yes() -> bool {
+    true
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulesFile {
+    /// Our chains are `<wrap_name>-<chain>`.
+    #[serde(default = "default_wrap")]
+    pub wrap_name: String,
+    /// Neutron's constructor options.
+    #[serde(default)]
+    pub options: FileOptions,
+    /// IPv4 tables.
+    #[serde(default)]
+    pub ipv4: FamilySpec,
+    /// IPv6 tables.
+    #[serde(default)]
+    pub ipv6: FamilySpec,
+}
+
+/// `options:`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileOptions {
+    /// See [`ModelOptions::state_less`].
+    #[serde(default)]
+    pub state_less: bool,
+    /// See [`ModelOptions::nat`].
+    #[serde(default = "yes")]
+    pub nat: bool,
+    /// See [`ModelOptions::ipv6`].
+    #[serde(default = "yes")]
+    pub ipv6: bool,
+    /// See [`ModelOptions::comments`].
+    #[serde(default = "yes")]
+    pub comments: bool,
+    /// See [`ModelOptions::filter_top`].
+    #[serde(default)]
+    pub filter_top_chain: Option<String>,
+    /// See [`ModelOptions::postrouting_bottom`].
+    #[serde(default)]
+    pub postrouting_bottom_chain: Option<String>,
+}
+
+impl Default for FileOptions {
+    fn default() -> Self {
+        FileOptions {
+            state_less: false,
+            nat: true,
+            ipv6: true,
+            comments: true,
+            filter_top_chain: None,
+            postrouting_bottom_chain: None,
+        }
+    }
+}
+
+/// `ipv4:` / `ipv6:`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FamilySpec {
+    /// `filter:`
+    #[serde(default)]
+    pub filter: Option<TableSpec>,
+    /// `nat:`
+    #[serde(default)]
+    pub nat: Option<TableSpec>,
+    /// `mangle:`
+    #[serde(default)]
+    pub mangle: Option<TableSpec>,
+    /// `raw:`
+    #[serde(default)]
+    pub raw: Option<TableSpec>,
+}
+
+/// One table.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableSpec {
+    /// Wrapped chains (ours).
+    #[serde(default)]
+    pub chains: Vec<String>,
+    /// Shared, unwrapped chains.
+    #[serde(default)]
+    pub unwrapped_chains: Vec<String>,
+    /// Rules, in order.
+    #[serde(default)]
+    pub rules: Vec<RuleEntry>,
+}
+
+/// One rule.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleEntry {
+    /// Chain (wrapped unless `wrap: false`).
+    pub chain: String,
+    /// Rule text.
+    pub rule: String,
+    /// Whether `chain` is wrapped.
+    #[serde(default = "yes")]
+    pub wrap: bool,
+    /// Before the other rules.
+    #[serde(default)]
+    pub top: bool,
+    /// `-m comment` text.
+    #[serde(default)]
+    pub comment: Option<String>,
+    /// Tag.
+    #[serde(default)]
+    pub tag: Option<String>,
+}
+
+impl RulesFile {
+    /// Builds the model, or every problem found (each with its path in the file).
+    pub fn into_model(self) -> Result<IptablesModel, Vec<Error>> {
+        let mut errors = Vec::new();
+        let wrap = WrapName::new(&self.wrap_name)
+            .map_err(|e| errors.push(e))
+            .ok();
+        let o = &self.options;
+        let chain_opt = |field: &str, v: &Option<String>, default: &ChainName| match v {
+            Some(v) => ChainName::new(field, v),
+            None => Ok(default.clone()),
+        };
+        let defaults = ModelOptions::default();
+        let filter_top = chain_opt(
+            "options.filter_top_chain",
+            &o.filter_top_chain,
+            &defaults.filter_top,
+        )
+        .map_err(|e| errors.push(e))
+        .ok();
+        let bottom = chain_opt(
+            "options.postrouting_bottom_chain",
+            &o.postrouting_bottom_chain,
+            &defaults.postrouting_bottom,
+        )
+        .map_err(|e| errors.push(e))
+        .ok();
+        let (Some(wrap), Some(filter_top), Some(postrouting_bottom)) = (wrap, filter_top, bottom)
+        else {
+            return Err(errors);
+        };
+        let options = ModelOptions {
+            state_less: o.state_less,
+            nat: o.nat,
+            ipv6: o.ipv6,
+            comments: o.comments,
+            filter_top,
+            postrouting_bottom,
+        };
+        let mut model = IptablesModel::new(wrap, options);
+        for (family, spec) in [(Family::V4, &self.ipv4), (Family::V6, &self.ipv6)] {
+            let tables = [
+                (Table::Filter, &spec.filter),
+                (Table::Nat, &spec.nat),
+                (Table::Mangle, &spec.mangle),
+                (Table::Raw, &spec.raw),
+            ];
+            for (table, t) in tables {
+                let Some(t) = t else { continue };
+                let path = format!("{family}.{table}");
+                if family == Family::V6 && !o.ipv6 {
+                    errors.push(Error::invalid(
+                        &path,
+                        "",
+                        "IPv6 is disabled (options.ipv6 is false)",
+                    ));
+                    continue;
+                }
+                if model.table(family, table).is_none() {
+                    errors.push(Error::invalid(
+                        &path,
+                        "",
+                        "this table is not managed with options.state_less",
+                    ));
+                    continue;
+                }
+                load_table(&mut model, family, table, t, &path, &mut errors);
+            }
+        }
+        if errors.is_empty() {
+            Ok(model)
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+fn load_table(
+    model: &mut IptablesModel,
+    family: Family,
+    table: Table,
+    t: &TableSpec,
+    path: &str,
+    errors: &mut Vec<Error>,
+) {
+    for (i, c) in t.chains.iter().enumerate() {
+        if let Err(e) = model.add_chain(family, table, c, true) {
+            errors.push(e.within(&format!("{path}.chains[{i}]")).strip_leaf());
+        }
+    }
+    for (i, c) in t.unwrapped_chains.iter().enumerate() {
+        if let Err(e) = model.add_chain(family, table, c, false) {
+            errors.push(
+                e.within(&format!("{path}.unwrapped_chains[{i}]"))
+                    .strip_leaf(),
+            );
+        }
+    }
+    let mut seen: BTreeMap<(String, bool, bool, String, Option<String>), usize> = BTreeMap::new();
+    for (i, r) in t.rules.iter().enumerate() {
+        let at = format!("{path}.rules[{i}]");
+        let spec = RuleSpec {
+            chain: &r.chain,
+            rule: &r.rule,
+            wrap: r.wrap,
+            top: r.top,
+            tag: r.tag.as_deref(),
+            comment: r.comment.as_deref(),
+        };
+        let key = (
+            r.chain.clone(),
+            r.wrap,
+            r.top,
+            r.rule.split_whitespace().collect::<Vec<_>>().join(" "),
+            r.comment.clone(),
+        );
+        if let Some(first) = seen.insert(key, i) {
+            errors.push(Error::invalid(
+                &at,
+                &r.rule,
+                format!("duplicate of {path}.rules[{first}]"),
+            ));
+            continue;
+        }
+        if let Err(e) = model.add_rule(family, table, spec) {
+            errors.push(e.within(&at));
+        }
+    }
+}
+
+impl Error {
+    /// For chain lists the value is the whole field: drop the inner `chain` leaf of the path.
+    fn strip_leaf(self) -> Error {
+        match self {
+            Error::Invalid {
+                field,
+                value,
+                reason,
+            } => {
+                let field = field.strip_suffix(".chain").unwrap_or(&field).to_owned();
+                Error::Invalid {
+                    field,
+                    value,
+                    reason,
+                }
+            }
+            other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(json: &str) -> Result<IptablesModel, Vec<Error>> {
+        let f: RulesFile = serde_json::from_str(json)
+            .map_err(|e| vec![Error::invalid("file", "", e.to_string())])?;
+        f.into_model()
+    }
+
+    #[test]
+    fn the_readme_example_loads() {
+        let m = load(r#"{"wrap_name":"l3agent","options":{"state_less":false,"nat":true,"ipv6":true},
+          "ipv4":{"filter":{"chains":["local","fw"],"unwrapped_chains":[],"rules":[
+             {"chain":"INPUT","rule":"-p tcp --dport 22 -j ACCEPT","comment":"ssh"},
+             {"chain":"FORWARD","rule":"-j $fw","top":true},
+             {"chain":"neutron-filter-top","rule":"-j ACCEPT","wrap":false,"tag":"t1"}]},
+           "nat":{"rules":[{"chain":"float-snat","rule":"-s 192.0.2.10/32 -j SNAT --to-source 203.0.113.50"}]}},
+          "ipv6":{"filter":{"rules":[{"chain":"INPUT","rule":"-p ipv6-icmp -j ACCEPT"}]}}}"#)
+        .unwrap();
+        assert_eq!(
+            m.rules(Family::V4, Table::Filter, "INPUT", true).unwrap(),
+            ["-p tcp -m tcp --dport 22 -m comment --comment ssh -j ACCEPT"]
+        );
+        assert_eq!(
+            m.rules(Family::V4, Table::Filter, "FORWARD", true).unwrap(),
+            ["-j l3agent-fw"]
+        );
+    }
+
+    #[test]
+    fn every_error_is_reported_with_its_path() {
+        let errs = load(
+            r#"{"ipv4":{"filter":{"chains":["a b"],"rules":[
+             {"chain":"INPUT","rule":"-j ACCEPT\nCOMMIT"},
+             {"chain":"INPUT","rule":"-j ACCEPT","comment":"x\"\u0000"},
+             {"chain":"nope","rule":"-j ACCEPT"},
+             {"chain":"INPUT","rule":"-j DROP"},
+             {"chain":"INPUT","rule":"-j  DROP"}]}}}"#,
+        )
+        .unwrap_err();
+        let text: Vec<String> = errs.iter().map(ToString::to_string).collect();
+        assert_eq!(text.len(), 5, "{text:#?}");
+        assert!(
+            text[0].starts_with("ipv4.filter.chains[0]: invalid value \"a b\""),
+            "{}",
+            text[0]
+        );
+        assert!(
+            text[1].starts_with("ipv4.filter.rules[0].rule: invalid value"),
+            "{}",
+            text[1]
+        );
+        assert!(text[1].contains("U+000A"), "{}", text[1]);
+        assert!(
+            text[2].starts_with("ipv4.filter.rules[1].comment"),
+            "{}",
+            text[2]
+        );
+        assert!(
+            text[3].starts_with("ipv4.filter.rules[2].chain: unknown chain \"nope\""),
+            "{}",
+            text[3]
+        );
+        assert!(
+            text[4].contains("duplicate of ipv4.filter.rules[3]"),
+            "{}",
+            text[4]
+        );
+    }
+
+    #[test]
+    fn unknown_fields_and_disabled_sections() {
+        assert!(serde_json::from_str::<RulesFile>(r#"{"wrap":"x"}"#).is_err());
+        assert!(serde_json::from_str::<RulesFile>(
+            r#"{"ipv4":{"filter":{"rules":[{"chain":"INPUT","rule":"-j ACCEPT","wrapp":true}]}}}"#
+        )
+        .is_err());
+        let e = load(r#"{"options":{"ipv6":false},"ipv6":{"filter":{}}}"#).unwrap_err();
+        assert!(e[0].to_string().starts_with("ipv6.filter"), "{}", e[0]);
+        let e = load(r#"{"options":{"state_less":true},"ipv4":{"mangle":{}}}"#).unwrap_err();
+        assert!(e[0].to_string().starts_with("ipv4.mangle"), "{}", e[0]);
+        let e = load(r#"{"wrap_name":"this-name-is-too-long"}"#).unwrap_err();
+        assert!(e[0].to_string().starts_with("wrap_name"), "{}", e[0]);
+    }
+}
