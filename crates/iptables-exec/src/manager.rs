@@ -120,7 +120,8 @@ impl<R: Runner> Manager<R> {
         Ok(value)
     }
 
-    fn read(&self, family: Family) -> Result<Option<KernelState>, ApplyError> {
+    /// Reads the kernel's rule set of a family (`None`: the namespace vanished).
+    pub fn read(&self, family: Family) -> Result<Option<KernelState>, ApplyError> {
         match self.runner.save(family) {
             Ok(text) => Ok(Some(KernelState::parse_save(&text)?)),
             Err(_) if !self.runner.namespace_alive() => Ok(None),
@@ -187,6 +188,11 @@ impl<R: Runner> Manager<R> {
             return Ok(report);
         }
         let _lock = self.runner.lock()?;
+        if !self.runner.namespace_alive() {
+            info!(netns = %self.runner.label(), "namespace vanished; nothing to do");
+            report.namespace_gone = true;
+            return Ok(report);
+        }
         for family in families {
             let dirty = self.model.take_dirty(family);
             let (current, scope) = match self.committed[family.index()].take() {
@@ -248,7 +254,7 @@ impl<R: Runner> Manager<R> {
                     }
                     let failure = failure?;
                     let rollback = self.revert(family, &current);
-                    let line = failing_line(&failure.stderr, lines.len());
+                    let line = failing_line(&failure.stderr, lines.len()).map(|n| refine_line(n, &failure.stderr, &lines));
                     let context = line
                         .map(|n| {
                             let lo = n.saturating_sub(5).max(1);
@@ -366,6 +372,29 @@ impl<R: Runner> Manager<R> {
         }
         Ok(found.then_some(total))
     }
+}
+
+/// The nft backend reports a jump to a missing chain at the `COMMIT` of its table: point at the
+/// rule that jumps there instead.
+fn refine_line(n: usize, stderr: &str, lines: &[l3agent_iptables::plan::LineInfo]) -> usize {
+    if lines[n - 1].text != "COMMIT" {
+        return n;
+    }
+    let missing = stderr
+        .split("Chain '")
+        .nth(1)
+        .and_then(|rest| rest.split_once('\''))
+        .map(|(name, _)| name.to_owned());
+    let Some(missing) = missing else { return n };
+    let table = lines[n - 1].table;
+    (1..n)
+        .rev()
+        .take_while(|&i| lines[i - 1].table == table)
+        .find(|&i| {
+            let t = &lines[i - 1].text;
+            t.ends_with(&format!(" -j {missing}")) || t.ends_with(&format!(" -g {missing}"))
+        })
+        .unwrap_or(n)
 }
 
 /// Sums the `pkts` and `bytes` columns of `iptables -L CHAIN -n -v -x` output.

@@ -182,6 +182,7 @@ fn bare(op: Op) -> PlannedOp {
 /// Replaces `cur` (rules `base+1 ..` of the chain) by `want`, trimming the common prefix and
 /// suffix; by index. `at_end` says whether `cur` reaches the end of the chain (then new rules
 /// are appended).
+#[allow(clippy::too_many_arguments)]
 fn edit_run<W>(
     chain: &str,
     cur: &[KernelRule],

@@ -1,1 +1,22 @@
-fn main() {}
+//! `l3agent`: Neutron's L3 agent dataplane, rebuilt in Rust. This binary is thin: it parses
+//! the command line, reads files, and wires the libraries together.
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    let filter = std::env::var("L3AGENT_LOG").unwrap_or_else(|_| match args.verbose {
+        0 => "warn".to_owned(),
+        1 => "info".to_owned(),
+        _ => "debug".to_owned(),
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .init();
+    cli::run(args)
+}
