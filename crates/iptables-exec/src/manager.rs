@@ -254,7 +254,8 @@ impl<R: Runner> Manager<R> {
                     }
                     let failure = failure?;
                     let rollback = self.revert(family, &current);
-                    let line = failing_line(&failure.stderr, lines.len()).map(|n| refine_line(n, &failure.stderr, &lines));
+                    let line = failing_line(&failure.stderr, lines.len())
+                        .map(|n| refine_line(n, &failure.stderr, &lines));
                     let context = line
                         .map(|n| {
                             let lo = n.saturating_sub(5).max(1);

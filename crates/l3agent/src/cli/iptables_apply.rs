@@ -35,7 +35,12 @@ pub fn run(a: ApplyArgs) -> Result<(), Failure> {
         if a.target.json {
             let fams: serde_json::Map<String, serde_json::Value> = plans
                 .iter()
-                .map(|(f, p)| (f.to_string(), json!({"input": p.render().0, "notes": p.notes})))
+                .map(|(f, p)| {
+                    (
+                        f.to_string(),
+                        json!({"input": p.render().0, "notes": p.notes}),
+                    )
+                })
                 .collect();
             print_json(&json!({"dry_run": true, "backend": backend, "families": fams}));
         } else {
@@ -54,10 +59,22 @@ pub fn run(a: ApplyArgs) -> Result<(), Failure> {
         return Ok(());
     }
     let report = manager.apply()?;
-    let unconverged = if a.check && !report.namespace_gone { manager.check_convergence()? } else { Vec::new() };
+    let unconverged = if a.check && !report.namespace_gone {
+        manager.check_convergence()?
+    } else {
+        Vec::new()
+    };
     if a.target.json {
-        let fams: serde_json::Map<String, serde_json::Value> =
-            report.sent.iter().map(|(f, t)| (f.to_string(), json!({"lines": t.lines().count(), "input": t}))).collect();
+        let fams: serde_json::Map<String, serde_json::Value> = report
+            .sent
+            .iter()
+            .map(|(f, t)| {
+                (
+                    f.to_string(),
+                    json!({"lines": t.lines().count(), "input": t}),
+                )
+            })
+            .collect();
         print_json(&json!({
             "changed": !report.is_noop(),
             "backend": backend,
@@ -69,10 +86,16 @@ pub fn run(a: ApplyArgs) -> Result<(), Failure> {
     } else if report.namespace_gone {
         println!("namespace vanished during the apply: nothing to do");
     } else if report.is_noop() {
-        println!("nothing to do: the kernel already matches {} ({backend})", a.rules.display());
+        println!(
+            "nothing to do: the kernel already matches {} ({backend})",
+            a.rules.display()
+        );
     } else {
         for (family, text) in &report.sent {
-            println!("{family}: applied {} restore line(s) ({backend})", text.lines().count());
+            println!(
+                "{family}: applied {} restore line(s) ({backend})",
+                text.lines().count()
+            );
         }
     }
     if !a.target.json {

@@ -31,12 +31,24 @@ pub fn run(a: CountersArgs) -> Result<(), Failure> {
     let model = load_rules(&a.rules)?;
     let manager = open(&a.target, model)?;
     let Some(c) = manager.traffic_counters(&a.chain, !a.unwrapped, a.zero)? else {
-        return Err(Failure::invalid(format!("--chain: no table of {} has chain {:?}", a.rules.display(), a.chain)));
+        return Err(Failure::invalid(format!(
+            "--chain: no table of {} has chain {:?}",
+            a.rules.display(),
+            a.chain
+        )));
     };
     if a.target.json {
-        print_json(&json!({"chain": a.chain, "packets": c.packets, "bytes": c.bytes, "zeroed": a.zero}));
+        print_json(
+            &json!({"chain": a.chain, "packets": c.packets, "bytes": c.bytes, "zeroed": a.zero}),
+        );
     } else {
-        println!("{}: {} packets, {} bytes{}", a.chain, c.packets, c.bytes, if a.zero { " (now zeroed)" } else { "" });
+        println!(
+            "{}: {} packets, {} bytes{}",
+            a.chain,
+            c.packets,
+            c.bytes,
+            if a.zero { " (now zeroed)" } else { "" }
+        );
     }
     Ok(())
 }

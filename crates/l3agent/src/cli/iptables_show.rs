@@ -27,7 +27,8 @@ pub fn run(a: ShowArgs) -> Result<(), Failure> {
     let model = match &a.rules {
         Some(p) => load_rules(p)?,
         None => {
-            let wrap = WrapName::new(&a.wrap_name).map_err(|e| Failure::invalid(format!("--{e}")))?;
+            let wrap =
+                WrapName::new(&a.wrap_name).map_err(|e| Failure::invalid(format!("--{e}")))?;
             IptablesModel::new(wrap, ModelOptions::default())
         }
     };
@@ -49,13 +50,19 @@ pub fn run(a: ShowArgs) -> Result<(), Failure> {
                     .map(|r| r.spec.as_str())
                     .collect();
                 if own || !rules.is_empty() {
-                    chains.push(json!({"table": table, "chain": c.name, "owned": own, "rules": rules}));
+                    chains.push(
+                        json!({"table": table, "chain": c.name, "owned": own, "rules": rules}),
+                    );
                 }
             }
         }
         let drift = a.rules.as_ref().map(|_| {
             let plan = plan_family(&state, manager.model(), family, None);
-            plan.render().1.into_iter().map(|l| l.text).collect::<Vec<_>>()
+            plan.render()
+                .1
+                .into_iter()
+                .map(|l| l.text)
+                .collect::<Vec<_>>()
         });
         out.push((family, chains, drift));
     }
@@ -64,14 +71,27 @@ pub fn run(a: ShowArgs) -> Result<(), Failure> {
             .iter()
             .map(|(f, c, d)| (f.to_string(), json!({"chains": c, "drift": d})))
             .collect();
-        print_json(&json!({"wrap_name": wrap.as_str(), "backend": manager.runner().backend().to_string(), "families": fams}));
+        print_json(
+            &json!({"wrap_name": wrap.as_str(), "backend": manager.runner().backend().to_string(), "families": fams}),
+        );
         return Ok(());
     }
     for (family, chains, drift) in out {
-        println!("# {family} ({} backend), wrap name {wrap}", manager.runner().backend());
+        println!(
+            "# {family} ({} backend), wrap name {wrap}",
+            manager.runner().backend()
+        );
         for c in chains {
-            let owned = if c["owned"] == true { "ours" } else { "shared: our rules only" };
-            println!("{} {} ({owned})", c["table"].as_str().unwrap_or(""), c["chain"].as_str().unwrap_or(""));
+            let owned = if c["owned"] == true {
+                "ours"
+            } else {
+                "shared: our rules only"
+            };
+            println!(
+                "{} {} ({owned})",
+                c["table"].as_str().unwrap_or(""),
+                c["chain"].as_str().unwrap_or("")
+            );
             for r in c["rules"].as_array().into_iter().flatten() {
                 println!("    {}", r.as_str().unwrap_or(""));
             }

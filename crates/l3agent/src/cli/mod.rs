@@ -10,7 +10,9 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use l3agent_iptables::spec::RulesFile;
 use l3agent_iptables::{IptablesModel, NetnsName};
-use l3agent_iptables_exec::{BackendChoice, ExecError, ExecOptions, Manager, NetnsTarget, ProcessRunner};
+use l3agent_iptables_exec::{
+    BackendChoice, ExecError, ExecOptions, Manager, NetnsTarget, ProcessRunner,
+};
 
 /// l3agent: the dataplane of Neutron's L3 agent (iptables manager, router namespaces), in Rust.
 #[derive(Debug, Parser)]
@@ -70,10 +72,16 @@ pub struct Failure {
 
 impl Failure {
     fn invalid(message: impl Into<String>) -> Failure {
-        Failure { code: 2, message: message.into() }
+        Failure {
+            code: 2,
+            message: message.into(),
+        }
     }
     fn failed(message: impl Into<String>) -> Failure {
-        Failure { code: 1, message: message.into() }
+        Failure {
+            code: 1,
+            message: message.into(),
+        }
     }
 }
 
@@ -110,31 +118,48 @@ pub fn run(cli: Cli) -> ExitCode {
 
 /// Reads a rules file (YAML, or JSON for `.json`) into a model; every problem is listed.
 fn load_rules(path: &Path) -> Result<IptablesModel, Failure> {
-    let text = std::fs::read_to_string(path).map_err(|e| Failure::invalid(format!("{}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Failure::invalid(format!("{}: {e}", path.display())))?;
     let is_json = path.extension().is_some_and(|e| e == "json");
     let file: RulesFile = if is_json {
-        serde_json::from_str(&text).map_err(|e| Failure::invalid(format!("{}: {e}", path.display())))?
+        serde_json::from_str(&text)
+            .map_err(|e| Failure::invalid(format!("{}: {e}", path.display())))?
     } else {
-        serde_norway::from_str(&text).map_err(|e| Failure::invalid(format!("{}: {e}", path.display())))?
+        serde_norway::from_str(&text)
+            .map_err(|e| Failure::invalid(format!("{}: {e}", path.display())))?
     };
     file.into_model().map_err(|errors| {
         let lines: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
-        Failure::invalid(format!("{}: {} problem(s), nothing applied:\n{}", path.display(), errors.len(), lines.join("\n")))
+        Failure::invalid(format!(
+            "{}: {} problem(s), nothing applied:\n{}",
+            path.display(),
+            errors.len(),
+            lines.join("\n")
+        ))
     })
 }
 
 fn target(netns: &Option<String>) -> Result<NetnsTarget, Failure> {
     match netns {
         None => Ok(NetnsTarget::Current),
-        Some(n) => Ok(NetnsTarget::Named(NetnsName::new("--netns", n).map_err(|e| Failure::invalid(e.to_string()))?)),
+        Some(n) => Ok(NetnsTarget::Named(
+            NetnsName::new("--netns", n).map_err(|e| Failure::invalid(e.to_string()))?,
+        )),
     }
 }
 
 fn open(t: &Target, model: IptablesModel) -> Result<Manager<ProcessRunner>, Failure> {
-    Ok(Manager::open(&target(&t.netns)?, t.backend, model, ExecOptions::default())?)
+    Ok(Manager::open(
+        &target(&t.netns)?,
+        t.backend,
+        model,
+        ExecOptions::default(),
+    )?)
 }
 
 fn print_json(value: &serde_json::Value) {
-    println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
 }
-

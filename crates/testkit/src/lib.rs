@@ -1,0 +1,191 @@
+//! Fixtures for tests against the real kernel. Every namespace a test makes is unique to the
+//! test process and removed when its guard drops, also on panic. Fixtures may run `ip` and
+//! `iptables` as processes: they set the scene and look at it; the code under test never does.
+#![allow(clippy::disallowed_methods)] // fixtures spawn `ip`/`iptables` to set up and inspect
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Both iptables backends: every kernel test runs for each.
+pub const BACKENDS: [&str; 2] = ["nft", "legacy"];
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// Fails (never skips) when the kernel tests cannot run here, saying why.
+pub fn require_kernel() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "kernel tests need root: they create network namespaces and run iptables in them. Run the suite as root (./test.sh does everything)."
+    );
+    for p in ["iptables-nft-restore", "iptables-legacy-restore", "ip"] {
+        assert!(
+            ["/usr/sbin", "/sbin", "/usr/bin", "/bin"].iter().any(|d| std::path::Path::new(d).join(p).exists()),
+            "{p} is not installed: run ./test.sh, which installs iptables, nftables and iproute2 with apt-get"
+        );
+    }
+}
+
+/// The result of a fixture command.
+#[derive(Debug)]
+pub struct Run {
+    /// Exit code.
+    pub code: Option<i32>,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+/// Runs a fixture command (argv, no shell).
+pub fn sh(argv: &[&str]) -> Run {
+    let out = Command::new(argv[0])
+        .args(&argv[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs a fixture command that must succeed; returns its stdout.
+pub fn ok(argv: &[&str]) -> String {
+    let r = sh(argv);
+    assert_eq!(r.code, Some(0), "{argv:?} failed: {}", r.stderr);
+    r.stdout
+}
+
+/// A throwaway named network namespace, deleted on drop.
+#[derive(Debug)]
+pub struct TestNs {
+    /// Its name in /run/netns.
+    pub name: String,
+}
+
+impl TestNs {
+    /// Creates `l3t-<pid>-<n>-<tag>` with `lo` up.
+    pub fn new(tag: &str) -> TestNs {
+        require_kernel();
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let name = format!("l3t-{}-{n}-{tag}", std::process::id());
+        ok(&["ip", "netns", "add", &name]);
+        let ns = TestNs { name };
+        ns.ok(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Runs a command inside (network namespace only).
+    pub fn run(&self, argv: &[&str]) -> Run {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(argv);
+        sh(&full)
+    }
+
+    /// Runs a command inside that must succeed; returns its stdout.
+    pub fn ok(&self, argv: &[&str]) -> String {
+        let r = self.run(argv);
+        assert_eq!(
+            r.code,
+            Some(0),
+            "{argv:?} in {} failed: {}",
+            self.name,
+            r.stderr
+        );
+        r.stdout
+    }
+
+    /// `iptables-<backend>-save` (or ip6tables) without the timestamp comments.
+    pub fn save(&self, backend: &str, v6: bool) -> String {
+        let prog = format!(
+            "{}-{backend}-save",
+            if v6 { "ip6tables" } else { "iptables" }
+        );
+        self.ok(&[&prog])
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    }
+
+    /// Feeds a restore input with `iptables-<backend>-restore --noflush`.
+    pub fn restore(&self, backend: &str, v6: bool, input: &str) {
+        let prog = format!(
+            "{}-{backend}-restore",
+            if v6 { "ip6tables" } else { "iptables" }
+        );
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.name, &prog, "--noflush"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn restore");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write restore input");
+        let out = child.wait_with_output().expect("wait restore");
+        assert!(
+            out.status.success(),
+            "{prog} failed: {}\ninput:\n{input}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for TestNs {
+    fn drop(&mut self) {
+        let _ = sh(&["ip", "netns", "del", &self.name]);
+    }
+}
+
+/// The lines of a save output that belong to none of `wraps`, with their table, in save order:
+/// what must survive every apply byte for byte. A chain belongs to the longest wrap name (among
+/// `wraps` and those seen in markers) it is prefixed with, so `l3agent` does not claim
+/// `l3agent-b-INPUT` when wrap `l3agent-b` exists. Builtin chain declarations (which appear with
+/// a table) and the declarations of Neutron's shared chains (which l3agent creates) are left out.
+pub fn foreign_lines(save: &str, wraps: &[&str]) -> Vec<String> {
+    let mut known: Vec<String> = wraps.iter().map(|w| (*w).to_owned()).collect();
+    for part in save.split("l3agent:").skip(1) {
+        if let Some((w, _)) = part.split_once(':') {
+            known.push(w.to_owned());
+        }
+    }
+    let owner = |chain: &str| -> Option<String> {
+        known
+            .iter()
+            .filter(|w| {
+                chain
+                    .strip_prefix(w.as_str())
+                    .is_some_and(|r| r.starts_with('-'))
+            })
+            .max_by_key(|w| w.len())
+            .cloned()
+    };
+    let mut table = String::new();
+    let mut out = Vec::new();
+    for l in save.lines() {
+        if let Some(t) = l.strip_prefix('*') {
+            table = t.to_owned();
+            continue;
+        }
+        let chain = l
+            .strip_prefix("-A ")
+            .or_else(|| l.strip_prefix(':'))
+            .and_then(|r| r.split(' ').next())
+            .unwrap_or("");
+        let ours = owner(chain).is_some_and(|o| wraps.contains(&o.as_str()));
+        let marked = wraps.iter().any(|w| l.contains(&format!("l3agent:{w}:")));
+        let builtin_decl = l.starts_with(':') && !l.contains(" - [");
+        let shared_decl =
+            l.starts_with(":neutron-filter-top ") || l.starts_with(":neutron-postrouting-bottom ");
+        if l == "COMMIT" || ours || marked || builtin_decl || shared_decl {
+            continue;
+        }
+        out.push(format!("{table} {l}"));
+    }
+    out
+}
