@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::kernel::{KernelRule, KernelState, KernelTable, Op};
+use crate::kernel::{KernelChain, KernelRule, KernelState, KernelTable, Op};
 use crate::model::{ChainKind, DesiredRule, DesiredTable, IptablesModel, Origin};
 use crate::names::{Family, Table, WrapName};
 
@@ -501,7 +501,14 @@ pub fn revert_table(
     let mut decl = Vec::new();
     let mut body = Vec::new();
     let mut tail = Vec::new();
-    for b in before.chains() {
+    // Builtin chains absent from `before` (a table that did not exist) count as empty.
+    let empty_builtins: Vec<KernelChain> = now
+        .chains()
+        .iter()
+        .filter(|n| table.is_builtin(&n.name) && before.chain(&n.name).is_none())
+        .map(|n| KernelChain { name: n.name.clone(), policy: n.policy.clone(), rules: Vec::new() })
+        .collect();
+    for b in before.chains().iter().chain(empty_builtins.iter()) {
         match now.chain(&b.name) {
             None => {
                 if !table.is_builtin(&b.name) {

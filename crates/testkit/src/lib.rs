@@ -189,3 +189,19 @@ pub fn foreign_lines(save: &str, wraps: &[&str]) -> Vec<String> {
     }
     out
 }
+
+/// What a save output holds, without table and builtin-chain boilerplate: user chain
+/// declarations and rules, each with its table. Two outputs with the same content compare equal
+/// even when one backend has created an empty table in between.
+pub fn content(save: &str) -> Vec<String> {
+    let mut table = String::new();
+    let mut out = Vec::new();
+    for l in save.lines() {
+        if let Some(t) = l.strip_prefix('*') {
+            table = t.to_owned();
+        } else if l.starts_with("-A ") || (l.starts_with(':') && (l.contains(" - [") || !l.contains(" ACCEPT "))) {
+            out.push(format!("{table} {l}"));
+        }
+    }
+    out
+}
