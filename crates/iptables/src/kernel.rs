@@ -229,6 +229,29 @@ impl KernelState {
         Ok(())
     }
 
+    /// Renders the state as `iptables-save` would print it (tables in name order).
+    pub fn to_save(&self) -> String {
+        let mut out = String::new();
+        for (table, t) in &self.tables {
+            out.push_str(&format!("*{table}\n"));
+            for c in t.chains() {
+                out.push_str(&format!(
+                    ":{} {} [0:0]\n",
+                    c.name,
+                    c.policy.as_deref().unwrap_or("-")
+                ));
+            }
+            for c in t.chains() {
+                for r in &c.rules {
+                    out.push_str(&Op::Append(c.name.clone(), r.spec.clone()).render());
+                    out.push('\n');
+                }
+            }
+            out.push_str("COMMIT\n");
+        }
+        out
+    }
+
     /// Parses `iptables-save` output (one family, any tables; tables other than filter, nat,
     /// mangle and raw are skipped). Fails on structure errors and on the nft backend's
     /// "table is incompatible" notice, since such a table cannot be managed safely.

@@ -506,7 +506,11 @@ pub fn revert_table(
         .chains()
         .iter()
         .filter(|n| table.is_builtin(&n.name) && before.chain(&n.name).is_none())
-        .map(|n| KernelChain { name: n.name.clone(), policy: n.policy.clone(), rules: Vec::new() })
+        .map(|n| KernelChain {
+            name: n.name.clone(),
+            policy: n.policy.clone(),
+            rules: Vec::new(),
+        })
         .collect();
     for b in before.chains().iter().chain(empty_builtins.iter()) {
         match now.chain(&b.name) {

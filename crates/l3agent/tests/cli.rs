@@ -19,7 +19,10 @@ struct Out {
 }
 
 fn l3agent(args: &[&str]) -> Out {
-    let o = Command::new(bin()).args(args).output().expect("run l3agent");
+    let o = Command::new(bin())
+        .args(args)
+        .output()
+        .expect("run l3agent");
     Out {
         code: o.status.code(),
         stdout: String::from_utf8_lossy(&o.stdout).into(),
@@ -34,7 +37,11 @@ fn file(name: &str, text: &str) -> PathBuf {
 }
 
 fn example() -> String {
-    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/rules.yaml")).unwrap()
+    std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/rules.yaml"
+    ))
+    .unwrap()
 }
 
 #[test]
@@ -42,17 +49,37 @@ fn apply_converges_and_removes_what_left_the_file() {
     for be in BACKENDS {
         let ns = TestNs::new("cli");
         let rules = file(&format!("ex-{be}.yaml"), &example());
-        let base = ["iptables", "apply", "--rules", rules.to_str().unwrap(), "--netns", &ns.name, "--backend", be];
+        let base = [
+            "iptables",
+            "apply",
+            "--rules",
+            rules.to_str().unwrap(),
+            "--netns",
+            &ns.name,
+            "--backend",
+            be,
+        ];
         let first = l3agent(&[&base[..], &["--check"]].concat());
         assert_eq!(first.code, Some(0), "{be}: {}", first.stderr);
         assert!(first.stdout.contains("applied"), "{}", first.stdout);
         let second = l3agent(&[&base[..], &["--json"]].concat());
         assert_eq!(second.code, Some(0), "{be}: {}", second.stderr);
         let v: serde_json::Value = serde_json::from_str(&second.stdout).unwrap();
-        assert_eq!(v["changed"], false, "{be}: second apply changed things: {}", second.stdout);
+        assert_eq!(
+            v["changed"], false,
+            "{be}: second apply changed things: {}",
+            second.stdout
+        );
         let saved = ns.save(be, false);
-        assert!(saved.contains("-A l3agent-fw -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"), "{saved}");
-        assert!(saved.contains("-j ACCEPT\n-A neutron-filter-top") || saved.contains("-m comment --comment \"l3agent:l3agent:"), "{saved}");
+        assert!(
+            saved.contains("-A l3agent-fw -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"),
+            "{saved}"
+        );
+        assert!(
+            saved.contains("-j ACCEPT\n-A neutron-filter-top")
+                || saved.contains("-m comment --comment \"l3agent:l3agent:"),
+            "{saved}"
+        );
         let top_rules_before = saved.matches("-A neutron-filter-top").count();
         // Rules that left the file are removed, also in shared chains, by a new process.
         let smaller: String = example()
@@ -65,11 +92,28 @@ fn apply_converges_and_removes_what_left_the_file() {
         assert_eq!(third.code, Some(0), "{be}: {}", third.stderr);
         let saved = ns.save(be, false);
         assert!(!saved.contains("ctstate"), "{be}: {saved}");
-        assert_eq!(saved.matches("-A neutron-filter-top").count(), top_rules_before - 1, "{be}: {saved}");
-        let show = l3agent(&["iptables", "show", "--netns", &ns.name, "--rules", rules.to_str().unwrap(), "--json"]);
+        assert_eq!(
+            saved.matches("-A neutron-filter-top").count(),
+            top_rules_before - 1,
+            "{be}: {saved}"
+        );
+        let show = l3agent(&[
+            "iptables",
+            "show",
+            "--netns",
+            &ns.name,
+            "--rules",
+            rules.to_str().unwrap(),
+            "--json",
+        ]);
         assert_eq!(show.code, Some(0), "{}", show.stderr);
         let v: serde_json::Value = serde_json::from_str(&show.stdout).unwrap();
-        assert_eq!(v["families"]["ipv4"]["drift"], serde_json::json!([]), "{be}: {}", show.stdout);
+        assert_eq!(
+            v["families"]["ipv4"]["drift"],
+            serde_json::json!([]),
+            "{be}: {}",
+            show.stdout
+        );
         let _ = std::fs::remove_file(rules);
     }
 }
@@ -110,19 +154,52 @@ fn invalid_input_exits_2_names_the_field_and_applies_nothing() {
         ];
         for (name, text, expect) in cases {
             let f = file(&format!("{name}-{be}.yaml"), text);
-            let o = l3agent(&["iptables", "apply", "--rules", f.to_str().unwrap(), "--netns", &ns.name, "--backend", be]);
+            let o = l3agent(&[
+                "iptables",
+                "apply",
+                "--rules",
+                f.to_str().unwrap(),
+                "--netns",
+                &ns.name,
+                "--backend",
+                be,
+            ]);
             assert_eq!(o.code, Some(2), "{name}: {}{}", o.stdout, o.stderr);
             assert!(o.stderr.contains(expect), "{name}: {}", o.stderr);
             let _ = std::fs::remove_file(f);
         }
         let f = file(&format!("ok-{be}.yaml"), &example());
-        let bad_ns = l3agent(&["iptables", "apply", "--rules", f.to_str().unwrap(), "--netns", "../etc"]);
+        let bad_ns = l3agent(&[
+            "iptables",
+            "apply",
+            "--rules",
+            f.to_str().unwrap(),
+            "--netns",
+            "../etc",
+        ]);
         assert_eq!(bad_ns.code, Some(2), "{}", bad_ns.stderr);
         assert!(bad_ns.stderr.contains("--netns"), "{}", bad_ns.stderr);
-        let missing = l3agent(&["iptables", "apply", "--rules", f.to_str().unwrap(), "--netns", "l3t-no-such-namespace"]);
+        let missing = l3agent(&[
+            "iptables",
+            "apply",
+            "--rules",
+            f.to_str().unwrap(),
+            "--netns",
+            "l3t-no-such-namespace",
+        ]);
         assert_eq!(missing.code, Some(1), "{}", missing.stderr);
-        assert!(missing.stderr.contains("l3t-no-such-namespace does not exist"), "{}", missing.stderr);
-        assert_eq!((ns.save(be, false), ns.save(be, true)), before, "{be}: something was applied");
+        assert!(
+            missing
+                .stderr
+                .contains("l3t-no-such-namespace does not exist"),
+            "{}",
+            missing.stderr
+        );
+        assert_eq!(
+            (ns.save(be, false), ns.save(be, true)),
+            before,
+            "{be}: something was applied"
+        );
         assert!(content(&before.0).is_empty());
         let _ = std::fs::remove_file(f);
     }
@@ -137,11 +214,33 @@ fn failing_apply_exits_1_with_the_rule_and_context() {
             &format!("fail-{be}.yaml"),
             "ipv4:\n  filter:\n    chains: [fw]\n    rules:\n      - {chain: fw, rule: \"-s 192.0.2.1 -j ACCEPT\"}\n  nat:\n    rules:\n      - {chain: PREROUTING, rule: \"-j no-such-chain\", wrap: false}\n",
         );
-        let o = l3agent(&["iptables", "apply", "--rules", f.to_str().unwrap(), "--netns", &ns.name, "--backend", be]);
+        let o = l3agent(&[
+            "iptables",
+            "apply",
+            "--rules",
+            f.to_str().unwrap(),
+            "--netns",
+            &ns.name,
+            "--backend",
+            be,
+        ]);
         assert_eq!(o.code, Some(1), "{}{}", o.stdout, o.stderr);
-        assert!(o.stderr.contains("rule \"-j no-such-chain\" in chain \"PREROUTING\""), "{be}: {}", o.stderr);
-        assert!(o.stderr.contains("restore input around the failing line"), "{be}: {}", o.stderr);
-        assert_eq!(content(&ns.save(be, false)), content(&before), "{be}: a failed apply left rules behind");
+        assert!(
+            o.stderr
+                .contains("rule \"-j no-such-chain\" in chain \"PREROUTING\""),
+            "{be}: {}",
+            o.stderr
+        );
+        assert!(
+            o.stderr.contains("restore input around the failing line"),
+            "{be}: {}",
+            o.stderr
+        );
+        assert_eq!(
+            content(&ns.save(be, false)),
+            content(&before),
+            "{be}: a failed apply left rules behind"
+        );
         let _ = std::fs::remove_file(f);
     }
 }
@@ -161,24 +260,52 @@ fn concurrent_processes_are_serialised() {
             let f = file(&format!("{w}-{be}.yaml"), &text);
             children.push(
                 Command::new(bin())
-                    .args(["iptables", "apply", "--rules", f.to_str().unwrap(), "--netns", &ns.name, "--backend", be])
+                    .args([
+                        "iptables",
+                        "apply",
+                        "--rules",
+                        f.to_str().unwrap(),
+                        "--netns",
+                        &ns.name,
+                        "--backend",
+                        be,
+                    ])
                     .spawn()
                     .unwrap(),
             );
             files.push((w, f));
         }
         for mut c in children {
-            assert!(c.wait().unwrap().success(), "{be}: a concurrent apply failed");
+            assert!(
+                c.wait().unwrap().success(),
+                "{be}: a concurrent apply failed"
+            );
         }
         let saved = ns.save(be, false);
         for (w, f) in &files {
-            assert!(saved.contains(&format!("-A {w}-fw -s 192.0.2.1/32 -j ACCEPT")), "{be}: {w} missing:\n{saved}");
-            let again = l3agent(&["iptables", "apply", "--rules", f.to_str().unwrap(), "--netns", &ns.name, "--json"]);
+            assert!(
+                saved.contains(&format!("-A {w}-fw -s 192.0.2.1/32 -j ACCEPT")),
+                "{be}: {w} missing:\n{saved}"
+            );
+            let again = l3agent(&[
+                "iptables",
+                "apply",
+                "--rules",
+                f.to_str().unwrap(),
+                "--netns",
+                &ns.name,
+                "--json",
+            ]);
             let v: serde_json::Value = serde_json::from_str(&again.stdout).unwrap();
-            assert_eq!(v["changed"], false, "{be}: {w} not converged after the race");
+            assert_eq!(
+                v["changed"], false,
+                "{be}: {w} not converged after the race"
+            );
         }
         assert!(
-            foreign_lines(&saved, &["alpha", "beta", "gamma"]).iter().all(|l| !l.contains("-A ")),
+            foreign_lines(&saved, &["alpha", "beta", "gamma"])
+                .iter()
+                .all(|l| !l.contains("-A ")),
             "{saved}"
         );
         for (_, f) in files {
@@ -194,14 +321,41 @@ fn counters_command() {
         "cnt.yaml",
         "ipv4:\n  filter:\n    chains: [acct]\n    rules:\n      - {chain: OUTPUT, rule: \"-j $acct\"}\n      - {chain: acct, rule: \"-p icmp -j RETURN\"}\n",
     );
-    let o = l3agent(&["iptables", "apply", "--rules", f.to_str().unwrap(), "--netns", &ns.name]);
+    let o = l3agent(&[
+        "iptables",
+        "apply",
+        "--rules",
+        f.to_str().unwrap(),
+        "--netns",
+        &ns.name,
+    ]);
     assert_eq!(o.code, Some(0), "{}", o.stderr);
     ns.ok(&["ping", "-c", "1", "-W", "2", "127.0.0.1"]);
-    let o = l3agent(&["iptables", "counters", "--rules", f.to_str().unwrap(), "--chain", "acct", "--netns", &ns.name, "--zero", "--json"]);
+    let o = l3agent(&[
+        "iptables",
+        "counters",
+        "--rules",
+        f.to_str().unwrap(),
+        "--chain",
+        "acct",
+        "--netns",
+        &ns.name,
+        "--zero",
+        "--json",
+    ]);
     assert_eq!(o.code, Some(0), "{}", o.stderr);
     let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
     assert_eq!(v["packets"], 2, "{}", o.stdout);
-    let o = l3agent(&["iptables", "counters", "--rules", f.to_str().unwrap(), "--chain", "nope", "--netns", &ns.name]);
+    let o = l3agent(&[
+        "iptables",
+        "counters",
+        "--rules",
+        f.to_str().unwrap(),
+        "--chain",
+        "nope",
+        "--netns",
+        &ns.name,
+    ]);
     assert_eq!(o.code, Some(2), "{}", o.stderr);
     let _ = std::fs::remove_file(f);
 }

@@ -199,7 +199,9 @@ pub fn content(save: &str) -> Vec<String> {
     for l in save.lines() {
         if let Some(t) = l.strip_prefix('*') {
             table = t.to_owned();
-        } else if l.starts_with("-A ") || (l.starts_with(':') && (l.contains(" - [") || !l.contains(" ACCEPT "))) {
+        } else if l.starts_with("-A ")
+            || (l.starts_with(':') && (l.contains(" - [") || !l.contains(" ACCEPT ")))
+        {
             out.push(format!("{table} {l}"));
         }
     }
