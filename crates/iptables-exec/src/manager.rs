@@ -436,3 +436,215 @@ mod tests {
         );
     }
 }
+
+/// Manager behaviour under injected faults, with a simulated kernel.
+#[cfg(test)]
+mod fault_tests {
+    use std::cell::{Cell, RefCell};
+
+    use l3agent_iptables::kernel::Op;
+    use l3agent_iptables::{ModelOptions, RuleSpec, WrapName};
+
+    use super::*;
+    use crate::runner::RestoreFailure;
+
+    /// A kernel in memory that commits table by table like iptables-restore, and can be told
+    /// to fail a table, to lose its namespace, or to report lock contention.
+    #[derive(Default)]
+    struct FakeKernel {
+        state: RefCell<[KernelState; 2]>,
+        fail_table: Cell<Option<Table>>,
+        lock_busy: Cell<bool>,
+        gone: Cell<bool>,
+        restores: Cell<usize>,
+        saves: Cell<usize>,
+    }
+
+    impl Runner for FakeKernel {
+        fn save(&self, family: Family) -> Result<String, ExecError> {
+            self.saves.set(self.saves.get() + 1);
+            if self.gone.get() {
+                return Err(ExecError::Failed {
+                    program: "save".into(),
+                    code: Some(1),
+                    stderr: "gone".into(),
+                });
+            }
+            Ok(self.state.borrow()[family.index()].to_save())
+        }
+
+        fn restore(
+            &self,
+            family: Family,
+            input: &str,
+        ) -> Result<(), Result<RestoreFailure, ExecError>> {
+            self.restores.set(self.restores.get() + 1);
+            if self.lock_busy.get() {
+                return Err(Ok(RestoreFailure {
+                    code: Some(4),
+                    stderr: "Another app is currently holding the xtables lock.".into(),
+                }));
+            }
+            let mut table = None;
+            let mut ops = Vec::new();
+            for (i, line) in input.lines().enumerate() {
+                if let Some(t) = line.strip_prefix('*') {
+                    table = Table::parse(t);
+                    ops.clear();
+                } else if line == "COMMIT" {
+                    let t = table.expect("table");
+                    if self.fail_table.get() == Some(t) {
+                        return Err(Ok(RestoreFailure {
+                            code: Some(1),
+                            stderr: format!("iptables-restore: line {} failed", i),
+                        }));
+                    }
+                    self.state.borrow_mut()[family.index()]
+                        .apply(t, &ops)
+                        .expect("valid ops");
+                } else {
+                    ops.push(Op::parse(line).expect("parsable line"));
+                }
+            }
+            Ok(())
+        }
+
+        fn list(&self, _: Family, _: Table, _: &str, _: bool) -> Result<String, ExecError> {
+            Ok(String::new())
+        }
+
+        fn lock(&self) -> Result<Box<dyn std::any::Any>, ExecError> {
+            Ok(Box::new(()))
+        }
+
+        fn namespace_alive(&self) -> bool {
+            !self.gone.get()
+        }
+
+        fn label(&self) -> String {
+            "fake".into()
+        }
+    }
+
+    fn manager() -> Manager<FakeKernel> {
+        Manager::with_runner(
+            IptablesModel::new(WrapName::new("w").unwrap(), ModelOptions::default()),
+            FakeKernel::default(),
+        )
+    }
+
+    #[test]
+    fn noop_apply_runs_nothing_and_changes_send_only_the_delta() {
+        let mut m = manager();
+        m.apply().unwrap();
+        let (saves, restores) = (m.runner().saves.get(), m.runner().restores.get());
+        assert_eq!((saves, restores), (2, 2));
+        assert!(m.apply().unwrap().is_noop());
+        assert_eq!(
+            (m.runner().saves.get(), m.runner().restores.get()),
+            (saves, restores)
+        );
+        m.model_mut()
+            .add_rule(
+                Family::V4,
+                Table::Filter,
+                RuleSpec::new("INPUT", "-j ACCEPT"),
+            )
+            .unwrap();
+        let r = m.apply().unwrap();
+        assert_eq!(
+            r.sent,
+            vec![(
+                Family::V4,
+                "*filter\n-A w-INPUT -j ACCEPT\nCOMMIT\n".to_owned()
+            )]
+        );
+        assert_eq!(
+            m.runner().saves.get(),
+            saves,
+            "an incremental apply must not read the kernel"
+        );
+    }
+
+    #[test]
+    fn defer_apply_batches_into_one_restore() {
+        let mut m = manager();
+        m.apply().unwrap();
+        let before = m.runner().restores.get();
+        m.defer_apply(|m| -> Result<(), ApplyError> {
+            for i in 1..=3 {
+                m.model_mut().add_rule(
+                    Family::V4,
+                    Table::Filter,
+                    RuleSpec::new("INPUT", &format!("-s 192.0.2.{i} -j ACCEPT")),
+                )?;
+                assert!(m.apply()?.deferred);
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(m.runner().restores.get(), before + 1);
+    }
+
+    #[test]
+    fn partial_commit_is_reverted_and_changes_stay_pending() {
+        let mut m = manager();
+        m.apply().unwrap();
+        let before = m.runner().state.borrow()[0].to_save();
+        m.model_mut()
+            .add_rule(
+                Family::V4,
+                Table::Filter,
+                RuleSpec::new("INPUT", "-j ACCEPT"),
+            )
+            .unwrap();
+        m.model_mut()
+            .add_rule(
+                Family::V4,
+                Table::Nat,
+                RuleSpec::new("PREROUTING", "-j ACCEPT"),
+            )
+            .unwrap();
+        m.runner().fail_table.set(Some(Table::Nat));
+        let ApplyError::Restore(e) = m.apply().unwrap_err() else {
+            panic!()
+        };
+        assert_eq!(e.rollback, Rollback::Reverted);
+        assert_eq!(
+            m.runner().state.borrow()[0].to_save(),
+            before,
+            "filter was not reverted"
+        );
+        m.runner().fail_table.set(None);
+        let r = m.apply().unwrap();
+        assert!(r.read_kernel, "after a failure the kernel is read again");
+        assert!(m.runner().state.borrow()[0]
+            .to_save()
+            .contains("-A w-PREROUTING -j ACCEPT"));
+        assert!(m.check_convergence().unwrap().is_empty());
+    }
+
+    #[test]
+    fn lock_contention_is_reported_without_a_line() {
+        let mut m = manager();
+        m.runner().lock_busy.set(true);
+        let err = m.apply().unwrap_err();
+        let ApplyError::Restore(e) = &err else {
+            panic!("{err}")
+        };
+        assert_eq!(e.line, None);
+        assert_eq!(e.code, Some(4));
+        assert!(err.to_string().contains("xtables lock"), "{err}");
+        m.runner().lock_busy.set(false);
+        assert!(!m.apply().unwrap().is_noop());
+    }
+
+    #[test]
+    fn namespace_gone_while_reading_is_a_noop() {
+        let mut m = manager();
+        m.runner().gone.set(true);
+        let r = m.apply().unwrap();
+        assert!(r.namespace_gone && r.is_noop());
+        assert_eq!(m.runner().restores.get(), 0);
+    }
+}

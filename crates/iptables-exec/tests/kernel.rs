@@ -463,3 +463,68 @@ fn fifty_thousand_rules() {
         assert_eq!(ns.save(be, false).matches("\n-A l3agent-c").count(), 50_001);
     }
 }
+
+/// A removed unwrapped (shared) chain is really deleted once nothing else uses it, and kept
+/// (with a note) while a foreign rule still lives in it.
+#[test]
+fn removed_shared_chains_are_deleted_when_unused() {
+    for be in BACKENDS {
+        let ns = TestNs::new("shared");
+        let mut m = manager(&ns, be, "l3agent");
+        for chain in ["shared-x", "shared-y"] {
+            m.model_mut()
+                .add_chain(Family::V4, Table::Filter, chain, false)
+                .unwrap();
+            let jump = format!("-j {chain}");
+            m.model_mut()
+                .add_rule(
+                    Family::V4,
+                    Table::Filter,
+                    RuleSpec {
+                        wrap: false,
+                        ..RuleSpec::new("INPUT", &jump)
+                    },
+                )
+                .unwrap();
+            m.model_mut()
+                .add_rule(
+                    Family::V4,
+                    Table::Filter,
+                    RuleSpec {
+                        wrap: false,
+                        ..RuleSpec::new(chain, "-s 192.0.2.1 -j DROP")
+                    },
+                )
+                .unwrap();
+        }
+        m.apply().unwrap();
+        ns.ok(&[&format!("iptables-{be}"), "-A", "shared-y", "-j", "RETURN"]);
+        m.refresh();
+        for chain in ["shared-x", "shared-y"] {
+            assert!(m
+                .model_mut()
+                .remove_chain(Family::V4, Table::Filter, chain, false)
+                .unwrap());
+        }
+        let r = m.apply().unwrap();
+        let saved = ns.save(be, false);
+        assert!(
+            !saved.contains("shared-x"),
+            "{be}: released chain not deleted:\n{saved}"
+        );
+        assert!(
+            saved.contains(":shared-y - [0:0]\n") && saved.contains("-A shared-y -j RETURN"),
+            "{be}: {saved}"
+        );
+        assert!(
+            !saved.contains("-A shared-y -s 192.0.2.1/32"),
+            "{be}: our rule left in shared-y"
+        );
+        assert!(
+            r.notes.iter().any(|n| n.contains("shared-y")),
+            "{be}: {:?}",
+            r.notes
+        );
+        assert!(m.check_convergence().unwrap().is_empty());
+    }
+}

@@ -345,6 +345,31 @@ pub enum Op {
 }
 
 impl Op {
+    /// Parses one restore line l3agent writes (the inverse of [`Op::render`]).
+    pub fn parse(line: &str) -> Option<Op> {
+        if let Some(decl) = line.strip_prefix(':') {
+            return Some(Op::Declare(decl.split(' ').next()?.to_owned()));
+        }
+        let (cmd, rest) = line.split_once(' ')?;
+        let (chain, spec) = rest.split_once(' ').unwrap_or((rest, ""));
+        let (chain, spec) = (chain.to_owned(), spec.to_owned());
+        let number = |s: &str| s.parse::<usize>().ok();
+        Some(match cmd {
+            "-A" => Op::Append(chain, spec),
+            "-I" => {
+                let (pos, spec) = spec.split_once(' ').unwrap_or((&spec, ""));
+                Op::Insert(chain, number(pos)?, spec.to_owned())
+            }
+            "-D" => match number(&spec) {
+                Some(n) => Op::DeleteAt(chain, n),
+                None => Op::DeleteSpec(chain, spec),
+            },
+            "-F" => Op::Flush(chain),
+            "-X" => Op::DeleteChain(chain),
+            _ => return None,
+        })
+    }
+
     /// The restore line.
     pub fn render(&self) -> String {
         match self {
@@ -420,6 +445,22 @@ COMMIT
         let e = KernelState::parse_save("# Table `filter' is incompatible, use 'nft' tool.\n")
             .unwrap_err();
         assert!(e.to_string().contains("incompatible"));
+    }
+
+    #[test]
+    fn ops_render_and_parse() {
+        for op in [
+            Op::Declare("c".into()),
+            Op::Append("c".into(), "-j ACCEPT".into()),
+            Op::Append("c".into(), String::new()),
+            Op::Insert("c".into(), 3, "-s 192.0.2.1/32 -j DROP".into()),
+            Op::DeleteAt("c".into(), 2),
+            Op::DeleteSpec("c".into(), "-j ACCEPT".into()),
+            Op::Flush("c".into()),
+            Op::DeleteChain("c".into()),
+        ] {
+            assert_eq!(Op::parse(&op.render()), Some(op.clone()), "{}", op.render());
+        }
     }
 
     #[test]
