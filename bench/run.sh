@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The benchmark command of the README: l3agent vs Neutron's IptablesManager vs raw iptables, in
+# one run (several minutes). Installs system packages if missing, makes a virtualenv with
+# Neutron from PyPI under target/neutron-venv (once), builds in release mode, runs, and writes
+# BENCHMARKS.md and target/bench/iptables.json. Needs root. Extra arguments go to the harness,
+# e.g. bench/run.sh --sizes 1000,10000 --runs 5, or --skip-neutron.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+venv=target/neutron-venv
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import neutron' 2>/dev/null; then
+  if ! python3 -m venv --help >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+  fi
+  mkdir -p target
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q 'neutron==29.0.0'
+fi
+cargo build --release -q -p l3agent-bench
+exec target/release/l3agent-bench iptables --python "$venv/bin/python" "$@"

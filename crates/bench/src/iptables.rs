@@ -1,0 +1,357 @@
+//! The iptables benchmark: see the crate doc.
+
+use std::collections::BTreeMap;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args as ClapArgs;
+use l3agent_iptables::kernel::KernelState;
+use l3agent_iptables::plan::plan_family;
+use l3agent_iptables::{Family, IptablesModel, ModelOptions, NetnsName, RuleSpec, Table, WrapName};
+use l3agent_iptables_exec::{process, Backend, BackendChoice, ExecOptions, Manager, NetnsTarget};
+use l3agent_testkit::TestNs;
+use serde_json::{json, Value};
+
+const SCENARIOS: [&str; 5] = ["cold", "add1", "remove1", "noop", "change10"];
+const WRAP: &str = "l3agent";
+
+/// Arguments of `l3agent-bench iptables`.
+#[derive(Debug, ClapArgs)]
+pub struct Args {
+    /// Rule counts N.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000,50000")]
+    sizes: Vec<usize>,
+    /// Backends.
+    #[arg(long, value_delimiter = ',', default_value = "nft,legacy")]
+    backends: Vec<String>,
+    /// Runs per cell (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Skip Neutron (no virtualenv needed).
+    #[arg(long)]
+    skip_neutron: bool,
+    /// Python interpreter of a virtualenv with `neutron` installed (bench/run.sh makes one).
+    #[arg(long, default_value = "target/neutron-venv/bin/python")]
+    python: PathBuf,
+    /// Where to write iptables.json.
+    #[arg(long, default_value = "target/bench")]
+    out_dir: PathBuf,
+    /// Markdown file to write the results table to.
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    markdown: PathBuf,
+}
+
+/// Arguments of the hidden worker.
+#[derive(Debug, ClapArgs)]
+pub struct WorkerArgs {
+    #[arg(long)]
+    netns: String,
+    #[arg(long)]
+    backend: String,
+    #[arg(long)]
+    n: usize,
+}
+
+const SOURCES_PER_PREFIX: usize = 256;
+
+/// Rule `i` of the workload, in canonical form: a distinct (source /32, TCP port) pair, sources
+/// from the documentation prefixes only. Keep in sync with bench/neutron_driver.py.
+pub fn workload_rule(i: usize, port_shift: usize) -> String {
+    let prefixes = ["192.0.2", "198.51.100", "203.0.113"];
+    let k = i % (3 * SOURCES_PER_PREFIX);
+    let src = format!("{}.{}", prefixes[k / SOURCES_PER_PREFIX], k % SOURCES_PER_PREFIX);
+    let port = 1024 + i / (3 * SOURCES_PER_PREFIX) + port_shift;
+    format!("-s {src}/32 -p tcp -m tcp --dport {port} -j ACCEPT")
+}
+
+const EXTRA: &str = "-s 203.0.113.254/32 -p tcp -m tcp --dport 9 -j DROP";
+
+fn options() -> ModelOptions {
+    ModelOptions { ipv6: false, ..ModelOptions::default() }
+}
+
+fn build_model(n: usize) -> Result<IptablesModel> {
+    let mut m = IptablesModel::new(WrapName::new(WRAP)?, options());
+    for c in 0..n / 100 {
+        let chain = format!("c{c}");
+        m.add_chain(Family::V4, Table::Filter, &chain, true)?;
+        m.add_rule(Family::V4, Table::Filter, RuleSpec::new("FORWARD", &format!("-j ${chain}")))?;
+        for r in 0..100 {
+            m.add_rule(Family::V4, Table::Filter, RuleSpec::new(&chain, &workload_rule(c * 100 + r, 0)))?;
+        }
+    }
+    Ok(m)
+}
+
+fn backend_of(name: &str) -> Result<Backend> {
+    match name {
+        "nft" => Ok(Backend::Nft),
+        "legacy" => Ok(Backend::Legacy),
+        other => bail!("--backends: unknown backend {other:?} (nft or legacy)"),
+    }
+}
+
+fn secs(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64()
+}
+
+/// One l3agent sequence in an existing namespace, as a library user would drive it.
+pub fn worker(a: WorkerArgs) -> Result<()> {
+    let target = NetnsTarget::Named(NetnsName::new("--netns", &a.netns)?);
+    let mut out = BTreeMap::new();
+    let mut manager = Manager::open(&target, BackendChoice::Fixed(backend_of(&a.backend)?), IptablesModel::new(WrapName::new(WRAP)?, options()), ExecOptions::default())?;
+    let t = Instant::now();
+    let model = build_model(a.n)?;
+    out.insert("build", secs(t));
+    manager.set_model(model);
+    let t = Instant::now();
+    manager.apply()?;
+    out.insert("cold", secs(t));
+
+    let t = Instant::now();
+    manager.model_mut().add_rule(Family::V4, Table::Filter, RuleSpec::new("c7", EXTRA))?;
+    let r = manager.apply()?;
+    out.insert("add1", secs(t));
+    assert_eq!(r.lines(), 3, "add1 sent {:?}", r.sent);
+
+    let t = Instant::now();
+    manager.model_mut().remove_rule(Family::V4, Table::Filter, RuleSpec::new("c7", EXTRA))?;
+    manager.apply()?;
+    out.insert("remove1", secs(t));
+
+    // The no-op is too short for one sample: average a thousand.
+    let t = Instant::now();
+    for _ in 0..1000 {
+        assert!(manager.apply()?.is_noop());
+    }
+    out.insert("noop", secs(t) / 1000.0);
+
+    let t = Instant::now();
+    for c in 0..a.n / 1000 {
+        let chain = format!("c{c}");
+        manager.model_mut().empty_chain(Family::V4, Table::Filter, &chain, true)?;
+        for r in 0..100 {
+            manager.model_mut().add_rule(Family::V4, Table::Filter, RuleSpec::new(&chain, &workload_rule(c * 100 + r, 30000)))?;
+        }
+    }
+    out.insert("change10_build", secs(t));
+    let t = Instant::now();
+    manager.apply()?;
+    out.insert("change10", secs(t));
+    if !manager.check_convergence()?.is_empty() {
+        bail!("l3agent did not converge");
+    }
+    let mut v = serde_json::to_value(out)?;
+    v["maxrss_kib"] = json!(maxrss_kib());
+    println!("{v}");
+    Ok(())
+}
+
+fn maxrss_kib() -> i64 {
+    // SAFETY: getrusage writes into the struct we pass and nothing else.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; RUSAGE_SELF is always valid.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    ru.ru_maxrss
+}
+
+/// One `iptables-restore --noflush` with the namespace entered by setns between fork and exec
+/// (as l3agent does; `ip netns exec` would add about 2 ms of its own).
+fn restore(ns: &TestNs, backend: &str, input: &str) -> Result<f64> {
+    let prog = PathBuf::from(format!("/usr/sbin/iptables-{backend}-restore"));
+    let netns = std::fs::File::open(format!("/run/netns/{}", ns.name))?;
+    let t = Instant::now();
+    let out = process::run(&prog, &["--noflush", "-w", "10"], Some(input.as_bytes()), Some(netns.as_fd()), Duration::from_secs(600))?;
+    let elapsed = secs(t);
+    if !out.success() {
+        bail!("raw restore failed: {}", out.stderr);
+    }
+    Ok(elapsed)
+}
+
+/// The floor: exactly the restore input needed, nothing else (no save, no diff).
+fn raw(backend: &str, n: usize) -> Result<BTreeMap<&'static str, f64>> {
+    let ns = TestNs::new("raw");
+    let model = build_model(n)?;
+    let cold_input = plan_family(&KernelState::default(), &model, Family::V4, None).render().0;
+    let mut out = BTreeMap::new();
+    out.insert("cold", restore(&ns, backend, &cold_input)?);
+    out.insert("add1", restore(&ns, backend, &format!("*filter\n-A {WRAP}-c7 {EXTRA}\nCOMMIT\n"))?);
+    out.insert("remove1", restore(&ns, backend, &format!("*filter\n-D {WRAP}-c7 101\nCOMMIT\n"))?);
+    out.insert("noop", 0.0);
+    let mut change = String::from("*filter\n");
+    for c in 0..n / 1000 {
+        change.push_str(&format!("-F {WRAP}-c{c}\n"));
+        for r in 0..100 {
+            change.push_str(&format!("-A {WRAP}-c{c} {}\n", workload_rule(c * 100 + r, 30000)));
+        }
+    }
+    change.push_str("COMMIT\n");
+    out.insert("change10", restore(&ns, backend, &change)?);
+    Ok(out)
+}
+
+fn run_json(cmd: &mut Command) -> Result<Value> {
+    let out = cmd.stderr(Stdio::piped()).output()?;
+    if !out.status.success() {
+        bail!("{:?} failed: {}", cmd, String::from_utf8_lossy(&out.stderr));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last = text.lines().last().context("no output")?;
+    Ok(serde_json::from_str(last)?)
+}
+
+fn l3agent(backend: &str, n: usize) -> Result<Value> {
+    let ns = TestNs::new("l3a");
+    let exe = std::env::current_exe()?;
+    run_json(Command::new(exe).args(["worker", "--netns", &ns.name, "--backend", backend, "--n", &n.to_string()]))
+}
+
+fn neutron(python: &Path, backend: &str, n: usize) -> Result<Value> {
+    let ns = TestNs::new("neu");
+    // Neutron runs `iptables-save`/`iptables-restore` by name: point them at the backend.
+    let bin = std::env::temp_dir().join(format!("l3agent-bench-{backend}-{}", std::process::id()));
+    std::fs::create_dir_all(&bin)?;
+    for (link, target) in [("iptables-save", "save"), ("iptables-restore", "restore")] {
+        let path = bin.join(link);
+        let _ = std::fs::remove_file(&path);
+        std::os::unix::fs::symlink(format!("/usr/sbin/iptables-{backend}-{target}"), &path)?;
+    }
+    let path = bin.join("iptables");
+    let _ = std::fs::remove_file(&path);
+    std::os::unix::fs::symlink(format!("/usr/sbin/iptables-{backend}"), &path)?;
+    let driver = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/neutron_driver.py");
+    let env_path = format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", bin.display());
+    run_json(Command::new(python).arg(driver).args(["--netns", &ns.name, "--n", &n.to_string()]).env("PATH", env_path))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn fmt_time(s: f64) -> String {
+    if s == 0.0 {
+        "0".to_owned()
+    } else if s < 1e-6 {
+        format!("{:.0} ns", s * 1e9)
+    } else if s < 0.001 {
+        format!("{:.1} µs", s * 1e6)
+    } else {
+        format!("{:.1} ms", s * 1e3)
+    }
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if b == 0.0 {
+        "–".to_owned()
+    } else {
+        format!("{:.2}x", a / b)
+    }
+}
+
+/// Runs the whole comparison and writes the JSON and Markdown reports.
+pub fn run(a: Args) -> Result<()> {
+    l3agent_testkit::require_kernel();
+    if !a.skip_neutron && !a.python.exists() {
+        bail!("{} not found: run bench/run.sh (it makes the virtualenv), or pass --skip-neutron", a.python.display());
+    }
+    let mut results: Vec<Value> = Vec::new();
+    let mut rss = BTreeMap::new();
+    for backend in &a.backends {
+        backend_of(backend)?;
+        for &n in &a.sizes {
+            let mut samples: BTreeMap<(&str, String), Vec<f64>> = BTreeMap::new();
+            for run in 0..a.runs {
+                eprintln!("[{backend} N={n}] run {}/{}", run + 1, a.runs);
+                let l = l3agent(backend, n)?;
+                rss.insert((backend.clone(), n), l["maxrss_kib"].as_i64().unwrap_or(0));
+                for s in SCENARIOS.iter().chain(["build", "change10_build"].iter()) {
+                    samples.entry(("l3agent", (*s).to_owned())).or_default().push(l[*s].as_f64().unwrap_or(f64::NAN));
+                }
+                for (s, v) in raw(backend, n)? {
+                    samples.entry(("raw", s.to_owned())).or_default().push(v);
+                }
+                if !a.skip_neutron {
+                    let nv = neutron(&a.python, backend, n)?;
+                    for s in SCENARIOS.iter().chain(["build", "change10_build"].iter()) {
+                        samples.entry(("neutron", (*s).to_owned())).or_default().push(nv[*s].as_f64().unwrap_or(f64::NAN));
+                    }
+                }
+            }
+            let med: BTreeMap<String, f64> = samples.into_iter().map(|((c, s), v)| (format!("{c}.{s}"), median(v))).collect();
+            results.push(json!({"backend": backend, "n": n, "median_s": med}));
+        }
+    }
+    let report = json!({
+        "runs": a.runs,
+        "machine": machine(),
+        "results": results,
+        "l3agent_peak_rss_kib": rss.iter().map(|((b, n), k)| json!({"backend": b, "n": n, "kib": k})).collect::<Vec<_>>(),
+    });
+    std::fs::create_dir_all(&a.out_dir)?;
+    std::fs::write(a.out_dir.join("iptables.json"), serde_json::to_string_pretty(&report)?)?;
+    let md = markdown(&report, a.skip_neutron);
+    println!("{md}");
+    std::fs::write(&a.markdown, md)?;
+    eprintln!("wrote {} and {}", a.out_dir.join("iptables.json").display(), a.markdown.display());
+    Ok(())
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cpus} CPUs, kernel {}", kernel.trim())
+}
+
+fn markdown(report: &Value, skip_neutron: bool) -> String {
+    let mut s = String::new();
+    s.push_str("# Benchmarks\n\n");
+    s.push_str("Produced by `bench/run.sh` (`cargo run --release -p l3agent-bench -- iptables`); every figure is the median of ");
+    s.push_str(&format!("{} runs, each in a fresh throwaway network namespace, on {}.\n\n", report["runs"], report["machine"].as_str().unwrap_or("")));
+    s.push_str("## iptables engine: l3agent vs Neutron's IptablesManager vs raw iptables\n\n");
+    s.push_str("Workload: N ACCEPT rules (distinct source /32 and TCP port) in N/100 wrapped chains of the filter table, each jumped to from the wrapped FORWARD chain; IPv4. ");
+    s.push_str("*raw* is `iptables-restore --noflush` of exactly the needed lines (cold: the same restore input l3agent sends; add/remove: a one-line delta; change 10%: flush and refill of the changed chains) with no save and no diff: the floor. ");
+    s.push_str("*l3agent* is one long-lived `Manager` (library use): times are its `apply()`, with the model already updated (building the model is shown separately). ");
+    s.push_str("*neutron* is Neutron 29.0.0's `IptablesManager` from PyPI, driven the same way (bench/neutron_driver.py; privilege escalation bypassed, nothing else).\n\n");
+    s.push_str("| backend | N | scenario | raw | l3agent | neutron | l3agent/raw | neutron/l3agent |\n|---|---:|---|---:|---:|---:|---:|---:|\n");
+    for r in report["results"].as_array().into_iter().flatten() {
+        let m = &r["median_s"];
+        for sc in SCENARIOS {
+            let raw = m[format!("raw.{sc}")].as_f64().unwrap_or(f64::NAN);
+            let l3 = m[format!("l3agent.{sc}")].as_f64().unwrap_or(f64::NAN);
+            let ne = m[format!("neutron.{sc}")].as_f64();
+            s.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                r["backend"].as_str().unwrap_or(""),
+                r["n"],
+                sc,
+                fmt_time(raw),
+                fmt_time(l3),
+                ne.map(fmt_time).unwrap_or_else(|| "–".into()),
+                ratio(l3, raw),
+                ne.map(|ne| ratio(ne, l3)).unwrap_or_else(|| "–".into()),
+            ));
+        }
+    }
+    s.push_str("\nModel building (in-memory `add_rule` calls, before `apply()`):\n\n| backend | N | l3agent build | neutron build | l3agent change-10% build |\n|---|---:|---:|---:|---:|\n");
+    for r in report["results"].as_array().into_iter().flatten() {
+        let m = &r["median_s"];
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {} |\n",
+            r["backend"].as_str().unwrap_or(""),
+            r["n"],
+            fmt_time(m["l3agent.build"].as_f64().unwrap_or(f64::NAN)),
+            if skip_neutron { "–".into() } else { fmt_time(m["neutron.build"].as_f64().unwrap_or(f64::NAN)) },
+            fmt_time(m["l3agent.change10_build"].as_f64().unwrap_or(f64::NAN)),
+        ));
+    }
+    s.push_str("\nPeak RSS of the l3agent worker process (whole sequence):\n\n| backend | N | peak RSS |\n|---|---:|---:|\n");
+    for r in report["l3agent_peak_rss_kib"].as_array().into_iter().flatten() {
+        s.push_str(&format!("| {} | {} | {:.1} MiB |\n", r["backend"].as_str().unwrap_or(""), r["n"], r["kib"].as_f64().unwrap_or(0.0) / 1024.0));
+    }
+    s
+}

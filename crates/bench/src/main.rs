@@ -1,0 +1,43 @@
+//! `l3agent-bench iptables`: l3agent's iptables engine vs Neutron's IptablesManager vs raw
+//! `iptables-restore`, on the same workload, same machine, same run.
+//!
+//! Workload (issue 6): N ACCEPT rules (distinct source /32 and TCP port) in N/100 wrapped
+//! chains of the filter table, each jumped to from the wrapped FORWARD chain. Scenarios, each
+//! sequence in a fresh throwaway namespace, median of `--runs`:
+//! cold apply, add one rule, remove one rule, no-op apply, change 10% (every rule of a tenth of
+//! the chains gets a new port).
+//!
+//! Contenders:
+//! - l3agent: one long-lived `Manager` (a worker process of this binary, so its peak RSS is its
+//!   own);
+//! - raw: `iptables-restore --noflush` of exactly the needed lines, nothing else (the floor);
+//! - neutron: Neutron's own IptablesManager from PyPI, driven by bench/neutron_driver.py in a
+//!   virtualenv (privilege escalation bypassed, nothing else).
+#![allow(clippy::disallowed_methods)] // the harness spawns its contenders
+
+mod iptables;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(about = "l3agent benchmarks: figures as ratios against floors measured in the same run")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The iptables engine side by side with Neutron and raw iptables.
+    Iptables(iptables::Args),
+    /// Internal: one l3agent run in a given namespace (prints JSON).
+    #[command(hide = true)]
+    Worker(iptables::WorkerArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Iptables(a) => iptables::run(a),
+        Command::Worker(a) => iptables::worker(a),
+    }
+}
