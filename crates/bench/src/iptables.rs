@@ -62,7 +62,11 @@ const SOURCES_PER_PREFIX: usize = 256;
 pub fn workload_rule(i: usize, port_shift: usize) -> String {
     let prefixes = ["192.0.2", "198.51.100", "203.0.113"];
     let k = i % (3 * SOURCES_PER_PREFIX);
-    let src = format!("{}.{}", prefixes[k / SOURCES_PER_PREFIX], k % SOURCES_PER_PREFIX);
+    let src = format!(
+        "{}.{}",
+        prefixes[k / SOURCES_PER_PREFIX],
+        k % SOURCES_PER_PREFIX
+    );
     let port = 1024 + i / (3 * SOURCES_PER_PREFIX) + port_shift;
     format!("-s {src}/32 -p tcp -m tcp --dport {port} -j ACCEPT")
 }
@@ -70,7 +74,10 @@ pub fn workload_rule(i: usize, port_shift: usize) -> String {
 const EXTRA: &str = "-s 203.0.113.254/32 -p tcp -m tcp --dport 9 -j DROP";
 
 fn options() -> ModelOptions {
-    ModelOptions { ipv6: false, ..ModelOptions::default() }
+    ModelOptions {
+        ipv6: false,
+        ..ModelOptions::default()
+    }
 }
 
 fn build_model(n: usize) -> Result<IptablesModel> {
@@ -78,9 +85,17 @@ fn build_model(n: usize) -> Result<IptablesModel> {
     for c in 0..n / 100 {
         let chain = format!("c{c}");
         m.add_chain(Family::V4, Table::Filter, &chain, true)?;
-        m.add_rule(Family::V4, Table::Filter, RuleSpec::new("FORWARD", &format!("-j ${chain}")))?;
+        m.add_rule(
+            Family::V4,
+            Table::Filter,
+            RuleSpec::new("FORWARD", &format!("-j ${chain}")),
+        )?;
         for r in 0..100 {
-            m.add_rule(Family::V4, Table::Filter, RuleSpec::new(&chain, &workload_rule(c * 100 + r, 0)))?;
+            m.add_rule(
+                Family::V4,
+                Table::Filter,
+                RuleSpec::new(&chain, &workload_rule(c * 100 + r, 0)),
+            )?;
         }
     }
     Ok(m)
@@ -102,7 +117,12 @@ fn secs(t: Instant) -> f64 {
 pub fn worker(a: WorkerArgs) -> Result<()> {
     let target = NetnsTarget::Named(NetnsName::new("--netns", &a.netns)?);
     let mut out = BTreeMap::new();
-    let mut manager = Manager::open(&target, BackendChoice::Fixed(backend_of(&a.backend)?), IptablesModel::new(WrapName::new(WRAP)?, options()), ExecOptions::default())?;
+    let mut manager = Manager::open(
+        &target,
+        BackendChoice::Fixed(backend_of(&a.backend)?),
+        IptablesModel::new(WrapName::new(WRAP)?, options()),
+        ExecOptions::default(),
+    )?;
     let t = Instant::now();
     let model = build_model(a.n)?;
     out.insert("build", secs(t));
@@ -112,13 +132,17 @@ pub fn worker(a: WorkerArgs) -> Result<()> {
     out.insert("cold", secs(t));
 
     let t = Instant::now();
-    manager.model_mut().add_rule(Family::V4, Table::Filter, RuleSpec::new("c7", EXTRA))?;
+    manager
+        .model_mut()
+        .add_rule(Family::V4, Table::Filter, RuleSpec::new("c7", EXTRA))?;
     let r = manager.apply()?;
     out.insert("add1", secs(t));
     assert_eq!(r.lines(), 3, "add1 sent {:?}", r.sent);
 
     let t = Instant::now();
-    manager.model_mut().remove_rule(Family::V4, Table::Filter, RuleSpec::new("c7", EXTRA))?;
+    manager
+        .model_mut()
+        .remove_rule(Family::V4, Table::Filter, RuleSpec::new("c7", EXTRA))?;
     manager.apply()?;
     out.insert("remove1", secs(t));
 
@@ -132,9 +156,15 @@ pub fn worker(a: WorkerArgs) -> Result<()> {
     let t = Instant::now();
     for c in 0..a.n / 1000 {
         let chain = format!("c{c}");
-        manager.model_mut().empty_chain(Family::V4, Table::Filter, &chain, true)?;
+        manager
+            .model_mut()
+            .empty_chain(Family::V4, Table::Filter, &chain, true)?;
         for r in 0..100 {
-            manager.model_mut().add_rule(Family::V4, Table::Filter, RuleSpec::new(&chain, &workload_rule(c * 100 + r, 30000)))?;
+            manager.model_mut().add_rule(
+                Family::V4,
+                Table::Filter,
+                RuleSpec::new(&chain, &workload_rule(c * 100 + r, 30000)),
+            )?;
         }
     }
     out.insert("change10_build", secs(t));
@@ -150,12 +180,18 @@ pub fn worker(a: WorkerArgs) -> Result<()> {
     Ok(())
 }
 
+/// Peak RSS of this process image: `VmHWM` (getrusage's ru_maxrss would also count the
+/// harness that exec'd us, as Linux carries it across execve).
 fn maxrss_kib() -> i64 {
-    // SAFETY: getrusage writes into the struct we pass and nothing else.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: as above; RUSAGE_SELF is always valid.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    ru.ru_maxrss
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("VmHWM:")
+                    .map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0))
+            })
+        })
+        .unwrap_or(0)
 }
 
 /// One `iptables-restore --noflush` with the namespace entered by setns between fork and exec
@@ -164,7 +200,13 @@ fn restore(ns: &TestNs, backend: &str, input: &str) -> Result<f64> {
     let prog = PathBuf::from(format!("/usr/sbin/iptables-{backend}-restore"));
     let netns = std::fs::File::open(format!("/run/netns/{}", ns.name))?;
     let t = Instant::now();
-    let out = process::run(&prog, &["--noflush", "-w", "10"], Some(input.as_bytes()), Some(netns.as_fd()), Duration::from_secs(600))?;
+    let out = process::run(
+        &prog,
+        &["--noflush", "-w", "10"],
+        Some(input.as_bytes()),
+        Some(netns.as_fd()),
+        Duration::from_secs(600),
+    )?;
     let elapsed = secs(t);
     if !out.success() {
         bail!("raw restore failed: {}", out.stderr);
@@ -176,17 +218,36 @@ fn restore(ns: &TestNs, backend: &str, input: &str) -> Result<f64> {
 fn raw(backend: &str, n: usize) -> Result<BTreeMap<&'static str, f64>> {
     let ns = TestNs::new("raw");
     let model = build_model(n)?;
-    let cold_input = plan_family(&KernelState::default(), &model, Family::V4, None).render().0;
+    let cold_input = plan_family(&KernelState::default(), &model, Family::V4, None)
+        .render()
+        .0;
     let mut out = BTreeMap::new();
     out.insert("cold", restore(&ns, backend, &cold_input)?);
-    out.insert("add1", restore(&ns, backend, &format!("*filter\n-A {WRAP}-c7 {EXTRA}\nCOMMIT\n"))?);
-    out.insert("remove1", restore(&ns, backend, &format!("*filter\n-D {WRAP}-c7 101\nCOMMIT\n"))?);
+    out.insert(
+        "add1",
+        restore(
+            &ns,
+            backend,
+            &format!("*filter\n-A {WRAP}-c7 {EXTRA}\nCOMMIT\n"),
+        )?,
+    );
+    out.insert(
+        "remove1",
+        restore(
+            &ns,
+            backend,
+            &format!("*filter\n-D {WRAP}-c7 101\nCOMMIT\n"),
+        )?,
+    );
     out.insert("noop", 0.0);
     let mut change = String::from("*filter\n");
     for c in 0..n / 1000 {
         change.push_str(&format!("-F {WRAP}-c{c}\n"));
         for r in 0..100 {
-            change.push_str(&format!("-A {WRAP}-c{c} {}\n", workload_rule(c * 100 + r, 30000)));
+            change.push_str(&format!(
+                "-A {WRAP}-c{c} {}\n",
+                workload_rule(c * 100 + r, 30000)
+            ));
         }
     }
     change.push_str("COMMIT\n");
@@ -207,7 +268,15 @@ fn run_json(cmd: &mut Command) -> Result<Value> {
 fn l3agent(backend: &str, n: usize) -> Result<Value> {
     let ns = TestNs::new("l3a");
     let exe = std::env::current_exe()?;
-    run_json(Command::new(exe).args(["worker", "--netns", &ns.name, "--backend", backend, "--n", &n.to_string()]))
+    run_json(Command::new(exe).args([
+        "worker",
+        "--netns",
+        &ns.name,
+        "--backend",
+        backend,
+        "--n",
+        &n.to_string(),
+    ]))
 }
 
 fn neutron(python: &Path, backend: &str, n: usize) -> Result<Value> {
@@ -225,7 +294,12 @@ fn neutron(python: &Path, backend: &str, n: usize) -> Result<Value> {
     std::os::unix::fs::symlink(format!("/usr/sbin/iptables-{backend}"), &path)?;
     let driver = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/neutron_driver.py");
     let env_path = format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", bin.display());
-    run_json(Command::new(python).arg(driver).args(["--netns", &ns.name, "--n", &n.to_string()]).env("PATH", env_path))
+    run_json(
+        Command::new(python)
+            .arg(driver)
+            .args(["--netns", &ns.name, "--n", &n.to_string()])
+            .env("PATH", env_path),
+    )
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -257,7 +331,10 @@ fn ratio(a: f64, b: f64) -> String {
 pub fn run(a: Args) -> Result<()> {
     l3agent_testkit::require_kernel();
     if !a.skip_neutron && !a.python.exists() {
-        bail!("{} not found: run bench/run.sh (it makes the virtualenv), or pass --skip-neutron", a.python.display());
+        bail!(
+            "{} not found: run bench/run.sh (it makes the virtualenv), or pass --skip-neutron",
+            a.python.display()
+        );
     }
     let mut results: Vec<Value> = Vec::new();
     let mut rss = BTreeMap::new();
@@ -270,7 +347,10 @@ pub fn run(a: Args) -> Result<()> {
                 let l = l3agent(backend, n)?;
                 rss.insert((backend.clone(), n), l["maxrss_kib"].as_i64().unwrap_or(0));
                 for s in SCENARIOS.iter().chain(["build", "change10_build"].iter()) {
-                    samples.entry(("l3agent", (*s).to_owned())).or_default().push(l[*s].as_f64().unwrap_or(f64::NAN));
+                    samples
+                        .entry(("l3agent", (*s).to_owned()))
+                        .or_default()
+                        .push(l[*s].as_f64().unwrap_or(f64::NAN));
                 }
                 for (s, v) in raw(backend, n)? {
                     samples.entry(("raw", s.to_owned())).or_default().push(v);
@@ -278,11 +358,17 @@ pub fn run(a: Args) -> Result<()> {
                 if !a.skip_neutron {
                     let nv = neutron(&a.python, backend, n)?;
                     for s in SCENARIOS.iter().chain(["build", "change10_build"].iter()) {
-                        samples.entry(("neutron", (*s).to_owned())).or_default().push(nv[*s].as_f64().unwrap_or(f64::NAN));
+                        samples
+                            .entry(("neutron", (*s).to_owned()))
+                            .or_default()
+                            .push(nv[*s].as_f64().unwrap_or(f64::NAN));
                     }
                 }
             }
-            let med: BTreeMap<String, f64> = samples.into_iter().map(|((c, s), v)| (format!("{c}.{s}"), median(v))).collect();
+            let med: BTreeMap<String, f64> = samples
+                .into_iter()
+                .map(|((c, s), v)| (format!("{c}.{s}"), median(v)))
+                .collect();
             results.push(json!({"backend": backend, "n": n, "median_s": med}));
         }
     }
@@ -293,16 +379,25 @@ pub fn run(a: Args) -> Result<()> {
         "l3agent_peak_rss_kib": rss.iter().map(|((b, n), k)| json!({"backend": b, "n": n, "kib": k})).collect::<Vec<_>>(),
     });
     std::fs::create_dir_all(&a.out_dir)?;
-    std::fs::write(a.out_dir.join("iptables.json"), serde_json::to_string_pretty(&report)?)?;
+    std::fs::write(
+        a.out_dir.join("iptables.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
     let md = markdown(&report, a.skip_neutron);
     println!("{md}");
     std::fs::write(&a.markdown, md)?;
-    eprintln!("wrote {} and {}", a.out_dir.join("iptables.json").display(), a.markdown.display());
+    eprintln!(
+        "wrote {} and {}",
+        a.out_dir.join("iptables.json").display(),
+        a.markdown.display()
+    );
     Ok(())
 }
 
 fn machine() -> String {
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     format!("{cpus} CPUs, kernel {}", kernel.trim())
 }
@@ -311,7 +406,11 @@ fn markdown(report: &Value, skip_neutron: bool) -> String {
     let mut s = String::new();
     s.push_str("# Benchmarks\n\n");
     s.push_str("Produced by `bench/run.sh` (`cargo run --release -p l3agent-bench -- iptables`); every figure is the median of ");
-    s.push_str(&format!("{} runs, each in a fresh throwaway network namespace, on {}.\n\n", report["runs"], report["machine"].as_str().unwrap_or("")));
+    s.push_str(&format!(
+        "{} runs, each in a fresh throwaway network namespace, on {}.\n\n",
+        report["runs"],
+        report["machine"].as_str().unwrap_or("")
+    ));
     s.push_str("## iptables engine: l3agent vs Neutron's IptablesManager vs raw iptables\n\n");
     s.push_str("Workload: N ACCEPT rules (distinct source /32 and TCP port) in N/100 wrapped chains of the filter table, each jumped to from the wrapped FORWARD chain; IPv4. ");
     s.push_str("*raw* is `iptables-restore --noflush` of exactly the needed lines (cold: the same restore input l3agent sends; add/remove: a one-line delta; change 10%: flush and refill of the changed chains) with no save and no diff: the floor. ");
@@ -345,13 +444,26 @@ fn markdown(report: &Value, skip_neutron: bool) -> String {
             r["backend"].as_str().unwrap_or(""),
             r["n"],
             fmt_time(m["l3agent.build"].as_f64().unwrap_or(f64::NAN)),
-            if skip_neutron { "–".into() } else { fmt_time(m["neutron.build"].as_f64().unwrap_or(f64::NAN)) },
+            if skip_neutron {
+                "–".into()
+            } else {
+                fmt_time(m["neutron.build"].as_f64().unwrap_or(f64::NAN))
+            },
             fmt_time(m["l3agent.change10_build"].as_f64().unwrap_or(f64::NAN)),
         ));
     }
     s.push_str("\nPeak RSS of the l3agent worker process (whole sequence):\n\n| backend | N | peak RSS |\n|---|---:|---:|\n");
-    for r in report["l3agent_peak_rss_kib"].as_array().into_iter().flatten() {
-        s.push_str(&format!("| {} | {} | {:.1} MiB |\n", r["backend"].as_str().unwrap_or(""), r["n"], r["kib"].as_f64().unwrap_or(0.0) / 1024.0));
+    for r in report["l3agent_peak_rss_kib"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        s.push_str(&format!(
+            "| {} | {} | {:.1} MiB |\n",
+            r["backend"].as_str().unwrap_or(""),
+            r["n"],
+            r["kib"].as_f64().unwrap_or(0.0) / 1024.0
+        ));
     }
     s
 }

@@ -19,6 +19,16 @@ use tracing::{debug, info, warn};
 use crate::error::{ApplyError, ExecError, RestoreError, Rollback};
 use crate::runner::{ProcessRunner, Runner};
 
+/// Plans with more operations than this simulate their effect in parallel with the restore.
+const PARALLEL_SIMULATION_OPS: usize = 2000;
+
+/// Frees large values on another thread, off the apply's critical path.
+fn drop_in_background<T: Send + 'static>(value: T) {
+    let _ = std::thread::Builder::new()
+        .name("l3agent-drop".into())
+        .spawn(move || drop(value));
+}
+
 /// What one apply did, per family.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ApplyReport {
@@ -158,12 +168,7 @@ impl<R: Runner> Manager<R> {
                 break;
             };
             let plan = plan_family(&state, &self.model, family, None);
-            lines.extend(
-                plan.render()
-                    .1
-                    .into_iter()
-                    .map(|l| format!("{family} {}", l.text)),
-            );
+            lines.extend(plan.render().0.lines().map(|l| format!("{family} {l}")));
         }
         Ok(lines)
     }
@@ -195,7 +200,7 @@ impl<R: Runner> Manager<R> {
         }
         for family in families {
             let dirty = self.model.take_dirty(family);
-            let (current, scope) = match self.committed[family.index()].take() {
+            let (mut current, scope) = match self.committed[family.index()].take() {
                 Some(c) => (c, Some(dirty.clone())),
                 None => {
                     report.read_kernel = true;
@@ -229,11 +234,32 @@ impl<R: Runner> Manager<R> {
             let (text, lines) = plan.render();
             info!(netns = %self.runner.label(), %family, lines = lines.len(), "applying iptables changes");
             debug!(netns = %self.runner.label(), %family, input = %text, "restore input");
-            match self.runner.restore(family, &text) {
+            // A big plan: simulate its effect on a copy while iptables-restore runs (two cores
+            // are cheaper than one); a small one: after it succeeded, in place.
+            let (restored, simulated) = if plan.len() > PARALLEL_SIMULATION_OPS {
+                let (plan_ref, current_ref) = (&plan, &current);
+                std::thread::scope(|s| {
+                    let sim = s.spawn(move || {
+                        let mut after = current_ref.clone();
+                        plan_ref.apply_to(&mut after).map(|()| after)
+                    });
+                    let restored = self.runner.restore(family, &text);
+                    let simulated = sim
+                        .join()
+                        .unwrap_or_else(|_| Err("simulation panicked".into()));
+                    (restored, Some(simulated))
+                })
+            } else {
+                (self.runner.restore(family, &text), None)
+            };
+            match restored {
                 Ok(()) => {
-                    let mut after = current;
-                    match plan.apply_to(&mut after) {
-                        Ok(()) => {
+                    let simulated = simulated.unwrap_or_else(|| {
+                        let mut after = std::mem::take(&mut current);
+                        plan.apply_to(&mut after).map(|()| after)
+                    });
+                    match simulated {
+                        Ok(after) => {
                             self.forget_released(family, &after, &dirty);
                             self.committed[family.index()] = Some(after);
                         }
@@ -243,6 +269,7 @@ impl<R: Runner> Manager<R> {
                         }
                     }
                     report.sent.push((family, text));
+                    drop_in_background((plan, current));
                 }
                 Err(failure) => {
                     self.model.restore_dirty(family, dirty);
@@ -254,20 +281,21 @@ impl<R: Runner> Manager<R> {
                     }
                     let failure = failure?;
                     let rollback = self.revert(family, &current);
+                    let input: Vec<&str> = text.lines().collect();
                     let line = failing_line(&failure.stderr, lines.len())
-                        .map(|n| refine_line(n, &failure.stderr, &lines));
+                        .map(|n| refine_line(n, &failure.stderr, &input, &lines));
                     let context = line
                         .map(|n| {
                             let lo = n.saturating_sub(5).max(1);
-                            let hi = (n + 5).min(lines.len());
-                            (lo..=hi).map(|i| (i, lines[i - 1].text.clone())).collect()
+                            let hi = (n + 5).min(input.len());
+                            (lo..=hi).map(|i| (i, input[i - 1].to_owned())).collect()
                         })
                         .unwrap_or_default();
                     let err = RestoreError {
                         family,
                         line,
-                        line_text: line.map(|n| lines[n - 1].text.clone()),
-                        origin: line.and_then(|n| lines[n - 1].origin.clone()),
+                        line_text: line.map(|n| input[n - 1].to_owned()),
+                        origin: line.and_then(|n| lines[n - 1].origin.as_deref().cloned()),
                         context,
                         code: failure.code,
                         stderr: failure.stderr,
@@ -377,8 +405,13 @@ impl<R: Runner> Manager<R> {
 
 /// The nft backend reports a jump to a missing chain at the `COMMIT` of its table: point at the
 /// rule that jumps there instead.
-fn refine_line(n: usize, stderr: &str, lines: &[l3agent_iptables::plan::LineInfo]) -> usize {
-    if lines[n - 1].text != "COMMIT" {
+fn refine_line(
+    n: usize,
+    stderr: &str,
+    input: &[&str],
+    lines: &[l3agent_iptables::plan::LineInfo],
+) -> usize {
+    if input[n - 1] != "COMMIT" {
         return n;
     }
     let missing = stderr
@@ -392,7 +425,7 @@ fn refine_line(n: usize, stderr: &str, lines: &[l3agent_iptables::plan::LineInfo
         .rev()
         .take_while(|&i| lines[i - 1].table == table)
         .find(|&i| {
-            let t = &lines[i - 1].text;
+            let t = input[i - 1];
             t.ends_with(&format!(" -j {missing}")) || t.ends_with(&format!(" -g {missing}"))
         })
         .unwrap_or(n)

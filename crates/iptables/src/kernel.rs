@@ -23,6 +23,21 @@ pub struct KernelRule {
 impl KernelRule {
     /// Parses the text after `-A <chain> ` (markers and target are extracted).
     pub fn from_spec(spec: &str) -> KernelRule {
+        // Fast path for the common rule without quotes or markers: plain words.
+        if !spec.contains('"') && !spec.contains("l3agent:") {
+            let mut words = spec.split(' ');
+            let mut target = None;
+            while let Some(w) = words.next() {
+                if matches!(w, "-j" | "-g" | "--jump" | "--goto") {
+                    target = words.next().map(str::to_owned);
+                }
+            }
+            return KernelRule {
+                spec: spec.to_owned(),
+                marker: None,
+                target,
+            };
+        }
         let mut marker = None;
         let mut target = None;
         // Tokenising is only needed to find comments and the target; a rule iptables-save
@@ -216,13 +231,19 @@ impl KernelState {
     }
 
     /// Applies a table's operations (see [`KernelTable::apply`]).
-    pub fn apply(&mut self, table: Table, ops: &[Op]) -> Result<(), String> {
+    pub fn apply<'a>(
+        &mut self,
+        table: Table,
+        ops: impl IntoIterator<Item = &'a Op>,
+    ) -> Result<(), String> {
         let t = self.tables.entry(table).or_default();
         for op in ops {
             t.apply(table, op)?;
             if let Op::Append(_, spec) | Op::Insert(_, _, spec) = op {
-                if let Some(m) = KernelRule::from_spec(spec).marker {
-                    self.wraps.insert(m.wrap);
+                if spec.contains("l3agent:") {
+                    if let Some(m) = KernelRule::from_spec(spec).marker {
+                        self.wraps.insert(m.wrap);
+                    }
                 }
             }
         }
@@ -372,23 +393,31 @@ impl Op {
 
     /// The restore line.
     pub fn render(&self) -> String {
-        match self {
-            Op::Declare(c) => format!(":{c} - [0:0]"),
-            Op::Append(c, s) => join3("-A", c, s),
-            Op::Insert(c, p, s) => join3("-I", &format!("{c} {p}"), s),
-            Op::DeleteAt(c, p) => format!("-D {c} {p}"),
-            Op::DeleteSpec(c, s) => join3("-D", c, s),
-            Op::Flush(c) => format!("-F {c}"),
-            Op::DeleteChain(c) => format!("-X {c}"),
-        }
+        let mut s = String::new();
+        self.render_into(&mut s);
+        s
+    }
+
+    /// Appends the restore line to `out`.
+    pub fn render_into(&self, out: &mut String) {
+        use std::fmt::Write;
+        let _ = match self {
+            Op::Declare(c) => write!(out, ":{c} - [0:0]"),
+            Op::Append(c, s) => write!(out, "-A {c}{}{s}", sep(s)),
+            Op::Insert(c, p, s) => write!(out, "-I {c} {p}{}{s}", sep(s)),
+            Op::DeleteAt(c, p) => write!(out, "-D {c} {p}"),
+            Op::DeleteSpec(c, s) => write!(out, "-D {c}{}{s}", sep(s)),
+            Op::Flush(c) => write!(out, "-F {c}"),
+            Op::DeleteChain(c) => write!(out, "-X {c}"),
+        };
     }
 }
 
-fn join3(cmd: &str, chain: &str, spec: &str) -> String {
+fn sep(spec: &str) -> &'static str {
     if spec.is_empty() {
-        format!("{cmd} {chain}")
+        ""
     } else {
-        format!("{cmd} {chain} {spec}")
+        " "
     }
 }
 

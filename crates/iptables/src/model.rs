@@ -5,6 +5,7 @@
 //! chains changed, so that an apply only plans what changed.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use crate::error::Error;
 use crate::marker::{marker_text, rule_hash};
@@ -62,8 +63,8 @@ pub struct DesiredRule {
     pub marked: bool,
     /// The `-j`/`-g` target.
     pub target: Option<String>,
-    /// What the caller wrote.
-    pub origin: Origin,
+    /// What the caller wrote (shared with the plan's operations).
+    pub origin: Arc<Origin>,
     /// The caller's comment.
     pub comment: Option<Comment>,
     /// The caller's tag.
@@ -508,10 +509,10 @@ impl IptablesModel {
             hash,
             marked,
             target: parsed.target.clone(),
-            origin: Origin {
+            origin: Arc::new(Origin {
                 chain: spec.chain.to_owned(),
                 rule: spec.rule.to_owned(),
-            },
+            }),
             comment,
             tag,
             refs: 1,

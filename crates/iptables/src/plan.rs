@@ -11,6 +11,7 @@
 //!   unwrapped chain we released is deleted once it is empty and unreferenced.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use crate::kernel::{KernelChain, KernelRule, KernelState, KernelTable, Op};
 use crate::model::{ChainKind, DesiredRule, DesiredTable, IptablesModel, Origin};
@@ -22,7 +23,7 @@ pub struct PlannedOp {
     /// The operation.
     pub op: Op,
     /// The rule the caller wrote, for error messages.
-    pub origin: Option<Origin>,
+    pub origin: Option<Arc<Origin>>,
 }
 
 /// The operations for one table.
@@ -44,15 +45,13 @@ pub struct Plan {
     pub notes: Vec<String>,
 }
 
-/// One line of the rendered restore input.
+/// What one line of the rendered restore input is (its text is that line of the input).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LineInfo {
     /// The table the line is in.
     pub table: Table,
-    /// The line.
-    pub text: String,
     /// The caller's rule behind it.
-    pub origin: Option<Origin>,
+    pub origin: Option<Arc<Origin>>,
 }
 
 impl Plan {
@@ -71,21 +70,27 @@ impl Plan {
     pub fn render(&self) -> (String, Vec<LineInfo>) {
         let mut text = String::new();
         let mut lines = Vec::new();
-        let mut push = |table: Table, line: String, origin: Option<Origin>| {
-            text.push_str(&line);
+        for t in self.tables.iter().filter(|t| !t.ops.is_empty()) {
+            text.push('*');
+            text.push_str(t.table.as_str());
             text.push('\n');
             lines.push(LineInfo {
-                table,
-                text: line,
-                origin,
+                table: t.table,
+                origin: None,
             });
-        };
-        for t in self.tables.iter().filter(|t| !t.ops.is_empty()) {
-            push(t.table, format!("*{}", t.table), None);
             for op in &t.ops {
-                push(t.table, op.op.render(), op.origin.clone());
+                op.op.render_into(&mut text);
+                text.push('\n');
+                lines.push(LineInfo {
+                    table: t.table,
+                    origin: op.origin.clone(),
+                });
             }
-            push(t.table, "COMMIT".to_owned(), None);
+            text.push_str("COMMIT\n");
+            lines.push(LineInfo {
+                table: t.table,
+                origin: None,
+            });
         }
         (text, lines)
     }
@@ -94,8 +99,7 @@ impl Plan {
     /// restore).
     pub fn apply_to(&self, state: &mut KernelState) -> Result<(), String> {
         for t in &self.tables {
-            let ops: Vec<Op> = t.ops.iter().map(|o| o.op.clone()).collect();
-            state.apply(t.table, &ops)?;
+            state.apply(t.table, t.ops.iter().map(|o| &o.op))?;
         }
         Ok(())
     }

@@ -59,9 +59,9 @@ pub fn run(a: ShowArgs) -> Result<(), Failure> {
         let drift = a.rules.as_ref().map(|_| {
             let plan = plan_family(&state, manager.model(), family, None);
             plan.render()
-                .1
-                .into_iter()
-                .map(|l| l.text)
+                .0
+                .lines()
+                .map(str::to_owned)
                 .collect::<Vec<_>>()
         });
         out.push((family, chains, drift));
