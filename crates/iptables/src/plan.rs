@@ -183,6 +183,24 @@ fn bare(op: Op) -> PlannedOp {
     PlannedOp { op, origin: None }
 }
 
+/// Lengths of the common prefix and (non-overlapping) common suffix of `cur` and `want`.
+fn common_ends<W>(
+    cur: &[KernelRule],
+    want: &[W],
+    eq: &dyn Fn(&KernelRule, &W) -> bool,
+) -> (usize, usize) {
+    let p = cur.iter().zip(want).take_while(|(k, w)| eq(k, w)).count();
+    let max_s = cur.len().min(want.len()) - p;
+    let s = cur
+        .iter()
+        .rev()
+        .zip(want.iter().rev())
+        .take(max_s)
+        .take_while(|(k, w)| eq(k, w))
+        .count();
+    (p, s)
+}
+
 /// Replaces `cur` (rules `base+1 ..` of the chain) by `want`, trimming the common prefix and
 /// suffix; by index. `at_end` says whether `cur` reaches the end of the chain (then new rules
 /// are appended).
@@ -197,15 +215,7 @@ fn edit_run<W>(
     op_for: &dyn Fn(&W, Option<usize>) -> PlannedOp,
     out: &mut Vec<PlannedOp>,
 ) {
-    let p = cur.iter().zip(want).take_while(|(k, w)| eq(k, w)).count();
-    let max_s = cur.len().min(want.len()) - p;
-    let s = cur
-        .iter()
-        .rev()
-        .zip(want.iter().rev())
-        .take(max_s)
-        .take_while(|(k, w)| eq(k, w))
-        .count();
+    let (p, s) = common_ends(cur, want, eq);
     let old_mid = cur.len() - p - s;
     let new_mid = &want[p..want.len() - s];
     for _ in 0..old_mid {
@@ -393,15 +403,7 @@ fn track_run(
     eq: &dyn Fn(&KernelRule, &&DesiredRule) -> bool,
     delta: &mut BTreeMap<String, isize>,
 ) {
-    let p = cur.iter().zip(want).take_while(|(k, w)| eq(k, w)).count();
-    let max_s = cur.len().min(want.len()) - p;
-    let s = cur
-        .iter()
-        .rev()
-        .zip(want.iter().rev())
-        .take(max_s)
-        .take_while(|(k, w)| eq(k, w))
-        .count();
+    let (p, s) = common_ends(cur, want, eq);
     for k in &cur[p..cur.len() - s] {
         count(delta, k.target.as_deref(), -1);
     }

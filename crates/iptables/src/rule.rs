@@ -497,21 +497,23 @@ fn first<'a>(v: &[&'a str]) -> Option<&'a str> {
     v.first().copied()
 }
 
+const SPORT: OptSpec = OptSpec {
+    names: &["--sport", "--source-port"],
+    order: 0,
+    args: 1,
+    negatable: true,
+    canon: |_, v| canonical_port(first(v)?).map(|p| format!("--sport {p}")),
+};
+const DPORT: OptSpec = OptSpec {
+    names: &["--dport", "--destination-port"],
+    order: 1,
+    args: 1,
+    negatable: true,
+    canon: |_, v| canonical_port(first(v)?).map(|p| format!("--dport {p}")),
+};
 const TCP_OPTS: &[OptSpec] = &[
-    OptSpec {
-        names: &["--sport", "--source-port"],
-        order: 0,
-        args: 1,
-        negatable: true,
-        canon: |_, v| canonical_port(first(v)?).map(|p| format!("--sport {p}")),
-    },
-    OptSpec {
-        names: &["--dport", "--destination-port"],
-        order: 1,
-        args: 1,
-        negatable: true,
-        canon: |_, v| canonical_port(first(v)?).map(|p| format!("--dport {p}")),
-    },
+    SPORT,
+    DPORT,
     OptSpec {
         names: &["--tcp-flags"],
         order: 3,
@@ -533,22 +535,7 @@ const TCP_OPTS: &[OptSpec] = &[
         canon: |_, _| Some("--tcp-flags FIN,SYN,RST,ACK SYN".to_owned()),
     },
 ];
-const UDP_OPTS: &[OptSpec] = &[
-    OptSpec {
-        names: &["--sport", "--source-port"],
-        order: 0,
-        args: 1,
-        negatable: true,
-        canon: |_, v| canonical_port(first(v)?).map(|p| format!("--sport {p}")),
-    },
-    OptSpec {
-        names: &["--dport", "--destination-port"],
-        order: 1,
-        args: 1,
-        negatable: true,
-        canon: |_, v| canonical_port(first(v)?).map(|p| format!("--dport {p}")),
-    },
-];
+const UDP_OPTS: &[OptSpec] = &[SPORT, DPORT];
 const ICMP_OPTS: &[OptSpec] = &[OptSpec {
     names: &["--icmp-type"],
     order: 0,
