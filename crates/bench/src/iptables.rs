@@ -194,7 +194,7 @@ fn maxrss_kib() -> i64 {
         .unwrap_or(0)
 }
 
-/// One `iptables-restore --noflush` with the namespace entered by setns between fork and exec
+/// One `iptables-restore --noflush` started in the namespace the way l3agent starts it
 /// (as l3agent does; `ip netns exec` would add about 2 ms of its own).
 fn restore(ns: &TestNs, backend: &str, input: &str) -> Result<f64> {
     let prog = PathBuf::from(format!("/usr/sbin/iptables-{backend}-restore"));

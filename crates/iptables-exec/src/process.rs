@@ -1,10 +1,9 @@
-//! The one place l3agent starts processes: argv only (never a shell), the child enters the
-//! target network namespace with `setns` between fork and exec (no `ip netns exec`), every run
-//! is bounded in time, and stdout/stderr are captured.
+//! The one place l3agent starts processes: argv only (never a shell), the child starts in the
+//! target network namespace (spawned from a thread that entered it with `setns`; no `ip netns
+//! exec`), every run is bounded in time, and stdout/stderr are captured.
 
 use std::io::Write;
-use std::os::fd::{AsRawFd, BorrowedFd};
-use std::os::unix::process::CommandExt;
+use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -62,20 +61,23 @@ pub fn run(
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    if let Some(fd) = netns {
-        let raw = fd.as_raw_fd();
-        // SAFETY: between fork and exec only async-signal-safe calls are allowed; setns(2) is a
-        // plain system call. The descriptor stays open in the parent for the whole run.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(raw, libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-    }
-    let mut child = cmd.spawn().map_err(|source| ExecError::Spawn {
+    // The child must start in the target namespace. setns(2) only changes the calling thread,
+    // so a short-lived thread enters the namespace and spawns there: the child inherits it, and
+    // no other thread ever leaves its namespace. (This also lets std use posix_spawn/vfork
+    // instead of fork, which would copy the page tables of a large process.)
+    let spawned = match netns {
+        None => cmd.spawn(),
+        Some(fd) => std::thread::scope(|s| {
+            s.spawn(|| {
+                nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(std::io::Error::from)?;
+                cmd.spawn()
+            })
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("spawning thread panicked")))
+        }),
+    };
+    let mut child = spawned.map_err(|source| ExecError::Spawn {
         program: name.clone(),
         source,
     })?;
