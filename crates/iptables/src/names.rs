@@ -301,36 +301,6 @@ pub fn quote_comment(value: &str) -> String {
     out
 }
 
-/// The name of a network namespace in `/run/netns`, as `ip netns add` takes it: 1..=64
-/// characters of `[A-Za-z0-9_.-]`, not `.` or `..` (so it can never leave the directory).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct NetnsName(String);
-
-impl NetnsName {
-    /// Validates a namespace name; `field` names it in the error.
-    pub fn new(field: &str, value: &str) -> Result<Self, Error> {
-        if value.is_empty() || value.len() > 64 {
-            return Err(Error::invalid(field, value, "must be 1 to 64 characters"));
-        }
-        check_charset(field, value, &['.'])?;
-        if value == "." || value == ".." {
-            return Err(Error::invalid(field, value, "is not a namespace name"));
-        }
-        Ok(NetnsName(value.to_owned()))
-    }
-
-    /// The name.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for NetnsName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
 /// A rule tag, for [`crate::model::IptablesModel::clear_rules_by_tag`].
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Tag(String);
@@ -354,14 +324,6 @@ impl Tag {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn netns_names() {
-        assert!(NetnsName::new("n", "qrouter-1a2b").is_ok());
-        for bad in ["", "..", ".", "a/b", "a b", "a\nb"] {
-            assert!(NetnsName::new("n", bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn wrap_name_limits() {

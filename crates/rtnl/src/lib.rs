@@ -1,0 +1,25 @@
+//! Kernel plumbing for the L3 dataplane, in-process: what Neutron's `ip_lib` does with one
+//! `ip`/`sysctl` process per operation, done over rtnetlink with one socket per namespace.
+//!
+//! - [`netns`]: named namespaces compatible with iproute2 (`/run/netns`), created without a
+//!   fork; [`netns::Netns::run`] does work inside a namespace on a dedicated thread.
+//! - [`socket::Rtnl`]: an rtnetlink socket opened inside a namespace and reused, with
+//!   [`link`], [`addr`], [`route`], [`rule`] and [`neigh`] operations on it.
+//! - [`sysctl`]: typed keys written from inside the namespace.
+//!
+//! Every error names the object and the namespace ("add veth qr-1a2b3c4d (peer …) in
+//! qrouter-…: File exists").
+
+pub mod addr;
+pub mod error;
+pub mod link;
+pub mod neigh;
+pub mod netns;
+pub mod route;
+pub mod rule;
+pub mod socket;
+pub mod sysctl;
+
+pub use error::{Error, ErrorList};
+pub use netns::Netns;
+pub use socket::Rtnl;
