@@ -8,25 +8,9 @@ use l3agent_iptables::Family;
 /// Running a process, opening a namespace, taking a lock.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
-    /// A program l3agent needs is missing.
-    #[error("{0} is not installed (install the iptables package)")]
-    NotInstalled(String),
-    /// The process could not be started.
-    #[error("{program}: could not run: {source}")]
-    Spawn {
-        /// The program.
-        program: String,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The process ran past its time limit and was killed.
-    #[error("{program}: killed after {secs} s without finishing")]
-    Timeout {
-        /// The program.
-        program: String,
-        /// The limit.
-        secs: u64,
-    },
+    /// A process could not be started or ran too long.
+    #[error(transparent)]
+    Process(#[from] l3agent_process::ProcessError),
     /// The process failed.
     #[error("{program} failed (exit {code:?}): {stderr}")]
     Failed {

@@ -1,8 +1,8 @@
 //! The part of l3agent's iptables manager that touches the system, and the long-lived
 //! [`Manager`] built on it.
 //!
-//! - [`process`] is the only code that starts processes: argv only, spawned from a short-lived
-//!   thread that entered the target namespace with `setns`, bounded in time.
+//! - [`process`] (the `l3agent-process` crate) is the only code that starts processes: argv
+//!   only, spawned from a short-lived thread that entered the target namespace, bounded in time.
 //! - [`runner`] drives `iptables-save`/`iptables-restore --noflush -w` of the detected backend.
 //! - [`lock`] serialises l3agent processes per namespace with `flock`.
 //! - [`manager`] keeps the committed state, plans incrementally and maps failures back to the
@@ -13,8 +13,9 @@ pub mod error;
 pub mod lock;
 pub mod manager;
 pub mod netns;
-pub mod process;
 pub mod runner;
+
+pub use l3agent_process as process;
 
 pub use backend::{Backend, BackendChoice};
 pub use error::{ApplyError, ExecError, RestoreError, Rollback};

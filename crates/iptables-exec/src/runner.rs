@@ -12,7 +12,7 @@ use crate::backend::{decide, holds_rules, parse_version, Backend, BackendChoice}
 use crate::error::{sanitize, ExecError};
 use crate::lock::{NamespaceLock, LOCK_DIR};
 use crate::netns::{Netns, NetnsTarget};
-use crate::process::{find_program, run, Output};
+use l3agent_process::{find_program, run, Output};
 
 /// A failed restore: exit code and message.
 #[derive(Debug, Clone)]

@@ -6,15 +6,20 @@
 //! - [`socket::Rtnl`]: an rtnetlink socket opened inside a namespace and reused, with
 //!   [`link`], [`addr`], [`route`], [`rule`] and [`neigh`] operations on it.
 //! - [`sysctl`]: typed keys written from inside the namespace.
+//! - [`garp`]: gratuitous ARP from a packet socket inside the namespace; [`conntrack`]:
+//!   deleting an address's connection-tracking entries.
 //!
 //! Every error names the object and the namespace ("add veth qr-1a2b3c4d (peer …) in
 //! qrouter-…: File exists").
 
 pub mod addr;
+pub mod conntrack;
 pub mod error;
+pub mod garp;
 pub mod link;
 pub mod neigh;
 pub mod netns;
+pub mod port;
 pub mod route;
 pub mod rule;
 pub mod socket;

@@ -106,8 +106,7 @@ fn path_of(name: &NetnsName) -> PathBuf {
 
 /// Whether `/run/netns/<name>` is a namespace (an nsfs mount, not a leftover file).
 pub fn exists(name: &NetnsName) -> bool {
-    nix::sys::statfs::statfs(&path_of(name))
-        .is_ok_and(|s| s.filesystem_type().0 == NSFS_MAGIC)
+    nix::sys::statfs::statfs(&path_of(name)).is_ok_and(|s| s.filesystem_type().0 == NSFS_MAGIC)
 }
 
 /// The names in `/run/netns` that are namespaces, sorted (what `ip netns list` shows).

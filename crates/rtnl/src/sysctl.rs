@@ -53,6 +53,8 @@ pub enum Sysctl {
     ArpIgnore(Scope),
     /// `net.ipv4.conf.<scope>.arp_announce`
     ArpAnnounce(Scope),
+    /// `net.ipv4.conf.<scope>.arp_accept` (learn from gratuitous ARP)
+    ArpAccept(Scope),
     /// `net.netfilter.nf_conntrack_tcp_be_liberal`
     ConntrackTcpBeLiberal,
     /// `net.netfilter.nf_conntrack_tcp_loose`
@@ -75,6 +77,7 @@ impl Sysctl {
             }
             Sysctl::ArpIgnore(s) => format!("net/ipv4/conf/{}/arp_ignore", s.part()),
             Sysctl::ArpAnnounce(s) => format!("net/ipv4/conf/{}/arp_announce", s.part()),
+            Sysctl::ArpAccept(s) => format!("net/ipv4/conf/{}/arp_accept", s.part()),
             Sysctl::ConntrackTcpBeLiberal => "net/netfilter/nf_conntrack_tcp_be_liberal".into(),
             Sysctl::ConntrackTcpLoose => "net/netfilter/nf_conntrack_tcp_loose".into(),
         }

@@ -409,3 +409,106 @@ fn sysctls_are_written_inside_the_namespace_only() {
         "{msg}"
     );
 }
+
+#[test]
+fn compound_port_undoes_itself_on_failure() {
+    let host = TestNs::new("host");
+    let router = TestNs::new("qrouter");
+    let (_nh, mut rh) = open(&host);
+    let (nr, mut rr) = open(&router);
+    rh.add_bridge(&name("brq-ext")).unwrap();
+    let mut port = l3agent_rtnl::port::VethPort {
+        name: name("qg-1a2b3c4d-5e"),
+        peer: name("tap1a2b3c4d-5e"),
+        mtu: 10, // invalid: the kernel refuses it after the pair exists
+        mac: Some([0xfa, 0x16, 0x3e, 1, 2, 3]),
+        addresses: vec![net("203.0.113.10/24")],
+        bridge: Some(name("brq-ext")),
+    };
+    let e = l3agent_rtnl::port::create_veth_port(&mut rh, &mut rr, &nr, &port).unwrap_err();
+    assert!(e.to_string().contains("qg-1a2b3c4d-5e mtu 10"), "{e}");
+    assert!(
+        rh.link(&port.peer).unwrap().is_none(),
+        "host end left behind"
+    );
+    assert!(
+        rr.link(&port.name).unwrap().is_none(),
+        "router end left behind"
+    );
+    port.mtu = 1450;
+    l3agent_rtnl::port::create_veth_port(&mut rh, &mut rr, &nr, &port).unwrap();
+    let l = &json(&router, &["addr", "show", "qg-1a2b3c4d-5e"])[0];
+    assert_eq!(
+        (l["mtu"].as_u64(), l["address"].as_str()),
+        (Some(1450), Some("fa:16:3e:01:02:03"))
+    );
+    assert_eq!(l["addr_info"][0]["local"], "203.0.113.10");
+    assert_eq!(
+        json(&host, &["link", "show", "tap1a2b3c4d-5e"])[0]["master"],
+        "brq-ext"
+    );
+}
+
+#[test]
+fn gratuitous_arp_reaches_the_peer() {
+    let a = TestNs::new("garp-a");
+    let b = TestNs::new("garp-b");
+    let (na, mut ra) = open(&a);
+    let (nb, mut rb) = open(&b);
+    let (qg, ext) = (name("qg-garp"), name("ext-garp"));
+    ra.add_veth(&qg, &ext, Some(nb.fd()), None).unwrap();
+    ra.set_up(&qg, true).unwrap();
+    rb.set_up(&ext, true).unwrap();
+    ra.add_address(&qg, net("203.0.113.10/24"), true).unwrap();
+    rb.add_address(&ext, net("203.0.113.1/24"), true).unwrap();
+    // Let the peer learn from gratuitous ARP (Linux ignores unsolicited ARP by default).
+    sysctl::write(&nb, &[(Sysctl::ArpAccept(Scope::Dev(ext.clone())), 1)]).unwrap();
+    l3agent_rtnl::garp::send(&na, &mut ra, &qg, "203.0.113.10".parse().unwrap(), 1).unwrap();
+    let mac = l3agent_rtnl::link::format_mac(&ra.link(&qg).unwrap().unwrap().mac.unwrap());
+    let mut seen = Value::Null;
+    for _ in 0..50 {
+        seen = json(&b, &["neigh", "show", "dev", "ext-garp"]);
+        if seen.as_array().is_some_and(|n| {
+            n.iter()
+                .any(|e| e["dst"] == "203.0.113.10" && e["lladdr"] == mac.as_str())
+        }) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("peer did not learn 203.0.113.10 -> {mac}: {seen}");
+}
+
+#[test]
+fn conntrack_entries_of_an_address_are_deleted() {
+    let a = TestNs::new("ct");
+    let (n, mut r) = open(&a);
+    let d = name("lo");
+    r.add_address(&d, net("192.0.2.77/32"), false).unwrap();
+    // Conntrack only tracks a namespace once a rule there needs it.
+    a.ok(&[
+        "iptables",
+        "-A",
+        "OUTPUT",
+        "-m",
+        "conntrack",
+        "--ctstate",
+        "NEW",
+        "-j",
+        "ACCEPT",
+    ]);
+    a.ok(&["ping", "-c", "1", "-W", "2", "192.0.2.77"]);
+    assert!(a
+        .ok(&["conntrack", "-L", "-d", "192.0.2.77"])
+        .contains("192.0.2.77"));
+    let deleted =
+        l3agent_rtnl::conntrack::delete_entries(&n, "192.0.2.77".parse().unwrap()).unwrap();
+    assert!(deleted >= 1, "{deleted}");
+    assert!(!a
+        .ok(&["conntrack", "-L", "-d", "192.0.2.77"])
+        .contains("192.0.2.77"));
+    assert_eq!(
+        l3agent_rtnl::conntrack::delete_entries(&n, "192.0.2.77".parse().unwrap()).unwrap(),
+        0
+    );
+}

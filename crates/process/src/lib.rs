@@ -9,7 +9,29 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use crate::error::ExecError;
+/// Starting or running a process failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// A program l3agent needs is missing.
+    #[error("{0} is not installed (./demo.sh and ./test.sh install the packages l3agent needs)")]
+    NotInstalled(String),
+    /// The process could not be started.
+    #[error("{program}: could not run: {source}")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The process ran past its time limit and was killed.
+    #[error("{program}: killed after {secs} s without finishing")]
+    Timeout {
+        /// The program.
+        program: String,
+        /// The limit.
+        secs: u64,
+    },
+}
 
 /// What a finished process left.
 #[derive(Debug)]
@@ -30,12 +52,12 @@ impl Output {
 }
 
 /// Finds a program in the system directories (not `$PATH`: l3agent runs as root).
-pub fn find_program(name: &str) -> Result<PathBuf, ExecError> {
+pub fn find_program(name: &str) -> Result<PathBuf, ProcessError> {
     ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
         .iter()
         .map(|d| Path::new(d).join(name))
         .find(|p| p.is_file())
-        .ok_or_else(|| ExecError::NotInstalled(name.to_owned()))
+        .ok_or_else(|| ProcessError::NotInstalled(name.to_owned()))
 }
 
 /// Runs `program args...`, optionally inside the network namespace `netns`, feeding `stdin`,
@@ -46,7 +68,7 @@ pub fn run(
     stdin: Option<&[u8]>,
     netns: Option<BorrowedFd<'_>>,
     timeout: Duration,
-) -> Result<Output, ExecError> {
+) -> Result<Output, ProcessError> {
     let name = program.display().to_string();
     #[allow(clippy::disallowed_methods)] // this module is the one place that spawns
     let mut cmd = Command::new(program);
@@ -77,7 +99,7 @@ pub fn run(
             .unwrap_or_else(|_| Err(std::io::Error::other("spawning thread panicked")))
         }),
     };
-    let mut child = spawned.map_err(|source| ExecError::Spawn {
+    let mut child = spawned.map_err(|source| ProcessError::Spawn {
         program: name.clone(),
         source,
     })?;
@@ -109,7 +131,7 @@ pub fn run(
             if let Some(w) = writer {
                 let _ = w.join();
             }
-            return Err(ExecError::Timeout {
+            return Err(ProcessError::Timeout {
                 program: name,
                 secs: timeout.as_secs(),
             });
@@ -119,7 +141,7 @@ pub fn run(
     if let Some(w) = writer {
         let _ = w.join();
     }
-    let out = result.map_err(|source| ExecError::Spawn {
+    let out = result.map_err(|source| ProcessError::Spawn {
         program: name,
         source,
     })?;
@@ -149,14 +171,14 @@ mod tests {
         assert_eq!(out.stdout, "x\ny\n");
         let sleep = find_program("sleep").unwrap();
         let e = run(&sleep, &["5"], None, None, Duration::from_millis(100)).unwrap_err();
-        assert!(matches!(e, ExecError::Timeout { .. }), "{e}");
+        assert!(matches!(e, ProcessError::Timeout { .. }), "{e}");
     }
 
     #[test]
     fn missing_program() {
         assert!(matches!(
             find_program("no-such-program-l3agent"),
-            Err(ExecError::NotInstalled(_))
+            Err(ProcessError::NotInstalled(_))
         ));
     }
 }
