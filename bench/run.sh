@@ -2,7 +2,8 @@
 # The benchmark command of the README: l3agent vs Neutron's IptablesManager vs raw iptables, in
 # one run (several minutes). Installs system packages if missing, makes a virtualenv with
 # Neutron from PyPI under target/neutron-venv (once), builds in release mode, runs, and writes
-# BENCHMARKS.md and target/bench/iptables.json. Needs root. Extra arguments go to the harness,
+# BENCHMARKS.md and target/bench/{iptables,plumbing}.json. Then it runs the kernel-plumbing
+# comparison (l3agent in-process vs `ip` per operation vs `ip -batch`) and appends it. Needs root. Extra arguments go to the harness,
 # e.g. bench/run.sh --sizes 1000,10000 --runs 5, or --skip-neutron.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,4 +18,6 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import neutron' 2>/de
   "$venv/bin/pip" install -q 'neutron==29.0.0'
 fi
 cargo build --release -q -p l3agent-bench
-exec target/release/l3agent-bench iptables --python "$venv/bin/python" "$@"
+target/release/l3agent-bench iptables --python "$venv/bin/python" "$@"
+# The kernel-plumbing comparison (issue 4) is appended to the same file.
+{ echo; target/release/l3agent-bench plumbing; } | tee -a BENCHMARKS.md

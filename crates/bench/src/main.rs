@@ -16,6 +16,7 @@
 #![allow(clippy::disallowed_methods)] // the harness spawns its contenders
 
 mod iptables;
+mod plumbing;
 
 use clap::{Parser, Subcommand};
 
@@ -30,6 +31,8 @@ struct Cli {
 enum Command {
     /// The iptables engine side by side with Neutron and raw iptables.
     Iptables(iptables::Args),
+    /// Kernel plumbing: l3agent in-process vs one `ip` process per operation vs `ip -batch`.
+    Plumbing(plumbing::Args),
     /// Internal: one l3agent run in a given namespace (prints JSON).
     #[command(hide = true)]
     Worker(iptables::WorkerArgs),
@@ -39,5 +42,9 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Iptables(a) => iptables::run(a),
         Command::Worker(a) => iptables::worker(a),
+        Command::Plumbing(a) => {
+            println!("{}", plumbing::run_bench(&a)?);
+            Ok(())
+        }
     }
 }
