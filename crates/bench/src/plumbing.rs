@@ -13,6 +13,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
 use ipnet::IpNet;
+use l3agent_rtnl::prelude::*;
 use l3agent_rtnl::route::Route;
 use l3agent_rtnl::rule::Rule;
 use l3agent_rtnl::sysctl::{self, Scope, Sysctl};
@@ -76,13 +77,21 @@ fn sysctl_args(i: usize) -> Vec<String> {
 fn run(argv: &[&str], stdin: Option<&str>) -> Result<()> {
     let mut child = Command::new(argv[0])
         .args(&argv[1..])
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("{argv:?}"))?;
     if let Some(text) = stdin {
-        child.stdin.take().context("stdin")?.write_all(text.as_bytes())?;
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(text.as_bytes())?;
     }
     let out = child.wait_with_output()?;
     if !out.status.success() {
@@ -106,11 +115,38 @@ fn l3agent(host: &TestNs, count: usize) -> Result<(f64, f64)> {
         r.set_up(&dev, true)?;
         r.add_address(&dev, net("192.0.2.1/24"), true)?;
         r.add_address(&dev, format!("2001:db8:{i:x}::1/64").parse()?, false)?;
-        r.replace_route(&Route { gateway: Some("192.0.2.254".parse()?), dev: Some(dev.clone()), ..Route::to(net("0.0.0.0/0")) })?;
-        r.replace_route(&Route { dev: Some(dev.clone()), scope_link: true, ..Route::to(net("198.51.100.0/24")) })?;
-        r.replace_route(&Route { gateway: Some("192.0.2.254".parse()?), dev: Some(dev.clone()), table: 16, ..Route::to(net("0.0.0.0/0")) })?;
-        r.add_rule(&Rule { ipv6: false, from: Some(net("192.0.2.10/32")), to: None, iif: None, table: 16, priority: 32768 })?;
-        r.add_rule(&Rule { ipv6: false, from: None, to: Some(net("203.0.113.0/24")), iif: None, table: 16, priority: 32769 })?;
+        r.replace_route(&Route {
+            gateway: Some("192.0.2.254".parse()?),
+            dev: Some(dev.clone()),
+            ..Route::to(net("0.0.0.0/0"))
+        })?;
+        r.replace_route(&Route {
+            dev: Some(dev.clone()),
+            scope_link: true,
+            ..Route::to(net("198.51.100.0/24"))
+        })?;
+        r.replace_route(&Route {
+            gateway: Some("192.0.2.254".parse()?),
+            dev: Some(dev.clone()),
+            table: 16,
+            ..Route::to(net("0.0.0.0/0"))
+        })?;
+        r.add_rule(&Rule {
+            ipv6: false,
+            from: Some(net("192.0.2.10/32")),
+            to: None,
+            iif: None,
+            table: 16,
+            priority: 32768,
+        })?;
+        r.add_rule(&Rule {
+            ipv6: false,
+            from: None,
+            to: Some(net("203.0.113.0/24")),
+            iif: None,
+            table: 16,
+            priority: 32769,
+        })?;
         r.replace_neighbour(&dev, "192.0.2.20".parse()?, [0xfa, 0x16, 0x3e, 0, 0, 1])?;
         sysctl::write(
             &ns,
@@ -138,14 +174,34 @@ fn per_process(host: &TestNs, count: usize) -> Result<(f64, f64)> {
     for i in 0..count {
         let name = ns_name("proc", i);
         run(&["ip", "netns", "add", &name], None)?;
-        run(&["ip", "-n", &host.name, "link", "add", &format!("tap-b{i}"), "type", "veth", "peer", "name", &format!("qr-b{i}"), "netns", &name], None)?;
+        run(
+            &[
+                "ip",
+                "-n",
+                &host.name,
+                "link",
+                "add",
+                &format!("tap-b{i}"),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &format!("qr-b{i}"),
+                "netns",
+                &name,
+            ],
+            None,
+        )?;
         for line in ip_lines(i) {
             let mut argv = vec!["ip", "-n", &name];
             argv.extend(line.split(' '));
             run(&argv, None)?;
         }
         for s in sysctl_args(i) {
-            run(&["ip", "netns", "exec", &name, "sysctl", "-q", "-w", &s], None)?;
+            run(
+                &["ip", "netns", "exec", &name, "sysctl", "-q", "-w", &s],
+                None,
+            )?;
         }
         names.push(name);
     }
@@ -193,7 +249,11 @@ pub fn run_bench(a: &Args) -> Result<String> {
     l3agent_testkit::require_kernel();
     let mut samples: BTreeMap<(&str, &str), Vec<f64>> = BTreeMap::new();
     type Contender = fn(&TestNs, usize) -> Result<(f64, f64)>;
-    let contenders: [(&str, Contender); 3] = [("l3agent", l3agent), ("ip per operation", per_process), ("ip -batch", batched)];
+    let contenders: [(&str, Contender); 3] = [
+        ("l3agent", l3agent),
+        ("ip per operation", per_process),
+        ("ip -batch", batched),
+    ];
     for run in 0..a.runs {
         for (name, f) in contenders {
             eprintln!("[plumbing] run {}/{} {name}", run + 1, a.runs);
@@ -203,9 +263,15 @@ pub fn run_bench(a: &Args) -> Result<String> {
             samples.entry((name, "delete")).or_default().push(d);
         }
     }
-    let med: BTreeMap<String, f64> = samples.into_iter().map(|((c, p), v)| (format!("{c}.{p}"), median(v))).collect();
+    let med: BTreeMap<String, f64> = samples
+        .into_iter()
+        .map(|((c, p), v)| (format!("{c}.{p}"), median(v)))
+        .collect();
     std::fs::create_dir_all(&a.out_dir)?;
-    std::fs::write(a.out_dir.join("plumbing.json"), serde_json::to_string_pretty(&json!({"count": a.count, "runs": a.runs, "median_s": med}))?)?;
+    std::fs::write(
+        a.out_dir.join("plumbing.json"),
+        serde_json::to_string_pretty(&json!({"count": a.count, "runs": a.runs, "median_s": med}))?,
+    )?;
     let g = |k: &str| med.get(k).copied().unwrap_or(f64::NAN);
     let mut s = format!(
         "## Kernel plumbing: l3agent in-process vs `ip` per operation vs `ip -batch`\n\n\
@@ -217,7 +283,11 @@ pub fn run_bench(a: &Args) -> Result<String> {
     let base = g("l3agent.create") + g("l3agent.delete");
     for (name, _) in contenders {
         let (c, d) = (g(&format!("{name}.create")), g(&format!("{name}.delete")));
-        s.push_str(&format!("| {name} | {c:.3} | {d:.3} | {:.3} | {:.2}x |\n", c + d, (c + d) / base));
+        s.push_str(&format!(
+            "| {name} | {c:.3} | {d:.3} | {:.3} | {:.2}x |\n",
+            c + d,
+            (c + d) / base
+        ));
     }
     Ok(s)
 }

@@ -62,9 +62,48 @@ fn broadcast_of(net: Ipv4Net) -> Ipv4Addr {
     net.broadcast()
 }
 
-impl Rtnl {
+/// Addresses (`ip addr`). Implemented by [`Rtnl`] over rtnetlink; tests pass fakes to code
+/// generic over it to inject faults.
+pub trait Addresses {
     /// Every address, or those of one device (`ip addr show [dev NAME]`).
-    pub fn addresses(&mut self, dev: Option<&IfName>) -> Result<Vec<Address>, Error> {
+    fn addresses(&mut self, dev: Option<&IfName>) -> Result<Vec<Address>, Error>;
+
+    /// `ip addr add NET [broadcast +] dev DEV`.
+    fn add_address(&mut self, dev: &IfName, net: IpNet, broadcast: bool) -> Result<(), Error>;
+
+    /// `ip addr del NET dev DEV`.
+    fn delete_address(&mut self, dev: &IfName, net: IpNet) -> Result<(), Error>;
+
+    /// Makes the addresses of `dev` exactly `wanted`, plus those in `preserve` that are
+    /// already there, plus the kernel's IPv6 link-local address. Idempotent.
+    fn converge_addresses(
+        &mut self,
+        dev: &IfName,
+        wanted: &[IpNet],
+        preserve: &[IpNet],
+    ) -> Result<AddressChanges, Error> {
+        let current = self.addresses(Some(dev))?;
+        let mut changes = AddressChanges::default();
+        for a in &current {
+            let link_local =
+                matches!(a.net, IpNet::V6(n) if n.addr().segments()[0] & 0xffc0 == 0xfe80);
+            if !link_local && !wanted.contains(&a.net) && !preserve.contains(&a.net) {
+                self.delete_address(dev, a.net)?;
+                changes.removed.push(a.net);
+            }
+        }
+        for w in wanted {
+            if !current.iter().any(|a| a.net == *w) {
+                self.add_address(dev, *w, true)?;
+                changes.added.push(*w);
+            }
+        }
+        Ok(changes)
+    }
+}
+
+impl Addresses for Rtnl {
+    fn addresses(&mut self, dev: Option<&IfName>) -> Result<Vec<Address>, Error> {
         let index = match dev {
             Some(d) => Some(self.index("list addresses", d)?),
             None => None,
@@ -104,8 +143,7 @@ impl Rtnl {
         Ok(out)
     }
 
-    /// `ip addr add NET [broadcast +] dev DEV`.
-    pub fn add_address(&mut self, dev: &IfName, net: IpNet, broadcast: bool) -> Result<(), Error> {
+    fn add_address(&mut self, dev: &IfName, net: IpNet, broadcast: bool) -> Result<(), Error> {
         let what = format!("add address {net} to {dev}");
         let index = self.index(&what, dev)?;
         self.request(
@@ -115,8 +153,7 @@ impl Rtnl {
         )
     }
 
-    /// `ip addr del NET dev DEV`.
-    pub fn delete_address(&mut self, dev: &IfName, net: IpNet) -> Result<(), Error> {
+    fn delete_address(&mut self, dev: &IfName, net: IpNet) -> Result<(), Error> {
         let what = format!("delete address {net} from {dev}");
         let index = self.index(&what, dev)?;
         self.request(
@@ -124,32 +161,5 @@ impl Rtnl {
             RouteNetlinkMessage::DelAddress(message(index, net, false)),
             0,
         )
-    }
-
-    /// Makes the addresses of `dev` exactly `wanted`, plus those in `preserve` that are
-    /// already there, plus the kernel's IPv6 link-local address. Idempotent.
-    pub fn converge_addresses(
-        &mut self,
-        dev: &IfName,
-        wanted: &[IpNet],
-        preserve: &[IpNet],
-    ) -> Result<AddressChanges, Error> {
-        let current = self.addresses(Some(dev))?;
-        let mut changes = AddressChanges::default();
-        for a in &current {
-            let link_local =
-                matches!(a.net, IpNet::V6(n) if n.addr().segments()[0] & 0xffc0 == 0xfe80);
-            if !link_local && !wanted.contains(&a.net) && !preserve.contains(&a.net) {
-                self.delete_address(dev, a.net)?;
-                changes.removed.push(a.net);
-            }
-        }
-        for w in wanted {
-            if !current.iter().any(|a| a.net == *w) {
-                self.add_address(dev, *w, true)?;
-                changes.added.push(*w);
-            }
-        }
-        Ok(changes)
     }
 }

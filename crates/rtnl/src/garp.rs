@@ -9,6 +9,7 @@ use l3agent_types::IfName;
 
 use crate::error::Error;
 use crate::netns::Netns;
+use crate::prelude::*;
 use crate::socket::Rtnl;
 
 const ETH_P_ARP: u16 = 0x0806;

@@ -26,5 +26,14 @@ pub mod socket;
 pub mod sysctl;
 
 pub use error::{Error, ErrorList};
+
+/// The operation traits, to call them on an [`Rtnl`] (or a fake).
+pub mod prelude {
+    pub use crate::addr::Addresses;
+    pub use crate::link::Links;
+    pub use crate::neigh::Neighbours;
+    pub use crate::route::Routes;
+    pub use crate::rule::Rules;
+}
 pub use netns::Netns;
 pub use socket::Rtnl;

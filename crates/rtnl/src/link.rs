@@ -69,9 +69,75 @@ pub fn format_mac(mac: &[u8; 6]) -> String {
         .join(":")
 }
 
-impl Rtnl {
+/// Links: veth pairs, bridges, up/down, MTU, MAC, master, namespace, delete, list (`ip link`). Implemented by [`Rtnl`] over rtnetlink; tests pass fakes to code
+/// generic over it to inject faults.
+pub trait Links {
     /// Every link (`ip link show`).
-    pub fn links(&mut self) -> Result<Vec<Link>, Error> {
+    fn links(&mut self) -> Result<Vec<Link>, Error>;
+
+    /// The link named `name`, if it exists.
+    fn link(&mut self, name: &IfName) -> Result<Option<Link>, Error>;
+
+    /// `ip link add NAME type veth peer name PEER [netns NS]`: the peer end is created directly
+    /// in `peer_netns` (never in this namespace first).
+    fn add_veth(
+        &mut self,
+        name: &IfName,
+        peer: &IfName,
+        peer_netns: Option<BorrowedFd<'_>>,
+        mtu: Option<u32>,
+    ) -> Result<(), Error>;
+
+    /// `ip link add NAME type bridge`.
+    fn add_bridge(&mut self, name: &IfName) -> Result<(), Error>;
+
+    /// `ip link set NAME up|down`.
+    fn set_up(&mut self, name: &IfName, up: bool) -> Result<(), Error>;
+
+    /// `ip link set NAME mtu MTU`. The kernel checks the range (68..=65535 for veth).
+    fn set_mtu(&mut self, name: &IfName, mtu: u32) -> Result<(), Error>;
+
+    /// `ip link set NAME address MAC`.
+    fn set_mac(&mut self, name: &IfName, mac: [u8; 6]) -> Result<(), Error>;
+
+    /// `ip link set NAME master BRIDGE`.
+    fn set_master(&mut self, name: &IfName, bridge: &IfName) -> Result<(), Error>;
+
+    /// `ip link set NAME netns NS`.
+    fn move_to(&mut self, name: &IfName, netns: BorrowedFd<'_>, label: &str) -> Result<(), Error>;
+
+    /// `ip link del NAME`. Returns whether it existed.
+    fn delete_link(&mut self, name: &IfName) -> Result<bool, Error>;
+}
+
+impl Rtnl {
+    /// The index of `name`, or [`Error::NoDevice`].
+    pub fn index(&mut self, what: &str, name: &IfName) -> Result<u32, Error> {
+        self.link(name)?
+            .map(|l| l.index)
+            .ok_or_else(|| Error::NoDevice {
+                what: what.to_owned(),
+                netns: self.netns().to_owned(),
+                device: name.to_string(),
+            })
+    }
+
+    fn set(
+        &mut self,
+        what: String,
+        name: &IfName,
+        edit: impl FnOnce(&mut LinkMessage),
+    ) -> Result<(), Error> {
+        let index = self.index(&what, name)?;
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        edit(&mut msg);
+        self.request(&what, RouteNetlinkMessage::SetLink(msg), 0)
+    }
+}
+
+impl Links for Rtnl {
+    fn links(&mut self) -> Result<Vec<Link>, Error> {
         let msgs = self.dump(
             "list links",
             RouteNetlinkMessage::GetLink(LinkMessage::default()),
@@ -85,8 +151,7 @@ impl Rtnl {
             .collect())
     }
 
-    /// The link named `name`, if it exists.
-    pub fn link(&mut self, name: &IfName) -> Result<Option<Link>, Error> {
+    fn link(&mut self, name: &IfName) -> Result<Option<Link>, Error> {
         let mut msg = LinkMessage::default();
         msg.attributes.push(LinkAttribute::IfName(name.to_string()));
         match self.get(
@@ -102,20 +167,7 @@ impl Rtnl {
         }
     }
 
-    /// The index of `name`, or [`Error::NoDevice`].
-    pub fn index(&mut self, what: &str, name: &IfName) -> Result<u32, Error> {
-        self.link(name)?
-            .map(|l| l.index)
-            .ok_or_else(|| Error::NoDevice {
-                what: what.to_owned(),
-                netns: self.netns().to_owned(),
-                device: name.to_string(),
-            })
-    }
-
-    /// `ip link add NAME type veth peer name PEER [netns NS]`: the peer end is created directly
-    /// in `peer_netns` (never in this namespace first).
-    pub fn add_veth(
+    fn add_veth(
         &mut self,
         name: &IfName,
         peer: &IfName,
@@ -148,8 +200,7 @@ impl Rtnl {
         )
     }
 
-    /// `ip link add NAME type bridge`.
-    pub fn add_bridge(&mut self, name: &IfName) -> Result<(), Error> {
+    fn add_bridge(&mut self, name: &IfName) -> Result<(), Error> {
         let mut msg = LinkMessage::default();
         msg.attributes.push(LinkAttribute::IfName(name.to_string()));
         msg.attributes
@@ -163,21 +214,7 @@ impl Rtnl {
         )
     }
 
-    fn set(
-        &mut self,
-        what: String,
-        name: &IfName,
-        edit: impl FnOnce(&mut LinkMessage),
-    ) -> Result<(), Error> {
-        let index = self.index(&what, name)?;
-        let mut msg = LinkMessage::default();
-        msg.header.index = index;
-        edit(&mut msg);
-        self.request(&what, RouteNetlinkMessage::SetLink(msg), 0)
-    }
-
-    /// `ip link set NAME up|down`.
-    pub fn set_up(&mut self, name: &IfName, up: bool) -> Result<(), Error> {
+    fn set_up(&mut self, name: &IfName, up: bool) -> Result<(), Error> {
         let what = format!("set {name} {}", if up { "up" } else { "down" });
         self.set(what, name, |m| {
             m.header.change_mask = LinkFlags::Up;
@@ -187,15 +224,13 @@ impl Rtnl {
         })
     }
 
-    /// `ip link set NAME mtu MTU`. The kernel checks the range (68..=65535 for veth).
-    pub fn set_mtu(&mut self, name: &IfName, mtu: u32) -> Result<(), Error> {
+    fn set_mtu(&mut self, name: &IfName, mtu: u32) -> Result<(), Error> {
         self.set(format!("set {name} mtu {mtu}"), name, |m| {
             m.attributes.push(LinkAttribute::Mtu(mtu))
         })
     }
 
-    /// `ip link set NAME address MAC`.
-    pub fn set_mac(&mut self, name: &IfName, mac: [u8; 6]) -> Result<(), Error> {
+    fn set_mac(&mut self, name: &IfName, mac: [u8; 6]) -> Result<(), Error> {
         self.set(
             format!("set {name} address {}", format_mac(&mac)),
             name,
@@ -203,8 +238,7 @@ impl Rtnl {
         )
     }
 
-    /// `ip link set NAME master BRIDGE`.
-    pub fn set_master(&mut self, name: &IfName, bridge: &IfName) -> Result<(), Error> {
+    fn set_master(&mut self, name: &IfName, bridge: &IfName) -> Result<(), Error> {
         let what = format!("set {name} master {bridge}");
         let master = self.index(&what, bridge)?;
         self.set(what, name, |m| {
@@ -212,20 +246,13 @@ impl Rtnl {
         })
     }
 
-    /// `ip link set NAME netns NS`.
-    pub fn move_to(
-        &mut self,
-        name: &IfName,
-        netns: BorrowedFd<'_>,
-        label: &str,
-    ) -> Result<(), Error> {
+    fn move_to(&mut self, name: &IfName, netns: BorrowedFd<'_>, label: &str) -> Result<(), Error> {
         self.set(format!("move {name} to {label}"), name, |m| {
             m.attributes.push(LinkAttribute::NetNsFd(netns.as_raw_fd()))
         })
     }
 
-    /// `ip link del NAME`. Returns whether it existed.
-    pub fn delete_link(&mut self, name: &IfName) -> Result<bool, Error> {
+    fn delete_link(&mut self, name: &IfName) -> Result<bool, Error> {
         let Some(link) = self.link(name)? else {
             return Ok(false);
         };

@@ -44,14 +44,21 @@ fn message(index: u32, ip: IpAddr) -> NeighbourMessage {
     m
 }
 
-impl Rtnl {
+/// Neighbour entries (`ip neigh`). Implemented by [`Rtnl`] over rtnetlink; tests pass fakes to code
+/// generic over it to inject faults.
+pub trait Neighbours {
     /// Adds or replaces a permanent entry. Idempotent.
-    pub fn replace_neighbour(
-        &mut self,
-        dev: &IfName,
-        ip: IpAddr,
-        mac: [u8; 6],
-    ) -> Result<(), Error> {
+    fn replace_neighbour(&mut self, dev: &IfName, ip: IpAddr, mac: [u8; 6]) -> Result<(), Error>;
+
+    /// Deletes an entry. Returns whether it existed.
+    fn delete_neighbour(&mut self, dev: &IfName, ip: IpAddr) -> Result<bool, Error>;
+
+    /// The entries of one device.
+    fn neighbours(&mut self, dev: &IfName) -> Result<Vec<Neighbour>, Error>;
+}
+
+impl Neighbours for Rtnl {
+    fn replace_neighbour(&mut self, dev: &IfName, ip: IpAddr, mac: [u8; 6]) -> Result<(), Error> {
         let what = format!("replace neighbour {ip} on {dev}");
         let index = self.index(&what, dev)?;
         let mut m = message(index, ip);
@@ -64,8 +71,7 @@ impl Rtnl {
         )
     }
 
-    /// Deletes an entry. Returns whether it existed.
-    pub fn delete_neighbour(&mut self, dev: &IfName, ip: IpAddr) -> Result<bool, Error> {
+    fn delete_neighbour(&mut self, dev: &IfName, ip: IpAddr) -> Result<bool, Error> {
         let what = format!("delete neighbour {ip} on {dev}");
         let index = self.index(&what, dev)?;
         match self.request(
@@ -79,8 +85,7 @@ impl Rtnl {
         }
     }
 
-    /// The entries of one device.
-    pub fn neighbours(&mut self, dev: &IfName) -> Result<Vec<Neighbour>, Error> {
+    fn neighbours(&mut self, dev: &IfName) -> Result<Vec<Neighbour>, Error> {
         let index = self.index("list neighbours", dev)?;
         let msgs = self.dump(
             "list neighbours",

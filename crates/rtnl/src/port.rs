@@ -8,7 +8,7 @@ use l3agent_types::IfName;
 
 use crate::error::Error;
 use crate::netns::Netns;
-use crate::socket::Rtnl;
+use crate::prelude::*;
 
 /// What to build.
 #[derive(Debug, Clone)]
@@ -27,11 +27,12 @@ pub struct VethPort {
     pub bridge: Option<IfName>,
 }
 
-/// Builds `port`: `host` is a socket in the host namespace, `router` one in `router_ns`.
-/// On failure the pair is removed and the first error returned.
-pub fn create_veth_port(
-    host: &mut Rtnl,
-    router: &mut Rtnl,
+/// Builds `port`: `host` works in the host namespace, `router` in `router_ns` (real
+/// [`crate::Rtnl`] sockets, or fakes that inject a fault at any step). On failure the pair is
+/// removed and the first error returned.
+pub fn create_veth_port<H: Links, R: Links + Addresses>(
+    host: &mut H,
+    router: &mut R,
     router_ns: &Netns,
     port: &VethPort,
 ) -> Result<(), Error> {
@@ -57,4 +58,195 @@ pub fn create_veth_port(
         return Err(e);
     }
     Ok(())
+}
+
+/// The undo path under injected faults: whichever step fails, nothing is left behind.
+#[cfg(test)]
+mod fault_tests {
+    use std::cell::RefCell;
+    use std::collections::BTreeSet;
+    use std::os::fd::BorrowedFd;
+    use std::rc::Rc;
+
+    use ipnet::IpNet;
+    use l3agent_types::IfName;
+
+    use super::*;
+    use crate::addr::Address;
+    use crate::link::Link;
+
+    /// Two namespaces' links in memory; the `fail_at`-th mutating call fails.
+    #[derive(Default)]
+    struct World {
+        links: BTreeSet<(&'static str, String)>,
+        pairs: Vec<((&'static str, String), (&'static str, String))>,
+        calls: usize,
+        fail_at: usize,
+    }
+
+    struct Fake {
+        ns: &'static str,
+        other: &'static str,
+        world: Rc<RefCell<World>>,
+    }
+
+    impl Fake {
+        fn step(&self, what: &str) -> Result<(), Error> {
+            let mut w = self.world.borrow_mut();
+            w.calls += 1;
+            if w.calls == w.fail_at {
+                return Err(Error::Value(format!(
+                    "injected failure at {what} in {}",
+                    self.ns
+                )));
+            }
+            Ok(())
+        }
+        fn has(&self, name: &IfName) -> Result<(), Error> {
+            if self
+                .world
+                .borrow()
+                .links
+                .contains(&(self.ns, name.to_string()))
+            {
+                Ok(())
+            } else {
+                Err(Error::NoDevice {
+                    what: "op".into(),
+                    netns: self.ns.into(),
+                    device: name.to_string(),
+                })
+            }
+        }
+    }
+
+    impl Links for Fake {
+        fn links(&mut self) -> Result<Vec<Link>, Error> {
+            Ok(Vec::new())
+        }
+        fn link(&mut self, _: &IfName) -> Result<Option<Link>, Error> {
+            Ok(None)
+        }
+        fn add_veth(
+            &mut self,
+            name: &IfName,
+            peer: &IfName,
+            peer_netns: Option<BorrowedFd<'_>>,
+            _: Option<u32>,
+        ) -> Result<(), Error> {
+            self.step("add_veth")?;
+            let peer_ns = if peer_netns.is_some() {
+                self.other
+            } else {
+                self.ns
+            };
+            let mut w = self.world.borrow_mut();
+            w.links.insert((self.ns, name.to_string()));
+            w.links.insert((peer_ns, peer.to_string()));
+            w.pairs
+                .push(((self.ns, name.to_string()), (peer_ns, peer.to_string())));
+            Ok(())
+        }
+        fn add_bridge(&mut self, _: &IfName) -> Result<(), Error> {
+            self.step("add_bridge")
+        }
+        fn set_up(&mut self, name: &IfName, _: bool) -> Result<(), Error> {
+            self.has(name)?;
+            self.step("set_up")
+        }
+        fn set_mtu(&mut self, name: &IfName, _: u32) -> Result<(), Error> {
+            self.has(name)?;
+            self.step("set_mtu")
+        }
+        fn set_mac(&mut self, name: &IfName, _: [u8; 6]) -> Result<(), Error> {
+            self.has(name)?;
+            self.step("set_mac")
+        }
+        fn set_master(&mut self, name: &IfName, _: &IfName) -> Result<(), Error> {
+            self.has(name)?;
+            self.step("set_master")
+        }
+        fn move_to(&mut self, _: &IfName, _: BorrowedFd<'_>, _: &str) -> Result<(), Error> {
+            self.step("move_to")
+        }
+        fn delete_link(&mut self, name: &IfName) -> Result<bool, Error> {
+            let mut w = self.world.borrow_mut();
+            let key = (self.ns, name.to_string());
+            let Some(pos) = w.pairs.iter().position(|(a, b)| *a == key || *b == key) else {
+                return Ok(false);
+            };
+            let (a, b) = w.pairs.remove(pos);
+            w.links.remove(&a);
+            w.links.remove(&b);
+            Ok(true)
+        }
+    }
+
+    impl Addresses for Fake {
+        fn addresses(&mut self, _: Option<&IfName>) -> Result<Vec<Address>, Error> {
+            Ok(Vec::new())
+        }
+        fn add_address(&mut self, dev: &IfName, _: IpNet, _: bool) -> Result<(), Error> {
+            self.has(dev)?;
+            self.step("add_address")
+        }
+        fn delete_address(&mut self, dev: &IfName, _: IpNet) -> Result<(), Error> {
+            self.has(dev)?;
+            self.step("delete_address")
+        }
+    }
+
+    fn name(s: &str) -> IfName {
+        IfName::new("t", s).unwrap()
+    }
+
+    #[test]
+    fn every_failing_step_leaves_nothing() {
+        let router_ns = Netns::current().unwrap();
+        let port = VethPort {
+            name: name("qr-1"),
+            peer: name("tap-1"),
+            mtu: 1450,
+            mac: Some([2, 0, 0, 0, 0, 1]),
+            addresses: vec![
+                "192.0.2.1/24".parse().unwrap(),
+                "2001:db8::1/64".parse().unwrap(),
+            ],
+            bridge: Some(name("br-int")),
+        };
+        let mut failures = 0;
+        for fail_at in 1..=20 {
+            let world = Rc::new(RefCell::new(World {
+                fail_at,
+                ..World::default()
+            }));
+            let mut host = Fake {
+                ns: "host",
+                other: "router",
+                world: world.clone(),
+            };
+            let mut router = Fake {
+                ns: "router",
+                other: "host",
+                world: world.clone(),
+            };
+            match create_veth_port(&mut host, &mut router, &router_ns, &port) {
+                Ok(()) => {
+                    assert_eq!(world.borrow().links.len(), 2);
+                    assert!(failures >= 8, "only {failures} steps were exercised");
+                    return;
+                }
+                Err(e) => {
+                    failures += 1;
+                    assert!(e.to_string().contains("injected failure"), "{e}");
+                    assert!(
+                        world.borrow().links.is_empty(),
+                        "step {fail_at} left {:?}",
+                        world.borrow().links
+                    );
+                }
+            }
+        }
+        panic!("never succeeded");
+    }
 }

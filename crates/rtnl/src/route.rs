@@ -12,6 +12,7 @@ use netlink_packet_route::route::{
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 use crate::error::Error;
+use crate::prelude::*;
 use crate::socket::Rtnl;
 
 /// The main routing table.
@@ -53,6 +54,23 @@ fn family_of(net: &IpNet) -> AddressFamily {
         IpNet::V4(_) => AddressFamily::Inet,
         IpNet::V6(_) => AddressFamily::Inet6,
     }
+}
+
+/// Routes (`ip route`). Implemented by [`Rtnl`] over rtnetlink; tests pass fakes to code
+/// generic over it to inject faults.
+pub trait Routes {
+    /// `ip route replace ...`: adds the route or replaces the one with the same destination,
+    /// table and metric. Idempotent.
+    fn replace_route(&mut self, r: &Route) -> Result<(), Error>;
+
+    /// `ip route del ...`. Returns whether it existed.
+    fn delete_route(&mut self, r: &Route) -> Result<bool, Error>;
+
+    /// Routes of one family in one table (`ip [-6] route show table T`), unicast only.
+    fn routes(&mut self, ipv6: bool, table: u32) -> Result<Vec<Route>, Error>;
+
+    /// `ip [-6] route flush table T`: deletes every route of the table. Returns how many.
+    fn flush_table(&mut self, ipv6: bool, table: u32) -> Result<usize, Error>;
 }
 
 impl Rtnl {
@@ -102,10 +120,10 @@ impl Rtnl {
         }
         Ok(msg)
     }
+}
 
-    /// `ip route replace ...`: adds the route or replaces the one with the same destination,
-    /// table and metric. Idempotent.
-    pub fn replace_route(&mut self, r: &Route) -> Result<(), Error> {
+impl Routes for Rtnl {
+    fn replace_route(&mut self, r: &Route) -> Result<(), Error> {
         let what = format!("replace route {} table {}", r.dst, r.table);
         let msg = self.route_message(&what, r)?;
         self.request(
@@ -115,8 +133,7 @@ impl Rtnl {
         )
     }
 
-    /// `ip route del ...`. Returns whether it existed.
-    pub fn delete_route(&mut self, r: &Route) -> Result<bool, Error> {
+    fn delete_route(&mut self, r: &Route) -> Result<bool, Error> {
         let what = format!("delete route {} table {}", r.dst, r.table);
         let msg = self.route_message(&what, r)?;
         match self.request(&what, RouteNetlinkMessage::DelRoute(msg), 0) {
@@ -126,8 +143,7 @@ impl Rtnl {
         }
     }
 
-    /// Routes of one family in one table (`ip [-6] route show table T`), unicast only.
-    pub fn routes(&mut self, ipv6: bool, table: u32) -> Result<Vec<Route>, Error> {
+    fn routes(&mut self, ipv6: bool, table: u32) -> Result<Vec<Route>, Error> {
         let mut req = RouteMessage::default();
         req.header.address_family = if ipv6 {
             AddressFamily::Inet6
@@ -197,8 +213,7 @@ impl Rtnl {
         Ok(out)
     }
 
-    /// `ip [-6] route flush table T`: deletes every route of the table. Returns how many.
-    pub fn flush_table(&mut self, ipv6: bool, table: u32) -> Result<usize, Error> {
+    fn flush_table(&mut self, ipv6: bool, table: u32) -> Result<usize, Error> {
         let routes = self.routes(ipv6, table)?;
         for r in &routes {
             self.delete_route(r)?;

@@ -65,9 +65,21 @@ impl Rule {
     }
 }
 
-impl Rtnl {
+/// Policy rules (`ip rule`). Implemented by [`Rtnl`] over rtnetlink; tests pass fakes to code
+/// generic over it to inject faults.
+pub trait Rules {
     /// The rules of one family (`ip [-6] rule show`).
-    pub fn rules(&mut self, ipv6: bool) -> Result<Vec<Rule>, Error> {
+    fn rules(&mut self, ipv6: bool) -> Result<Vec<Rule>, Error>;
+
+    /// `ip rule add ...` unless an identical rule exists. Returns whether it was added.
+    fn add_rule(&mut self, rule: &Rule) -> Result<bool, Error>;
+
+    /// `ip rule del ...` of exactly this rule. Returns whether it existed.
+    fn delete_rule(&mut self, rule: &Rule) -> Result<bool, Error>;
+}
+
+impl Rules for Rtnl {
+    fn rules(&mut self, ipv6: bool) -> Result<Vec<Rule>, Error> {
         let mut req = RuleMessage::default();
         req.header.family = if ipv6 {
             AddressFamily::Inet6
@@ -105,8 +117,7 @@ impl Rtnl {
         Ok(out)
     }
 
-    /// `ip rule add ...` unless an identical rule exists. Returns whether it was added.
-    pub fn add_rule(&mut self, rule: &Rule) -> Result<bool, Error> {
+    fn add_rule(&mut self, rule: &Rule) -> Result<bool, Error> {
         let msg = rule.message()?;
         if self.rules(rule.ipv6)?.contains(rule) {
             return Ok(false);
@@ -119,8 +130,7 @@ impl Rtnl {
         Ok(true)
     }
 
-    /// `ip rule del ...` of exactly this rule. Returns whether it existed.
-    pub fn delete_rule(&mut self, rule: &Rule) -> Result<bool, Error> {
+    fn delete_rule(&mut self, rule: &Rule) -> Result<bool, Error> {
         let msg = rule.message()?;
         if !self.rules(rule.ipv6)?.contains(rule) {
             return Ok(false);

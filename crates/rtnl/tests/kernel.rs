@@ -5,6 +5,7 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+use l3agent_rtnl::prelude::*;
 use l3agent_rtnl::route::{Route, MAIN_TABLE};
 use l3agent_rtnl::rule::Rule;
 use l3agent_rtnl::sysctl::{self, Scope, Sysctl};
