@@ -75,11 +75,14 @@ mod fault_tests {
     use crate::addr::Address;
     use crate::link::Link;
 
+    /// One end of a link: (namespace, name).
+    type End = (&'static str, String);
+
     /// Two namespaces' links in memory; the `fail_at`-th mutating call fails.
     #[derive(Default)]
     struct World {
-        links: BTreeSet<(&'static str, String)>,
-        pairs: Vec<((&'static str, String), (&'static str, String))>,
+        links: BTreeSet<End>,
+        pairs: Vec<(End, End)>,
         calls: usize,
         fail_at: usize,
     }
