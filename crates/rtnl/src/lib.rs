@@ -34,6 +34,7 @@ pub mod prelude {
     pub use crate::neigh::Neighbours;
     pub use crate::route::Routes;
     pub use crate::rule::Rules;
+    pub use crate::sysctl::Sysctls;
 }
 pub use netns::Netns;
 pub use socket::Rtnl;

@@ -127,6 +127,25 @@ pub fn read(netns: &Netns, key: &Sysctl) -> Result<String, Error> {
     })?
 }
 
+/// Sysctl writes as a side-effect family: implemented by [`Netns`] (from inside the
+/// namespace); code generic over it takes a fake in tests.
+pub trait Sysctls {
+    /// See [`write`].
+    fn write_sysctls(&self, values: &[(Sysctl, u32)]) -> Result<(), Error>;
+    /// See [`read`].
+    fn read_sysctl(&self, key: &Sysctl) -> Result<String, Error>;
+}
+
+impl Sysctls for Netns {
+    fn write_sysctls(&self, values: &[(Sysctl, u32)]) -> Result<(), Error> {
+        write(self, values)
+    }
+
+    fn read_sysctl(&self, key: &Sysctl) -> Result<String, Error> {
+        read(self, key)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
