@@ -1,0 +1,4 @@
+//! Routers from a declarative host config: Neutron's router dicts in, validated typed routers
+//! out, persisted allocators, and the dataplane built from them.
+
+pub mod alloc;
