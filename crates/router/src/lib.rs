@@ -2,3 +2,4 @@
 //! out, persisted allocators, and the dataplane built from them.
 
 pub mod alloc;
+pub mod config;
