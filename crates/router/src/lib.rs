@@ -3,3 +3,6 @@
 
 pub mod alloc;
 pub mod config;
+pub mod error;
+pub mod host;
+pub mod legacy;

@@ -207,3 +207,45 @@ pub fn content(save: &str) -> Vec<String> {
     }
     out
 }
+
+/// One TCP connection from `client` to `dst:port`, where a one-shot server in `server` prints
+/// the peer address it saw: proves NAT (what the server sees), not just reachability. Bounded:
+/// the server gives up after 8 s, the client tries 6 times (about 4 s).
+pub fn tcp_probe(server: &TestNs, client: &TestNs, dst: &str, port: u16) -> Result<String, String> {
+    let code = format!(
+        "import socket\ns=socket.socket(socket.AF_INET6 if ':' in '{dst}' else socket.AF_INET)\n\
+         s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('',{port}))\ns.listen(1)\ns.settimeout(8)\n\
+         c,a=s.accept()\nprint(a[0],flush=True)\nc.close()\n"
+    );
+    let srv = Command::new("ip")
+        .args(["netns", "exec", &server.name, "python3", "-c", &code])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let connect =
+        format!("import socket\nsocket.create_connection(('{dst}',{port}),timeout=0.5).close()\n");
+    let mut connected = false;
+    for _ in 0..6 {
+        if client.run(&["python3", "-c", &connect]).code == Some(0) {
+            connected = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    if !connected {
+        // Unblock the server so it exits now rather than after its timeout.
+        let _ = server.run(&[
+            "python3",
+            "-c",
+            &format!(
+                "import socket\nsocket.create_connection(('127.0.0.1',{port}),timeout=1).close()"
+            ),
+        ]);
+    }
+    let out = srv.wait_with_output().map_err(|e| e.to_string())?;
+    if !connected {
+        return Err(format!("{} could not connect to {dst}:{port}", client.name));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}

@@ -3,6 +3,8 @@
 mod iptables_apply;
 mod iptables_counters;
 mod iptables_show;
+mod router_apply;
+mod router_destroy;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -28,6 +30,13 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Converge this host to a config (routers in Neutron's router-dict shape): create, update
+    /// and delete routers, ports, floating IPs and routes. Exit status: 0 all routers converged,
+    /// 1 a router failed (named, the others still converged), 2 invalid config (nothing touched).
+    Apply(router_apply::ApplyArgs),
+    /// Remove everything l3agent created on this host: the routers of CONFIG, or with --all
+    /// every router in its state. Found by exact names, never by suffix.
+    Destroy(router_destroy::DestroyArgs),
     /// Declarative iptables rules per network namespace (Neutron's IptablesManager).
     #[command(subcommand)]
     Iptables(IptablesCommand),
@@ -103,6 +112,8 @@ impl From<l3agent_iptables_exec::ApplyError> for Failure {
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
+        Command::Apply(a) => router_apply::run(a),
+        Command::Destroy(a) => router_destroy::run(a),
         Command::Iptables(IptablesCommand::Apply(a)) => iptables_apply::run(a),
         Command::Iptables(IptablesCommand::Show(a)) => iptables_show::run(a),
         Command::Iptables(IptablesCommand::Counters(a)) => iptables_counters::run(a),
@@ -137,6 +148,60 @@ fn load_rules(path: &Path) -> Result<IptablesModel, Failure> {
             lines.join("\n")
         ))
     })
+}
+
+/// Reads a host config (YAML, or JSON for `.json`); every problem is listed with its path.
+fn load_host_config(path: &Path) -> Result<l3agent_router::config::HostConfig, Failure> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Failure::invalid(format!("{}: {e}", path.display())))?;
+    let doc: l3agent_router::config::ConfigDoc = if path.extension().is_some_and(|e| e == "json") {
+        serde_json::from_str(&text)
+            .map_err(|e| Failure::invalid(format!("{}: {e}", path.display())))?
+    } else {
+        serde_norway::from_str(&text)
+            .map_err(|e| Failure::invalid(format!("{}: {e}", path.display())))?
+    };
+    doc.validate().map_err(|errors| {
+        let lines: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
+        Failure::invalid(format!(
+            "{}: {} problem(s), nothing touched:\n{}",
+            path.display(),
+            errors.len(),
+            lines.join("\n")
+        ))
+    })
+}
+
+/// Prints a host report and turns a failed router into exit status 1.
+fn finish(report: &l3agent_router::host::HostReport, json: bool) -> Result<(), Failure> {
+    if json {
+        print_json(&serde_json::to_value(report).unwrap_or_default());
+    } else if !report.changed() {
+        println!("nothing to do: every router is as configured");
+    } else {
+        for r in &report.routers {
+            println!("router {}: {}", r.id, r.status);
+            for c in &r.changes {
+                println!("    {c}");
+            }
+            if let Some(e) = &r.error {
+                println!("    error: {e}");
+            }
+        }
+    }
+    if report.failed() {
+        let failed: Vec<&str> = report
+            .routers
+            .iter()
+            .filter(|r| r.status == "failed")
+            .map(|r| r.id.as_str())
+            .collect();
+        return Err(Failure::failed(format!(
+            "router(s) failed: {}",
+            failed.join(", ")
+        )));
+    }
+    Ok(())
 }
 
 fn target(netns: &Option<String>) -> Result<NetnsTarget, Failure> {

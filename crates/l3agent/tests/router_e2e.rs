@@ -1,0 +1,256 @@
+//! A legacy router end to end, with real traffic, in a topology made only of throwaway
+//! namespaces: a "host" namespace where l3agent runs (entered with `nsenter --net`) holding the
+//! bridges, an "external" namespace on the external bridge with the gateway address, and VM
+//! namespaces on tenant bridges. SNAT, DNAT, floating IP removal (with its conntrack entries)
+//! and move, inter-subnet routing, idempotency, and a destroy that leaves the host as before.
+#![allow(clippy::disallowed_methods)] // the test runs the binary under test
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use l3agent_testkit::{ok, tcp_probe, TestNs};
+use serde_json::{json, Value};
+
+const NET_T1: &str = "90e4912c-0eb8-4be4-a793-e6a3bba6ae8b";
+const NET_T2: &str = "c6910e18-fb1f-4988-9af4-211a8c2e2926";
+const NET_EX: &str = "65566f91-133a-44ff-87f5-ecffc1193d3d";
+const ROUTER_NS: &str = "qrouter-87c7c2ae-d0ba-4691-820c-8053abf50b8d";
+
+fn example() -> Value {
+    let text = include_str!("../../router/tests/data/neutron-router-legacy.json");
+    let mut r: Value = serde_json::from_str(text).unwrap();
+    // The example's extra route points at the router's own address; use the real gateway.
+    r["routes"] = json!([{"destination": "100.64.8.0/24", "nexthop": "203.0.113.1"}]);
+    r
+}
+
+struct Topology {
+    host: TestNs,
+    ext: TestNs,
+    vm1: TestNs,
+    vm2: TestNs,
+    state: PathBuf,
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        // The router namespace is made by l3agent; make sure a failing test does not leak it.
+        let _ = Command::new("ip")
+            .args(["netns", "del", ROUTER_NS])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.state);
+    }
+}
+
+fn attach(host: &TestNs, vm: &TestNs, port: &str, bridge: &str, addr: &str, gw: Option<&str>) {
+    host.ok(&[
+        "ip", "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", &vm.name,
+    ]);
+    host.ok(&["ip", "link", "set", port, "master", bridge, "up"]);
+    vm.ok(&["ip", "addr", "add", addr, "dev", "eth0"]);
+    vm.ok(&["ip", "link", "set", "eth0", "up"]);
+    if let Some(gw) = gw {
+        vm.ok(&["ip", "route", "add", "default", "via", gw]);
+    }
+}
+
+fn topology() -> Topology {
+    let t = Topology {
+        host: TestNs::new("host"),
+        ext: TestNs::new("ext"),
+        vm1: TestNs::new("vm1"),
+        vm2: TestNs::new("vm2"),
+        state: std::env::temp_dir().join(format!("l3agent-e2e-{}", std::process::id())),
+    };
+    for br in ["br-ex", "br-t1", "br-t2"] {
+        t.host.ok(&["ip", "link", "add", br, "type", "bridge"]);
+        t.host.ok(&["ip", "link", "set", br, "up"]);
+    }
+    attach(&t.host, &t.ext, "p-ext", "br-ex", "203.0.113.1/24", None);
+    attach(
+        &t.host,
+        &t.vm1,
+        "p-vm1",
+        "br-t1",
+        "192.0.2.10/24",
+        Some("192.0.2.4"),
+    );
+    attach(
+        &t.host,
+        &t.vm2,
+        "p-vm2",
+        "br-t2",
+        "198.51.100.10/24",
+        Some("198.51.100.4"),
+    );
+    t
+}
+
+fn config(t: &Topology, router: &Value) -> PathBuf {
+    let cfg = json!({
+        "agent": {"mode": "legacy", "host": "host-a", "state_path": t.state,
+                  "bridges": {NET_T1: "br-t1", NET_T2: "br-t2", NET_EX: "br-ex"}},
+        "routers": [router],
+    });
+    let path = std::env::temp_dir().join(format!("l3agent-e2e-{}.json", std::process::id()));
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    path
+}
+
+fn l3agent(t: &Topology, args: &[&str]) -> (Option<i32>, Value, String) {
+    let netns = format!("--net=/run/netns/{}", t.host.name);
+    let mut argv = vec![netns.as_str(), env!("CARGO_BIN_EXE_l3agent")];
+    argv.extend_from_slice(args);
+    argv.push("--json");
+    let o = Command::new("nsenter").args(&argv).output().unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout).to_string();
+    let v = serde_json::from_str(&stdout).unwrap_or(Value::Null);
+    (
+        o.status.code(),
+        v,
+        String::from_utf8_lossy(&o.stderr).to_string(),
+    )
+}
+
+fn host_dump(t: &Topology) -> Vec<String> {
+    let links: Value = serde_json::from_str(&t.host.ok(&["ip", "-j", "link", "show"])).unwrap();
+    let mut names: Vec<String> = links
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| format!("{} {}", l["ifname"], l["master"]))
+        .collect();
+    names.sort();
+    names.push(t.host.ok(&["ip", "rule", "show"]));
+    // IPv6 link-local addresses appear asynchronously after a link comes up: not ours.
+    let routes: String = t
+        .host
+        .ok(&["ip", "route", "show", "table", "all"])
+        .lines()
+        .filter(|l| !l.contains("fe80::"))
+        .collect();
+    names.push(routes);
+    names.push(t.host.save("nft", false));
+    names.push(t.host.save("legacy", false));
+    names
+}
+
+fn router_exec(args: &[&str]) -> String {
+    let mut argv = vec!["ip", "netns", "exec", ROUTER_NS];
+    argv.extend_from_slice(args);
+    ok(&argv)
+}
+
+#[test]
+fn legacy_router_end_to_end() {
+    let t = topology();
+    let before = host_dump(&t);
+    let router = example();
+    let cfg = config(&t, &router);
+    let cfg_s = cfg.to_str().unwrap();
+
+    let (code, report, err) = l3agent(&t, &["apply", cfg_s]);
+    assert_eq!(code, Some(0), "apply failed: {err} {report}");
+    let (code, report, err) = l3agent(&t, &["apply", cfg_s]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        report["routers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["status"] == "unchanged"),
+        "second apply changed things: {report}"
+    );
+
+    // Structure, as Neutron builds it.
+    let links = router_exec(&["ip", "-br", "addr"]);
+    assert!(
+        links.contains("qr-081ed401-2a") && links.contains("192.0.2.4/24"),
+        "{links}"
+    );
+    assert!(
+        links.contains("qg-184a6791-c4")
+            && links.contains("203.0.113.4/24")
+            && links.contains("203.0.113.2/32"),
+        "{links}"
+    );
+    let routes = router_exec(&["ip", "route"]);
+    assert!(
+        routes.contains("default via 203.0.113.1 dev qg-184a6791-c4"),
+        "{routes}"
+    );
+    assert!(
+        routes
+            .lines()
+            .any(|l| l.starts_with("100.64.5.0/24 dev qg-184a6791-c4")
+                && l.trim_end().ends_with("scope link")),
+        "{routes}"
+    );
+    assert!(routes.contains("100.64.8.0/24 via 203.0.113.1"), "{routes}");
+    let nat = router_exec(&["iptables-save", "-t", "nat"]);
+    assert!(
+        nat.contains("-A neutron-l3-agent-snat -o qg-184a6791-c4 -j SNAT --to-source 203.0.113.4"),
+        "{nat}"
+    );
+    assert!(
+        nat.contains(
+            "-A neutron-l3-agent-PREROUTING -d 203.0.113.2/32 -j DNAT --to-destination 192.0.2.10"
+        ),
+        "{nat}"
+    );
+
+    // SNAT: a VM without a floating IP reaches the outside as the router's gateway address.
+    assert_eq!(
+        tcp_probe(&t.ext, &t.vm2, "203.0.113.1", 8080).unwrap(),
+        "203.0.113.4"
+    );
+    // DNAT: the outside reaches VM1 through its floating IP and VM1 sees the real source.
+    assert_eq!(
+        tcp_probe(&t.vm1, &t.ext, "203.0.113.2", 8081).unwrap(),
+        "203.0.113.1"
+    );
+    t.ext.ok(&["ping", "-c", "1", "-W", "2", "203.0.113.2"]);
+    // VM1's own outbound traffic leaves with the floating IP.
+    assert_eq!(
+        tcp_probe(&t.ext, &t.vm1, "203.0.113.1", 8082).unwrap(),
+        "203.0.113.2"
+    );
+    // Two tenant subnets on one router reach each other, unNATed.
+    assert_eq!(
+        tcp_probe(&t.vm2, &t.vm1, "198.51.100.10", 8083).unwrap(),
+        "192.0.2.10"
+    );
+
+    // Remove the floating IP: no conntrack entry is left for it, and traffic stops.
+    let mut no_fip = router.clone();
+    no_fip["_floatingips"] = json!([]);
+    let cfg2 = config(&t, &no_fip);
+    let (code, report, err) = l3agent(&t, &["apply", cfg2.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err} {report}");
+    let ct = router_exec(&["conntrack", "-L", "-d", "203.0.113.2"]);
+    assert!(!ct.contains("203.0.113.2"), "conntrack entries left: {ct}");
+    assert!(
+        tcp_probe(&t.vm1, &t.ext, "203.0.113.2", 8084).is_err(),
+        "removed floating IP still answers"
+    );
+
+    // Move it to VM2: the traffic follows.
+    let mut moved = router.clone();
+    moved["_floatingips"][0]["fixed_ip_address"] = json!("198.51.100.10");
+    let cfg3 = config(&t, &moved);
+    let (code, _, err) = l3agent(&t, &["apply", cfg3.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        tcp_probe(&t.vm2, &t.ext, "203.0.113.2", 8085).unwrap(),
+        "203.0.113.1"
+    );
+
+    // Destroy leaves the host exactly as before.
+    let (code, _, err) = l3agent(&t, &["destroy", cfg3.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!ok(&["ip", "netns", "list"]).contains(ROUTER_NS));
+    assert_eq!(host_dump(&t), before);
+    for p in [cfg, cfg2, cfg3] {
+        let _ = std::fs::remove_file(p);
+    }
+}

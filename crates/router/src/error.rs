@@ -1,0 +1,38 @@
+//! Errors of the router layer: each names the router.
+
+/// A router could not be converged.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    /// Namespaces, links, addresses, routes, sysctls.
+    #[error("router {router}: {source}")]
+    Plumbing {
+        /// Router id.
+        router: String,
+        /// Cause.
+        source: l3agent_rtnl::Error,
+    },
+    /// The iptables rules could not be built.
+    #[error("router {router}: iptables rules: {source}")]
+    Rules {
+        /// Router id.
+        router: String,
+        /// Cause.
+        source: l3agent_iptables::Error,
+    },
+    /// The iptables apply failed.
+    #[error("router {router}: iptables: {source}")]
+    Iptables {
+        /// Router id.
+        router: String,
+        /// Cause.
+        source: l3agent_iptables_exec::ApplyError,
+    },
+    /// A mode or feature l3agent does not do yet.
+    #[error("router {router}: {what} is not supported yet")]
+    Unsupported {
+        /// Router id.
+        router: String,
+        /// What.
+        what: String,
+    },
+}
