@@ -804,3 +804,14 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod example_file {
+    #[test]
+    fn the_shipped_example_validates() {
+        let text = include_str!("../../../examples/host-legacy.json");
+        let doc: super::ConfigDoc = serde_json::from_str(text).unwrap();
+        let cfg = doc.validate().unwrap();
+        assert_eq!(cfg.routers.len(), 1);
+    }
+}
