@@ -3,7 +3,8 @@
 set -euo pipefail
 need=()
 for pair in iptables-nft-restore:iptables iptables-legacy-restore:iptables nft:nftables \
-            ip:iproute2 conntrack:conntrack ping:iputils-ping arping:iputils-arping; do
+            ip:iproute2 conntrack:conntrack ping:iputils-ping arping:iputils-arping \
+            nsenter:util-linux python3:python3; do
   bin=${pair%%:*}; pkg=${pair##*:}
   if ! command -v "$bin" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$bin" ] && [ ! -x "/sbin/$bin" ]; then
     need+=("$pkg")
