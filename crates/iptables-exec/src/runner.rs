@@ -120,6 +120,23 @@ impl ProcessRunner {
         })
     }
 
+    /// Opens the namespace with a backend already settled, without the detection saves: for
+    /// namespaces that only one l3agent process writes (its own router namespaces), where the
+    /// host-wide choice is known. Use [`ProcessRunner::open`] anywhere else.
+    pub fn open_assuming(
+        target: &NetnsTarget,
+        backend: Backend,
+        options: ExecOptions,
+    ) -> Result<ProcessRunner, ExecError> {
+        let netns = Netns::open(target)?;
+        find_program(&backend.program(Family::V4, "restore"))?;
+        Ok(ProcessRunner {
+            netns,
+            backend,
+            options,
+        })
+    }
+
     /// The backend in use.
     pub fn backend(&self) -> Backend {
         self.backend

@@ -30,14 +30,15 @@ struct Topology {
     vm1: TestNs,
     vm2: TestNs,
     state: PathBuf,
+    /// Router namespaces this test's l3agent makes: removed on drop if the test fails.
+    routers: Vec<String>,
 }
 
 impl Drop for Topology {
     fn drop(&mut self) {
-        // The router namespace is made by l3agent; make sure a failing test does not leak it.
-        let _ = Command::new("ip")
-            .args(["netns", "del", ROUTER_NS])
-            .output();
+        for ns in &self.routers {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
         let _ = std::fs::remove_dir_all(&self.state);
     }
 }
@@ -54,13 +55,18 @@ fn attach(host: &TestNs, vm: &TestNs, port: &str, bridge: &str, addr: &str, gw: 
     }
 }
 
-fn topology() -> Topology {
+fn topology(routers: Vec<String>) -> Topology {
     let t = Topology {
+        routers,
         host: TestNs::new("host"),
         ext: TestNs::new("ext"),
         vm1: TestNs::new("vm1"),
         vm2: TestNs::new("vm2"),
-        state: std::env::temp_dir().join(format!("l3agent-e2e-{}", std::process::id())),
+        state: std::env::temp_dir().join(format!(
+            "l3agent-e2e-{}-{}",
+            std::process::id(),
+            l3agent_testkit::unique()
+        )),
     };
     for br in ["br-ex", "br-t1", "br-t2"] {
         t.host.ok(&["ip", "link", "add", br, "type", "bridge"]);
@@ -92,7 +98,9 @@ fn config(t: &Topology, router: &Value) -> PathBuf {
                   "bridges": {NET_T1: "br-t1", NET_T2: "br-t2", NET_EX: "br-ex"}},
         "routers": [router],
     });
-    let path = std::env::temp_dir().join(format!("l3agent-e2e-{}.json", std::process::id()));
+    let path = t
+        .state
+        .with_extension(format!("{}.json", l3agent_testkit::unique()));
     std::fs::write(&path, cfg.to_string()).unwrap();
     path
 }
@@ -143,7 +151,7 @@ fn router_exec(args: &[&str]) -> String {
 
 #[test]
 fn legacy_router_end_to_end() {
-    let t = topology();
+    let t = topology(vec![ROUTER_NS.to_owned()]);
     let before = host_dump(&t);
     let router = example();
     let cfg = config(&t, &router);
@@ -253,4 +261,92 @@ fn legacy_router_end_to_end() {
     for p in [cfg, cfg2, cfg3] {
         let _ = std::fs::remove_file(p);
     }
+}
+
+/// SIGTERM (a clean stop between routers) and SIGKILL at arbitrary points of an apply: the next
+/// apply converges and a destroy leaves nothing behind (no namespace, no host-side device).
+#[test]
+fn killed_apply_is_repaired_by_the_next() {
+    let t = topology(
+        (0..6u32)
+            .map(|i| format!("qrouter-{i:08x}-aaaa-4000-8000-000000000000"))
+            .collect(),
+    );
+    let before = host_dump(&t);
+    let mut routers = Vec::new();
+    for i in 0..6u32 {
+        let mut r = example();
+        r["id"] = json!(format!("{i:08x}-aaaa-4000-8000-000000000000"));
+        for (k, port) in r["_interfaces"]
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .enumerate()
+        {
+            port["id"] = json!(format!("{}{i:07x}-0000-4000-8000-000000000000", k + 1));
+        }
+        r["gw_port"]["id"] = json!(format!("9{i:07x}-0000-4000-8000-000000000000"));
+        routers.push(r);
+    }
+    let cfg = json!({
+        "agent": {"mode": "legacy", "host": "host-a", "state_path": t.state,
+                  "bridges": {NET_T1: "br-t1", NET_T2: "br-t2", NET_EX: "br-ex"}},
+        "routers": routers,
+    });
+    let path = std::env::temp_dir().join(format!("l3agent-kill-{}.json", std::process::id()));
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    let netns = format!("--net=/run/netns/{}", t.host.name);
+    for (signal, delay_ms) in [("-TERM", 60u64), ("-KILL", 30), ("-KILL", 120)] {
+        // nsenter execs l3agent: the child's pid is l3agent's.
+        let child = Command::new("nsenter")
+            .args([
+                netns.as_str(),
+                env!("CARGO_BIN_EXE_l3agent"),
+                "apply",
+                path.to_str().unwrap(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status();
+        let out = child.wait_with_output().unwrap();
+        if signal == "-TERM" {
+            // Either it finished before the signal, or it stopped cleanly between routers.
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                out.status.code() == Some(0) || stderr.contains("interrupted by a signal"),
+                "{:?} {stderr}",
+                out.status
+            );
+        }
+    }
+    let (code, report, err) = l3agent(&t, &["apply", path.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err} {report}");
+    let (code, report, _) = l3agent(&t, &["apply", path.to_str().unwrap(), "--full"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        report["routers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["status"] == "unchanged"),
+        "{report}"
+    );
+    let (code, _, err) = l3agent(
+        &t,
+        &[
+            "destroy",
+            "--all",
+            "--state-path",
+            t.state.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!ok(&["ip", "netns", "list"]).contains("-aaaa-4000-8000-"));
+    assert_eq!(host_dump(&t), before);
+    let _ = std::fs::remove_file(path);
 }

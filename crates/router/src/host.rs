@@ -1,13 +1,24 @@
 //! One host's convergence: every router of the config made real, every router l3agent made
-//! earlier and no longer wanted removed, under one lock per state directory. Which routers
-//! l3agent made is recorded in `<state_path>/routers.json` *before* it makes them, so after a
-//! crash at any point the next run still knows what to converge or remove.
+//! earlier and no longer wanted removed, under one lock per state directory.
+//!
+//! - Which routers l3agent made is recorded in `<state_path>/routers.json` *before* it makes
+//!   them, so after a crash at any point the next run still knows what to converge or remove.
+//! - A router whose dict did not change since its last successful convergence (fingerprint in
+//!   the state) is only checked against the kernel (namespace, devices, addresses: netlink
+//!   dumps, no process); it is converged in full only if that check fails, or with `full`.
+//!   Re-applying therefore never touches routers that did not change.
+//! - Routers are converged on a small pool of threads, one netlink socket each.
+//! - SIGTERM (see [`install_sigterm_handler`]) stops the apply between routers: the routers in
+//!   progress finish, the state is saved, and the report says it was interrupted.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use l3agent_iptables_exec::Backend;
 use l3agent_rtnl::Rtnl;
 use l3agent_types::NetnsName;
 use nix::fcntl::{Flock, FlockArg};
@@ -18,12 +29,36 @@ use crate::config::{AgentMode, HostConfig, Router};
 use crate::error::RouterError;
 use crate::legacy;
 
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigterm(_: nix::libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Makes SIGTERM (and SIGINT) stop an apply cleanly between routers instead of killing it.
+pub fn install_sigterm_handler() {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let action = SigAction::new(
+        SigHandler::Handler(on_sigterm),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGTERM, Signal::SIGINT] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        let _ = unsafe { sigaction(sig, &action) };
+    }
+}
+
+fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
 /// What happened to one router.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RouterResult {
     /// Router id.
     pub id: String,
-    /// `converged`, `unchanged`, `removed` or `failed`.
+    /// `converged`, `unchanged`, `removed`, `failed` or `skipped` (interrupted).
     pub status: String,
     /// What changed.
     pub changes: Vec<String>,
@@ -36,6 +71,8 @@ pub struct RouterResult {
 pub struct HostReport {
     /// Per router.
     pub routers: Vec<RouterResult>,
+    /// Stopped early by SIGTERM/SIGINT.
+    pub interrupted: bool,
 }
 
 impl HostReport {
@@ -68,10 +105,18 @@ pub enum HostError {
     Plumbing(#[from] l3agent_rtnl::Error),
 }
 
+/// The state kept per router.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterState {
+    /// Fingerprint of the router dict last converged successfully (empty: not yet).
+    pub fingerprint: String,
+}
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct State {
-    routers: BTreeSet<String>,
+    routers: BTreeMap<String, RouterState>,
 }
 
 fn lock(state_path: &Path) -> Result<Flock<File>, HostError> {
@@ -128,54 +173,151 @@ fn namespace_of(id: &str) -> Option<NetnsName> {
     NetnsName::new("router", &format!("qrouter-{id}")).ok()
 }
 
-fn ensure(host: &mut Rtnl, cfg: &HostConfig, r: &Router) -> Result<Vec<String>, RouterError> {
+/// FNV-1a of the validated router: stable across runs of the same l3agent.
+pub fn fingerprint(r: &Router) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in format!("{r:?}").bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+fn ensure(
+    host: &mut Rtnl,
+    cfg: &HostConfig,
+    r: &Router,
+    backend: Backend,
+) -> Result<Vec<String>, RouterError> {
     if r.distributed || cfg.agent.mode != AgentMode::Legacy {
         return Err(RouterError::Unsupported {
             router: r.id.clone(),
             what: format!("{:?} mode / distributed routers", cfg.agent.mode),
         });
     }
-    legacy::ensure_legacy(host, r)
+    legacy::ensure_legacy(host, r, backend)
 }
 
-/// Converges the host to `cfg`.
-pub fn apply(cfg: &HostConfig) -> Result<HostReport, HostError> {
+/// How many routers are converged at once.
+const WORKERS: usize = 4;
+
+/// Converges the host to `cfg`. With `full`, every router is converged completely (iptables
+/// included) instead of only checked when unchanged.
+pub fn apply(cfg: &HostConfig, full: bool) -> Result<HostReport, HostError> {
     let _lock = lock(&cfg.agent.state_path)?;
     let mut state = load_state(&cfg.agent.state_path)?;
     let wanted: Vec<&Router> = cfg.routers.iter().filter(|r| r.admin_state_up).collect();
     let stale: Vec<String> = state
         .routers
-        .iter()
+        .keys()
         .filter(|id| !wanted.iter().any(|r| &r.id == *id))
         .cloned()
         .collect();
     // Record first, create after: a crash in between leaves a known router, never a leak.
-    state.routers.extend(wanted.iter().map(|r| r.id.clone()));
+    for r in &wanted {
+        state.routers.entry(r.id.clone()).or_default();
+    }
     save_state(&cfg.agent.state_path, &state)?;
-    let mut host = Rtnl::current()?;
-    let mut report = HostReport::default();
-    for r in wanted {
-        report.routers.push(match ensure(&mut host, cfg, r) {
-            Ok(changes) => RouterResult {
-                id: r.id.clone(),
-                status: if changes.is_empty() {
-                    "unchanged"
-                } else {
-                    "converged"
+    let backend = l3agent_iptables_exec::runner::system_backend().unwrap_or(Backend::Nft);
+    let queue: Mutex<Vec<&Router>> = Mutex::new(wanted.iter().rev().copied().collect());
+    let results: Mutex<Vec<(RouterResult, Option<String>)>> = Mutex::new(Vec::new());
+    let fingerprints: BTreeMap<String, String> = state
+        .routers
+        .iter()
+        .map(|(k, v)| (k.clone(), v.fingerprint.clone()))
+        .collect();
+    let workers = WORKERS.min(wanted.len()).max(1);
+    let host_error: Mutex<Option<HostError>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                let mut host = match Rtnl::current() {
+                    Ok(h) => h,
+                    Err(e) => {
+                        *host_error.lock().expect("lock") = Some(e.into());
+                        return;
+                    }
+                };
+                loop {
+                    let next = queue.lock().expect("lock").pop();
+                    let Some(r) = next else { break };
+                    if interrupted() {
+                        let skipped = RouterResult {
+                            id: r.id.clone(),
+                            status: "skipped".into(),
+                            changes: Vec::new(),
+                            error: None,
+                        };
+                        results.lock().expect("lock").push((skipped, None));
+                        continue;
+                    }
+                    let fp = fingerprint(r);
+                    let unchanged =
+                        !full && fingerprints.get(&r.id) == Some(&fp) && legacy::looks_converged(r);
+                    let out = if unchanged {
+                        (
+                            RouterResult {
+                                id: r.id.clone(),
+                                status: "unchanged".into(),
+                                changes: Vec::new(),
+                                error: None,
+                            },
+                            Some(fp),
+                        )
+                    } else {
+                        match ensure(&mut host, cfg, r, backend) {
+                            Ok(changes) => {
+                                let status = if changes.is_empty() {
+                                    "unchanged"
+                                } else {
+                                    "converged"
+                                };
+                                (
+                                    RouterResult {
+                                        id: r.id.clone(),
+                                        status: status.into(),
+                                        changes,
+                                        error: None,
+                                    },
+                                    Some(fp),
+                                )
+                            }
+                            Err(e) => (
+                                RouterResult {
+                                    id: r.id.clone(),
+                                    status: "failed".into(),
+                                    changes: Vec::new(),
+                                    error: Some(e.to_string()),
+                                },
+                                None,
+                            ),
+                        }
+                    };
+                    results.lock().expect("lock").push(out);
                 }
-                .into(),
-                changes,
-                error: None,
-            },
-            Err(e) => RouterResult {
-                id: r.id.clone(),
-                status: "failed".into(),
-                changes: Vec::new(),
-                error: Some(e.to_string()),
-            },
-        });
+            });
+        }
+    });
+    if let Some(e) = host_error.into_inner().expect("lock") {
+        return Err(e);
+    }
+    let mut report = HostReport {
+        interrupted: interrupted(),
+        ..HostReport::default()
+    };
+    let mut results = results.into_inner().expect("lock");
+    results.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+    for (res, fp) in results {
+        // A failed router keeps an empty fingerprint: the next apply converges it in full.
+        if let Some(st) = state.routers.get_mut(&res.id) {
+            st.fingerprint = fp.unwrap_or_default();
+        }
+        report.routers.push(res);
     }
     for id in stale {
+        if interrupted() {
+            break;
+        }
         report.routers.push(remove(&mut state, &id));
     }
     save_state(&cfg.agent.state_path, &state)?;
@@ -221,18 +363,18 @@ fn remove(state: &mut State, id: &str) -> RouterResult {
 pub fn destroy(state_path: &Path, cfg: Option<&HostConfig>) -> Result<HostReport, HostError> {
     let _lock = lock(state_path)?;
     let mut state = load_state(state_path)?;
-    let mut ids: BTreeSet<String> = state.routers.clone();
-    if let Some(c) = cfg {
-        ids = c
+    let ids: Vec<String> = match cfg {
+        None => state.routers.keys().cloned().collect(),
+        Some(c) => c
             .routers
             .iter()
             .map(|r| r.id.clone())
             .filter(|id| {
-                state.routers.contains(id)
+                state.routers.contains_key(id)
                     || namespace_of(id).is_some_and(|n| l3agent_rtnl::netns::exists(&n))
             })
-            .collect();
-    }
+            .collect(),
+    };
     let mut report = HostReport::default();
     for id in ids {
         report.routers.push(remove(&mut state, &id));

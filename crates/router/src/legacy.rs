@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 
 use ipnet::{IpNet, Ipv4Net};
 use l3agent_iptables::{Family, IptablesModel, ModelOptions, RuleSpec, Table, WrapName};
-use l3agent_iptables_exec::{BackendChoice, ExecOptions, Manager, NetnsTarget};
+use l3agent_iptables_exec::{Backend, ExecOptions, Manager, NetnsTarget, ProcessRunner};
 use l3agent_rtnl::port::{create_veth_port, VethPort};
 use l3agent_rtnl::prelude::*;
 use l3agent_rtnl::route::{Route, MAIN_TABLE};
@@ -201,8 +201,13 @@ pub fn legacy_rules(r: &Router) -> Result<IptablesModel, l3agent_iptables::Error
     Ok(m)
 }
 
-/// Converges one legacy router. Returns what changed (empty: nothing did).
-pub fn ensure_legacy(host: &mut Rtnl, r: &Router) -> Result<Vec<String>, RouterError> {
+/// Converges one legacy router, its iptables on `backend`. Returns what changed (empty:
+/// nothing did).
+pub fn ensure_legacy(
+    host: &mut Rtnl,
+    r: &Router,
+    backend: Backend,
+) -> Result<Vec<String>, RouterError> {
     let ctx = |source| RouterError::Plumbing {
         router: r.id.clone(),
         source,
@@ -246,11 +251,13 @@ pub fn ensure_legacy(host: &mut Rtnl, r: &Router) -> Result<Vec<String>, RouterE
         source,
     })?;
     let target = NetnsTarget::Named(name.clone());
-    let mut ipt = Manager::open(&target, BackendChoice::Auto, model, ExecOptions::default())
-        .map_err(|source| RouterError::Iptables {
+    let runner = ProcessRunner::open_assuming(&target, backend, ExecOptions::default()).map_err(
+        |source| RouterError::Iptables {
             router: r.id.clone(),
             source: source.into(),
-        })?;
+        },
+    )?;
+    let mut ipt = Manager::with_runner(model, runner);
     let report = ipt.apply().map_err(|source| RouterError::Iptables {
         router: r.id.clone(),
         source,
@@ -291,6 +298,52 @@ pub fn ensure_legacy(host: &mut Rtnl, r: &Router) -> Result<Vec<String>, RouterE
         }
     }
     Ok(changes)
+}
+
+/// The cheap check of an unchanged router against the kernel (no process): its namespace
+/// exists and every port is there, up, with exactly its addresses (plus FIPs on the gateway).
+pub fn looks_converged(r: &Router) -> bool {
+    let check = || -> Result<bool, l3agent_rtnl::Error> {
+        let name = r.namespace();
+        if !netns::exists(&name) {
+            return Ok(false);
+        }
+        let mut rr = Rtnl::open(&Netns::open(&name)?)?;
+        let links = rr.links()?;
+        let addrs = rr.addresses(None)?;
+        let fips: Vec<IpNet> = r
+            .fips
+            .iter()
+            .map(|f| IpNet::V4(Ipv4Net::from(f.floating)))
+            .collect();
+        for (p, extra) in r
+            .interfaces
+            .iter()
+            .map(|p| (p, &[][..]))
+            .chain(r.gw_port.iter().map(|p| (p, &fips[..])))
+        {
+            let Some(l) = links.iter().find(|l| l.name == p.dev.as_str()) else {
+                return Ok(false);
+            };
+            if !l.up || l.mtu != p.mtu || l.mac != Some(p.mac) {
+                return Ok(false);
+            }
+            let mut have: Vec<IpNet> = addrs
+                .iter()
+                .filter(|a| a.index == l.index)
+                .map(|a| a.net)
+                .filter(|n| !matches!(n, IpNet::V6(v) if v.addr().segments()[0] & 0xffc0 == 0xfe80))
+                .collect();
+            let mut want: Vec<IpNet> = p.ips.iter().chain(extra).copied().collect();
+            have.sort();
+            want.sort();
+            if have != want {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    };
+    check().unwrap_or(false)
 }
 
 /// Routes of an external gateway (D-21): on-link routes for extra subnets, a `scope link`

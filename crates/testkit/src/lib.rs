@@ -12,6 +12,11 @@ pub const BACKENDS: [&str; 2] = ["nft", "legacy"];
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
+/// A number unique within this test process (for file and namespace names).
+pub fn unique() -> usize {
+    COUNTER.fetch_add(1, Ordering::SeqCst)
+}
+
 /// Fails (never skips) when the kernel tests cannot run here, saying why.
 pub fn require_kernel() {
     assert!(

@@ -12,6 +12,11 @@ pub struct ApplyArgs {
     /// Host config (YAML, or JSON if it ends in .json): `agent` and `routers`. See
     /// examples/host-legacy.yaml.
     config: PathBuf,
+    /// Converge every router completely (iptables included), not only the changed ones.
+    /// Unchanged routers are otherwise only checked against the kernel (namespace, devices,
+    /// addresses) and converged if that check fails.
+    #[arg(long)]
+    full: bool,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -20,6 +25,19 @@ pub struct ApplyArgs {
 /// Runs `apply`.
 pub fn run(a: ApplyArgs) -> Result<(), Failure> {
     let cfg = load_host_config(&a.config)?;
-    let report = l3agent_router::host::apply(&cfg).map_err(|e| Failure::failed(e.to_string()))?;
+    l3agent_router::host::install_sigterm_handler();
+    let report =
+        l3agent_router::host::apply(&cfg, a.full).map_err(|e| Failure::failed(e.to_string()))?;
+    if report.interrupted {
+        let done = report
+            .routers
+            .iter()
+            .filter(|r| r.status != "skipped")
+            .count();
+        finish(&report, a.json)?;
+        return Err(Failure::failed(format!(
+            "interrupted by a signal after {done} router(s); the next apply continues"
+        )));
+    }
     finish(&report, a.json)
 }
