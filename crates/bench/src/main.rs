@@ -17,6 +17,7 @@
 
 mod iptables;
 mod plumbing;
+mod routers;
 
 use clap::{Parser, Subcommand};
 
@@ -33,6 +34,8 @@ enum Command {
     Iptables(iptables::Args),
     /// Kernel plumbing: l3agent in-process vs one `ip` process per operation vs `ip -batch`.
     Plumbing(plumbing::Args),
+    /// Routers: cold apply of many legacy routers, one more floating IP, a no-op apply.
+    Routers(routers::Args),
     /// Internal: one l3agent run in a given namespace (prints JSON).
     #[command(hide = true)]
     Worker(iptables::WorkerArgs),
@@ -42,6 +45,10 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Iptables(a) => iptables::run(a),
         Command::Worker(a) => iptables::worker(a),
+        Command::Routers(a) => {
+            println!("{}", routers::run_bench(&a)?);
+            Ok(())
+        }
         Command::Plumbing(a) => {
             println!("{}", plumbing::run_bench(&a)?);
             Ok(())

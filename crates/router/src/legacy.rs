@@ -292,9 +292,7 @@ pub fn ensure_legacy(
             .iter()
             .any(|c| c.contains(gw.dev.as_str()) || c.starts_with("created"))
         {
-            for ip in announce {
-                garp::send(&ns, &mut rr, &gw.dev, ip, 1).map_err(ctx)?;
-            }
+            garp::send(&ns, &mut rr, &gw.dev, &announce, 1).map_err(ctx)?;
         }
     }
     Ok(changes)

@@ -31,15 +31,18 @@ fn arp(op: u16, mac: [u8; 6], ip: Ipv4Addr) -> [u8; 28] {
 }
 
 /// Sends `rounds` pairs of gratuitous ARP (a request, like `arping -U`, and a reply, like
-/// `arping -A`) for `ip` out of `dev`, broadcast.
+/// `arping -A`) for each of `ips` out of `dev`, broadcast, from one socket.
 pub fn send(
     netns: &Netns,
     rtnl: &mut Rtnl,
     dev: &IfName,
-    ip: Ipv4Addr,
+    ips: &[Ipv4Addr],
     rounds: u32,
 ) -> Result<(), Error> {
-    let what = format!("gratuitous ARP for {ip} on {dev}");
+    if ips.is_empty() {
+        return Ok(());
+    }
+    let what = format!("gratuitous ARP for {} address(es) on {dev}", ips.len());
     let link = rtnl.link(dev)?.ok_or_else(|| Error::NoDevice {
         what: what.clone(),
         netns: netns.label().to_owned(),
@@ -57,14 +60,10 @@ pub fn send(
             netns: label.clone(),
             source,
         };
+        // Protocol 0: a send-only socket. Binding a receive protocol would register a packet
+        // hook whose removal on close waits for an RCU grace period (~10 ms per socket).
         // SAFETY: plain socket(2); the result is checked and owned right away.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-                i32::from(ETH_P_ARP.to_be()),
-            )
-        };
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
         if fd < 0 {
             return Err(io(std::io::Error::last_os_error()));
         }
@@ -78,7 +77,7 @@ pub fn send(
         addr.sll_halen = 6;
         addr.sll_addr[..6].copy_from_slice(&[0xff; 6]);
         for _ in 0..rounds.max(1) {
-            for op in [1u16, 2] {
+            for (&ip, op) in ips.iter().flat_map(|ip| [(ip, 1u16), (ip, 2)]) {
                 let pkt = arp(op, mac, ip);
                 // SAFETY: the buffer and address outlive the call; lengths are theirs.
                 let n = unsafe {

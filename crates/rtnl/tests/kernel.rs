@@ -464,7 +464,7 @@ fn gratuitous_arp_reaches_the_peer() {
     rb.add_address(&ext, net("203.0.113.1/24"), true).unwrap();
     // Let the peer learn from gratuitous ARP (Linux ignores unsolicited ARP by default).
     sysctl::write(&nb, &[(Sysctl::ArpAccept(Scope::Dev(ext.clone())), 1)]).unwrap();
-    l3agent_rtnl::garp::send(&na, &mut ra, &qg, "203.0.113.10".parse().unwrap(), 1).unwrap();
+    l3agent_rtnl::garp::send(&na, &mut ra, &qg, &["203.0.113.10".parse().unwrap()], 1).unwrap();
     let mac = l3agent_rtnl::link::format_mac(&ra.link(&qg).unwrap().unwrap().mac.unwrap());
     let mut seen = Value::Null;
     for _ in 0..50 {
