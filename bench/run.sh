@@ -19,5 +19,6 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import neutron' 2>/de
 fi
 cargo build --release -q -p l3agent-bench
 target/release/l3agent-bench iptables --python "$venv/bin/python" "$@"
-# The kernel-plumbing comparison (issue 4) is appended to the same file.
+# The kernel-plumbing comparison (issue 4) and the router benchmark (issue 5) are appended.
 { echo; target/release/l3agent-bench plumbing; } | tee -a BENCHMARKS.md
+{ echo; target/release/l3agent-bench routers; } | tee -a BENCHMARKS.md

@@ -201,9 +201,22 @@ fn ensure(
 /// How many routers are converged at once.
 const WORKERS: usize = 4;
 
-/// Converges the host to `cfg`. With `full`, every router is converged completely (iptables
-/// included) instead of only checked when unchanged.
-pub fn apply(cfg: &HostConfig, full: bool) -> Result<HostReport, HostError> {
+/// How thoroughly [`apply`] looks at routers whose dict did not change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Unchanged {
+    /// Check them against the kernel (netlink only) and converge those that drifted (default).
+    #[default]
+    Verify,
+    /// Converge them completely, iptables included (`--full`).
+    Converge,
+    /// Leave them alone (`--changed-only`): for event-driven updates, where a periodic
+    /// `Verify` apply catches drift.
+    Trust,
+}
+
+/// Converges the host to `cfg`; `unchanged` says what to do with routers whose dict did not
+/// change since their last successful convergence.
+pub fn apply(cfg: &HostConfig, unchanged: Unchanged) -> Result<HostReport, HostError> {
     let _lock = lock(&cfg.agent.state_path)?;
     let mut state = load_state(&cfg.agent.state_path)?;
     let wanted: Vec<&Router> = cfg.routers.iter().filter(|r| r.admin_state_up).collect();
@@ -252,9 +265,13 @@ pub fn apply(cfg: &HostConfig, full: bool) -> Result<HostReport, HostError> {
                         continue;
                     }
                     let fp = fingerprint(r);
-                    let unchanged =
-                        !full && fingerprints.get(&r.id) == Some(&fp) && legacy::looks_converged(r);
-                    let out = if unchanged {
+                    let same = fingerprints.get(&r.id) == Some(&fp);
+                    let skip = match unchanged {
+                        Unchanged::Converge => false,
+                        Unchanged::Trust => same,
+                        Unchanged::Verify => same && legacy::looks_converged(r),
+                    };
+                    let out = if skip {
                         (
                             RouterResult {
                                 id: r.id.clone(),
