@@ -227,11 +227,18 @@ pub fn apply(cfg: &HostConfig, unchanged: Unchanged) -> Result<HostReport, HostE
         .cloned()
         .collect();
     // Record first, create after: a crash in between leaves a known router, never a leak.
+    let known = state.routers.len();
     for r in &wanted {
         state.routers.entry(r.id.clone()).or_default();
     }
-    save_state(&cfg.agent.state_path, &state)?;
-    let backend = l3agent_iptables_exec::runner::system_backend().unwrap_or(Backend::Nft);
+    if state.routers.len() != known {
+        save_state(&cfg.agent.state_path, &state)?;
+    }
+    let backend_cell = std::sync::OnceLock::new();
+    let backend = || {
+        *backend_cell
+            .get_or_init(|| l3agent_iptables_exec::runner::system_backend().unwrap_or(Backend::Nft))
+    };
     let queue: Mutex<Vec<&Router>> = Mutex::new(wanted.iter().rev().copied().collect());
     let results: Mutex<Vec<(RouterResult, Option<String>)>> = Mutex::new(Vec::new());
     let fingerprints: BTreeMap<String, String> = state
@@ -282,7 +289,7 @@ pub fn apply(cfg: &HostConfig, unchanged: Unchanged) -> Result<HostReport, HostE
                             Some(fp),
                         )
                     } else {
-                        match ensure(&mut host, cfg, r, backend) {
+                        match ensure(&mut host, cfg, r, backend()) {
                             Ok(changes) => {
                                 let status = if changes.is_empty() {
                                     "unchanged"
