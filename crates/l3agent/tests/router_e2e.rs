@@ -157,8 +157,34 @@ fn legacy_router_end_to_end() {
     let cfg = config(&t, &router);
     let cfg_s = cfg.to_str().unwrap();
 
+    let (code, plan, err) = l3agent(&t, &["plan", cfg_s]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(plan[0]["state"], "create", "{plan}");
     let (code, report, err) = l3agent(&t, &["apply", cfg_s]);
     assert_eq!(code, Some(0), "apply failed: {err} {report}");
+    let state = t.state.to_str().unwrap().to_owned();
+    let (code, status, err) = l3agent(&t, &["status", "--state-path", &state]);
+    assert_eq!(code, Some(0), "{err} {status}");
+    assert_eq!(
+        (
+            status[0]["state"].as_str(),
+            status[0]["floating_ips"][0].as_str()
+        ),
+        (Some("ok"), Some("203.0.113.2 -> 192.0.2.10"))
+    );
+    // Drift: someone removes an address; status and plan see it, apply repairs it.
+    router_exec(&["ip", "addr", "del", "192.0.2.4/24", "dev", "qr-081ed401-2a"]);
+    let (code, status, _) = l3agent(&t, &["status", "--state-path", &state]);
+    assert_eq!(
+        (code, status[0]["state"].as_str()),
+        (Some(1), Some("drift")),
+        "{status}"
+    );
+    let (_, plan, _) = l3agent(&t, &["plan", cfg_s]);
+    assert_eq!(plan[0]["state"], "repair", "{plan}");
+    let (code, report, err) = l3agent(&t, &["apply", cfg_s]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(report["routers"][0]["status"], "converged", "{report}");
     let (code, report, err) = l3agent(&t, &["apply", cfg_s]);
     assert_eq!(code, Some(0), "{err}");
     assert!(

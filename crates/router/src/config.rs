@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use ipnet::IpNet;
 use l3agent_types::{IfName, NetnsName};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// One problem in the config, with its path.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -34,7 +34,7 @@ pub enum AgentMode {
 }
 
 /// `agent:` as written.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentDoc {
     /// Agent mode.
@@ -49,7 +49,7 @@ pub struct AgentDoc {
 }
 
 /// The whole file as written.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigDoc {
     /// The agent.
@@ -64,7 +64,7 @@ fn yes() -> bool {
 }
 
 /// A router dict (Neutron's shape; unknown fields ignored).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct RouterDoc {
     /// Router id.
     pub id: String,
@@ -104,7 +104,7 @@ pub struct RouterDoc {
 }
 
 /// `external_gateway_info`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct GatewayInfoDoc {
     /// SNAT.
     #[serde(default)]
@@ -112,7 +112,7 @@ pub struct GatewayInfoDoc {
 }
 
 /// A port dict.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct PortDoc {
     /// Port id.
     pub id: String,
@@ -138,7 +138,7 @@ pub struct PortDoc {
 }
 
 /// A fixed IP.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct FixedIpDoc {
     /// Address.
     pub ip_address: String,
@@ -150,7 +150,7 @@ pub struct FixedIpDoc {
 }
 
 /// A subnet.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct SubnetDoc {
     /// Subnet id.
     pub id: String,
@@ -162,14 +162,14 @@ pub struct SubnetDoc {
 }
 
 /// An extra subnet.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct ExtraSubnetDoc {
     /// CIDR.
     pub cidr: String,
 }
 
 /// A floating IP.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct FipDoc {
     /// Id.
     pub id: String,
@@ -187,7 +187,7 @@ pub struct FipDoc {
 }
 
 /// An extra route.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct RouteDoc {
     /// Destination CIDR.
     pub destination: String,
@@ -304,12 +304,14 @@ pub struct Agent {
 }
 
 /// The validated host config.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct HostConfig {
     /// The agent.
     pub agent: Agent,
     /// Routers (admin up or down).
     pub routers: Vec<Router>,
+    /// The document it came from (kept as the "last applied" state).
+    pub doc: ConfigDoc,
 }
 
 /// Collects problems with their paths.
@@ -686,7 +688,11 @@ impl ConfigDoc {
             }
         }
         if p.0.is_empty() {
-            Ok(HostConfig { agent, routers })
+            Ok(HostConfig {
+                agent,
+                routers,
+                doc: self.clone(),
+            })
         } else {
             Err(p.0)
         }

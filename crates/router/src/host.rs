@@ -345,6 +345,7 @@ pub fn apply(cfg: &HostConfig, unchanged: Unchanged) -> Result<HostReport, HostE
         report.routers.push(remove(&mut state, &id));
     }
     save_state(&cfg.agent.state_path, &state)?;
+    save_applied(cfg)?;
     Ok(report)
 }
 
@@ -405,4 +406,121 @@ pub fn destroy(state_path: &Path, cfg: Option<&HostConfig>) -> Result<HostReport
     }
     save_state(state_path, &state)?;
     Ok(report)
+}
+
+fn save_applied(cfg: &HostConfig) -> Result<(), HostError> {
+    let text =
+        serde_json::to_string_pretty(&cfg.doc).map_err(|e| HostError::State(e.to_string()))?;
+    write_atomic(&cfg.agent.state_path.join("applied.json"), text.as_bytes())
+        .map_err(|e| HostError::State(e.to_string()))
+}
+
+/// One router in a plan or a status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RouterView {
+    /// Router id.
+    pub id: String,
+    /// Plan: `create`, `update`, `repair`, `unchanged` or `remove`. Status: `ok`, `drift`,
+    /// `missing` (no namespace) or `failed` (its last convergence failed).
+    pub state: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// Floating IPs (floating → fixed).
+    pub floating_ips: Vec<String>,
+}
+
+fn view(r: &Router, state: &str) -> RouterView {
+    RouterView {
+        id: r.id.clone(),
+        state: state.into(),
+        namespace: r.namespace().to_string(),
+        floating_ips: r
+            .fips
+            .iter()
+            .map(|f| format!("{} -> {}", f.floating, f.fixed))
+            .collect(),
+    }
+}
+
+/// What [`apply`] would do with `cfg`, router by router; touches nothing.
+pub fn plan(cfg: &HostConfig) -> Result<Vec<RouterView>, HostError> {
+    let state = load_state(&cfg.agent.state_path)?;
+    let mut out = Vec::new();
+    for r in cfg.routers.iter().filter(|r| r.admin_state_up) {
+        let exists = l3agent_rtnl::netns::exists(&r.namespace());
+        let same = state
+            .routers
+            .get(&r.id)
+            .is_some_and(|s| s.fingerprint == fingerprint(r));
+        let what = match (exists, same) {
+            (false, _) => "create",
+            (true, false) => "update",
+            (true, true) if legacy::looks_converged(r) => "unchanged",
+            (true, true) => "repair",
+        };
+        out.push(view(r, what));
+    }
+    for id in state
+        .routers
+        .keys()
+        .filter(|id| !cfg.routers.iter().any(|r| r.admin_state_up && &r.id == *id))
+    {
+        out.push(RouterView {
+            id: id.clone(),
+            state: "remove".into(),
+            namespace: namespace_of(id).map(|n| n.to_string()).unwrap_or_default(),
+            floating_ips: Vec::new(),
+        });
+    }
+    Ok(out)
+}
+
+/// The routers of the last successful apply and how the kernel compares (netlink only).
+pub fn status(state_path: &Path) -> Result<Vec<RouterView>, HostError> {
+    let state = load_state(state_path)?;
+    let path = state_path.join("applied.json");
+    let doc: Option<crate::config::ConfigDoc> = match std::fs::read_to_string(&path) {
+        Ok(t) => Some(
+            serde_json::from_str(&t)
+                .map_err(|e| HostError::State(format!("{}: {e}", path.display())))?,
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(source) => {
+            return Err(HostError::Io {
+                what: format!("reading {}", path.display()),
+                source,
+            })
+        }
+    };
+    let applied = match doc {
+        Some(d) => {
+            d.validate()
+                .map_err(|e| HostError::State(format!("{}: {e:?}", path.display())))?
+                .routers
+        }
+        None => Vec::new(),
+    };
+    let mut out = Vec::new();
+    for (id, st) in &state.routers {
+        let Some(r) = applied.iter().find(|r| &r.id == id) else {
+            out.push(RouterView {
+                id: id.clone(),
+                state: "failed".into(),
+                namespace: namespace_of(id).map(|n| n.to_string()).unwrap_or_default(),
+                floating_ips: Vec::new(),
+            });
+            continue;
+        };
+        let what = if !l3agent_rtnl::netns::exists(&r.namespace()) {
+            "missing"
+        } else if st.fingerprint.is_empty() {
+            "failed"
+        } else if legacy::looks_converged(r) {
+            "ok"
+        } else {
+            "drift"
+        };
+        out.push(view(r, what));
+    }
+    Ok(out)
 }

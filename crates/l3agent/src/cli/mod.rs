@@ -5,6 +5,7 @@ mod iptables_counters;
 mod iptables_show;
 mod router_apply;
 mod router_destroy;
+mod router_plan;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -34,6 +35,12 @@ enum Command {
     /// and delete routers, ports, floating IPs and routes. Exit status: 0 all routers converged,
     /// 1 a router failed (named, the others still converged), 2 invalid config (nothing touched).
     Apply(router_apply::ApplyArgs),
+    /// Print what apply would change, router by router (create, update, repair, remove);
+    /// touch nothing.
+    Plan(router_plan::PlanArgs),
+    /// The routers of the last apply, their namespaces and floating IPs, and any drift between
+    /// the kernel and that state. Exit status 1 if anything drifted.
+    Status(router_plan::StatusArgs),
     /// Remove everything l3agent created on this host: the routers of CONFIG, or with --all
     /// every router in its state. Found by exact names, never by suffix.
     Destroy(router_destroy::DestroyArgs),
@@ -114,6 +121,8 @@ pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Apply(a) => router_apply::run(a),
         Command::Destroy(a) => router_destroy::run(a),
+        Command::Plan(a) => router_plan::plan(a),
+        Command::Status(a) => router_plan::status(a),
         Command::Iptables(IptablesCommand::Apply(a)) => iptables_apply::run(a),
         Command::Iptables(IptablesCommand::Show(a)) => iptables_show::run(a),
         Command::Iptables(IptablesCommand::Counters(a)) => iptables_counters::run(a),
