@@ -376,3 +376,215 @@ fn killed_apply_is_repaired_by_the_next() {
     assert_eq!(host_dump(&t), before);
     let _ = std::fs::remove_file(path);
 }
+
+const DVR_T1: &str = "740cd353-7ee8-49e2-96f6-17ed0dc7b3da";
+const DVR_T2: &str = "d8282fc8-37e4-43a7-801d-8d2c91dbbb98";
+const DVR_EX: &str = "11272de9-8a18-4392-8618-d07b6ab565e3";
+const DVR_ID: &str = "fb221852-b23c-407e-ba26-a68b25803e49";
+
+fn dvr_config(t: &Topology, router: &Value, mode: &str) -> PathBuf {
+    let cfg = json!({
+        "agent": {"mode": mode, "host": "host-a", "state_path": t.state,
+                  "bridges": {DVR_T1: "br-t1", DVR_T2: "br-t2", DVR_EX: "br-ex"}},
+        "routers": [router],
+    });
+    let path = t
+        .state
+        .with_extension(format!("{}.json", l3agent_testkit::unique()));
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    path
+}
+
+fn in_ns(ns: &str, args: &[&str]) -> String {
+    let mut argv = vec!["ip", "netns", "exec", ns];
+    argv.extend_from_slice(args);
+    ok(&argv)
+}
+
+/// A distributed router with its SNAT on the same host (`dvr_snat`): the router's traffic takes
+/// the DVR paths (floating IPs through the fip- namespace, the rest redirected to snat-).
+#[test]
+fn dvr_snat_router_end_to_end() {
+    let qrouter = format!("qrouter-{DVR_ID}");
+    let snat = format!("snat-{DVR_ID}");
+    let fip = format!("fip-{DVR_EX}");
+    let t = topology(vec![qrouter.clone(), snat.clone(), fip.clone()]);
+    let before = host_dump(&t);
+    let router: Value = serde_json::from_str(include_str!(
+        "../../router/tests/data/neutron-router-dvr.json"
+    ))
+    .unwrap();
+    let cfg = dvr_config(&t, &router, "dvr_snat");
+    let cfg_s = cfg.to_str().unwrap();
+    let (code, report, err) = l3agent(&t, &["apply", cfg_s]);
+    assert_eq!(code, Some(0), "apply failed: {err} {report}");
+    let (code, report, err) = l3agent(&t, &["apply", cfg_s, "--full"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        report["routers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["status"] == "unchanged"),
+        "second (full) apply changed things: {report}"
+    );
+
+    // Structure (Neutron's functional-test view).
+    let q = in_ns(&qrouter, &["ip", "-br", "addr"]);
+    assert!(
+        q.contains("qr-55989303-d9")
+            && q.contains("192.0.2.4/24")
+            && q.contains("rfp-fb221852-b")
+            && q.contains("169.254.64.0/31"),
+        "{q}"
+    );
+    assert!(
+        !q.contains("qg-"),
+        "the gateway must not be in qrouter: {q}"
+    );
+    let rules = in_ns(&qrouter, &["ip", "rule"]);
+    assert!(
+        rules.contains("32768:\tfrom 192.0.2.10 lookup 16"),
+        "{rules}"
+    );
+    assert!(
+        rules.contains("from 192.0.2.0/24 lookup 100000")
+            || rules.contains("from 192.0.2.0/24 lookup 100001"),
+        "{rules}"
+    );
+    assert!(in_ns(&qrouter, &["ip", "route", "show", "table", "16"])
+        .contains("default via 169.254.64.1 dev rfp-fb221852-b"));
+    let f = in_ns(&fip, &["ip", "-br", "addr"]);
+    assert!(
+        f.contains("fg-68db4b10-1b")
+            && f.contains("203.0.113.9/24")
+            && f.contains("fpr-fb221852-b")
+            && f.contains("169.254.64.1/31"),
+        "{f}"
+    );
+    assert_eq!(
+        in_ns(
+            &fip,
+            &["sysctl", "-n", "net.ipv4.conf.fg-68db4b10-1b.proxy_arp"]
+        )
+        .trim(),
+        "1"
+    );
+    let frules = in_ns(&fip, &["ip", "rule"]);
+    assert!(
+        frules.contains("iif fpr-fb221852-b lookup 2852012033"),
+        "{frules}"
+    );
+    assert!(
+        in_ns(&fip, &["ip", "route"]).contains("203.0.113.2 via 169.254.64.0 dev fpr-fb221852-b")
+    );
+    assert!(in_ns(&fip, &["iptables-save", "-t", "raw"]).contains("-j CT --notrack"));
+    let s = in_ns(&snat, &["ip", "-br", "addr"]);
+    assert!(
+        s.contains("sg-2581be54-9c")
+            && s.contains("192.0.2.9/24")
+            && s.contains("qg-16663def-59")
+            && s.contains("203.0.113.4/24"),
+        "{s}"
+    );
+    assert!(in_ns(&snat, &["iptables-save", "-t", "nat"])
+        .contains("-A neutron-l3-agent-snat -o qg-16663def-59 -j SNAT --to-source 203.0.113.4"));
+
+    // Traffic.
+    assert_eq!(
+        tcp_probe(&t.ext, &t.vm2, "203.0.113.1", 9080).unwrap(),
+        "203.0.113.4",
+        "SNAT through snat-"
+    );
+    assert_eq!(
+        tcp_probe(&t.vm1, &t.ext, "203.0.113.2", 9081).unwrap(),
+        "203.0.113.1",
+        "DNAT through fip-"
+    );
+    assert_eq!(
+        tcp_probe(&t.ext, &t.vm1, "203.0.113.1", 9082).unwrap(),
+        "203.0.113.2",
+        "FIP egress"
+    );
+    assert_eq!(
+        tcp_probe(&t.vm2, &t.vm1, "198.51.100.10", 9083).unwrap(),
+        "192.0.2.10",
+        "east-west"
+    );
+
+    // Remove the floating IP, then move it.
+    let mut no_fip = router.clone();
+    no_fip["_floatingips"] = json!([]);
+    let cfg2 = dvr_config(&t, &no_fip, "dvr_snat");
+    let (code, report, err) = l3agent(&t, &["apply", cfg2.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err} {report}");
+    let ct = in_ns(&qrouter, &["conntrack", "-L", "-d", "203.0.113.2"]);
+    assert!(!ct.contains("203.0.113.2"), "conntrack entries left: {ct}");
+    assert!(
+        !in_ns(&qrouter, &["ip", "rule"]).contains("lookup 16"),
+        "FIP rule left"
+    );
+    assert!(
+        tcp_probe(&t.vm1, &t.ext, "203.0.113.2", 9084).is_err(),
+        "removed floating IP still answers"
+    );
+    let mut moved = router.clone();
+    moved["_floatingips"][0]["fixed_ip_address"] = json!("198.51.100.10");
+    let cfg3 = dvr_config(&t, &moved, "dvr_snat");
+    let (code, _, err) = l3agent(&t, &["apply", cfg3.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        tcp_probe(&t.vm2, &t.ext, "203.0.113.2", 9085).unwrap(),
+        "203.0.113.1"
+    );
+
+    let (code, destroyed, err) = l3agent(&t, &["destroy", cfg3.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    let left = ok(&["ip", "netns", "list"]);
+    assert!(
+        !left.contains(&qrouter) && !left.contains(&snat) && !left.contains(&fip),
+        "{left} {destroyed}"
+    );
+    assert_eq!(host_dump(&t), before);
+    for p in [cfg, cfg2, cfg3] {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+/// A `dvr` (compute) host: qrouter and fip- are built, the SNAT namespace is not (it lives on
+/// the network node), and the redirect still points at the SNAT ports.
+#[test]
+fn dvr_compute_node_structure() {
+    // Namespace names are global: this test uses its own router and external network ids.
+    let (rid, ext) = (
+        "0c0c0c0c-b23c-407e-ba26-a68b25803e49",
+        "22222222-8a18-4392-8618-d07b6ab565e3",
+    );
+    let qrouter = format!("qrouter-{rid}");
+    let fip = format!("fip-{ext}");
+    let t = topology(vec![qrouter.clone(), fip.clone(), format!("snat-{rid}")]);
+    let text = include_str!("../../router/tests/data/neutron-router-dvr.json")
+        .replace(DVR_ID, rid)
+        .replace(DVR_EX, ext);
+    let mut router: Value = serde_json::from_str(&text).unwrap();
+    router["gw_port_host"] = json!("network-node");
+    let cfg = t
+        .state
+        .with_extension(format!("{}.json", l3agent_testkit::unique()));
+    let doc = json!({
+        "agent": {"mode": "dvr", "host": "host-a", "state_path": t.state,
+                  "bridges": {DVR_T1: "br-t1", DVR_T2: "br-t2", ext: "br-ex"}},
+        "routers": [router],
+    });
+    std::fs::write(&cfg, doc.to_string()).unwrap();
+    let (code, report, err) = l3agent(&t, &["apply", cfg.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err} {report}");
+    assert!(!ok(&["ip", "netns", "list"]).contains(&format!("snat-{rid}")));
+    assert!(in_ns(&qrouter, &["ip", "rule"]).contains("from 192.0.2.10 lookup 16"));
+    assert!(in_ns(&fip, &["ip", "-br", "link"]).contains("fg-68db4b10-1b"));
+    let (code, _, err) = l3agent(&t, &["destroy", cfg.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    let left = ok(&["ip", "netns", "list"]);
+    assert!(!left.contains(&qrouter) && !left.contains(&fip), "{left}");
+    let _ = std::fs::remove_file(cfg);
+}

@@ -27,6 +27,22 @@ pub enum RouterError {
         /// Cause.
         source: l3agent_iptables_exec::ApplyError,
     },
+    /// Removing parts of a router failed (every error listed).
+    #[error("router {router}: teardown: {errors}")]
+    Teardown {
+        /// Router id.
+        router: String,
+        /// All errors.
+        errors: l3agent_rtnl::ErrorList,
+    },
+    /// An allocator failed.
+    #[error("router {router}: {source}")]
+    Alloc {
+        /// Router id.
+        router: String,
+        /// Cause.
+        source: crate::alloc::AllocError,
+    },
     /// A mode or feature l3agent does not do yet.
     #[error("router {router}: {what} is not supported yet")]
     Unsupported {

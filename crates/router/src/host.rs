@@ -24,8 +24,9 @@ use l3agent_types::NetnsName;
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
-use crate::alloc::write_atomic;
+use crate::alloc::{write_atomic, Allocator, LinkLocalPool, RangePool};
 use crate::config::{AgentMode, HostConfig, Router};
+use crate::dvr;
 use crate::error::RouterError;
 use crate::legacy;
 
@@ -117,6 +118,9 @@ pub struct RouterState {
 #[serde(deny_unknown_fields)]
 struct State {
     routers: BTreeMap<String, RouterState>,
+    /// FIP namespaces l3agent made (DVR), removed when no router uses them any more.
+    #[serde(default)]
+    fip_namespaces: std::collections::BTreeSet<String>,
 }
 
 fn lock(state_path: &Path) -> Result<Flock<File>, HostError> {
@@ -183,19 +187,199 @@ pub fn fingerprint(r: &Router) -> String {
     format!("{h:016x}")
 }
 
+/// What the sequential pre-phase prepared for the parallel per-router work.
+#[derive(Default)]
+struct Prepared {
+    alloc: BTreeMap<String, dvr::DvrAllocation>,
+    fip: BTreeMap<String, Result<dvr::FipGateway, String>>,
+}
+
 fn ensure(
     host: &mut Rtnl,
     cfg: &HostConfig,
     r: &Router,
     backend: Backend,
+    prep: &Prepared,
 ) -> Result<Vec<String>, RouterError> {
-    if r.distributed || cfg.agent.mode != AgentMode::Legacy {
+    if !r.distributed {
+        return legacy::ensure_legacy(host, r, backend);
+    }
+    if cfg.agent.mode == AgentMode::Legacy {
         return Err(RouterError::Unsupported {
             router: r.id.clone(),
-            what: format!("{:?} mode / distributed routers", cfg.agent.mode),
+            what: "a distributed router on a legacy agent".into(),
         });
     }
-    legacy::ensure_legacy(host, r, backend)
+    let net = r.gw_port.as_ref().map(|g| g.network_id.clone());
+    let fip = match net.as_ref().and_then(|n| prep.fip.get(n)) {
+        Some(Ok(f)) => Some(f),
+        Some(Err(e)) => {
+            return Err(RouterError::Unsupported {
+                router: r.id.clone(),
+                what: format!("its FIP namespace failed ({e}); this router"),
+            })
+        }
+        None => None,
+    };
+    let snat_here = cfg.agent.mode == AgentMode::DvrSnat
+        && r.gw_port_host.as_deref() == Some(cfg.agent.host.as_str());
+    let alloc = prep.alloc.get(&r.id).cloned().unwrap_or_default();
+    dvr::ensure_dvr(
+        host,
+        r,
+        &cfg.agent.host,
+        fip,
+        snat_here,
+        &alloc,
+        backend,
+        legacy::random_fully_enabled(),
+    )
+}
+
+type Allocators = (
+    Allocator<LinkLocalPool>,
+    Allocator<RangePool>,
+    Allocator<RangePool>,
+);
+
+fn allocators(state_path: &Path) -> Result<Allocators, crate::alloc::AllocError> {
+    Ok((
+        Allocator::load(&state_path.join("fip-linklocal-networks"), LinkLocalPool)?,
+        Allocator::load(
+            &state_path.join("fip-priorities"),
+            RangePool::FIP_PRIORITIES,
+        )?,
+        Allocator::load(
+            &state_path.join("snat-tables"),
+            RangePool {
+                start: dvr::SNAT_TABLES.start,
+                end: dvr::SNAT_TABLES.end,
+            },
+        )?,
+    ))
+}
+
+fn is_dvr(cfg: &HostConfig, r: &Router) -> bool {
+    r.distributed && cfg.agent.mode != AgentMode::Legacy
+}
+
+/// Allocations and FIP namespaces for the distributed routers, done one at a time before the
+/// routers are converged in parallel.
+fn prepare(
+    host: &mut Rtnl,
+    cfg: &HostConfig,
+    wanted: &[&Router],
+    backend: Backend,
+    state: &mut State,
+) -> Result<Prepared, HostError> {
+    let mut prep = Prepared::default();
+    let alloc_err = |e: crate::alloc::AllocError| HostError::State(e.to_string());
+    let (mut ll, mut prio, mut tables) = allocators(&cfg.agent.state_path).map_err(alloc_err)?;
+    for r in wanted.iter().copied().filter(|r| is_dvr(cfg, r)) {
+        let mut a = dvr::DvrAllocation::default();
+        if let Some(fg) = dvr::agent_gateway(r) {
+            a.link_local = Some(ll.allocate(&r.id).map_err(alloc_err)?);
+            let net = fg.network_id.clone();
+            if let std::collections::btree_map::Entry::Vacant(v) = prep.fip.entry(net.clone()) {
+                let result = match dvr::fip_namespace(&net) {
+                    Some(namespace) => {
+                        let gw = dvr::FipGateway {
+                            namespace,
+                            port: fg.clone(),
+                        };
+                        // Recorded before it is made, like routers.
+                        state.fip_namespaces.insert(gw.namespace.to_string());
+                        save_state(&cfg.agent.state_path, state)?;
+                        let mut changes = Vec::new();
+                        dvr::ensure_fip_namespace(host, &gw, backend, &mut changes)
+                            .map(|()| gw)
+                            .map_err(|e| e.to_string())
+                    }
+                    None => Err(format!("invalid external network id {net:?}")),
+                };
+                v.insert(result);
+            }
+            for f in r
+                .fips
+                .iter()
+                .filter(|f| f.host.as_deref().is_none_or(|h| h == cfg.agent.host))
+            {
+                let p = prio.allocate(&f.floating.to_string()).map_err(alloc_err)?;
+                a.fip_priorities
+                    .insert(f.floating, RangePool::FIP_PRIORITIES.start + p);
+            }
+        }
+        if !r.snat_interfaces.is_empty() {
+            for p in &r.interfaces {
+                let t = tables
+                    .allocate(&format!("{}.{}", r.id, p.id))
+                    .map_err(alloc_err)?;
+                a.snat_tables
+                    .insert(p.id.clone(), dvr::SNAT_TABLES.start + t);
+            }
+        }
+        prep.alloc.insert(r.id.clone(), a);
+    }
+    Ok(prep)
+}
+
+/// Returns allocations of gone routers and FIPs to their pools, and removes FIP namespaces no
+/// router uses any more.
+fn collect_garbage(cfg: &HostConfig, wanted: &[&Router], state: &mut State) -> Vec<RouterResult> {
+    let mut out = Vec::new();
+    let dvr_routers: Vec<&Router> = wanted.iter().copied().filter(|r| is_dvr(cfg, r)).collect();
+    if let Ok((mut ll, mut prio, mut tables)) = allocators(&cfg.agent.state_path) {
+        let _ = ll.retain(&|k| {
+            dvr_routers
+                .iter()
+                .any(|r| r.id == k && dvr::agent_gateway(r).is_some())
+        });
+        let _ = prio.retain(&|k| {
+            dvr_routers
+                .iter()
+                .any(|r| r.fips.iter().any(|f| f.floating.to_string() == k))
+        });
+        let _ = tables.retain(&|k| {
+            dvr_routers.iter().any(|r| {
+                !r.snat_interfaces.is_empty()
+                    && r.interfaces
+                        .iter()
+                        .any(|p| format!("{}.{}", r.id, p.id) == k)
+            })
+        });
+    }
+    let used: std::collections::BTreeSet<String> = dvr_routers
+        .iter()
+        .filter_map(|r| dvr::agent_gateway(r))
+        .filter_map(|p| dvr::fip_namespace(&p.network_id))
+        .map(|n| n.to_string())
+        .collect();
+    for name in state.fip_namespaces.clone() {
+        if used.contains(&name) {
+            continue;
+        }
+        let Ok(ns) = NetnsName::new("fip", &name) else {
+            continue;
+        };
+        match legacy::destroy(&ns) {
+            Ok(_) => {
+                state.fip_namespaces.remove(&name);
+                out.push(RouterResult {
+                    id: name,
+                    status: "removed".into(),
+                    changes: vec!["FIP namespace no router uses any more".into()],
+                    error: None,
+                });
+            }
+            Err(e) => out.push(RouterResult {
+                id: name,
+                status: "failed".into(),
+                changes: Vec::new(),
+                error: Some(e.to_string()),
+            }),
+        }
+    }
+    out
 }
 
 /// How many routers are converged at once.
@@ -238,6 +422,11 @@ pub fn apply(cfg: &HostConfig, unchanged: Unchanged) -> Result<HostReport, HostE
     let backend = || {
         *backend_cell
             .get_or_init(|| l3agent_iptables_exec::runner::system_backend().unwrap_or(Backend::Nft))
+    };
+    let prep = {
+        let mut host = Rtnl::current()?;
+        let backend = backend();
+        prepare(&mut host, cfg, &wanted, backend, &mut state)?
     };
     let queue: Mutex<Vec<&Router>> = Mutex::new(wanted.iter().rev().copied().collect());
     let results: Mutex<Vec<(RouterResult, Option<String>)>> = Mutex::new(Vec::new());
@@ -289,7 +478,7 @@ pub fn apply(cfg: &HostConfig, unchanged: Unchanged) -> Result<HostReport, HostE
                             Some(fp),
                         )
                     } else {
-                        match ensure(&mut host, cfg, r, backend()) {
+                        match ensure(&mut host, cfg, r, backend(), &prep) {
                             Ok(changes) => {
                                 let status = if changes.is_empty() {
                                     "unchanged"
@@ -344,6 +533,11 @@ pub fn apply(cfg: &HostConfig, unchanged: Unchanged) -> Result<HostReport, HostE
         }
         report.routers.push(remove(&mut state, &id));
     }
+    if !interrupted() {
+        report
+            .routers
+            .extend(collect_garbage(cfg, &wanted, &mut state));
+    }
     save_state(&cfg.agent.state_path, &state)?;
     save_applied(cfg)?;
     Ok(report)
@@ -359,27 +553,39 @@ fn remove(state: &mut State, id: &str) -> RouterResult {
             error: None,
         };
     };
-    match legacy::destroy(&ns) {
-        Ok(existed) => {
-            state.routers.remove(id);
-            let changes = if existed {
-                vec![format!("deleted namespace {ns}")]
-            } else {
-                Vec::new()
-            };
-            RouterResult {
-                id: id.into(),
-                status: "removed".into(),
-                changes,
-                error: None,
-            }
+    let mut errors: Vec<String> = Vec::new();
+    let mut changes = Vec::new();
+    for fip in &state.fip_namespaces {
+        if let Ok(f) = NetnsName::new("fip", fip) {
+            errors.extend(
+                dvr::remove_from_fip_namespace(&f, id, None)
+                    .into_iter()
+                    .map(|e| e.to_string()),
+            );
         }
-        Err(e) => RouterResult {
+    }
+    for name in [Some(ns), dvr::snat_namespace(id)].into_iter().flatten() {
+        match legacy::destroy(&name) {
+            Ok(true) => changes.push(format!("deleted namespace {name}")),
+            Ok(false) => {}
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    if errors.is_empty() {
+        state.routers.remove(id);
+        RouterResult {
+            id: id.into(),
+            status: "removed".into(),
+            changes,
+            error: None,
+        }
+    } else {
+        RouterResult {
             id: id.into(),
             status: "failed".into(),
-            changes: Vec::new(),
-            error: Some(e.to_string()),
-        },
+            changes,
+            error: Some(errors.join("; ")),
+        }
     }
 }
 
@@ -403,6 +609,31 @@ pub fn destroy(state_path: &Path, cfg: Option<&HostConfig>) -> Result<HostReport
     let mut report = HostReport::default();
     for id in ids {
         report.routers.push(remove(&mut state, &id));
+    }
+    if state.routers.is_empty() {
+        for name in std::mem::take(&mut state.fip_namespaces) {
+            let Ok(ns) = NetnsName::new("fip", &name) else {
+                continue;
+            };
+            let result = match legacy::destroy(&ns) {
+                Ok(_) => RouterResult {
+                    id: name,
+                    status: "removed".into(),
+                    changes: vec!["FIP namespace".into()],
+                    error: None,
+                },
+                Err(e) => {
+                    state.fip_namespaces.insert(name.clone());
+                    RouterResult {
+                        id: name,
+                        status: "failed".into(),
+                        changes: Vec::new(),
+                        error: Some(e.to_string()),
+                    }
+                }
+            };
+            report.routers.push(result);
+        }
     }
     save_state(state_path, &state)?;
     Ok(report)

@@ -124,7 +124,7 @@ pub fn ensure_port(
 }
 
 /// Deletes devices of the given prefixes in the router namespace that are not wanted.
-fn remove_stale_devices(
+pub(crate) fn remove_stale_devices(
     router: &mut Rtnl,
     prefixes: &[&str],
     wanted: &[&IfName],
@@ -142,6 +142,46 @@ fn remove_stale_devices(
     Ok(())
 }
 
+/// The gateway's NAT and mark rules (D-37, D-38), shared by legacy routers and `snat-`
+/// namespaces, in Neutron's exact text.
+pub fn gateway_nat_rules(
+    m: &mut IptablesModel,
+    qg: &IfName,
+    gip: Ipv4Addr,
+    enable_snat: bool,
+    random_fully: bool,
+) -> Result<(), l3agent_iptables::Error> {
+    let rf = if random_fully { " --random-fully" } else { "" };
+    let v4 = Family::V4;
+    if enable_snat {
+        m.add_rule(
+            v4,
+            Table::Nat,
+            RuleSpec::new("snat", &format!("-o {qg} -j SNAT --to-source {gip}{rf}")),
+        )?;
+    }
+    m.add_rule(v4, Table::Nat, RuleSpec::new("snat", &format!("-m mark ! --mark {EXT_MARK} -m conntrack --ctstate DNAT -j SNAT --to-source {gip}{rf}")))?;
+    m.add_rule(
+        v4,
+        Table::Nat,
+        RuleSpec::new(
+            "POSTROUTING",
+            &format!("! -o {qg} -m conntrack ! --ctstate DNAT -j ACCEPT"),
+        ),
+    )?;
+    m.add_rule(
+        v4,
+        Table::Mangle,
+        RuleSpec::new("mark", &format!("-i {qg} -j MARK --set-xmark {EXT_MARK}")),
+    )?;
+    Ok(())
+}
+
+/// Whether SNAT rules get `--random-fully` (iptables >= 1.6.0, Neutron's I-34), asked once.
+pub fn random_fully_enabled() -> bool {
+    random_fully()
+}
+
 /// The iptables rules of a legacy router (D-36..D-38), in Neutron's exact text.
 pub fn legacy_rules(r: &Router) -> Result<IptablesModel, l3agent_iptables::Error> {
     let mut m = IptablesModel::new(WrapName::new(WRAP)?, ModelOptions::default());
@@ -153,29 +193,8 @@ pub fn legacy_rules(r: &Router) -> Result<IptablesModel, l3agent_iptables::Error
     let (Some(gw), Some(gip)) = (&r.gw_port, r.gateway_ipv4()) else {
         return Ok(m);
     };
-    let q = gw.dev.as_str();
+    gateway_nat_rules(&mut m, &gw.dev, gip, r.enable_snat, random_fully())?;
     let v4 = Family::V4;
-    if r.enable_snat {
-        m.add_rule(
-            v4,
-            Table::Nat,
-            RuleSpec::new("snat", &format!("-o {q} -j SNAT --to-source {gip}{rf}")),
-        )?;
-    }
-    m.add_rule(v4, Table::Nat, RuleSpec::new("snat", &format!("-m mark ! --mark {EXT_MARK} -m conntrack --ctstate DNAT -j SNAT --to-source {gip}{rf}")))?;
-    m.add_rule(
-        v4,
-        Table::Nat,
-        RuleSpec::new(
-            "POSTROUTING",
-            &format!("! -o {q} -m conntrack ! --ctstate DNAT -j ACCEPT"),
-        ),
-    )?;
-    m.add_rule(
-        v4,
-        Table::Mangle,
-        RuleSpec::new("mark", &format!("-i {q} -j MARK --set-xmark {EXT_MARK}")),
-    )?;
     for f in &r.fips {
         for chain in ["PREROUTING", "OUTPUT"] {
             let rule = format!("-d {}/32 -j DNAT --to-destination {}", f.floating, f.fixed);
@@ -314,11 +333,13 @@ pub fn looks_converged(r: &Router) -> bool {
             .iter()
             .map(|f| IpNet::V4(Ipv4Net::from(f.floating)))
             .collect();
+        // A distributed router's gateway lives in snat-, its FIPs in fip-: check qr- only.
+        let gw = r.gw_port.iter().filter(|_| !r.distributed);
         for (p, extra) in r
             .interfaces
             .iter()
             .map(|p| (p, &[][..]))
-            .chain(r.gw_port.iter().map(|p| (p, &fips[..])))
+            .chain(gw.map(|p| (p, &fips[..])))
         {
             let Some(l) = links.iter().find(|l| l.name == p.dev.as_str()) else {
                 return Ok(false);

@@ -3,6 +3,7 @@
 
 pub mod alloc;
 pub mod config;
+pub mod dvr;
 pub mod error;
 pub mod host;
 pub mod legacy;
