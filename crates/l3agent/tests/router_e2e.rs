@@ -588,3 +588,57 @@ fn dvr_compute_node_structure() {
     assert!(!left.contains(&qrouter) && !left.contains(&fip), "{left}");
     let _ = std::fs::remove_file(cfg);
 }
+
+/// A router that fails on its first convergence (its bridge does not exist) is reported with
+/// the cause, what the run created for it is removed, and the other router converges anyway.
+#[test]
+fn a_failing_router_is_undone_and_others_converge() {
+    let bad_id = "badbadba-d0ba-4691-820c-8053abf50b8d";
+    let good_id = "600d600d-d0ba-4691-820c-8053abf50b8d";
+    let t = topology(vec![
+        format!("qrouter-{bad_id}"),
+        format!("qrouter-{good_id}"),
+    ]);
+    let mut good = example();
+    good["id"] = json!(good_id);
+    let mut bad = example();
+    bad["id"] = json!(bad_id);
+    for (k, port) in bad["_interfaces"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .enumerate()
+    {
+        port["id"] = json!(format!("b{k}adbadb-0000-4000-8000-000000000000"));
+        port["network_id"] = json!("net-without-bridge");
+    }
+    bad["gw_port"]["id"] = json!("b9adbadb-0000-4000-8000-000000000000");
+    let cfg = json!({
+        "agent": {"mode": "legacy", "host": "host-a", "state_path": t.state,
+                  "bridges": {NET_T1: "br-t1", NET_T2: "br-t2", NET_EX: "br-ex", "net-without-bridge": "br-missing"}},
+        "routers": [good, bad],
+    });
+    let path = t
+        .state
+        .with_extension(format!("{}.json", l3agent_testkit::unique()));
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    let (code, report, _) = l3agent(&t, &["apply", path.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{report}");
+    let routers = report["routers"].as_array().unwrap();
+    let b = routers.iter().find(|r| r["id"] == bad_id).unwrap();
+    assert_eq!(b["status"], "failed");
+    assert!(b["error"].as_str().unwrap().contains("br-missing"), "{b}");
+    assert_eq!(
+        routers.iter().find(|r| r["id"] == good_id).unwrap()["status"],
+        "converged"
+    );
+    let list = ok(&["ip", "netns", "list"]);
+    assert!(
+        !list.contains(bad_id),
+        "the failed router's namespace was left: {list}"
+    );
+    assert!(list.contains(good_id));
+    let (code, _, err) = l3agent(&t, &["destroy", path.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    let _ = std::fs::remove_file(path);
+}

@@ -382,6 +382,39 @@ fn collect_garbage(cfg: &HostConfig, wanted: &[&Router], state: &mut State) -> V
     out
 }
 
+/// The namespaces a router owns on its own (not the shared `fip-`).
+fn router_namespaces(r: &Router) -> Vec<NetnsName> {
+    [Some(r.namespace()), dvr::snat_namespace(&r.id)]
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// After a failed convergence: removes the namespaces this run created for the router (a
+/// router that existed before keeps its working parts), and returns the error, with any
+/// teardown failure appended.
+fn undo_created(r: &Router, existed: &[bool], e: RouterError) -> RouterError {
+    let mut undo_errors = Vec::new();
+    for (ns, was) in router_namespaces(r).iter().zip(existed) {
+        if !was {
+            if let Err(t) = legacy::destroy(ns) {
+                undo_errors.push(t.to_string());
+            }
+        }
+    }
+    if undo_errors.is_empty() {
+        e
+    } else {
+        RouterError::Unsupported {
+            router: r.id.clone(),
+            what: format!(
+                "{e}; undoing it also failed ({}): this",
+                undo_errors.join("; ")
+            ),
+        }
+    }
+}
+
 /// How many routers are converged at once.
 const WORKERS: usize = 4;
 
@@ -478,7 +511,13 @@ pub fn apply(cfg: &HostConfig, unchanged: Unchanged) -> Result<HostReport, HostE
                             Some(fp),
                         )
                     } else {
-                        match ensure(&mut host, cfg, r, backend(), &prep) {
+                        let existed = router_namespaces(r)
+                            .iter()
+                            .map(l3agent_rtnl::netns::exists)
+                            .collect::<Vec<_>>();
+                        match ensure(&mut host, cfg, r, backend(), &prep)
+                            .map_err(|e| undo_created(r, &existed, e))
+                        {
                             Ok(changes) => {
                                 let status = if changes.is_empty() {
                                     "unchanged"
