@@ -168,7 +168,7 @@ fn load_state(state_path: &Path) -> Result<State, HostError> {
 }
 
 fn save_state(state_path: &Path, s: &State) -> Result<(), HostError> {
-    let text = serde_json::to_string_pretty(s).map_err(|e| HostError::State(e.to_string()))?;
+    let text = serde_json::to_string(s).map_err(|e| HostError::State(e.to_string()))?;
     write_atomic(&state_path.join("routers.json"), text.as_bytes())
         .map_err(|e| HostError::State(e.to_string()))
 }
@@ -680,7 +680,7 @@ pub fn destroy(state_path: &Path, cfg: Option<&HostConfig>) -> Result<HostReport
 
 fn save_applied(cfg: &HostConfig) -> Result<(), HostError> {
     let text =
-        serde_json::to_string_pretty(&cfg.doc).map_err(|e| HostError::State(e.to_string()))?;
+        serde_json::to_string(&cfg.doc).map_err(|e| HostError::State(e.to_string()))?;
     write_atomic(&cfg.agent.state_path.join("applied.json"), text.as_bytes())
         .map_err(|e| HostError::State(e.to_string()))
 }
