@@ -196,7 +196,7 @@ pub struct RouteDoc {
 }
 
 /// A subnet, validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Subnet {
     /// Id.
     pub id: String,
@@ -207,7 +207,7 @@ pub struct Subnet {
 }
 
 /// A port, validated, with its device names.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Port {
     /// Id.
     pub id: String,
@@ -232,7 +232,7 @@ pub struct Port {
 }
 
 /// A floating IP, validated (IPv4, associated).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Fip {
     /// Id.
     pub id: String,
@@ -245,7 +245,7 @@ pub struct Fip {
 }
 
 /// A router, validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Router {
     /// Id.
     pub id: String,

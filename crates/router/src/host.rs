@@ -177,14 +177,24 @@ fn namespace_of(id: &str) -> Option<NetnsName> {
     NetnsName::new("router", &format!("qrouter-{id}")).ok()
 }
 
-/// FNV-1a of the validated router: stable across runs of the same l3agent.
+/// FNV-1a over the validated router's `Hash`: cheap, and stable across runs of the same
+/// l3agent binary (a new binary may converge every router once more, which is harmless).
 pub fn fingerprint(r: &Router) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in format!("{r:?}").bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
+    struct Fnv(u64);
+    impl std::hash::Hasher for Fnv {
+        fn finish(&self) -> u64 {
+            self.0
+        }
+        fn write(&mut self, bytes: &[u8]) {
+            for b in bytes {
+                self.0 ^= u64::from(*b);
+                self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
     }
-    format!("{h:016x}")
+    let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+    std::hash::Hash::hash(r, &mut h);
+    format!("{:016x}", std::hash::Hasher::finish(&h))
 }
 
 /// What the sequential pre-phase prepared for the parallel per-router work.
@@ -679,8 +689,7 @@ pub fn destroy(state_path: &Path, cfg: Option<&HostConfig>) -> Result<HostReport
 }
 
 fn save_applied(cfg: &HostConfig) -> Result<(), HostError> {
-    let text =
-        serde_json::to_string(&cfg.doc).map_err(|e| HostError::State(e.to_string()))?;
+    let text = serde_json::to_string(&cfg.doc).map_err(|e| HostError::State(e.to_string()))?;
     write_atomic(&cfg.agent.state_path.join("applied.json"), text.as_bytes())
         .map_err(|e| HostError::State(e.to_string()))
 }
