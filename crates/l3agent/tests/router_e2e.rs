@@ -259,6 +259,13 @@ fn legacy_router_end_to_end() {
     let mut no_fip = router.clone();
     no_fip["_floatingips"] = json!([]);
     let cfg2 = config(&t, &no_fip);
+    let (_, plan, _) = l3agent(&t, &["plan", cfg2.to_str().unwrap()]);
+    assert_eq!(plan[0]["state"], "update", "{plan}");
+    assert_eq!(
+        plan[0]["changes"],
+        json!(["remove floating IP 203.0.113.2 -> 192.0.2.10"]),
+        "{plan}"
+    );
     let (code, report, err) = l3agent(&t, &["apply", cfg2.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{err} {report}");
     let ct = router_exec(&["conntrack", "-L", "-d", "203.0.113.2"]);

@@ -519,6 +519,8 @@ fn ensure_snat_namespace(
     let gw = r.gw_port.as_ref().expect("checked by the caller");
     ensure_port(host, &mut sr, &ns, gw, &gw.ips, changes).map_err(ctx)?;
     ensure_gateway_routes(&mut sr, gw, changes).map_err(ctx)?;
+    ns.write_sysctls(&crate::legacy::gateway_ipv6_sysctls(gw))
+        .map_err(ctx)?;
     let mut wanted: Vec<&IfName> = r.snat_interfaces.iter().map(|p| &p.dev).collect();
     wanted.push(&gw.dev);
     crate::legacy::remove_stale_devices(&mut sr, &["sg-", "qg-"], &wanted, changes).map_err(ctx)?;

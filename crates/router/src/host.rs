@@ -706,6 +706,8 @@ pub struct RouterView {
     pub namespace: String,
     /// Floating IPs (floating → fixed).
     pub floating_ips: Vec<String>,
+    /// Plan: what would change, item by item.
+    pub changes: Vec<String>,
 }
 
 fn view(r: &Router, state: &str) -> RouterView {
@@ -718,36 +720,141 @@ fn view(r: &Router, state: &str) -> RouterView {
             .iter()
             .map(|f| format!("{} -> {}", f.floating, f.fixed))
             .collect(),
+        changes: Vec::new(),
     }
 }
 
-/// What [`apply`] would do with `cfg`, router by router; touches nothing.
+/// What differs between the router as last applied and as wanted, item by item.
+pub fn router_diff(old: Option<&Router>, new: &Router) -> Vec<String> {
+    use std::collections::BTreeSet;
+    let ports = |r: Option<&Router>| -> BTreeSet<String> {
+        r.map(|r| {
+            r.interfaces
+                .iter()
+                .chain(&r.gw_port)
+                .chain(&r.snat_interfaces)
+                .map(|p| {
+                    format!(
+                        "port {} ({})",
+                        p.dev,
+                        p.ips
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+    };
+    let fips = |r: Option<&Router>| -> BTreeSet<String> {
+        r.map(|r| {
+            r.fips
+                .iter()
+                .map(|f| format!("floating IP {} -> {}", f.floating, f.fixed))
+                .collect()
+        })
+        .unwrap_or_default()
+    };
+    let routes = |r: Option<&Router>| -> BTreeSet<String> {
+        r.map(|r| {
+            r.routes
+                .iter()
+                .map(|(d, n)| format!("route {d} via {n}"))
+                .collect()
+        })
+        .unwrap_or_default()
+    };
+    let mut out = Vec::new();
+    for (before, after) in [
+        (ports(old), ports(Some(new))),
+        (fips(old), fips(Some(new))),
+        (routes(old), routes(Some(new))),
+    ] {
+        out.extend(after.difference(&before).map(|x| format!("add {x}")));
+        out.extend(before.difference(&after).map(|x| format!("remove {x}")));
+    }
+    if let Some(o) = old {
+        if o.enable_snat != new.enable_snat {
+            out.push(format!(
+                "SNAT {}",
+                if new.enable_snat { "on" } else { "off" }
+            ));
+        }
+        let shape = |r: &Router| {
+            r.interfaces
+                .iter()
+                .chain(&r.gw_port)
+                .map(|p| (p.dev.clone(), p.mtu, p.mac))
+                .collect::<Vec<_>>()
+        };
+        if shape(o) != shape(new) {
+            out.push("port MTU or MAC".into());
+        }
+    }
+    out
+}
+
+fn last_applied(state_path: &Path) -> Result<Vec<Router>, HostError> {
+    let path = state_path.join("applied.json");
+    match std::fs::read_to_string(&path) {
+        Ok(t) => {
+            let doc: crate::config::ConfigDoc = serde_json::from_str(&t)
+                .map_err(|e| HostError::State(format!("{}: {e}", path.display())))?;
+            Ok(doc
+                .validate()
+                .map_err(|e| HostError::State(format!("{}: {e:?}", path.display())))?
+                .routers)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(source) => Err(HostError::Io {
+            what: format!("reading {}", path.display()),
+            source,
+        }),
+    }
+}
+
+/// What [`apply`] would do with `cfg`, router by router and item by item; touches nothing.
 pub fn plan(cfg: &HostConfig) -> Result<Vec<RouterView>, HostError> {
     let state = load_state(&cfg.agent.state_path)?;
+    let applied = last_applied(&cfg.agent.state_path)?;
     let mut out = Vec::new();
     for r in cfg.routers.iter().filter(|r| r.admin_state_up) {
         let exists = l3agent_rtnl::netns::exists(&r.namespace());
+        let old = applied.iter().find(|a| a.id == r.id).filter(|_| exists);
         let same = state
             .routers
             .get(&r.id)
             .is_some_and(|s| s.fingerprint == fingerprint(r));
-        let what = match (exists, same) {
-            (false, _) => "create",
-            (true, false) => "update",
-            (true, true) if legacy::looks_converged(r) => "unchanged",
-            (true, true) => "repair",
+        let mut changes = router_diff(old, r);
+        let what = if !exists {
+            changes.insert(0, format!("create namespace {}", r.namespace()));
+            "create"
+        } else if !same {
+            "update"
+        } else if legacy::looks_converged(r) {
+            "unchanged"
+        } else {
+            changes.push("the kernel drifted from the applied state: converge it again".into());
+            "repair"
         };
-        out.push(view(r, what));
+        out.push(RouterView {
+            changes,
+            ..view(r, what)
+        });
     }
     for id in state
         .routers
         .keys()
         .filter(|id| !cfg.routers.iter().any(|r| r.admin_state_up && &r.id == *id))
     {
+        let namespace = namespace_of(id).map(|n| n.to_string()).unwrap_or_default();
         out.push(RouterView {
             id: id.clone(),
             state: "remove".into(),
-            namespace: namespace_of(id).map(|n| n.to_string()).unwrap_or_default(),
+            changes: vec![format!("delete namespace {namespace}")],
+            namespace,
             floating_ips: Vec::new(),
         });
     }
@@ -757,28 +864,7 @@ pub fn plan(cfg: &HostConfig) -> Result<Vec<RouterView>, HostError> {
 /// The routers of the last successful apply and how the kernel compares (netlink only).
 pub fn status(state_path: &Path) -> Result<Vec<RouterView>, HostError> {
     let state = load_state(state_path)?;
-    let path = state_path.join("applied.json");
-    let doc: Option<crate::config::ConfigDoc> = match std::fs::read_to_string(&path) {
-        Ok(t) => Some(
-            serde_json::from_str(&t)
-                .map_err(|e| HostError::State(format!("{}: {e}", path.display())))?,
-        ),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(source) => {
-            return Err(HostError::Io {
-                what: format!("reading {}", path.display()),
-                source,
-            })
-        }
-    };
-    let applied = match doc {
-        Some(d) => {
-            d.validate()
-                .map_err(|e| HostError::State(format!("{}: {e:?}", path.display())))?
-                .routers
-        }
-        None => Vec::new(),
-    };
+    let applied = last_applied(state_path)?;
     let mut out = Vec::new();
     for (id, st) in &state.routers {
         let Some(r) = applied.iter().find(|r| &r.id == id) else {
@@ -787,6 +873,7 @@ pub fn status(state_path: &Path) -> Result<Vec<RouterView>, HostError> {
                 state: "failed".into(),
                 namespace: namespace_of(id).map(|n| n.to_string()).unwrap_or_default(),
                 floating_ips: Vec::new(),
+                changes: Vec::new(),
             });
             continue;
         };
@@ -802,4 +889,59 @@ pub fn status(state_path: &Path) -> Result<Vec<RouterView>, HostError> {
         out.push(view(r, what));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example() -> Router {
+        let text = format!(
+            r#"{{"agent": {{"mode": "legacy", "host": "h", "state_path": "/tmp/x", "bridges": {{"90e4912c-0eb8-4be4-a793-e6a3bba6ae8b": "b1", "c6910e18-fb1f-4988-9af4-211a8c2e2926": "b2", "65566f91-133a-44ff-87f5-ecffc1193d3d": "b3"}}}}, "routers": [{}]}}"#,
+            include_str!("../tests/data/neutron-router-legacy.json")
+        );
+        let doc: crate::config::ConfigDoc = serde_json::from_str(&text).unwrap();
+        doc.validate().unwrap().routers.remove(0)
+    }
+
+    #[test]
+    fn diff_names_each_item() {
+        let old = example();
+        let mut new = old.clone();
+        assert!(router_diff(Some(&old), &new).is_empty());
+        new.fips[0].fixed = "198.51.100.10".parse().unwrap();
+        new.routes.clear();
+        new.enable_snat = false;
+        let d = router_diff(Some(&old), &new);
+        assert_eq!(
+            d,
+            [
+                "add floating IP 203.0.113.2 -> 198.51.100.10",
+                "remove floating IP 203.0.113.2 -> 192.0.2.10",
+                "remove route 100.64.8.0/24 via 203.0.113.4",
+                "SNAT off",
+            ]
+        );
+        assert!(router_diff(None, &old)
+            .iter()
+            .any(|c| c == "add port qg-184a6791-c4 (203.0.113.4/24)"));
+        assert_ne!(fingerprint(&old), fingerprint(&new));
+        assert_eq!(fingerprint(&old), fingerprint(&old.clone()));
+    }
+
+    #[test]
+    fn ipv6_gateway_sysctls() {
+        let mut r = example();
+        let gw = r.gw_port.as_mut().unwrap();
+        assert!(legacy::gateway_ipv6_sysctls(gw).is_empty());
+        gw.subnets.push(crate::config::Subnet {
+            id: "v6".into(),
+            cidr: "2001:db8::/64".parse().unwrap(),
+            gateway: None,
+        });
+        let s = legacy::gateway_ipv6_sysctls(gw);
+        assert_eq!(s[1].1, 2, "no IPv6 gateway: accept router advertisements");
+        gw.subnets[1].gateway = Some("2001:db8::1".parse().unwrap());
+        assert_eq!(legacy::gateway_ipv6_sysctls(gw)[1].1, 0);
+    }
 }

@@ -262,6 +262,7 @@ pub fn ensure_legacy(
         keep.extend(current.iter().filter(|n| fip_nets.contains(n)));
         removed_fips = ensure_port(host, &mut rr, &ns, gw, &keep, &mut changes).map_err(ctx)?;
         ensure_gateway_routes(&mut rr, gw, &mut changes).map_err(ctx)?;
+        ns.write_sysctls(&gateway_ipv6_sysctls(gw)).map_err(ctx)?;
     }
     ensure_extra_routes(&mut rr, r, &mut changes).map_err(ctx)?;
     // NAT before addresses: a floating IP never answers before its DNAT exists.
@@ -363,6 +364,25 @@ pub fn looks_converged(r: &Router) -> bool {
         Ok(true)
     };
     check().unwrap_or(false)
+}
+
+/// IPv6 on an external gateway (D-21): forwarding on the device, and router advertisements
+/// accepted (`accept_ra=2`) only when no IPv6 gateway is configured.
+pub fn gateway_ipv6_sysctls(gw: &Port) -> Vec<(Sysctl, u32)> {
+    if !gw.subnets.iter().any(|s| s.cidr.addr().is_ipv6()) {
+        return Vec::new();
+    }
+    let has_gateway = gw
+        .subnets
+        .iter()
+        .any(|s| s.gateway.is_some_and(|g| g.is_ipv6()));
+    vec![
+        (Sysctl::Ipv6Forwarding(Scope::Dev(gw.dev.clone())), 1),
+        (
+            Sysctl::AcceptRa(Scope::Dev(gw.dev.clone())),
+            if has_gateway { 0 } else { 2 },
+        ),
+    ]
 }
 
 /// Routes of an external gateway (D-21): on-link routes for extra subnets, a `scope link`

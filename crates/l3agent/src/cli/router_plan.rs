@@ -40,6 +40,9 @@ fn print(views: &[l3agent_router::host::RouterView], json: bool) {
         for f in &v.floating_ips {
             println!("          floating IP {f}");
         }
+        for c in &v.changes {
+            println!("          will {c}");
+        }
     }
 }
 
