@@ -132,7 +132,14 @@ impl<R: Runner> Manager<R> {
 
     /// Reads the kernel's rule set of a family (`None`: the namespace vanished).
     pub fn read(&self, family: Family) -> Result<Option<KernelState>, ApplyError> {
-        match self.runner.save(family) {
+        self.parse_read(self.runner.save(family))
+    }
+
+    fn parse_read(
+        &self,
+        saved: Result<String, ExecError>,
+    ) -> Result<Option<KernelState>, ApplyError> {
+        match saved {
             Ok(text) => Ok(Some(KernelState::parse_save(&text)?)),
             Err(_) if !self.runner.namespace_alive() => Ok(None),
             Err(e) => Err(e.into()),
@@ -198,13 +205,32 @@ impl<R: Runner> Manager<R> {
             report.namespace_gone = true;
             return Ok(report);
         }
+        // Families read from the kernel are read at once (one process each, concurrently).
+        let to_read: Vec<Family> = families
+            .iter()
+            .copied()
+            .filter(|f| self.committed[f.index()].is_none())
+            .collect();
+        let mut prefetched: Vec<(Family, Result<String, ExecError>)> = if to_read.len() > 1 {
+            to_read
+                .iter()
+                .copied()
+                .zip(self.runner.save_families(&to_read))
+                .collect()
+        } else {
+            Vec::new()
+        };
         for family in families {
             let dirty = self.model.take_dirty(family);
             let (mut current, scope) = match self.committed[family.index()].take() {
                 Some(c) => (c, Some(dirty.clone())),
                 None => {
                     report.read_kernel = true;
-                    match self.read(family) {
+                    let saved = match prefetched.iter().position(|(f, _)| *f == family) {
+                        Some(i) => prefetched.remove(i).1,
+                        None => self.runner.save(family),
+                    };
+                    match self.parse_read(saved) {
                         Ok(Some(s)) => (s, None),
                         Ok(None) => {
                             self.model.restore_dirty(family, dirty);

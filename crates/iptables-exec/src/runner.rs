@@ -27,6 +27,10 @@ pub struct RestoreFailure {
 pub trait Runner {
     /// `iptables-save` (all tables) of one family.
     fn save(&self, family: Family) -> Result<String, ExecError>;
+    /// `iptables-save` of several families; the real runner runs them concurrently.
+    fn save_families(&self, families: &[Family]) -> Vec<Result<String, ExecError>> {
+        families.iter().map(|f| self.save(*f)).collect()
+    }
     /// `iptables-restore --noflush` of one family. `Err(Ok(..))` is iptables refusing the input,
     /// `Err(Err(..))` a failure to run at all.
     fn restore(&self, family: Family, input: &str)
@@ -183,6 +187,23 @@ impl Runner for ProcessRunner {
     fn save(&self, family: Family) -> Result<String, ExecError> {
         let (program, out) = self.run_tool(family, "save", &[], None)?;
         check(out, &program)
+    }
+
+    fn save_families(&self, families: &[Family]) -> Vec<Result<String, ExecError>> {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = families
+                .iter()
+                .map(|f| s.spawn(move || self.save(*f)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(ExecError::Backend("iptables-save thread panicked".into()))
+                    })
+                })
+                .collect()
+        })
     }
 
     fn restore(

@@ -588,7 +588,13 @@ pub fn apply(cfg: &HostConfig, unchanged: Unchanged) -> Result<HostReport, HostE
             .extend(collect_garbage(cfg, &wanted, &mut state));
     }
     save_state(&cfg.agent.state_path, &state)?;
-    save_applied(cfg)?;
+    let touched: std::collections::BTreeSet<String> = report
+        .routers
+        .iter()
+        .filter(|r| r.status != "unchanged")
+        .map(|r| r.id.clone())
+        .collect();
+    save_applied(cfg, &|id| touched.contains(id))?;
     Ok(report)
 }
 
@@ -688,10 +694,46 @@ pub fn destroy(state_path: &Path, cfg: Option<&HostConfig>) -> Result<HostReport
     Ok(report)
 }
 
-fn save_applied(cfg: &HostConfig) -> Result<(), HostError> {
-    let text = serde_json::to_string(&cfg.doc).map_err(|e| HostError::State(e.to_string()))?;
-    write_atomic(&cfg.agent.state_path.join("applied.json"), text.as_bytes())
-        .map_err(|e| HostError::State(e.to_string()))
+/// Keeps the last applied state as one file per router in `<state_path>/applied/` (plus the
+/// agent section), rewriting only the routers this apply touched, so that an apply that
+/// changes one router writes one small file, however many routers the host has.
+fn save_applied(cfg: &HostConfig, touched: &dyn Fn(&str) -> bool) -> Result<(), HostError> {
+    let dir = cfg.agent.state_path.join("applied");
+    let err = |e: String| HostError::State(e);
+    let write = |name: &str, value: &dyn erased::Json| -> Result<(), HostError> {
+        write_atomic(&dir.join(name), value.json().map_err(err)?.as_bytes())
+            .map_err(|e| err(e.to_string()))
+    };
+    write("agent.json", &cfg.doc.agent)?;
+    let mut keep = std::collections::BTreeSet::new();
+    for r in &cfg.doc.routers {
+        let file = format!("router-{}.json", r.id);
+        if touched(&r.id) || !dir.join(&file).exists() {
+            write(&file, r)?;
+        }
+        keep.insert(file);
+    }
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("router-") && !keep.contains(&name) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+mod erased {
+    /// Serialises a config part to JSON (object-safe helper for `save_applied`).
+    pub trait Json {
+        fn json(&self) -> Result<String, String>;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn json(&self) -> Result<String, String> {
+            serde_json::to_string(self).map_err(|e| e.to_string())
+        }
+    }
 }
 
 /// One router in a plan or a status.
@@ -797,22 +839,48 @@ pub fn router_diff(old: Option<&Router>, new: &Router) -> Vec<String> {
 }
 
 fn last_applied(state_path: &Path) -> Result<Vec<Router>, HostError> {
-    let path = state_path.join("applied.json");
-    match std::fs::read_to_string(&path) {
-        Ok(t) => {
-            let doc: crate::config::ConfigDoc = serde_json::from_str(&t)
-                .map_err(|e| HostError::State(format!("{}: {e}", path.display())))?;
-            Ok(doc
-                .validate()
-                .map_err(|e| HostError::State(format!("{}: {e:?}", path.display())))?
-                .routers)
+    let dir = state_path.join("applied");
+    let read = |path: &Path| -> Result<Option<String>, HostError> {
+        match std::fs::read_to_string(path) {
+            Ok(t) => Ok(Some(t)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(HostError::Io {
+                what: format!("reading {}", path.display()),
+                source,
+            }),
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(source) => Err(HostError::Io {
-            what: format!("reading {}", path.display()),
+    };
+    let bad = |path: &Path, e: String| HostError::State(format!("{}: {e}", path.display()));
+    let agent_path = dir.join("agent.json");
+    let Some(agent) = read(&agent_path)? else {
+        return Ok(Vec::new());
+    };
+    let agent: crate::config::AgentDoc =
+        serde_json::from_str(&agent).map_err(|e| bad(&agent_path, e.to_string()))?;
+    let mut routers = Vec::new();
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+        .map_err(|source| HostError::Io {
+            what: format!("listing {}", dir.display()),
             source,
-        }),
+        })?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("router-"))
+        })
+        .collect();
+    files.sort();
+    for path in files {
+        if let Some(t) = read(&path)? {
+            routers.push(serde_json::from_str(&t).map_err(|e| bad(&path, e.to_string()))?);
+        }
     }
+    let doc = crate::config::ConfigDoc { agent, routers };
+    Ok(doc
+        .validate()
+        .map_err(|e| bad(&dir, format!("{e:?}")))?
+        .routers)
 }
 
 /// What [`apply`] would do with `cfg`, router by router and item by item; touches nothing.
