@@ -587,8 +587,56 @@ fn dvr_compute_node_structure() {
     let (code, report, err) = l3agent(&t, &["apply", cfg.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{err} {report}");
     assert!(!ok(&["ip", "netns", "list"]).contains(&format!("snat-{rid}")));
-    assert!(in_ns(&qrouter, &["ip", "rule"]).contains("from 192.0.2.10 lookup 16"));
-    assert!(in_ns(&fip, &["ip", "-br", "link"]).contains("fg-68db4b10-1b"));
+    // Neutron's functional-test view of a compute node: namespaces, devices, rules, routes,
+    // iptables.
+    let rules = in_ns(&qrouter, &["ip", "rule"]);
+    assert!(
+        rules.contains("32768:\tfrom 192.0.2.10 lookup 16"),
+        "{rules}"
+    );
+    assert!(
+        rules.contains("from 192.0.2.0/24 lookup 1000")
+            && rules.contains("from 198.51.100.0/24 lookup 1000"),
+        "SNAT redirect rules: {rules}"
+    );
+    assert_eq!(
+        rules.lines().count(),
+        3 + 1 + 2,
+        "3 defaults + 1 FIP + 2 SNAT redirect: {rules}"
+    );
+    assert!(in_ns(&qrouter, &["ip", "route", "show", "table", "16"])
+        .contains("default via 169.254.64.1 dev rfp-0c0c0c0c-b"));
+    let redirect_tables: Vec<String> = rules
+        .lines()
+        .filter(|l| l.contains("lookup 1000"))
+        .filter_map(|l| l.rsplit(' ').next().map(str::to_owned))
+        .collect();
+    for t in &redirect_tables {
+        let routes = in_ns(&qrouter, &["ip", "route", "show", "table", t]);
+        assert!(
+            routes.contains("default via 192.0.2.9") || routes.contains("default via 198.51.100.9"),
+            "table {t}: {routes}"
+        );
+    }
+    let nat = in_ns(&qrouter, &["iptables-save", "-t", "nat"]);
+    assert!(nat.contains("-A neutron-l3-agent-PREROUTING -d 203.0.113.2/32 -i rfp-0c0c0c0c-b -j DNAT --to-destination 192.0.2.10"), "{nat}");
+    assert!(nat.contains("-A neutron-l3-agent-POSTROUTING ! -o rfp-0c0c0c0c-b -m conntrack ! --ctstate DNAT -j ACCEPT"), "{nat}");
+    let links = in_ns(&fip, &["ip", "-br", "link"]);
+    assert!(
+        links.contains("fg-68db4b10-1b") && links.contains("fpr-0c0c0c0c-b"),
+        "{links}"
+    );
+    assert!(in_ns(&fip, &["ip", "rule"]).contains("iif fpr-0c0c0c0c-b lookup 2852012033"));
+    assert!(in_ns(&fip, &["ip", "route", "show", "table", "2852012033"])
+        .contains("default via 203.0.113.1 dev fg-68db4b10-1b"));
+    assert!(
+        in_ns(&fip, &["ip", "route"]).contains("203.0.113.2 via 169.254.64.0 dev fpr-0c0c0c0c-b")
+    );
+    assert!(in_ns(&fip, &["iptables-save", "-t", "raw"])
+        .contains("-A neutron-l3-agent-PREROUTING -j CT --notrack"));
+    assert!(
+        in_ns(&fip, &["ip", "neigh", "show", "dev", "fpr-0c0c0c0c-b"]).contains("169.254.64.0")
+    );
     let (code, _, err) = l3agent(&t, &["destroy", cfg.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{err}");
     let left = ok(&["ip", "netns", "list"]);

@@ -447,10 +447,12 @@ pub fn apply(cfg: &HostConfig, unchanged: Unchanged) -> Result<HostReport, HostE
     let _lock = lock(&cfg.agent.state_path)?;
     let mut state = load_state(&cfg.agent.state_path)?;
     let wanted: Vec<&Router> = cfg.routers.iter().filter(|r| r.admin_state_up).collect();
+    let wanted_ids: std::collections::HashSet<&str> =
+        wanted.iter().map(|r| r.id.as_str()).collect();
     let stale: Vec<String> = state
         .routers
         .keys()
-        .filter(|id| !wanted.iter().any(|r| &r.id == *id))
+        .filter(|id| !wanted_ids.contains(id.as_str()))
         .cloned()
         .collect();
     // Record first, create after: a crash in between leaves a known router, never a leak.
@@ -705,21 +707,27 @@ fn save_applied(cfg: &HostConfig, touched: &dyn Fn(&str) -> bool) -> Result<(), 
             .map_err(|e| err(e.to_string()))
     };
     write("agent.json", &cfg.doc.agent)?;
+    let present: std::collections::HashSet<String> = std::fs::read_dir(&dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
     let mut keep = std::collections::BTreeSet::new();
     for r in &cfg.doc.routers {
         let file = format!("router-{}.json", r.id);
-        if touched(&r.id) || !dir.join(&file).exists() {
+        if touched(&r.id) || !present.contains(&file) {
             write(&file, r)?;
         }
         keep.insert(file);
     }
-    if let Ok(entries) = std::fs::read_dir(&dir) {
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with("router-") && !keep.contains(&name) {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
+    for name in present
+        .iter()
+        .filter(|n| n.starts_with("router-") && !keep.contains(*n))
+    {
+        let _ = std::fs::remove_file(dir.join(name));
     }
     Ok(())
 }
