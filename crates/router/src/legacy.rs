@@ -424,14 +424,29 @@ pub fn ensure_gateway_routes(
         for w in wanted.iter().filter(|w| w.dst.addr().is_ipv6() == ipv6) {
             if !have.contains(w) {
                 rr.replace_route(w)?;
-                changes.push(format!(
-                    "route {} via {:?} dev {}",
-                    w.dst, w.gateway, gw.dev
-                ));
+                changes.push(describe_route(w));
             }
         }
     }
     Ok(())
+}
+
+/// A route as `ip route` would print it, for change reports.
+pub fn describe_route(r: &Route) -> String {
+    let mut s = format!("route {}", r.dst);
+    if let Some(g) = r.gateway {
+        s.push_str(&format!(" via {g}"));
+    }
+    if let Some(d) = &r.dev {
+        s.push_str(&format!(" dev {d}"));
+    }
+    if r.scope_link {
+        s.push_str(" scope link");
+    }
+    if r.table != MAIN_TABLE {
+        s.push_str(&format!(" table {}", r.table));
+    }
+    s
 }
 
 /// Extra routes (D-24) in the main table; stale ones (routes with a next hop that are neither
@@ -465,7 +480,7 @@ pub fn ensure_extra_routes(
                     .any(|(d, n)| *d == h.dst && Some(*n) == h.gateway);
             if stale {
                 rr.delete_route(&h)?;
-                changes.push(format!("removed route {} via {:?}", h.dst, h.gateway));
+                changes.push(format!("removed {}", describe_route(&h)));
             }
         }
     }
