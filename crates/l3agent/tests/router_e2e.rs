@@ -233,67 +233,101 @@ fn legacy_router_end_to_end() {
         "{nat}"
     );
 
-    // SNAT: a VM without a floating IP reaches the outside as the router's gateway address.
+    let write = |r: &Value| config(&t, r);
+    let removed = |cfg: &PathBuf| {
+        let (_, plan, _) = l3agent(&t, &["plan", cfg.to_str().unwrap()]);
+        assert_eq!(plan[0]["state"], "update", "{plan}");
+        assert_eq!(
+            plan[0]["changes"],
+            json!(["remove floating IP 203.0.113.2 -> 192.0.2.10"]),
+            "{plan}"
+        );
+    };
+    let last = prove_traffic(&t, &router, &write, ROUTER_NS, 8080, &removed);
+
+    // Destroy leaves the host exactly as before.
+    let (code, _, err) = l3agent(&t, &["destroy", last.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!ok(&["ip", "netns", "list"]).contains(ROUTER_NS));
+    assert_eq!(host_dump(&t), before);
+    let _ = std::fs::remove_file(cfg);
+    let _ = std::fs::remove_file(last);
+}
+
+/// The traffic every router type must carry, and floating IP removal and move, checked with
+/// TCP servers that print the source they see. `write` turns a router dict into a config file,
+/// `qrouter` is where the floating IP's DNAT happens (conntrack is checked there), `port` the
+/// first of six TCP ports, `before_removal_apply` runs once the removal config is written.
+/// Returns the last config.
+fn prove_traffic(
+    t: &Topology,
+    router: &Value,
+    write: &dyn Fn(&Value) -> PathBuf,
+    qrouter: &str,
+    port: u16,
+    before_removal_apply: &dyn Fn(&PathBuf),
+) -> PathBuf {
     assert_eq!(
-        tcp_probe(&t.ext, &t.vm2, "203.0.113.1", 8080).unwrap(),
-        "203.0.113.4"
+        tcp_probe(&t.ext, &t.vm2, "203.0.113.1", port).unwrap(),
+        "203.0.113.4",
+        "SNAT: a VM without a floating IP leaves as the gateway address"
     );
-    // DNAT: the outside reaches VM1 through its floating IP and VM1 sees the real source.
     assert_eq!(
-        tcp_probe(&t.vm1, &t.ext, "203.0.113.2", 8081).unwrap(),
-        "203.0.113.1"
+        tcp_probe(&t.vm1, &t.ext, "203.0.113.2", port + 1).unwrap(),
+        "203.0.113.1",
+        "DNAT: the VM sees the real source"
     );
     t.ext.ok(&["ping", "-c", "1", "-W", "2", "203.0.113.2"]);
-    // VM1's own outbound traffic leaves with the floating IP.
     assert_eq!(
-        tcp_probe(&t.ext, &t.vm1, "203.0.113.1", 8082).unwrap(),
-        "203.0.113.2"
+        tcp_probe(&t.ext, &t.vm1, "203.0.113.1", port + 2).unwrap(),
+        "203.0.113.2",
+        "the VM's own traffic leaves with its floating IP"
     );
-    // Two tenant subnets on one router reach each other, unNATed.
     assert_eq!(
-        tcp_probe(&t.vm2, &t.vm1, "198.51.100.10", 8083).unwrap(),
-        "192.0.2.10"
+        tcp_probe(&t.vm2, &t.vm1, "198.51.100.10", port + 3).unwrap(),
+        "192.0.2.10",
+        "two subnets reach each other, unNATed"
     );
 
     // Remove the floating IP: no conntrack entry is left for it, and traffic stops.
     let mut no_fip = router.clone();
     no_fip["_floatingips"] = json!([]);
-    let cfg2 = config(&t, &no_fip);
-    let (_, plan, _) = l3agent(&t, &["plan", cfg2.to_str().unwrap()]);
-    assert_eq!(plan[0]["state"], "update", "{plan}");
-    assert_eq!(
-        plan[0]["changes"],
-        json!(["remove floating IP 203.0.113.2 -> 192.0.2.10"]),
-        "{plan}"
-    );
-    let (code, report, err) = l3agent(&t, &["apply", cfg2.to_str().unwrap()]);
+    let removal = write(&no_fip);
+    before_removal_apply(&removal);
+    let (code, report, err) = l3agent(t, &["apply", removal.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{err} {report}");
-    let ct = router_exec(&["conntrack", "-L", "-d", "203.0.113.2"]);
+    let mut argv = vec![
+        "ip",
+        "netns",
+        "exec",
+        qrouter,
+        "conntrack",
+        "-L",
+        "-d",
+        "203.0.113.2",
+    ];
+    let ct = ok(&argv);
     assert!(!ct.contains("203.0.113.2"), "conntrack entries left: {ct}");
+    argv.truncate(4);
+    argv.extend(["ip", "rule"]);
+    assert!(!ok(&argv).contains("lookup 16"), "FIP rule left");
     assert!(
-        tcp_probe(&t.vm1, &t.ext, "203.0.113.2", 8084).is_err(),
+        tcp_probe(&t.vm1, &t.ext, "203.0.113.2", port + 4).is_err(),
         "removed floating IP still answers"
     );
+    let _ = std::fs::remove_file(removal);
 
     // Move it to VM2: the traffic follows.
     let mut moved = router.clone();
     moved["_floatingips"][0]["fixed_ip_address"] = json!("198.51.100.10");
-    let cfg3 = config(&t, &moved);
-    let (code, _, err) = l3agent(&t, &["apply", cfg3.to_str().unwrap()]);
+    let last = write(&moved);
+    let (code, _, err) = l3agent(t, &["apply", last.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(
-        tcp_probe(&t.vm2, &t.ext, "203.0.113.2", 8085).unwrap(),
+        tcp_probe(&t.vm2, &t.ext, "203.0.113.2", port + 5).unwrap(),
         "203.0.113.1"
     );
-
-    // Destroy leaves the host exactly as before.
-    let (code, _, err) = l3agent(&t, &["destroy", cfg3.to_str().unwrap()]);
-    assert_eq!(code, Some(0), "{err}");
-    assert!(!ok(&["ip", "netns", "list"]).contains(ROUTER_NS));
-    assert_eq!(host_dump(&t), before);
-    for p in [cfg, cfg2, cfg3] {
-        let _ = std::fs::remove_file(p);
-    }
+    last
 }
 
 /// SIGTERM (a clean stop between routers) and SIGKILL at arbitrary points of an apply: the next
@@ -497,55 +531,10 @@ fn dvr_snat_router_end_to_end() {
     assert!(in_ns(&snat, &["iptables-save", "-t", "nat"])
         .contains("-A neutron-l3-agent-snat -o qg-16663def-59 -j SNAT --to-source 203.0.113.4"));
 
-    // Traffic.
-    assert_eq!(
-        tcp_probe(&t.ext, &t.vm2, "203.0.113.1", 9080).unwrap(),
-        "203.0.113.4",
-        "SNAT through snat-"
-    );
-    assert_eq!(
-        tcp_probe(&t.vm1, &t.ext, "203.0.113.2", 9081).unwrap(),
-        "203.0.113.1",
-        "DNAT through fip-"
-    );
-    assert_eq!(
-        tcp_probe(&t.ext, &t.vm1, "203.0.113.1", 9082).unwrap(),
-        "203.0.113.2",
-        "FIP egress"
-    );
-    assert_eq!(
-        tcp_probe(&t.vm2, &t.vm1, "198.51.100.10", 9083).unwrap(),
-        "192.0.2.10",
-        "east-west"
-    );
+    let write = |r: &Value| dvr_config(&t, r, "dvr_snat");
+    let last = prove_traffic(&t, &router, &write, &qrouter, 9080, &|_| {});
 
-    // Remove the floating IP, then move it.
-    let mut no_fip = router.clone();
-    no_fip["_floatingips"] = json!([]);
-    let cfg2 = dvr_config(&t, &no_fip, "dvr_snat");
-    let (code, report, err) = l3agent(&t, &["apply", cfg2.to_str().unwrap()]);
-    assert_eq!(code, Some(0), "{err} {report}");
-    let ct = in_ns(&qrouter, &["conntrack", "-L", "-d", "203.0.113.2"]);
-    assert!(!ct.contains("203.0.113.2"), "conntrack entries left: {ct}");
-    assert!(
-        !in_ns(&qrouter, &["ip", "rule"]).contains("lookup 16"),
-        "FIP rule left"
-    );
-    assert!(
-        tcp_probe(&t.vm1, &t.ext, "203.0.113.2", 9084).is_err(),
-        "removed floating IP still answers"
-    );
-    let mut moved = router.clone();
-    moved["_floatingips"][0]["fixed_ip_address"] = json!("198.51.100.10");
-    let cfg3 = dvr_config(&t, &moved, "dvr_snat");
-    let (code, _, err) = l3agent(&t, &["apply", cfg3.to_str().unwrap()]);
-    assert_eq!(code, Some(0), "{err}");
-    assert_eq!(
-        tcp_probe(&t.vm2, &t.ext, "203.0.113.2", 9085).unwrap(),
-        "203.0.113.1"
-    );
-
-    let (code, destroyed, err) = l3agent(&t, &["destroy", cfg3.to_str().unwrap()]);
+    let (code, destroyed, err) = l3agent(&t, &["destroy", last.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{err}");
     let left = ok(&["ip", "netns", "list"]);
     assert!(
@@ -553,9 +542,8 @@ fn dvr_snat_router_end_to_end() {
         "{left} {destroyed}"
     );
     assert_eq!(host_dump(&t), before);
-    for p in [cfg, cfg2, cfg3] {
-        let _ = std::fs::remove_file(p);
-    }
+    let _ = std::fs::remove_file(cfg);
+    let _ = std::fs::remove_file(last);
 }
 
 /// A `dvr` (compute) host: qrouter and fip- are built, the SNAT namespace is not (it lives on
