@@ -3,7 +3,7 @@
 //! messages that name the field, and that bad input leaves nothing behind.
 #![allow(clippy::disallowed_methods)] // the test runs the binary under test
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use l3agent_testkit::{content, foreign_lines, TestNs, BACKENDS};
@@ -30,6 +30,20 @@ fn l3agent(args: &[&str]) -> Out {
     }
 }
 
+/// `iptables apply --rules FILE --netns NS` plus `extra`.
+fn apply_args<'a>(rules: &'a Path, netns: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec![
+        "iptables",
+        "apply",
+        "--rules",
+        rules.to_str().unwrap(),
+        "--netns",
+        netns,
+    ];
+    v.extend_from_slice(extra);
+    v
+}
+
 fn file(name: &str, text: &str) -> PathBuf {
     let p = std::env::temp_dir().join(format!("l3agent-cli-{}-{name}", std::process::id()));
     std::fs::write(&p, text).unwrap();
@@ -49,16 +63,7 @@ fn apply_converges_and_removes_what_left_the_file() {
     for be in BACKENDS {
         let ns = TestNs::new("cli");
         let rules = file(&format!("ex-{be}.yaml"), &example());
-        let base = [
-            "iptables",
-            "apply",
-            "--rules",
-            rules.to_str().unwrap(),
-            "--netns",
-            &ns.name,
-            "--backend",
-            be,
-        ];
+        let base = apply_args(&rules, &ns.name, &["--backend", be]);
         let first = l3agent(&[&base[..], &["--check"]].concat());
         assert_eq!(first.code, Some(0), "{be}: {}", first.stderr);
         assert!(first.stdout.contains("applied"), "{}", first.stdout);
@@ -154,39 +159,16 @@ fn invalid_input_exits_2_names_the_field_and_applies_nothing() {
         ];
         for (name, text, expect) in cases {
             let f = file(&format!("{name}-{be}.yaml"), text);
-            let o = l3agent(&[
-                "iptables",
-                "apply",
-                "--rules",
-                f.to_str().unwrap(),
-                "--netns",
-                &ns.name,
-                "--backend",
-                be,
-            ]);
+            let o = l3agent(&apply_args(&f, &ns.name, &["--backend", be]));
             assert_eq!(o.code, Some(2), "{name}: {}{}", o.stdout, o.stderr);
             assert!(o.stderr.contains(expect), "{name}: {}", o.stderr);
             let _ = std::fs::remove_file(f);
         }
         let f = file(&format!("ok-{be}.yaml"), &example());
-        let bad_ns = l3agent(&[
-            "iptables",
-            "apply",
-            "--rules",
-            f.to_str().unwrap(),
-            "--netns",
-            "../etc",
-        ]);
+        let bad_ns = l3agent(&apply_args(&f, "../etc", &[]));
         assert_eq!(bad_ns.code, Some(2), "{}", bad_ns.stderr);
         assert!(bad_ns.stderr.contains("--netns"), "{}", bad_ns.stderr);
-        let missing = l3agent(&[
-            "iptables",
-            "apply",
-            "--rules",
-            f.to_str().unwrap(),
-            "--netns",
-            "l3t-no-such-namespace",
-        ]);
+        let missing = l3agent(&apply_args(&f, "l3t-no-such-namespace", &[]));
         assert_eq!(missing.code, Some(1), "{}", missing.stderr);
         assert!(
             missing
@@ -214,16 +196,7 @@ fn failing_apply_exits_1_with_the_rule_and_context() {
             &format!("fail-{be}.yaml"),
             "ipv4:\n  filter:\n    chains: [fw]\n    rules:\n      - {chain: fw, rule: \"-s 192.0.2.1 -j ACCEPT\"}\n  nat:\n    rules:\n      - {chain: PREROUTING, rule: \"-j no-such-chain\", wrap: false}\n",
         );
-        let o = l3agent(&[
-            "iptables",
-            "apply",
-            "--rules",
-            f.to_str().unwrap(),
-            "--netns",
-            &ns.name,
-            "--backend",
-            be,
-        ]);
+        let o = l3agent(&apply_args(&f, &ns.name, &["--backend", be]));
         assert_eq!(o.code, Some(1), "{}{}", o.stdout, o.stderr);
         assert!(
             o.stderr
@@ -260,16 +233,7 @@ fn concurrent_processes_are_serialised() {
             let f = file(&format!("{w}-{be}.yaml"), &text);
             children.push(
                 Command::new(bin())
-                    .args([
-                        "iptables",
-                        "apply",
-                        "--rules",
-                        f.to_str().unwrap(),
-                        "--netns",
-                        &ns.name,
-                        "--backend",
-                        be,
-                    ])
+                    .args(apply_args(&f, &ns.name, &["--backend", be]))
                     .spawn()
                     .unwrap(),
             );
@@ -287,15 +251,7 @@ fn concurrent_processes_are_serialised() {
                 saved.contains(&format!("-A {w}-fw -s 192.0.2.1/32 -j ACCEPT")),
                 "{be}: {w} missing:\n{saved}"
             );
-            let again = l3agent(&[
-                "iptables",
-                "apply",
-                "--rules",
-                f.to_str().unwrap(),
-                "--netns",
-                &ns.name,
-                "--json",
-            ]);
+            let again = l3agent(&apply_args(f, &ns.name, &["--json"]));
             let v: serde_json::Value = serde_json::from_str(&again.stdout).unwrap();
             assert_eq!(
                 v["changed"], false,
@@ -321,14 +277,7 @@ fn counters_command() {
         "cnt.yaml",
         "ipv4:\n  filter:\n    chains: [acct]\n    rules:\n      - {chain: OUTPUT, rule: \"-j $acct\"}\n      - {chain: acct, rule: \"-p icmp -j RETURN\"}\n",
     );
-    let o = l3agent(&[
-        "iptables",
-        "apply",
-        "--rules",
-        f.to_str().unwrap(),
-        "--netns",
-        &ns.name,
-    ]);
+    let o = l3agent(&apply_args(&f, &ns.name, &[]));
     assert_eq!(o.code, Some(0), "{}", o.stderr);
     ns.ok(&["ping", "-c", "1", "-W", "2", "127.0.0.1"]);
     let o = l3agent(&[

@@ -144,9 +144,7 @@ fn host_dump(t: &Topology) -> Vec<String> {
 }
 
 fn router_exec(args: &[&str]) -> String {
-    let mut argv = vec!["ip", "netns", "exec", ROUTER_NS];
-    argv.extend_from_slice(args);
-    ok(&argv)
+    in_ns(ROUTER_NS, args)
 }
 
 #[test]
@@ -296,21 +294,12 @@ fn prove_traffic(
     before_removal_apply(&removal);
     let (code, report, err) = l3agent(t, &["apply", removal.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{err} {report}");
-    let mut argv = vec![
-        "ip",
-        "netns",
-        "exec",
-        qrouter,
-        "conntrack",
-        "-L",
-        "-d",
-        "203.0.113.2",
-    ];
-    let ct = ok(&argv);
+    let ct = in_ns(qrouter, &["conntrack", "-L", "-d", "203.0.113.2"]);
     assert!(!ct.contains("203.0.113.2"), "conntrack entries left: {ct}");
-    argv.truncate(4);
-    argv.extend(["ip", "rule"]);
-    assert!(!ok(&argv).contains("lookup 16"), "FIP rule left");
+    assert!(
+        !in_ns(qrouter, &["ip", "rule"]).contains("lookup 16"),
+        "FIP rule left"
+    );
     assert!(
         tcp_probe(&t.vm1, &t.ext, "203.0.113.2", port + 4).is_err(),
         "removed floating IP still answers"
