@@ -70,6 +70,9 @@ pub struct Manager<R: Runner = ProcessRunner> {
     model: IptablesModel,
     runner: R,
     committed: [Option<KernelState>; 2],
+    /// What the last [`Manager::plan`] read from the kernel, reused by the next apply instead
+    /// of a second `iptables-save` (cleared by [`Manager::refresh`]).
+    planned_read: [Option<KernelState>; 2],
     deferred: u32,
 }
 
@@ -80,6 +83,7 @@ impl<R: Runner> Manager<R> {
             model,
             runner,
             committed: [None, None],
+            planned_read: [None, None],
             deferred: 0,
         }
     }
@@ -109,6 +113,7 @@ impl<R: Runner> Manager<R> {
     /// Forgets the committed state: the next apply reads the kernel and repairs any drift.
     pub fn refresh(&mut self) {
         self.committed = [None, None];
+        self.planned_read = [None, None];
     }
 
     /// Neutron's `defer_apply`: inside `f`, [`Manager::apply`] only records; one real apply
@@ -154,7 +159,10 @@ impl<R: Runner> Manager<R> {
             let (state, scope) = match &self.committed[family.index()] {
                 Some(c) => (c.clone(), Some(self.model.dirty(family).clone())),
                 None => match self.read(family)? {
-                    Some(s) => (s, None),
+                    Some(s) => {
+                        self.planned_read[family.index()] = Some(s.clone());
+                        (s, None)
+                    }
                     None => return Ok(out),
                 },
             };
@@ -209,7 +217,9 @@ impl<R: Runner> Manager<R> {
         let to_read: Vec<Family> = families
             .iter()
             .copied()
-            .filter(|f| self.committed[f.index()].is_none())
+            .filter(|f| {
+                self.committed[f.index()].is_none() && self.planned_read[f.index()].is_none()
+            })
             .collect();
         let mut prefetched: Vec<(Family, Result<String, ExecError>)> = if to_read.len() > 1 {
             to_read
@@ -224,6 +234,12 @@ impl<R: Runner> Manager<R> {
             let dirty = self.model.take_dirty(family);
             let (mut current, scope) = match self.committed[family.index()].take() {
                 Some(c) => (c, Some(dirty.clone())),
+                None if self.planned_read[family.index()].is_some() => {
+                    // Read by the plan just before: used once instead of a second save.
+                    report.read_kernel = true;
+                    let read = self.planned_read[family.index()].take();
+                    (read.unwrap_or_default(), None)
+                }
                 None => {
                     report.read_kernel = true;
                     let saved = match prefetched.iter().position(|(f, _)| *f == family) {

@@ -172,6 +172,12 @@ impl IptablesModel {
         m
     }
 
+    /// Whether `other` describes the same rules (wrap name, options, chains and rules),
+    /// whatever either has pending.
+    pub fn same_rules(&self, other: &IptablesModel) -> bool {
+        self.wrap == other.wrap && self.options == other.options && self.tables == other.tables
+    }
+
     /// The wrap name.
     pub fn wrap(&self) -> &WrapName {
         &self.wrap

@@ -65,7 +65,8 @@ fn broadcast_of(net: Ipv4Net) -> Ipv4Addr {
 /// Addresses (`ip addr`). Implemented by [`Rtnl`] over rtnetlink; tests pass fakes to code
 /// generic over it to inject faults.
 pub trait Addresses {
-    /// Every address, or those of one device (`ip addr show [dev NAME]`).
+    /// Every address, or those of one device (`ip addr show [dev NAME]`, filtered by the
+    /// kernel).
     fn addresses(&mut self, dev: Option<&IfName>) -> Result<Vec<Address>, Error>;
 
     /// `ip addr add NET [broadcast +] dev DEV`.
@@ -108,15 +109,16 @@ impl Addresses for Rtnl {
             Some(d) => Some(self.index("list addresses", d)?),
             None => None,
         };
-        let msgs = self.dump(
-            "list addresses",
-            RouteNetlinkMessage::GetAddress(AddressMessage::default()),
-        )?;
+        // With strict checking the kernel dumps only the device's addresses (`ifa_index`).
+        let mut req = AddressMessage::default();
+        req.header.index = index.unwrap_or(0);
+        let msgs = self.dump("list addresses", RouteNetlinkMessage::GetAddress(req))?;
         let mut out = Vec::new();
         for m in msgs {
             let RouteNetlinkMessage::NewAddress(a) = m else {
                 continue;
             };
+            // Belt and braces: the kernel filtered already.
             if index.is_some_and(|i| i != a.header.index) {
                 continue;
             }

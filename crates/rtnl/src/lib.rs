@@ -13,6 +13,7 @@
 //! qrouter-…: File exists").
 
 pub mod addr;
+pub mod announce;
 pub mod conntrack;
 pub mod error;
 pub mod garp;

@@ -47,13 +47,13 @@ fn message(index: u32, ip: IpAddr) -> NeighbourMessage {
 /// Neighbour entries (`ip neigh`). Implemented by [`Rtnl`] over rtnetlink; tests pass fakes to code
 /// generic over it to inject faults.
 pub trait Neighbours {
-    /// Adds or replaces a permanent entry. Idempotent.
+    /// `ip neigh replace IP lladdr MAC dev DEV nud permanent`. Idempotent.
     fn replace_neighbour(&mut self, dev: &IfName, ip: IpAddr, mac: [u8; 6]) -> Result<(), Error>;
 
-    /// Deletes an entry. Returns whether it existed.
+    /// `ip neigh del IP dev DEV`. Returns whether it existed.
     fn delete_neighbour(&mut self, dev: &IfName, ip: IpAddr) -> Result<bool, Error>;
 
-    /// The entries of one device.
+    /// The entries of one device (`ip neigh show dev DEV`, filtered by the kernel).
     fn neighbours(&mut self, dev: &IfName) -> Result<Vec<Neighbour>, Error>;
 }
 
@@ -87,15 +87,16 @@ impl Neighbours for Rtnl {
 
     fn neighbours(&mut self, dev: &IfName) -> Result<Vec<Neighbour>, Error> {
         let index = self.index("list neighbours", dev)?;
-        let msgs = self.dump(
-            "list neighbours",
-            RouteNetlinkMessage::GetNeighbour(NeighbourMessage::default()),
-        )?;
+        // With strict checking the kernel dumps only the device's entries (`NDA_IFINDEX`).
+        let mut req = NeighbourMessage::default();
+        req.attributes.push(NeighbourAttribute::IfIndex(index));
+        let msgs = self.dump("list neighbours", RouteNetlinkMessage::GetNeighbour(req))?;
         let mut out = Vec::new();
         for m in msgs {
             let RouteNetlinkMessage::NewNeighbour(n) = m else {
                 continue;
             };
+            // Belt and braces: the kernel filtered already.
             if n.header.ifindex != index {
                 continue;
             }

@@ -10,7 +10,7 @@ use crate::error::Error;
 use crate::netns::Netns;
 
 /// `all`, `default` or one device, for per-interface keys.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Scope {
     /// `conf/all`
     All,
@@ -31,7 +31,7 @@ impl Scope {
 }
 
 /// The sysctls the L3 dataplane sets.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Sysctl {
     /// `net.ipv4.ip_forward`
     IpForward,
@@ -80,6 +80,28 @@ impl Sysctl {
             Sysctl::ArpAccept(s) => format!("net/ipv4/conf/{}/arp_accept", s.part()),
             Sysctl::ConntrackTcpBeLiberal => "net/netfilter/nf_conntrack_tcp_be_liberal".into(),
             Sysctl::ConntrackTcpLoose => "net/netfilter/nf_conntrack_tcp_loose".into(),
+        }
+    }
+
+    /// The device a per-interface key is about (`None`: namespace-wide or `all`/`default`).
+    pub fn device(&self) -> Option<&IfName> {
+        match self {
+            Sysctl::ProxyDelay(d) => Some(d),
+            Sysctl::Ipv6Forwarding(s)
+            | Sysctl::ProxyArp(s)
+            | Sysctl::SendRedirects(s)
+            | Sysctl::AcceptRa(s)
+            | Sysctl::PromoteSecondaries(s)
+            | Sysctl::ArpIgnore(s)
+            | Sysctl::ArpAnnounce(s)
+            | Sysctl::ArpAccept(s) => match s {
+                Scope::Dev(d) => Some(d),
+                Scope::All | Scope::Default => None,
+            },
+            Sysctl::IpForward
+            | Sysctl::IpNonlocalBind
+            | Sysctl::ConntrackTcpBeLiberal
+            | Sysctl::ConntrackTcpLoose => None,
         }
     }
 

@@ -1,8 +1,15 @@
 //! Names shared by l3agent's crates. Each constructor rejects what could escape its place: a
 //! namespace name can never leave `/run/netns`, an interface name always fits the kernel's 15
-//! bytes and carries no separator the kernel or a tool would split on.
+//! bytes and carries no separator the kernel or a tool would split on, a Neutron id is safe in a
+//! device name, a path and a log line, a MAC address is six octets and nothing else.
 
 use std::fmt;
+
+mod ids;
+mod mac;
+
+pub use ids::{FloatingIpId, NetworkId, PortId, RouterId, SubnetId};
+pub use mac::MacAddr;
 
 /// A name that failed validation: which field, what value, why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -62,6 +69,20 @@ impl NetnsName {
     }
 }
 
+/// Read back through the constructor: a recorded name is validated like input.
+impl<'de> serde::Deserialize<'de> for NetnsName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        NetnsName::new("namespace", &s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl serde::Serialize for NetnsName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
 impl fmt::Display for NetnsName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -96,6 +117,20 @@ impl IfName {
     /// The name.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// Read back through the constructor: a recorded name is validated like input.
+impl<'de> serde::Deserialize<'de> for IfName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        IfName::new("device", &s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl serde::Serialize for IfName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
     }
 }
 
