@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use clap::Args as ClapArgs;
 use l3agent_router::config::ConfigDoc;
-use l3agent_router::host::{self, Unchanged};
+use l3agent_router::host::{self, ApplyOptions, RouterStatus, Unchanged};
 use l3agent_testkit::TestNs;
 use serde_json::{json, Value};
 
@@ -81,8 +81,21 @@ pub fn run_bench(a: &Args) -> Result<String> {
         s.spawn(|| -> Result<String> {
             let f = std::fs::File::open(&host_path)?;
             nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)?;
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let facts = l3agent_router::compile::HostFacts {
+                random_fully: l3agent_iptables_exec::runner::random_fully_supported(),
+            };
+            let backend = l3agent_iptables_exec::runner::system_backend()
+                .unwrap_or(l3agent_iptables_exec::Backend::Nft);
+            let announcer = l3agent_rtnl::announce::Announcer::start(Default::default());
+            let make = host::real_sides(backend, &announcer);
+            let verify = ApplyOptions::new(facts.clone(), stop.clone());
+            let trust = ApplyOptions {
+                unchanged: Unchanged::Trust,
+                ..verify.clone()
+            };
             let cold_cfg = doc(&routers)?;
-            let (r, cold) = timed(|| Ok(host::apply(&cold_cfg, Unchanged::Verify)?))?;
+            let (r, cold) = timed(|| Ok(host::apply(&cold_cfg, &verify, &make)?))?;
             if r.failed() {
                 bail!("cold apply failed: {:?}", r.routers.iter().find(|x| x.error.is_some()));
             }
@@ -90,22 +103,22 @@ pub fn run_bench(a: &Args) -> Result<String> {
             routers[a.count / 2]["_floatingips"].as_array_mut().expect("list").push(json!({"id": "new", "floating_ip_address": "203.0.113.99", "fixed_ip_address": "192.0.2.99"}));
             let add_cfg = doc(&routers)?;
             let read = t.elapsed().as_secs_f64();
-            let (r, add) = timed(|| Ok(host::apply(&add_cfg, Unchanged::Verify)?))?;
-            let converged: Vec<&str> = r.routers.iter().filter(|x| x.status != "unchanged").map(|x| x.id.as_str()).collect();
+            let (r, add) = timed(|| Ok(host::apply(&add_cfg, &verify, &make)?))?;
+            let converged: Vec<&str> = r.routers.iter().filter(|x| x.status != RouterStatus::Unchanged).map(|x| x.id.as_str()).collect();
             if converged.len() != 1 {
                 bail!("adding one floating IP touched {} routers", converged.len());
             }
             routers[a.count / 2]["_floatingips"].as_array_mut().expect("list").push(json!({"id": "new2", "floating_ip_address": "203.0.113.98", "fixed_ip_address": "192.0.2.98"}));
             let add2_cfg = doc(&routers)?;
-            let (r, add_trusted) = timed(|| Ok(host::apply(&add2_cfg, Unchanged::Trust)?))?;
-            if r.routers.iter().filter(|x| x.status != "unchanged").count() != 1 {
+            let (r, add_trusted) = timed(|| Ok(host::apply(&add2_cfg, &trust, &make)?))?;
+            if r.routers.iter().filter(|x| x.status != RouterStatus::Unchanged).count() != 1 {
                 bail!("--changed-only touched more than one router");
             }
-            let (r, noop) = timed(|| Ok(host::apply(&add2_cfg, Unchanged::Verify)?))?;
+            let (r, noop) = timed(|| Ok(host::apply(&add2_cfg, &verify, &make)?))?;
             if r.changed() {
                 bail!("no-op apply changed something");
             }
-            let (_, destroy) = timed(|| Ok(host::destroy(&state, None)?))?;
+            let (_, destroy) = timed(|| Ok(host::destroy(&state, None, &stop, &make)?))?;
             let n = a.count;
             Ok(format!(
                 "## Routers: {n} legacy routers with {f} floating IPs each, on one host\n\n\
@@ -116,7 +129,7 @@ pub fn run_bench(a: &Args) -> Result<String> {
                  | validate the config with one more floating IP | {:.1} ms | |\n\
                  | add one floating IP (apply, the other routers checked against the kernel) | {:.1} ms | |\n\
                  | add one floating IP (apply --changed-only) | {:.1} ms | |\n\
-                 | no-op apply (kernel check of every router, netlink only) | {:.2} s | {:.2} ms |\n\
+                 | no-op apply (every router diffed against the kernel: netlink dumps, sysctls, iptables-save) | {:.2} s | {:.2} ms |\n\
                  | destroy all | {destroy:.2} s | {:.1} ms |\n",
                 cold * 1000.0 / n as f64,
                 read * 1000.0,

@@ -101,6 +101,12 @@ impl RangePool {
         start: 32768,
         end: 72768,
     };
+    /// SNAT-redirect tables (each doubling as its rule's priority): above every FIP priority
+    /// and Neutron's 80000 fast path, below the link-local-derived FIP namespace tables.
+    pub const SNAT_TABLES: RangePool = RangePool {
+        start: 100_000,
+        end: 1_100_000,
+    };
 }
 
 impl Pool for RangePool {
@@ -126,6 +132,7 @@ pub struct Allocator<P: Pool> {
     pool: P,
     by_key: BTreeMap<String, u32>,
     used: std::collections::BTreeSet<u32>,
+    dirty: bool,
 }
 
 fn valid_key(key: &str) -> bool {
@@ -145,6 +152,7 @@ impl<P: Pool> Allocator<P> {
             pool,
             by_key: BTreeMap::new(),
             used: Default::default(),
+            dirty: false,
         };
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
@@ -190,7 +198,8 @@ impl<P: Pool> Allocator<P> {
         self.by_key.iter().map(|(k, v)| (k.as_str(), *v))
     }
 
-    /// The value index of `key`: its existing one, or the lowest free one (persisted).
+    /// The value index of `key`: its existing one, or the lowest free one (in memory: call
+    /// [`Allocator::save`] once after a batch).
     pub fn allocate(&mut self, key: &str) -> Result<u32, AllocError> {
         if !valid_key(key) {
             return Err(AllocError::BadKey(key.to_owned()));
@@ -206,7 +215,7 @@ impl<P: Pool> Allocator<P> {
             })?;
         self.by_key.insert(key.to_owned(), free);
         self.used.insert(free);
-        self.save()?;
+        self.dirty = true;
         Ok(free)
     }
 
@@ -216,6 +225,7 @@ impl<P: Pool> Allocator<P> {
             return Ok(false);
         };
         self.used.remove(&v);
+        self.dirty = true;
         self.save()?;
         Ok(true)
     }
@@ -229,12 +239,18 @@ impl<P: Pool> Allocator<P> {
             }
         }
         if !dead.is_empty() {
+            self.dirty = true;
             self.save()?;
         }
         Ok(dead)
     }
 
-    fn save(&self) -> Result<(), AllocError> {
+    /// Persists the allocations if anything changed since the last save or load.
+    pub fn save(&mut self) -> Result<(), AllocError> {
+        if !self.dirty {
+            return Ok(());
+        }
+        self.dirty = false;
         let text: String = self
             .by_key
             .iter()
@@ -260,8 +276,20 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), AllocError> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let mut f = File::create(&tmp).map_err(io)?;
+    let tmp = dir.join(format!(".tmp-{name}-{}", std::process::id()));
+    // A leftover of a crashed writer with our pid is ours to remove; a planted symlink is
+    // never followed (O_EXCL | O_NOFOLLOW).
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+            .open(&tmp)
+            .map_err(io)?
+    };
     f.write_all(data).map_err(io)?;
     f.sync_all().map_err(io)?;
     drop(f);
@@ -289,6 +317,7 @@ mod tests {
         assert_eq!(a.allocate("r1").unwrap(), 0);
         assert!(a.release("r1").unwrap());
         assert_eq!(a.allocate("r3").unwrap(), 0, "lowest free first");
+        a.save().unwrap();
         assert_eq!(
             std::fs::read_to_string(&p).unwrap(),
             "r2,169.254.64.2/31\nr3,169.254.64.0/31\n"

@@ -2,14 +2,26 @@
 //! neutron-server sends to an L3 agent (fields l3agent does not use are accepted and ignored).
 //! Everything is validated before anything touches the kernel, and every problem is reported
 //! with its path in the file (`routers[0]._interfaces[1].fixed_ips[0].ip_address: ...`).
+//!
+//! The `*Doc` structs are the file as written (strings, so that a bad id or MAC is reported by
+//! path instead of failing to parse); the validated types carry the typed ids and MAC of
+//! `l3agent_types`. Besides each value, validation checks what would otherwise fail later or
+//! silently: device names that collide after truncation (D-06, B-10: `qr-`/`sg-`/`fg-` in one
+//! router, `tap` host ends on the host, `rfp-`/`fpr-` between DVR routers), one FIP agent
+//! gateway port per external network, a floating IP in one router only, an extra route listed
+//! twice, and a distributed router on a `legacy` agent (D-01).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
 use ipnet::IpNet;
-use l3agent_types::{IfName, NetnsName};
+use l3agent_types::{
+    FloatingIpId, IfName, InvalidName, MacAddr, NetnsName, NetworkId, PortId, RouterId, SubnetId,
+};
 use serde::{Deserialize, Serialize};
+
+use crate::spec::names;
 
 /// One problem in the config, with its path.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -135,6 +147,9 @@ pub struct PortDoc {
     /// Extra subnets (on-link routes).
     #[serde(default)]
     pub extra_subnets: Vec<ExtraSubnetDoc>,
+    /// Address scope per IP version, `{"4": <scope id>|null, "6": ...}` (NEUTRON-OPS §4).
+    #[serde(default)]
+    pub address_scopes: BTreeMap<String, Option<String>>,
 }
 
 /// A fixed IP.
@@ -184,6 +199,9 @@ pub struct FipDoc {
     /// DVR: the host of the port.
     #[serde(default)]
     pub host: Option<String>,
+    /// The address scope of the fixed IP (NEUTRON-OPS §4).
+    #[serde(default)]
+    pub fixed_ip_address_scope: Option<String>,
 }
 
 /// An extra route.
@@ -199,7 +217,7 @@ pub struct RouteDoc {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Subnet {
     /// Id.
-    pub id: String,
+    pub id: SubnetId,
     /// CIDR.
     pub cidr: IpNet,
     /// Gateway.
@@ -210,12 +228,12 @@ pub struct Subnet {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Port {
     /// Id.
-    pub id: String,
+    pub id: PortId,
     /// Network id.
-    pub network_id: String,
-    /// MAC.
-    pub mac: [u8; 6],
-    /// MTU.
+    pub network_id: NetworkId,
+    /// MAC (unicast, non-zero).
+    pub mac: MacAddr,
+    /// MTU (1500 when the dict has none).
     pub mtu: u32,
     /// Addresses with prefix length.
     pub ips: Vec<IpNet>,
@@ -223,6 +241,10 @@ pub struct Port {
     pub subnets: Vec<Subnet>,
     /// Extra subnets.
     pub extra_subnets: Vec<IpNet>,
+    /// Address scope per IP version (keys 4 and 6, always both; `None`: no scope), from the
+    /// dict's `address_scopes` (absent: both `None`). Drives the address-scope marks
+    /// (NEUTRON-OPS §4, D-42) and the DVR fast path (D-23).
+    pub address_scopes: BTreeMap<u8, Option<String>>,
     /// Device in the router-side namespace (`qr-`, `qg-`, `sg-`, `fg-` + id, 14 chars).
     pub dev: IfName,
     /// Host end of the veth (`tap` + id, 14 chars), on `bridge`.
@@ -231,24 +253,48 @@ pub struct Port {
     pub bridge: IfName,
 }
 
+impl Port {
+    /// The address scope of one IP version (4 or 6).
+    pub fn scope(&self, version: u8) -> Option<&str> {
+        self.address_scopes.get(&version)?.as_deref()
+    }
+
+    /// Whether one of the port's subnets (or extra subnets) contains `ip`: the port's device
+    /// is the one the kernel resolves a next hop `ip` to.
+    pub fn reaches(&self, ip: &IpAddr) -> bool {
+        self.subnets.iter().any(|s| s.cidr.contains(ip))
+            || self.extra_subnets.iter().any(|n| n.contains(ip))
+    }
+}
+
 /// A floating IP, validated (IPv4, associated).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Fip {
     /// Id.
-    pub id: String,
+    pub id: FloatingIpId,
     /// Floating address.
     pub floating: Ipv4Addr,
     /// Fixed address.
     pub fixed: Ipv4Addr,
     /// DVR host.
     pub host: Option<String>,
+    /// The address scope of the fixed IP (`None`: no scope), NEUTRON-OPS §4.
+    pub fixed_ip_address_scope: Option<String>,
+}
+
+impl Fip {
+    /// Whether a DVR host serves this floating IP: its `host` is this host, or it has none
+    /// (a hand-written config; Neutron always names the host of a bound port).
+    pub fn is_local(&self, host: &str) -> bool {
+        self.host.as_deref().is_none_or(|h| h == host)
+    }
 }
 
 /// A router, validated.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Router {
     /// Id.
-    pub id: String,
+    pub id: RouterId,
     /// Admin state.
     pub admin_state_up: bool,
     /// DVR.
@@ -267,14 +313,15 @@ pub struct Router {
     pub fip_agent_interfaces: Vec<Port>,
     /// Associated floating IPs.
     pub fips: Vec<Fip>,
-    /// Extra routes (destination, next hop).
+    /// Extra routes (destination, next hop), in the dict's order. Several next hops for one
+    /// destination are kept: they become one ECMP route (NEUTRON-OPS §7).
     pub routes: Vec<(IpNet, IpAddr)>,
 }
 
 impl Router {
     /// `qrouter-<id>`.
     pub fn namespace(&self) -> NetnsName {
-        NetnsName::new("id", &format!("qrouter-{}", self.id)).expect("validated")
+        names::router_ns(&self.id)
     }
 
     /// The first IPv4 address of the gateway port (Neutron SNATs to it).
@@ -288,6 +335,15 @@ impl Router {
                 IpAddr::V6(_) => None,
             })
     }
+
+    /// The FIP agent gateway port (`fg-`) of the router's external network on this host, if
+    /// the dict carries one (Neutron's `get_floating_agent_gw_interface`).
+    pub fn agent_gateway(&self) -> Option<&Port> {
+        let net = &self.gw_port.as_ref()?.network_id;
+        self.fip_agent_interfaces
+            .iter()
+            .find(|p| &p.network_id == net)
+    }
 }
 
 /// The agent, validated.
@@ -300,7 +356,14 @@ pub struct Agent {
     /// State directory.
     pub state_path: PathBuf,
     /// Network id → bridge.
-    pub bridges: BTreeMap<String, IfName>,
+    pub bridges: BTreeMap<NetworkId, IfName>,
+}
+
+impl Agent {
+    /// Whether distributed routers are DVR routers here (`dvr` or `dvr_snat`, D-01).
+    pub fn is_dvr(&self) -> bool {
+        matches!(self.mode, AgentMode::Dvr | AgentMode::DvrSnat)
+    }
 }
 
 /// The validated host config.
@@ -325,47 +388,63 @@ impl Problems {
             message: message.into(),
         });
     }
-}
 
-fn id_ok(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 48 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-}
-
-/// `(prefix + id)[:14]`, Neutron's LINUX_DEV_LEN.
-pub fn device_name(prefix: &str, id: &str) -> String {
-    format!("{prefix}{id}").chars().take(14).collect()
-}
-
-fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let parts: Vec<&str> = s.split(':').collect();
-    if parts.len() != 6 {
-        return None;
+    /// A rejected name or id: `<field>: invalid value "<value>": <reason>`.
+    fn invalid(&mut self, e: InvalidName) {
+        self.0.push(ConfigError {
+            path: e.field,
+            message: format!("invalid value {:?}: {}", e.value, e.reason),
+        });
     }
-    let mut mac = [0u8; 6];
-    for (i, p) in parts.iter().enumerate() {
-        if p.len() != 2 {
-            return None;
+
+    /// Validates with `check`, recording its error.
+    fn check<T>(&mut self, r: Result<T, InvalidName>) -> Option<T> {
+        r.map_err(|e| self.invalid(e)).ok()
+    }
+}
+
+/// An address scope id: held to the same rule as Neutron's other ids ([`RouterId::new`]).
+fn scope_id(field: &str, value: &str) -> Result<String, InvalidName> {
+    RouterId::new(field, value).map(|_| value.to_owned())
+}
+
+fn address_scopes(
+    doc: &BTreeMap<String, Option<String>>,
+    path: &str,
+    p: &mut Problems,
+) -> BTreeMap<u8, Option<String>> {
+    let mut out = BTreeMap::from([(4, None), (6, None)]);
+    for (k, v) in doc {
+        let version = match k.as_str() {
+            "4" => 4,
+            "6" => 6,
+            _ => {
+                p.add(
+                    &format!("{path}.address_scopes"),
+                    format!("key {k:?} is not an IP version (\"4\" or \"6\")"),
+                );
+                continue;
+            }
+        };
+        if let Some(v) = v {
+            let field = format!("{path}.address_scopes.{k}");
+            out.insert(version, p.check(scope_id(&field, v)));
         }
-        mac[i] = u8::from_str_radix(p, 16).ok()?;
     }
-    Some(mac)
+    out
 }
 
 fn port(doc: &PortDoc, path: &str, prefix: &str, agent: &Agent, p: &mut Problems) -> Option<Port> {
     let before = p.0.len();
-    if !id_ok(&doc.id) {
-        p.add(
-            &format!("{path}.id"),
-            format!("invalid port id {:?}", doc.id),
-        );
-    }
-    let mac = parse_mac(&doc.mac_address);
-    if mac.is_none() {
-        p.add(
-            &format!("{path}.mac_address"),
-            format!("{:?} is not a MAC address", doc.mac_address),
-        );
-    }
+    let id = p.check(PortId::new(&format!("{path}.id"), &doc.id));
+    let network_id = p.check(NetworkId::new(
+        &format!("{path}.network_id"),
+        &doc.network_id,
+    ));
+    let mac = p.check(MacAddr::parse_unicast(
+        &format!("{path}.mac_address"),
+        &doc.mac_address,
+    ));
     let mtu = doc.mtu.unwrap_or(1500);
     if !(68..=65535).contains(&mtu) {
         p.add(
@@ -373,8 +452,10 @@ fn port(doc: &PortDoc, path: &str, prefix: &str, agent: &Agent, p: &mut Problems
             format!("{mtu} is outside 68..65535"),
         );
     }
-    let bridge = agent.bridges.get(&doc.network_id).cloned();
-    if bridge.is_none() {
+    let bridge = network_id
+        .as_ref()
+        .and_then(|n| agent.bridges.get(n).cloned());
+    if network_id.is_some() && bridge.is_none() {
         p.add(
             &format!("{path}.network_id"),
             format!(
@@ -386,6 +467,7 @@ fn port(doc: &PortDoc, path: &str, prefix: &str, agent: &Agent, p: &mut Problems
     let mut subnets = Vec::new();
     for (i, s) in doc.subnets.iter().enumerate() {
         let sp = format!("{path}.subnets[{i}]");
+        let id = p.check(SubnetId::new(&format!("{sp}.id"), &s.id));
         let cidr = match s.cidr.parse::<IpNet>() {
             Ok(c) if c == c.trunc() => Some(c),
             Ok(_) => {
@@ -403,7 +485,14 @@ fn port(doc: &PortDoc, path: &str, prefix: &str, agent: &Agent, p: &mut Problems
         let gateway = match &s.gateway_ip {
             None => None,
             Some(g) => match g.parse::<IpAddr>() {
-                Ok(ip) => Some(ip),
+                Ok(ip) if cidr.is_none_or(|c| c.addr().is_ipv4() == ip.is_ipv4()) => Some(ip),
+                Ok(_) => {
+                    p.add(
+                        &format!("{sp}.gateway_ip"),
+                        format!("{g:?} is not of the subnet's IP version"),
+                    );
+                    None
+                }
                 Err(_) => {
                     p.add(
                         &format!("{sp}.gateway_ip"),
@@ -413,12 +502,8 @@ fn port(doc: &PortDoc, path: &str, prefix: &str, agent: &Agent, p: &mut Problems
                 }
             },
         };
-        if let Some(cidr) = cidr {
-            subnets.push(Subnet {
-                id: s.id.clone(),
-                cidr,
-                gateway,
-            });
+        if let (Some(id), Some(cidr)) = (id, cidr) {
+            subnets.push(Subnet { id, cidr, gateway });
         }
     }
     let mut ips = Vec::new();
@@ -431,7 +516,7 @@ fn port(doc: &PortDoc, path: &str, prefix: &str, agent: &Agent, p: &mut Problems
             );
             continue;
         };
-        let Some(subnet) = subnets.iter().find(|s| s.id == f.subnet_id) else {
+        let Some(subnet) = subnets.iter().find(|s| s.id.as_str() == f.subnet_id) else {
             p.add(
                 &format!("{fp}.subnet_id"),
                 format!("subnet {:?} is not among the port's subnets", f.subnet_id),
@@ -464,34 +549,33 @@ fn port(doc: &PortDoc, path: &str, prefix: &str, agent: &Agent, p: &mut Problems
             ),
         }
     }
-    let dev = IfName::new(&format!("{path}.id"), &device_name(prefix, &doc.id));
-    let host_dev = IfName::new(&format!("{path}.id"), &device_name("tap", &doc.id));
+    let address_scopes = address_scopes(&doc.address_scopes, path, p);
     if p.0.len() != before {
         return None;
     }
+    let id = id?;
     Some(Port {
-        id: doc.id.clone(),
-        network_id: doc.network_id.clone(),
+        dev: names::device(prefix, id.as_str()),
+        host_dev: names::device("tap", id.as_str()),
+        id,
+        network_id: network_id?,
         mac: mac?,
         mtu,
         ips,
         subnets,
         extra_subnets,
-        dev: dev.ok()?,
-        host_dev: host_dev.ok()?,
+        address_scopes,
         bridge: bridge?,
     })
 }
 
 fn router(doc: &RouterDoc, path: &str, agent: &Agent, p: &mut Problems) -> Option<Router> {
     let before = p.0.len();
-    if !id_ok(&doc.id) || NetnsName::new("id", &format!("qrouter-{}", doc.id)).is_err() {
+    let id = p.check(RouterId::new(&format!("{path}.id"), &doc.id));
+    if doc.distributed && !agent.is_dvr() {
         p.add(
-            &format!("{path}.id"),
-            format!(
-                "invalid router id {:?} (letters, digits and '-', at most 48)",
-                doc.id
-            ),
+            &format!("{path}.distributed"),
+            "a distributed router needs a dvr or dvr_snat agent, and agent.mode is legacy",
         );
     }
     let ports = |list: &[PortDoc], field: &str, prefix: &str, p: &mut Problems| -> Vec<Port> {
@@ -513,20 +597,20 @@ fn router(doc: &RouterDoc, path: &str, agent: &Agent, p: &mut Problems) -> Optio
         .gw_port
         .as_ref()
         .and_then(|g| port(g, &format!("{path}.gw_port"), "qg-", agent, p));
-    // Device names are truncated ids (Neutron D-06): two ports sharing 11 id characters would
-    // collide in one namespace. Refused, never silently merged.
-    let mut seen = BTreeMap::new();
+    // Device names are truncated ids (Neutron D-06, B-10): two ports sharing 11 id characters
+    // would collide in one namespace. Refused, never silently merged.
     for (field, list) in [
         ("_interfaces", &interfaces),
         ("_snat_router_interfaces", &snat_interfaces),
+        ("_floatingip_agent_interfaces", &fip_agent_interfaces),
     ] {
+        let mut seen: BTreeMap<&IfName, &PortId> = BTreeMap::new();
         for port in list.iter() {
-            if let Some(other) = seen.insert(port.dev.clone(), format!("{field} port {}", port.id))
-            {
+            if let Some(other) = seen.insert(&port.dev, &port.id) {
                 p.add(
                     &format!("{path}.{field}"),
                     format!(
-                        "port {} and {other} both map to device {}",
+                        "ports {other} and {} both map to device {}",
                         port.id, port.dev
                     ),
                 );
@@ -536,9 +620,14 @@ fn router(doc: &RouterDoc, path: &str, agent: &Agent, p: &mut Problems) -> Optio
     let mut fips = Vec::new();
     for (i, f) in doc.floatingips.iter().enumerate() {
         let fp = format!("{path}._floatingips[{i}]");
+        let fid = p.check(FloatingIpId::new(&format!("{fp}.id"), &f.id));
         let Some(fixed) = &f.fixed_ip_address else {
             continue;
         };
+        let scope = f
+            .fixed_ip_address_scope
+            .as_deref()
+            .and_then(|s| p.check(scope_id(&format!("{fp}.fixed_ip_address_scope"), s)));
         let floating = f.floating_ip_address.parse::<Ipv4Addr>();
         let fixed_ip = fixed.parse::<Ipv4Addr>();
         match (floating, fixed_ip) {
@@ -553,12 +642,18 @@ fn router(doc: &RouterDoc, path: &str, agent: &Agent, p: &mut Problems) -> Optio
                         format!("{fixed} is in no subnet of the router's interfaces"),
                     );
                 }
-                fips.push(Fip {
-                    id: f.id.clone(),
-                    floating,
-                    fixed,
-                    host: f.host.clone(),
-                });
+                if let Some(id) = fid {
+                    fips.push((
+                        i,
+                        Fip {
+                            id,
+                            floating,
+                            fixed,
+                            host: f.host.clone(),
+                            fixed_ip_address_scope: scope,
+                        },
+                    ));
+                }
             }
             (Err(_), _) => p.add(
                 &format!("{fp}.floating_ip_address"),
@@ -570,20 +665,33 @@ fn router(doc: &RouterDoc, path: &str, agent: &Agent, p: &mut Problems) -> Optio
             ),
         }
     }
-    let mut seen_fips = BTreeSet::new();
-    for f in &fips {
-        if !seen_fips.insert(f.floating) {
+    let mut seen_fips = BTreeMap::new();
+    for (i, f) in &fips {
+        if let Some(first) = seen_fips.insert(f.floating, *i) {
             p.add(
-                &format!("{path}._floatingips"),
-                format!("floating IP {} appears twice", f.floating),
+                &format!("{path}._floatingips[{i}].floating_ip_address"),
+                format!("floating IP {} is also _floatingips[{first}]", f.floating),
             );
         }
     }
     let mut routes = Vec::new();
+    let mut seen_routes = BTreeMap::new();
     for (i, r) in doc.routes.iter().enumerate() {
         let rp = format!("{path}.routes[{i}]");
         match (r.destination.parse::<IpNet>(), r.nexthop.parse::<IpAddr>()) {
-            (Ok(d), Ok(n)) if d.addr().is_ipv4() == n.is_ipv4() => routes.push((d.trunc(), n)),
+            (Ok(d), Ok(n)) if d.addr().is_ipv4() == n.is_ipv4() => {
+                let route = (d.trunc(), n);
+                // Same destination, other next hop: kept (one ECMP route). The same pair
+                // twice is a mistake in the dict, named with both indices.
+                if let Some(first) = seen_routes.insert(route, i) {
+                    p.add(
+                        &rp,
+                        format!("destination {} via {n} is also routes[{first}]", route.0),
+                    );
+                } else {
+                    routes.push(route);
+                }
+            }
             (Ok(_), Ok(_)) => p.add(&rp, "destination and nexthop are of different families"),
             (Err(_), _) => p.add(
                 &format!("{rp}.destination"),
@@ -605,7 +713,7 @@ fn router(doc: &RouterDoc, path: &str, agent: &Agent, p: &mut Problems) -> Optio
         .or(doc.enable_snat)
         .unwrap_or(true);
     Some(Router {
-        id: doc.id.clone(),
+        id: id?,
         admin_state_up: doc.admin_state_up,
         distributed: doc.distributed,
         enable_snat,
@@ -614,9 +722,100 @@ fn router(doc: &RouterDoc, path: &str, agent: &Agent, p: &mut Problems) -> Optio
         interfaces,
         snat_interfaces,
         fip_agent_interfaces,
-        fips,
+        fips: fips.into_iter().map(|(_, f)| f).collect(),
         routes,
     })
+}
+
+/// Checks between the routers of one host: names that collide after truncation (host ends
+/// `tap` + 11 id characters, and `rfp-`/`fpr-` + 10 router id characters, B-10), one FIP
+/// gateway port per external network, and a floating IP in one router only.
+fn across_routers(routers: &[(String, &Router)], agent: &Agent, p: &mut Problems) {
+    // Host ends: one per port, shared only by the FIP agent gateway port (one fg- device per
+    // external network, whichever router carries it).
+    let mut host_ends: BTreeMap<&IfName, (String, &PortId)> = BTreeMap::new();
+    let mut fg_ports: BTreeMap<&NetworkId, (String, &PortId)> = BTreeMap::new();
+    let mut links: BTreeMap<IfName, (String, &RouterId)> = BTreeMap::new();
+    let mut floating: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
+    for (path, r) in routers {
+        let mut ports: Vec<(String, &Port, bool)> = Vec::new();
+        for (field, list, shared) in [
+            ("_interfaces", &r.interfaces, false),
+            ("_snat_router_interfaces", &r.snat_interfaces, false),
+            (
+                "_floatingip_agent_interfaces",
+                &r.fip_agent_interfaces,
+                true,
+            ),
+        ] {
+            ports.extend(
+                list.iter()
+                    .map(|port| (format!("{path}.{field}"), port, shared)),
+            );
+        }
+        if let Some(g) = &r.gw_port {
+            ports.push((format!("{path}.gw_port"), g, false));
+        }
+        for (where_, port, shared) in ports {
+            match host_ends.get(&port.host_dev) {
+                Some((_, id)) if shared && *id == &port.id => {}
+                Some((other, id)) => p.add(
+                    &where_,
+                    format!(
+                        "port {} and port {id} of {other} both map to host device {}",
+                        port.id, port.host_dev
+                    ),
+                ),
+                None => {
+                    host_ends.insert(&port.host_dev, (where_.clone(), &port.id));
+                }
+            }
+            if shared && r.distributed {
+                match fg_ports.get(&port.network_id) {
+                    Some((_, id)) if *id == &port.id => {}
+                    Some((other, id)) => p.add(
+                        &where_,
+                        format!(
+                            "agent gateway port {} and port {id} of {other} are both on network \
+                             {}: a host has one FIP gateway per external network",
+                            port.id, port.network_id
+                        ),
+                    ),
+                    None => {
+                        fg_ports.insert(&port.network_id, (where_.clone(), &port.id));
+                    }
+                }
+            }
+        }
+        if r.distributed && agent.is_dvr() {
+            // rfp-/fpr- keep 10 id characters: two routers sharing them would share the fpr-
+            // end in the fip- namespace (and the rfp- name while the pair is made).
+            let fpr = names::device("fpr-", r.id.as_str());
+            if let Some((other, id)) = links.get(&fpr) {
+                p.add(
+                    &format!("{path}.id"),
+                    format!(
+                        "router {} and router {id} ({other}) both map to devices {} and {}",
+                        r.id,
+                        names::device("rfp-", r.id.as_str()),
+                        fpr
+                    ),
+                );
+            } else {
+                links.insert(fpr, (path.clone(), &r.id));
+            }
+        }
+        for (i, f) in r.fips.iter().enumerate() {
+            if let Some(other) = floating.get(&f.floating) {
+                p.add(
+                    &format!("{path}._floatingips[{i}].floating_ip_address"),
+                    format!("floating IP {} is also in {other}", f.floating),
+                );
+            } else {
+                floating.insert(f.floating, path.clone());
+            }
+        }
+    }
 }
 
 impl ConfigDoc {
@@ -634,14 +833,11 @@ impl ConfigDoc {
         }
         let mut bridges = BTreeMap::new();
         for (net, br) in &self.agent.bridges {
-            match IfName::new(&format!("agent.bridges.{net}"), br) {
-                Ok(b) => {
-                    bridges.insert(net.clone(), b);
-                }
-                Err(e) => p.add(
-                    &e.field,
-                    format!("invalid bridge name {:?}: {}", e.value, e.reason),
-                ),
+            let Some(net) = p.check(NetworkId::new("agent.bridges", net)) else {
+                continue;
+            };
+            if let Some(br) = p.check(IfName::new(&format!("agent.bridges.{net}"), br)) {
+                bridges.insert(net, br);
             }
         }
         let agent = Agent {
@@ -651,8 +847,8 @@ impl ConfigDoc {
             bridges,
         };
         let mut routers = Vec::new();
+        let mut paths = Vec::new();
         let mut ids = BTreeMap::new();
-        let mut host_devs: BTreeMap<IfName, String> = BTreeMap::new();
         for (i, doc) in self.routers.iter().enumerate() {
             let path = format!("routers[{i}]");
             if let Some(first) = ids.insert(doc.id.clone(), i) {
@@ -663,30 +859,12 @@ impl ConfigDoc {
                 continue;
             }
             if let Some(r) = router(doc, &path, &agent, &mut p) {
-                for port in r
-                    .interfaces
-                    .iter()
-                    .chain(&r.gw_port)
-                    .chain(&r.snat_interfaces)
-                    .chain(&r.fip_agent_interfaces)
-                {
-                    if let Some(other) =
-                        host_devs.insert(port.host_dev.clone(), format!("{path} port {}", port.id))
-                    {
-                        if !other.ends_with(&port.id) {
-                            p.add(
-                                &path,
-                                format!(
-                                    "port {} and {other} both map to host device {}",
-                                    port.id, port.host_dev
-                                ),
-                            );
-                        }
-                    }
-                }
                 routers.push(r);
+                paths.push(path);
             }
         }
+        let named: Vec<(String, &Router)> = paths.into_iter().zip(routers.iter()).collect();
+        across_routers(&named, &agent, &mut p);
         if p.0.is_empty() {
             Ok(HostConfig {
                 agent,
@@ -698,19 +876,22 @@ impl ConfigDoc {
         }
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn agent_json() -> &'static str {
-        r#""agent": {"mode": "legacy", "host": "host-a", "state_path": "/tmp/l3agent-test",
-            "bridges": {"90e4912c-0eb8-4be4-a793-e6a3bba6ae8b": "br-t1", "c6910e18-fb1f-4988-9af4-211a8c2e2926": "br-t2",
-                        "65566f91-133a-44ff-87f5-ecffc1193d3d": "br-ex"}}"#
+    fn agent_json(mode: &str) -> String {
+        format!(
+            r#""agent": {{"mode": "{mode}", "host": "host-a", "state_path": "/tmp/l3agent-test",
+            "bridges": {{"90e4912c-0eb8-4be4-a793-e6a3bba6ae8b": "br-t1", "c6910e18-fb1f-4988-9af4-211a8c2e2926": "br-t2",
+                        "65566f91-133a-44ff-87f5-ecffc1193d3d": "br-ex",
+                        "740cd353-7ee8-49e2-96f6-17ed0dc7b3da": "br-d1", "d8282fc8-37e4-43a7-801d-8d2c91dbbb98": "br-d2",
+                        "11272de9-8a18-4392-8618-d07b6ab565e3": "br-dex"}}}}"#
+        )
     }
 
-    fn load(routers: &str) -> Result<HostConfig, Vec<ConfigError>> {
-        let text = format!("{{{}, \"routers\": [{routers}]}}", agent_json());
+    fn load_as(mode: &str, routers: &str) -> Result<HostConfig, Vec<ConfigError>> {
+        let text = format!("{{{}, \"routers\": [{routers}]}}", agent_json(mode));
         let doc: ConfigDoc = serde_json::from_str(&text).map_err(|e| {
             vec![ConfigError {
                 path: "file".into(),
@@ -720,27 +901,61 @@ mod tests {
         doc.validate()
     }
 
+    fn load(routers: &str) -> Result<HostConfig, Vec<ConfigError>> {
+        load_as("legacy", routers)
+    }
+
+    fn errors(r: Result<HostConfig, Vec<ConfigError>>) -> Vec<String> {
+        r.unwrap_err().iter().map(ToString::to_string).collect()
+    }
+
     /// A copy of shared/examples/neutron-router-legacy.json (Neutron's own test helpers).
-    fn legacy_example() -> String {
-        include_str!("../tests/data/neutron-router-legacy.json").to_owned()
+    fn legacy_example() -> serde_json::Value {
+        serde_json::from_str(include_str!("../tests/data/neutron-router-legacy.json")).unwrap()
+    }
+
+    /// A copy of shared/examples/neutron-router-dvr.json.
+    fn dvr_example() -> serde_json::Value {
+        serde_json::from_str(include_str!("../tests/data/neutron-router-dvr.json")).unwrap()
     }
 
     #[test]
     fn neutron_example_is_accepted() {
-        let cfg = load(&legacy_example()).unwrap();
+        let cfg = load(&legacy_example().to_string()).unwrap();
         let r = &cfg.routers[0];
+        assert_eq!(r.id.as_str(), "87c7c2ae-d0ba-4691-820c-8053abf50b8d");
         assert_eq!(
             r.namespace().as_str(),
             "qrouter-87c7c2ae-d0ba-4691-820c-8053abf50b8d"
         );
-        assert_eq!(r.interfaces[0].dev.as_str(), "qr-081ed401-2a");
-        assert_eq!(r.interfaces[0].host_dev.as_str(), "tap081ed401-2a");
+        let qr = &r.interfaces[0];
+        assert_eq!(qr.dev.as_str(), "qr-081ed401-2a");
+        assert_eq!(qr.host_dev.as_str(), "tap081ed401-2a");
+        assert_eq!(qr.mac, MacAddr::new([0xca, 0xfe, 0xde, 0xad, 0xbe, 0xef]));
+        assert_eq!(
+            qr.network_id.as_str(),
+            "90e4912c-0eb8-4be4-a793-e6a3bba6ae8b"
+        );
+        assert_eq!(
+            qr.subnets[0].id.as_str(),
+            "2f3c8633-e9e7-453f-9956-077b92e479f5"
+        );
+        assert_eq!(
+            qr.address_scopes,
+            BTreeMap::from([(4, None), (6, None)]),
+            "absent address_scopes: no scope in either family"
+        );
         assert_eq!(r.gw_port.as_ref().unwrap().dev.as_str(), "qg-184a6791-c4");
         assert_eq!(r.gateway_ipv4(), Some("203.0.113.4".parse().unwrap()));
         assert_eq!(
             r.fips[0].floating,
             "203.0.113.2".parse::<Ipv4Addr>().unwrap()
         );
+        assert_eq!(
+            r.fips[0].id.as_str(),
+            "9cb45fce-65ae-470c-9d5d-09d6b2060557"
+        );
+        assert_eq!(r.fips[0].fixed_ip_address_scope, None);
         assert_eq!(
             r.routes,
             vec![(
@@ -749,26 +964,53 @@ mod tests {
             )]
         );
         assert!(r.enable_snat);
+        assert_eq!(
+            cfg.agent.bridges
+                [&NetworkId::new("n", "65566f91-133a-44ff-87f5-ecffc1193d3d").unwrap()]
+                .as_str(),
+            "br-ex"
+        );
     }
 
     #[test]
     fn every_problem_is_listed_by_path() {
-        let mut v: serde_json::Value = serde_json::from_str(&legacy_example()).unwrap();
+        let mut v = legacy_example();
         v["_interfaces"][0]["fixed_ips"][0]["ip_address"] = "198.51.100.77".into();
         v["_interfaces"][1]["subnets"][0]["cidr"] = "198.51.100.0/33".into();
         v["_interfaces"][1]["network_id"] = "no-such-net".into();
         v["gw_port"]["mac_address"] = "zz:zz".into();
         v["routes"][0]["nexthop"] = "nope".into();
         let dup = v.clone();
-        let errs = load(&format!("{v},{dup}")).unwrap_err();
-        let text: Vec<String> = errs.iter().map(ToString::to_string).collect();
+        let text = errors(load(&format!("{v},{dup}")));
         for expect in [
             "routers[0]._interfaces[0].fixed_ips[0].ip_address: 198.51.100.77 is outside its subnet 192.0.2.0/24",
             "routers[0]._interfaces[1].network_id: network \"no-such-net\" has no bridge",
             "routers[0]._interfaces[1].subnets[0].cidr: \"198.51.100.0/33\" is not a CIDR",
-            "routers[0].gw_port.mac_address",
+            "routers[0].gw_port.mac_address: invalid value \"zz:zz\": must be six colon-separated",
             "routers[0].routes[0].nexthop",
             "routers[1].id: router \"87c7c2ae-d0ba-4691-820c-8053abf50b8d\" is also routers[0]",
+        ] {
+            assert!(text.iter().any(|t| t.starts_with(expect)), "missing {expect:?} in {text:#?}");
+        }
+    }
+
+    #[test]
+    fn ids_and_macs_are_typed_and_named_by_path() {
+        let mut v = legacy_example();
+        v["id"] = "r 1".into();
+        v["gw_port"]["id"] = "-x".into();
+        v["_interfaces"][0]["network_id"] = "net/1".into();
+        v["_interfaces"][0]["subnets"][0]["id"] = "".into();
+        v["_interfaces"][1]["mac_address"] = "01:00:5e:00:00:01".into();
+        v["_floatingips"][0]["id"] = "fip.1".into();
+        let text = errors(load(&v.to_string()));
+        for expect in [
+            "routers[0].id: invalid value \"r 1\": character ' ' is not allowed",
+            "routers[0].gw_port.id: invalid value \"-x\": must start with a letter or digit",
+            "routers[0]._interfaces[0].network_id: invalid value \"net/1\": character '/' is not allowed",
+            "routers[0]._interfaces[0].subnets[0].id: invalid value \"\": must be 1 to 36 characters",
+            "routers[0]._interfaces[1].mac_address: invalid value \"01:00:5e:00:00:01\": is a multicast address",
+            "routers[0]._floatingips[0].id: invalid value \"fip.1\": character '.' is not allowed",
         ] {
             assert!(text.iter().any(|t| t.starts_with(expect)), "missing {expect:?} in {text:#?}");
         }
@@ -783,30 +1025,194 @@ mod tests {
             .contains("bogus"));
         let text = r#"{"agent": {"mode": "dvr_no_external", "host": "h", "state_path": "/x"}}"#;
         assert!(serde_json::from_str::<ConfigDoc>(text).is_err());
-        let doc: ConfigDoc = serde_json::from_str(r#"{"agent": {"mode": "dvr", "host": "", "state_path": "rel", "bridges": {"n": "a-bridge-name-too-long"}}}"#).unwrap();
+        let doc: ConfigDoc = serde_json::from_str(r#"{"agent": {"mode": "dvr", "host": "", "state_path": "rel", "bridges": {"n": "a-bridge-name-too-long", "-n": "br"}}}"#).unwrap();
         let errs: Vec<String> = doc
             .validate()
             .unwrap_err()
             .iter()
             .map(ToString::to_string)
             .collect();
-        assert_eq!(errs.len(), 3, "{errs:#?}");
-        assert!(
-            errs.iter()
-                .any(|e| e.starts_with("agent.bridges.n: invalid bridge name")),
-            "{errs:#?}"
-        );
+        assert_eq!(errs.len(), 4, "{errs:#?}");
+        for expect in [
+            "agent.bridges.n: invalid value \"a-bridge-name-too-long\": must be 1 to 15 characters",
+            "agent.bridges: invalid value \"-n\": must start with a letter or digit",
+        ] {
+            assert!(
+                errs.iter().any(|e| e == expect),
+                "missing {expect:?} in {errs:#?}"
+            );
+        }
     }
 
     #[test]
     fn truncated_device_names_must_not_collide() {
-        let mut v: serde_json::Value = serde_json::from_str(&legacy_example()).unwrap();
+        let mut v = legacy_example();
         v["_interfaces"][1]["id"] = "081ed401-2abX-0000-0000-000000000000".into();
-        let errs = load(&v.to_string()).unwrap_err();
+        let text = errors(load(&v.to_string()));
         assert!(
-            errs.iter()
-                .any(|e| e.message.contains("both map to device qr-081ed401-2a")),
-            "{errs:?}"
+            text.iter().any(|e| e
+                == "routers[0]._interfaces: ports 081ed401-2ab1-4bd0-968b-e05235398bb2 and \
+                    081ed401-2abX-0000-0000-000000000000 both map to device qr-081ed401-2a"),
+            "{text:#?}"
+        );
+    }
+
+    #[test]
+    fn host_ends_must_not_collide_between_routers() {
+        let a = legacy_example();
+        let mut b = legacy_example();
+        b["id"] = "87c7c2ae-0000-4691-820c-8053abf50b8d".into();
+        b["_interfaces"] = serde_json::json!([]);
+        b["_floatingips"] = serde_json::json!([]);
+        b["gw_port"]["id"] = "184a6791-c4ff-0000-0000-000000000000".into();
+        let text = errors(load(&format!("{a},{b}")));
+        assert_eq!(
+            text,
+            vec![
+                "routers[1].gw_port: port 184a6791-c4ff-0000-0000-000000000000 and port \
+                 184a6791-c482-44ff-948c-90af734c72de of routers[0].gw_port both map to host \
+                 device tap184a6791-c4"
+            ]
+        );
+    }
+
+    #[test]
+    fn rfp_and_fpr_names_must_not_collide_between_dvr_routers() {
+        let a = dvr_example();
+        let mut b = dvr_example();
+        // The same 10 first characters: rfp-fb221852-b and fpr-fb221852-b for both.
+        b["id"] = "fb221852-b000-0000-0000-000000000000".into();
+        for (i, port) in ["_interfaces", "_snat_router_interfaces"]
+            .iter()
+            .flat_map(|f| [(*f, 0), (*f, 1)])
+            .enumerate()
+        {
+            b[port.0][port.1]["id"] = format!("{i}0000000-0000-0000-0000-000000000000").into();
+        }
+        b["gw_port"]["id"] = "90000000-0000-0000-0000-000000000000".into();
+        b["_floatingips"] = serde_json::json!([]);
+        let text = errors(load_as("dvr", &format!("{a},{b}")));
+        assert_eq!(
+            text,
+            vec![
+                "routers[1].id: router fb221852-b000-0000-0000-000000000000 and router \
+                 fb221852-b23c-407e-ba26-a68b25803e49 (routers[0]) both map to devices \
+                 rfp-fb221852-b and fpr-fb221852-b"
+            ]
+        );
+        // The agent gateway port is shared: no host end collision for it.
+        b["id"] = "0b221852-b000-0000-0000-000000000000".into();
+        let cfg = load_as("dvr", &format!("{a},{b}")).unwrap();
+        assert_eq!(cfg.routers.len(), 2);
+        assert!(cfg.agent.is_dvr());
+    }
+
+    #[test]
+    fn one_fip_gateway_per_external_network() {
+        let a = dvr_example();
+        let mut b = dvr_example();
+        b["id"] = "0b221852-b000-0000-0000-000000000000".into();
+        b["_interfaces"] = serde_json::json!([]);
+        b["_snat_router_interfaces"] = serde_json::json!([]);
+        b["_floatingips"] = serde_json::json!([]);
+        b["gw_port"]["id"] = "90000000-0000-0000-0000-000000000000".into();
+        b["_floatingip_agent_interfaces"][0]["id"] = "80000000-0000-0000-0000-000000000000".into();
+        let text = errors(load_as("dvr_snat", &format!("{a},{b}")));
+        assert_eq!(
+            text,
+            vec![
+                "routers[1]._floatingip_agent_interfaces: agent gateway port \
+                 80000000-0000-0000-0000-000000000000 and port \
+                 68db4b10-1b88-445a-bcf0-d8fa6f972978 of routers[0]._floatingip_agent_interfaces \
+                 are both on network 11272de9-8a18-4392-8618-d07b6ab565e3: a host has one FIP \
+                 gateway per external network"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_distributed_router_needs_a_dvr_agent() {
+        let text = errors(load(&dvr_example().to_string()));
+        assert_eq!(
+            text,
+            vec![
+                "routers[0].distributed: a distributed router needs a dvr or dvr_snat agent, \
+                 and agent.mode is legacy"
+            ]
+        );
+        for mode in ["dvr", "dvr_snat"] {
+            let cfg = load_as(mode, &dvr_example().to_string()).unwrap();
+            let r = &cfg.routers[0];
+            assert!(r.distributed);
+            assert_eq!(r.agent_gateway().unwrap().dev.as_str(), "fg-68db4b10-1b");
+            assert_eq!(r.snat_interfaces[1].dev.as_str(), "sg-8cd9b3fe-fb");
+        }
+    }
+
+    #[test]
+    fn same_destination_routes_are_kept_and_exact_duplicates_refused() {
+        let mut v = legacy_example();
+        v["routes"] = serde_json::json!([
+            {"destination": "100.64.8.0/24", "nexthop": "203.0.113.7"},
+            {"destination": "100.64.8.0/24", "nexthop": "203.0.113.5"},
+            {"destination": "100.64.9.0/24", "nexthop": "192.0.2.20"},
+        ]);
+        let cfg = load(&v.to_string()).unwrap();
+        assert_eq!(cfg.routers[0].routes.len(), 3);
+        v["routes"][2] =
+            serde_json::json!({"destination": "100.64.8.1/24", "nexthop": "203.0.113.7"});
+        let text = errors(load(&v.to_string()));
+        assert_eq!(
+            text,
+            vec![
+                "routers[0].routes[2]: destination 100.64.8.0/24 via 203.0.113.7 is also routes[0]"
+            ]
+        );
+    }
+
+    #[test]
+    fn address_scopes_are_read_per_port_and_per_floating_ip() {
+        let mut v = legacy_example();
+        v["_interfaces"][0]["address_scopes"] = serde_json::json!({"4": "scope-a", "6": null});
+        v["gw_port"]["address_scopes"] = serde_json::json!({"4": "scope-b"});
+        v["_floatingips"][0]["fixed_ip_address_scope"] = "scope-a".into();
+        let cfg = load(&v.to_string()).unwrap();
+        let r = &cfg.routers[0];
+        assert_eq!(r.interfaces[0].scope(4), Some("scope-a"));
+        assert_eq!(r.interfaces[0].scope(6), None);
+        assert_eq!(r.interfaces[1].scope(4), None);
+        assert_eq!(r.gw_port.as_ref().unwrap().scope(4), Some("scope-b"));
+        assert_eq!(r.gw_port.as_ref().unwrap().scope(6), None);
+        assert_eq!(r.fips[0].fixed_ip_address_scope.as_deref(), Some("scope-a"));
+
+        v["_interfaces"][0]["address_scopes"] = serde_json::json!({"5": "scope-a", "6": "-s"});
+        v["_floatingips"][0]["fixed_ip_address_scope"] = "a b".into();
+        let text = errors(load(&v.to_string()));
+        for expect in [
+            "routers[0]._interfaces[0].address_scopes: key \"5\" is not an IP version",
+            "routers[0]._interfaces[0].address_scopes.6: invalid value \"-s\": must start with a letter or digit",
+            "routers[0]._floatingips[0].fixed_ip_address_scope: invalid value \"a b\"",
+        ] {
+            assert!(text.iter().any(|t| t.starts_with(expect)), "missing {expect:?} in {text:#?}");
+        }
+    }
+
+    #[test]
+    fn a_floating_ip_belongs_to_one_router() {
+        let a = legacy_example();
+        let mut b = legacy_example();
+        b["id"] = "b0000000-0000-0000-0000-000000000000".into();
+        for (i, f) in ["_interfaces", "_interfaces"].iter().enumerate() {
+            b[f][i]["id"] = format!("{i}0000000-0000-0000-0000-000000000000").into();
+        }
+        b["gw_port"]["id"] = "90000000-0000-0000-0000-000000000000".into();
+        let text = errors(load(&format!("{a},{b}")));
+        assert_eq!(
+            text,
+            vec![
+                "routers[1]._floatingips[0].floating_ip_address: floating IP 203.0.113.2 is also \
+                 in routers[0]"
+            ]
         );
     }
 }

@@ -43,6 +43,14 @@ pub enum RouterError {
         /// Cause.
         source: crate::alloc::AllocError,
     },
+    /// One change failed (the change as text, then why).
+    #[error("{change}: {source}")]
+    Change {
+        /// The change, as `Display` prints it.
+        change: String,
+        /// Why it failed.
+        source: Box<RouterError>,
+    },
     /// A mode or feature l3agent does not do yet.
     #[error("router {router}: {what} is not supported yet")]
     Unsupported {

@@ -1,76 +1,75 @@
-//! One host's convergence: every router of the config made real, every router l3agent made
-//! earlier and no longer wanted removed, under one lock per state directory.
+//! One host's routers: `apply`, `plan`, `status` and `destroy`, all on the same pipeline —
+//! compile the config into a [`HostSpec`], observe each namespace, diff, and (apply only)
+//! execute the diff.
 //!
-//! - Which routers l3agent made is recorded in `<state_path>/routers.json` *before* it makes
-//!   them, so after a crash at any point the next run still knows what to converge or remove.
-//! - A router whose dict did not change since its last successful convergence (fingerprint in
-//!   the state) is only checked against the kernel (namespace, devices, addresses: netlink
-//!   dumps, no process); it is converged in full only if that check fails, or with `full`.
-//!   Re-applying therefore never touches routers that did not change.
-//! - Routers are converged on a small pool of threads, one netlink socket each.
-//! - SIGTERM (see [`install_sigterm_handler`]) stops the apply between routers: the routers in
-//!   progress finish, the state is saved, and the report says it was interrupted.
+//! Order of an apply (a `plan` lists the same changes in the same order without making them):
+//! 1. the namespaces the spec wants are recorded in the state directory, then created;
+//! 2. the shared `fip-` namespaces are converged (they create the `fpr-`/`rfp-` links);
+//! 3. the routers' own namespaces are converged, router by router on a few worker threads,
+//!    one netlink socket per namespace each; one failing router never stops the others, and a
+//!    router that fails in namespaces this run created has them removed again;
+//! 4. namespaces l3agent made that nobody wants any more are deleted (their devices, and the
+//!    host ends of their veths, go with them in one step).
+//!
+//! SIGTERM (a flag passed in, see [`ApplyOptions::stop`]) stops the apply between routers:
+//! routers in progress finish, the rest are reported as skipped, the records are saved.
+//!
+//! The state directory (see [`crate::records`]) holds what l3agent created and what it last
+//! applied; it is rebuilt from the kernel and the config when missing or corrupt.
 
-use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
 
-use l3agent_iptables_exec::Backend;
-use l3agent_rtnl::Rtnl;
-use l3agent_types::NetnsName;
-use nix::fcntl::{Flock, FlockArg};
-use serde::{Deserialize, Serialize};
+use l3agent_types::{NetnsName, RouterId};
+use serde::Serialize;
+use tracing::{info, warn};
 
-use crate::alloc::{write_atomic, Allocator, LinkLocalPool, RangePool};
-use crate::config::{AgentMode, HostConfig, Router};
-use crate::dvr;
+use crate::change::Change;
+use crate::compile::{self, HostFacts};
+use crate::config::HostConfig;
+use crate::diff::diff;
 use crate::error::RouterError;
-use crate::legacy;
+use crate::exec::execute;
+use crate::kernel::{Firewall, Kernel};
+use crate::observe::observe;
+use crate::records::{self, State};
+use crate::spec::{names, HostSpec, NsKind};
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_sigterm(_: nix::libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
+/// What happened to one router (or shared `fip-` namespace).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouterStatus {
+    /// Changes were made and it converged.
+    Converged,
+    /// Nothing needed changing.
+    Unchanged,
+    /// It was removed.
+    Removed,
+    /// It failed (see the error); the next apply goes on from what is there.
+    Failed,
+    /// Not processed: the apply was interrupted first.
+    Skipped,
 }
 
-/// Makes SIGTERM (and SIGINT) stop an apply cleanly between routers instead of killing it.
-pub fn install_sigterm_handler() {
-    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
-    let action = SigAction::new(
-        SigHandler::Handler(on_sigterm),
-        SaFlags::empty(),
-        SigSet::empty(),
-    );
-    for sig in [Signal::SIGTERM, Signal::SIGINT] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        let _ = unsafe { sigaction(sig, &action) };
-    }
-}
-
-fn interrupted() -> bool {
-    INTERRUPTED.load(Ordering::SeqCst)
-}
-
-/// What happened to one router.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// One router's (or `fip-` namespace's) result.
+#[derive(Debug, Clone, Serialize)]
 pub struct RouterResult {
-    /// Router id.
+    /// Router id, or the `fip-` namespace name.
     pub id: String,
-    /// `converged`, `unchanged`, `removed`, `failed` or `skipped` (interrupted).
-    pub status: String,
-    /// What changed.
-    pub changes: Vec<String>,
+    /// What happened.
+    pub status: RouterStatus,
+    /// The changes made (apply) or to make (plan), in order.
+    pub changes: Vec<Change>,
     /// Why it failed.
     pub error: Option<String>,
 }
 
-/// What an apply did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+/// What an apply (or a plan, or a destroy) did or would do.
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct HostReport {
-    /// Per router.
+    /// Per router, sorted by id.
     pub routers: Vec<RouterResult>,
     /// Stopped early by SIGTERM/SIGINT.
     pub interrupted: bool,
@@ -79,945 +78,635 @@ pub struct HostReport {
 impl HostReport {
     /// Whether any router failed.
     pub fn failed(&self) -> bool {
-        self.routers.iter().any(|r| r.status == "failed")
+        self.routers
+            .iter()
+            .any(|r| r.status == RouterStatus::Failed)
     }
-    /// Whether anything changed.
+    /// Whether anything changed (or, for a plan, would change).
     pub fn changed(&self) -> bool {
-        self.routers.iter().any(|r| r.status != "unchanged")
+        self.routers.iter().any(|r| !r.changes.is_empty())
+    }
+    /// Every change, in order.
+    pub fn changes(&self) -> impl Iterator<Item = &Change> {
+        self.routers.iter().flat_map(|r| &r.changes)
     }
 }
 
-/// Errors that stop a whole apply (before any router is touched).
+/// Errors that stop a whole apply before any router is touched.
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
-    /// The state directory or lock.
-    #[error("{what}: {source}")]
-    Io {
-        /// What.
-        what: String,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The state file is invalid.
-    #[error("{0}")]
-    State(String),
-    /// The host namespace's netlink socket.
+    /// The state directory.
     #[error(transparent)]
-    Plumbing(#[from] l3agent_rtnl::Error),
+    State(#[from] l3agent_state::StateError),
+    /// The allocators.
+    #[error(transparent)]
+    Alloc(#[from] crate::alloc::AllocError),
+    /// Setting up the kernel side (netlink sockets).
+    #[error(transparent)]
+    Router(Box<RouterError>),
+    /// Interrupted (SIGTERM) before anything was done.
+    #[error("interrupted before anything was done")]
+    Interrupted,
 }
 
-/// The state kept per router.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RouterState {
-    /// Fingerprint of the router dict last converged successfully (empty: not yet).
-    pub fingerprint: String,
-}
-
-#[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct State {
-    routers: BTreeMap<String, RouterState>,
-    /// FIP namespaces l3agent made (DVR), removed when no router uses them any more.
-    #[serde(default)]
-    fip_namespaces: std::collections::BTreeSet<String>,
-}
-
-fn lock(state_path: &Path) -> Result<Flock<File>, HostError> {
-    let io = |what: String| move |source| HostError::Io { what, source };
-    std::fs::create_dir_all(state_path)
-        .map_err(io(format!("creating {}", state_path.display())))?;
-    let path = state_path.join("l3agent.lock");
-    let mut file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(io(format!("opening {}", path.display())))?;
-    let start = Instant::now();
-    loop {
-        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(l) => return Ok(l),
-            Err((f, nix::errno::Errno::EWOULDBLOCK))
-                if start.elapsed() < Duration::from_secs(120) =>
-            {
-                file = f;
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err((_, e)) => {
-                return Err(HostError::Io {
-                    what: format!("locking {} (another l3agent is applying)", path.display()),
-                    source: e.into(),
-                })
-            }
-        }
+impl From<RouterError> for HostError {
+    fn from(e: RouterError) -> Self {
+        HostError::Router(Box::new(e))
     }
 }
-
-fn load_state(state_path: &Path) -> Result<State, HostError> {
-    let path = state_path.join("routers.json");
-    match std::fs::read_to_string(&path) {
-        Ok(t) => serde_json::from_str(&t)
-            .map_err(|e| HostError::State(format!("{}: {e}", path.display()))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
-        Err(source) => Err(HostError::Io {
-            what: format!("reading {}", path.display()),
-            source,
-        }),
-    }
-}
-
-fn save_state(state_path: &Path, s: &State) -> Result<(), HostError> {
-    let text = serde_json::to_string(s).map_err(|e| HostError::State(e.to_string()))?;
-    write_atomic(&state_path.join("routers.json"), text.as_bytes())
-        .map_err(|e| HostError::State(e.to_string()))
-}
-
-fn namespace_of(id: &str) -> Option<NetnsName> {
-    NetnsName::new("router", &format!("qrouter-{id}")).ok()
-}
-
-/// FNV-1a over the validated router's `Hash`: cheap, and stable across runs of the same
-/// l3agent binary (a new binary may converge every router once more, which is harmless).
-pub fn fingerprint(r: &Router) -> String {
-    struct Fnv(u64);
-    impl std::hash::Hasher for Fnv {
-        fn finish(&self) -> u64 {
-            self.0
-        }
-        fn write(&mut self, bytes: &[u8]) {
-            for b in bytes {
-                self.0 ^= u64::from(*b);
-                self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
-            }
-        }
-    }
-    let mut h = Fnv(0xcbf2_9ce4_8422_2325);
-    std::hash::Hash::hash(r, &mut h);
-    format!("{:016x}", std::hash::Hasher::finish(&h))
-}
-
-/// What the sequential pre-phase prepared for the parallel per-router work.
-#[derive(Default)]
-struct Prepared {
-    alloc: BTreeMap<String, dvr::DvrAllocation>,
-    fip: BTreeMap<String, Result<dvr::FipGateway, String>>,
-}
-
-fn ensure(
-    host: &mut Rtnl,
-    cfg: &HostConfig,
-    r: &Router,
-    backend: Backend,
-    prep: &Prepared,
-) -> Result<Vec<String>, RouterError> {
-    if !r.distributed {
-        return legacy::ensure_legacy(host, r, backend);
-    }
-    if cfg.agent.mode == AgentMode::Legacy {
-        return Err(RouterError::Unsupported {
-            router: r.id.clone(),
-            what: "a distributed router on a legacy agent".into(),
-        });
-    }
-    let net = r.gw_port.as_ref().map(|g| g.network_id.clone());
-    let fip = match net.as_ref().and_then(|n| prep.fip.get(n)) {
-        Some(Ok(f)) => Some(f),
-        Some(Err(e)) => {
-            return Err(RouterError::Unsupported {
-                router: r.id.clone(),
-                what: format!("its FIP namespace failed ({e}); this router"),
-            })
-        }
-        None => None,
-    };
-    let snat_here = cfg.agent.mode == AgentMode::DvrSnat
-        && r.gw_port_host.as_deref() == Some(cfg.agent.host.as_str());
-    let alloc = prep.alloc.get(&r.id).cloned().unwrap_or_default();
-    dvr::ensure_dvr(
-        host,
-        r,
-        &cfg.agent.host,
-        fip,
-        snat_here,
-        &alloc,
-        backend,
-        legacy::random_fully_enabled(),
-    )
-}
-
-type Allocators = (
-    Allocator<LinkLocalPool>,
-    Allocator<RangePool>,
-    Allocator<RangePool>,
-);
-
-fn allocators(state_path: &Path) -> Result<Allocators, crate::alloc::AllocError> {
-    Ok((
-        Allocator::load(&state_path.join("fip-linklocal-networks"), LinkLocalPool)?,
-        Allocator::load(
-            &state_path.join("fip-priorities"),
-            RangePool::FIP_PRIORITIES,
-        )?,
-        Allocator::load(
-            &state_path.join("snat-tables"),
-            RangePool {
-                start: dvr::SNAT_TABLES.start,
-                end: dvr::SNAT_TABLES.end,
-            },
-        )?,
-    ))
-}
-
-fn is_dvr(cfg: &HostConfig, r: &Router) -> bool {
-    r.distributed && cfg.agent.mode != AgentMode::Legacy
-}
-
-/// Allocations and FIP namespaces for the distributed routers, done one at a time before the
-/// routers are converged in parallel.
-fn prepare(
-    host: &mut Rtnl,
-    cfg: &HostConfig,
-    wanted: &[&Router],
-    backend: Backend,
-    state: &mut State,
-) -> Result<Prepared, HostError> {
-    let mut prep = Prepared::default();
-    let alloc_err = |e: crate::alloc::AllocError| HostError::State(e.to_string());
-    let (mut ll, mut prio, mut tables) = allocators(&cfg.agent.state_path).map_err(alloc_err)?;
-    for r in wanted.iter().copied().filter(|r| is_dvr(cfg, r)) {
-        let mut a = dvr::DvrAllocation::default();
-        if let Some(fg) = dvr::agent_gateway(r) {
-            a.link_local = Some(ll.allocate(&r.id).map_err(alloc_err)?);
-            let net = fg.network_id.clone();
-            if let std::collections::btree_map::Entry::Vacant(v) = prep.fip.entry(net.clone()) {
-                let result = match dvr::fip_namespace(&net) {
-                    Some(namespace) => {
-                        let gw = dvr::FipGateway {
-                            namespace,
-                            port: fg.clone(),
-                        };
-                        // Recorded before it is made, like routers.
-                        state.fip_namespaces.insert(gw.namespace.to_string());
-                        save_state(&cfg.agent.state_path, state)?;
-                        let mut changes = Vec::new();
-                        dvr::ensure_fip_namespace(host, &gw, backend, &mut changes)
-                            .map(|()| gw)
-                            .map_err(|e| e.to_string())
-                    }
-                    None => Err(format!("invalid external network id {net:?}")),
-                };
-                v.insert(result);
-            }
-            for f in r
-                .fips
-                .iter()
-                .filter(|f| f.host.as_deref().is_none_or(|h| h == cfg.agent.host))
-            {
-                let p = prio.allocate(&f.floating.to_string()).map_err(alloc_err)?;
-                a.fip_priorities
-                    .insert(f.floating, RangePool::FIP_PRIORITIES.start + p);
-            }
-        }
-        if !r.snat_interfaces.is_empty() {
-            for p in &r.interfaces {
-                let t = tables
-                    .allocate(&format!("{}.{}", r.id, p.id))
-                    .map_err(alloc_err)?;
-                a.snat_tables
-                    .insert(p.id.clone(), dvr::SNAT_TABLES.start + t);
-            }
-        }
-        prep.alloc.insert(r.id.clone(), a);
-    }
-    Ok(prep)
-}
-
-/// Returns allocations of gone routers and FIPs to their pools, and removes FIP namespaces no
-/// router uses any more.
-fn collect_garbage(cfg: &HostConfig, wanted: &[&Router], state: &mut State) -> Vec<RouterResult> {
-    let mut out = Vec::new();
-    let dvr_routers: Vec<&Router> = wanted.iter().copied().filter(|r| is_dvr(cfg, r)).collect();
-    if let Ok((mut ll, mut prio, mut tables)) = allocators(&cfg.agent.state_path) {
-        let _ = ll.retain(&|k| {
-            dvr_routers
-                .iter()
-                .any(|r| r.id == k && dvr::agent_gateway(r).is_some())
-        });
-        let _ = prio.retain(&|k| {
-            dvr_routers
-                .iter()
-                .any(|r| r.fips.iter().any(|f| f.floating.to_string() == k))
-        });
-        let _ = tables.retain(&|k| {
-            dvr_routers.iter().any(|r| {
-                !r.snat_interfaces.is_empty()
-                    && r.interfaces
-                        .iter()
-                        .any(|p| format!("{}.{}", r.id, p.id) == k)
-            })
-        });
-    }
-    let used: std::collections::BTreeSet<String> = dvr_routers
-        .iter()
-        .filter_map(|r| dvr::agent_gateway(r))
-        .filter_map(|p| dvr::fip_namespace(&p.network_id))
-        .map(|n| n.to_string())
-        .collect();
-    for name in state.fip_namespaces.clone() {
-        if used.contains(&name) {
-            continue;
-        }
-        let Ok(ns) = NetnsName::new("fip", &name) else {
-            continue;
-        };
-        match legacy::destroy(&ns) {
-            Ok(_) => {
-                state.fip_namespaces.remove(&name);
-                out.push(RouterResult {
-                    id: name,
-                    status: "removed".into(),
-                    changes: vec!["FIP namespace no router uses any more".into()],
-                    error: None,
-                });
-            }
-            Err(e) => out.push(RouterResult {
-                id: name,
-                status: "failed".into(),
-                changes: Vec::new(),
-                error: Some(e.to_string()),
-            }),
-        }
-    }
-    out
-}
-
-/// The namespaces a router owns on its own (not the shared `fip-`).
-fn router_namespaces(r: &Router) -> Vec<NetnsName> {
-    [Some(r.namespace()), dvr::snat_namespace(&r.id)]
-        .into_iter()
-        .flatten()
-        .collect()
-}
-
-/// After a failed convergence: removes the namespaces this run created for the router (a
-/// router that existed before keeps its working parts), and returns the error, with any
-/// teardown failure appended.
-fn undo_created(r: &Router, existed: &[bool], e: RouterError) -> RouterError {
-    let mut undo_errors = Vec::new();
-    for (ns, was) in router_namespaces(r).iter().zip(existed) {
-        if !was {
-            if let Err(t) = legacy::destroy(ns) {
-                undo_errors.push(t.to_string());
-            }
-        }
-    }
-    if undo_errors.is_empty() {
-        e
-    } else {
-        RouterError::Unsupported {
-            router: r.id.clone(),
-            what: format!(
-                "{e}; undoing it also failed ({}): this",
-                undo_errors.join("; ")
-            ),
-        }
-    }
-}
-
-/// How many routers are converged at once.
-const WORKERS: usize = 4;
 
 /// How thoroughly [`apply`] looks at routers whose dict did not change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Unchanged {
-    /// Check them against the kernel (netlink only) and converge those that drifted (default).
+    /// Diff them against the kernel and repair any drift (default).
     #[default]
     Verify,
-    /// Converge them completely, iptables included (`--full`).
+    /// The same, and rewrite every sysctl as if unknown (`--full`).
     Converge,
     /// Leave them alone (`--changed-only`): for event-driven updates, where a periodic
     /// `Verify` apply catches drift.
     Trust,
 }
 
-/// Converges the host to `cfg`; `unchanged` says what to do with routers whose dict did not
-/// change since their last successful convergence.
-pub fn apply(cfg: &HostConfig, unchanged: Unchanged) -> Result<HostReport, HostError> {
-    let _lock = lock(&cfg.agent.state_path)?;
-    let mut state = load_state(&cfg.agent.state_path)?;
-    let wanted: Vec<&Router> = cfg.routers.iter().filter(|r| r.admin_state_up).collect();
-    let wanted_ids: std::collections::HashSet<&str> =
-        wanted.iter().map(|r| r.id.as_str()).collect();
-    let stale: Vec<String> = state
-        .routers
-        .keys()
-        .filter(|id| !wanted_ids.contains(id.as_str()))
-        .cloned()
-        .collect();
-    // Record first, create after: a crash in between leaves a known router, never a leak.
-    let known = state.routers.len();
-    for r in &wanted {
-        state.routers.entry(r.id.clone()).or_default();
+/// The side-effect implementations for one worker thread.
+pub type Sides = (Box<dyn Kernel>, Box<dyn Firewall>);
+
+/// Makes one [`Sides`] per worker thread (the real ones, or fakes sharing one fake world).
+pub type Factory<'a> = &'a (dyn Fn() -> Result<Sides, RouterError> + Sync);
+
+/// How [`apply`] runs.
+#[derive(Debug, Clone)]
+pub struct ApplyOptions {
+    /// Unchanged routers.
+    pub unchanged: Unchanged,
+    /// Set by SIGTERM/SIGINT: stop between routers.
+    pub stop: Arc<AtomicBool>,
+    /// Worker threads.
+    pub workers: usize,
+    /// Host facts compile takes as inputs.
+    pub facts: HostFacts,
+}
+
+impl ApplyOptions {
+    /// Defaults with the host's facts.
+    pub fn new(facts: HostFacts, stop: Arc<AtomicBool>) -> ApplyOptions {
+        ApplyOptions {
+            unchanged: Unchanged::Verify,
+            stop,
+            workers: 4,
+            facts,
+        }
     }
-    if state.routers.len() != known {
-        save_state(&cfg.agent.state_path, &state)?;
+}
+
+/// Observes, diffs and (with `execute`) runs the changes of the namespaces `names`, in order.
+/// Returns every change listed, also on failure (with the error).
+fn converge_unit(
+    sides: &mut Sides,
+    spec: &HostSpec,
+    names: &[NetnsName],
+    fresh: &BTreeSet<NetnsName>,
+    execute_it: bool,
+) -> (Vec<Change>, Option<RouterError>) {
+    let (kernel, firewall) = sides;
+    let mut all = Vec::new();
+    for ns in names {
+        let observed = match observe(
+            kernel.as_mut(),
+            firewall.as_mut(),
+            ns,
+            spec.namespaces.get(ns),
+            fresh.contains(ns),
+        ) {
+            Ok(o) => o,
+            Err(e) => return (all, Some(e)),
+        };
+        let changes = diff(spec, ns, &observed);
+        if execute_it {
+            if let Err(e) = execute(kernel.as_mut(), firewall.as_mut(), spec, &changes) {
+                all.extend(changes);
+                return (all, Some(e));
+            }
+        }
+        all.extend(changes);
     }
-    let backend_cell = std::sync::OnceLock::new();
-    let backend = || {
-        *backend_cell
-            .get_or_init(|| l3agent_iptables_exec::runner::system_backend().unwrap_or(Backend::Nft))
+    (all, None)
+}
+
+fn result(id: String, changes: Vec<Change>, error: Option<RouterError>) -> RouterResult {
+    let status = match (&error, changes.is_empty()) {
+        (Some(_), _) => RouterStatus::Failed,
+        (None, true) => RouterStatus::Unchanged,
+        (None, false) => RouterStatus::Converged,
     };
-    let prep = {
-        let mut host = Rtnl::current()?;
-        let backend = backend();
-        prepare(&mut host, cfg, &wanted, backend, &mut state)?
+    RouterResult {
+        id,
+        status,
+        changes,
+        error: error.map(|e| e.to_string()),
+    }
+}
+
+/// The namespaces of the spec grouped into units: shared `fip-` ones first (each alone), then
+/// each router's own.
+struct Units {
+    fip: Vec<NetnsName>,
+    routers: BTreeMap<RouterId, Vec<NetnsName>>,
+}
+
+fn units(spec: &HostSpec) -> Units {
+    let mut u = Units {
+        fip: Vec::new(),
+        routers: BTreeMap::new(),
     };
-    let queue: Mutex<Vec<&Router>> = Mutex::new(wanted.iter().rev().copied().collect());
-    let results: Mutex<Vec<(RouterResult, Option<String>)>> = Mutex::new(Vec::new());
-    let fingerprints: BTreeMap<String, String> = state
-        .routers
-        .iter()
-        .map(|(k, v)| (k.clone(), v.fingerprint.clone()))
-        .collect();
-    let workers = WORKERS.min(wanted.len()).max(1);
-    let host_error: Mutex<Option<HostError>> = Mutex::new(None);
+    for (name, ns) in &spec.namespaces {
+        match ns.kind {
+            NsKind::Fip => u.fip.push(name.clone()),
+            NsKind::Router | NsKind::Snat => {
+                for o in &ns.owners {
+                    u.routers.entry(o.clone()).or_default().push(name.clone());
+                }
+            }
+        }
+    }
+    // qrouter- before snat- within a router.
+    for list in u.routers.values_mut() {
+        list.sort_by_key(|n| !n.as_str().starts_with("qrouter-"));
+    }
+    u
+}
+
+/// Who a namespace l3agent made belongs to, for reports (`fip-` ones stand for themselves).
+fn owner_of(ns: &NetnsName) -> String {
+    match names::parse_ns(ns.as_str()) {
+        Some((NsKind::Router | NsKind::Snat, id)) => id,
+        _ => ns.to_string(),
+    }
+}
+
+/// Runs the pipeline over the whole host. `execute_it == false` is a plan.
+fn run(
+    spec: &HostSpec,
+    recorded: &BTreeSet<NetnsName>,
+    make: Factory<'_>,
+    opts: &ApplyOptions,
+    skip: &BTreeSet<RouterId>,
+    execute_it: bool,
+) -> Result<HostReport, HostError> {
+    let stop = &opts.stop;
+    let mut sides = make()?;
+    let mut report = HostReport::default();
+    let mut pre: BTreeMap<String, Vec<Change>> = BTreeMap::new();
+    let mut fresh = BTreeSet::new();
+    // 1. Namespaces (in a plan, each unit lists its own creation).
+    if execute_it {
+        for ns in spec.namespaces.keys() {
+            if sides.0.namespace_exists(ns) {
+                continue;
+            }
+            let owner = owner_of(ns);
+            if spec.namespaces[ns].owners.iter().all(|o| skip.contains(o))
+                && spec.namespaces[ns].kind != NsKind::Fip
+            {
+                continue;
+            }
+            match sides.0.create_namespace(ns) {
+                Ok(_) => {
+                    fresh.insert(ns.clone());
+                    pre.entry(owner)
+                        .or_default()
+                        .push(Change::CreateNamespace { ns: ns.clone() });
+                }
+                Err(source) => report.routers.push(result(
+                    owner,
+                    vec![Change::CreateNamespace { ns: ns.clone() }],
+                    Some(RouterError::Plumbing {
+                        router: ns.to_string(),
+                        source,
+                    }),
+                )),
+            }
+        }
+    }
+    let units = units(spec);
+    // 2. Shared fip- namespaces.
+    for ns in &units.fip {
+        let (changes, error) = converge_unit(
+            &mut sides,
+            spec,
+            std::slice::from_ref(ns),
+            &fresh,
+            execute_it,
+        );
+        let mut all = pre.remove(ns.as_str()).unwrap_or_default();
+        all.extend(changes);
+        report.routers.push(result(ns.to_string(), all, error));
+    }
+    // 3. Routers, on worker threads.
+    let queue: Mutex<Vec<(&RouterId, &Vec<NetnsName>)>> =
+        Mutex::new(units.routers.iter().rev().collect());
+    let results: Mutex<Vec<RouterResult>> = Mutex::new(Vec::new());
+    let undo: Mutex<Vec<NetnsName>> = Mutex::new(Vec::new());
+    let pre = Mutex::new(pre);
+    let workers = opts.workers.clamp(1, 16).min(units.routers.len().max(1));
+    let setup_error: Mutex<Option<RouterError>> = Mutex::new(None);
     std::thread::scope(|s| {
         for _ in 0..workers {
             s.spawn(|| {
-                let mut host = match Rtnl::current() {
-                    Ok(h) => h,
+                let mut sides = match make() {
+                    Ok(x) => x,
                     Err(e) => {
-                        *host_error.lock().expect("lock") = Some(e.into());
+                        *setup_error.lock().expect("lock") = Some(e);
                         return;
                     }
                 };
                 loop {
                     let next = queue.lock().expect("lock").pop();
-                    let Some(r) = next else { break };
-                    if interrupted() {
-                        let skipped = RouterResult {
-                            id: r.id.clone(),
-                            status: "skipped".into(),
-                            changes: Vec::new(),
-                            error: None,
+                    let Some((id, names)) = next else { break };
+                    let mut changes = pre
+                        .lock()
+                        .expect("lock")
+                        .remove(id.as_str())
+                        .unwrap_or_default();
+                    if stop.load(Ordering::SeqCst) || skip.contains(id) {
+                        let status = if skip.contains(id) {
+                            RouterStatus::Unchanged
+                        } else {
+                            RouterStatus::Skipped
                         };
-                        results.lock().expect("lock").push((skipped, None));
+                        results.lock().expect("lock").push(RouterResult {
+                            id: id.to_string(),
+                            status,
+                            changes,
+                            error: None,
+                        });
                         continue;
                     }
-                    let fp = fingerprint(r);
-                    let same = fingerprints.get(&r.id) == Some(&fp);
-                    let skip = match unchanged {
-                        Unchanged::Converge => false,
-                        Unchanged::Trust => same,
-                        Unchanged::Verify => same && legacy::looks_converged(r),
-                    };
-                    let out = if skip {
-                        (
-                            RouterResult {
-                                id: r.id.clone(),
-                                status: "unchanged".into(),
-                                changes: Vec::new(),
-                                error: None,
-                            },
-                            Some(fp),
-                        )
-                    } else {
-                        let existed = router_namespaces(r)
-                            .iter()
-                            .map(l3agent_rtnl::netns::exists)
-                            .collect::<Vec<_>>();
-                        match ensure(&mut host, cfg, r, backend(), &prep)
-                            .map_err(|e| undo_created(r, &existed, e))
-                        {
-                            Ok(changes) => {
-                                let status = if changes.is_empty() {
-                                    "unchanged"
-                                } else {
-                                    "converged"
-                                };
-                                (
-                                    RouterResult {
-                                        id: r.id.clone(),
-                                        status: status.into(),
-                                        changes,
-                                        error: None,
-                                    },
-                                    Some(fp),
-                                )
-                            }
-                            Err(e) => (
-                                RouterResult {
-                                    id: r.id.clone(),
-                                    status: "failed".into(),
-                                    changes: Vec::new(),
-                                    error: Some(e.to_string()),
-                                },
-                                None,
-                            ),
-                        }
-                    };
-                    results.lock().expect("lock").push(out);
+                    let (more, error) = converge_unit(&mut sides, spec, names, &fresh, execute_it);
+                    changes.extend(more);
+                    if error.is_some() && execute_it {
+                        undo.lock()
+                            .expect("lock")
+                            .extend(names.iter().filter(|n| fresh.contains(*n)).cloned());
+                    }
+                    results
+                        .lock()
+                        .expect("lock")
+                        .push(result(id.to_string(), changes, error));
                 }
             });
         }
     });
-    if let Some(e) = host_error.into_inner().expect("lock") {
-        return Err(e);
+    if let Some(e) = setup_error.into_inner().expect("lock") {
+        return Err(e.into());
     }
-    let mut report = HostReport {
-        interrupted: interrupted(),
-        ..HostReport::default()
-    };
-    let mut results = results.into_inner().expect("lock");
-    results.sort_by(|a, b| a.0.id.cmp(&b.0.id));
-    for (res, fp) in results {
-        // A failed router keeps an empty fingerprint: the next apply converges it in full.
-        if let Some(st) = state.routers.get_mut(&res.id) {
-            st.fingerprint = fp.unwrap_or_default();
+    report.routers.extend(results.into_inner().expect("lock"));
+    // A router that failed in namespaces this run created has them removed again.
+    for ns in undo.into_inner().expect("lock") {
+        if let Err(e) = sides.0.delete_namespace(&ns) {
+            warn!(%ns, error = %e, "could not remove the namespace of a failed router");
         }
-        report.routers.push(res);
+        sides.1.forget(&ns);
     }
-    for id in stale {
-        if interrupted() {
-            break;
+    // 4. Namespaces l3agent made that are no longer wanted (fip- ones only once no router
+    //    needs them: a fip- namespace whose convergence failed is kept).
+    if !stop.load(Ordering::SeqCst) {
+        let mut removed: BTreeMap<String, Vec<Change>> = BTreeMap::new();
+        let mut errors: BTreeMap<String, RouterError> = BTreeMap::new();
+        for ns in recorded
+            .iter()
+            .filter(|n| !spec.namespaces.contains_key(*n))
+        {
+            let owner = owner_of(ns);
+            // A router that could not be compiled keeps what it has.
+            if spec.failed.keys().any(|id| id.as_str() == owner) {
+                continue;
+            }
+            if !sides.0.namespace_exists(ns) {
+                removed.entry(owner).or_default();
+                continue;
+            }
+            let c = Change::DeleteNamespace { ns: ns.clone() };
+            if execute_it {
+                if let Err(e) = execute(
+                    sides.0.as_mut(),
+                    sides.1.as_mut(),
+                    spec,
+                    std::slice::from_ref(&c),
+                ) {
+                    errors.insert(owner.clone(), e);
+                }
+            }
+            removed.entry(owner).or_default().push(c);
         }
-        report.routers.push(remove(&mut state, &id));
+        for (owner, changes) in removed {
+            let error = errors.remove(&owner);
+            let status = if error.is_some() {
+                RouterStatus::Failed
+            } else {
+                RouterStatus::Removed
+            };
+            report.routers.push(RouterResult {
+                id: owner,
+                status,
+                changes,
+                error: error.map(|e| e.to_string()),
+            });
+        }
     }
-    if !interrupted() {
-        report
-            .routers
-            .extend(collect_garbage(cfg, &wanted, &mut state));
+    if execute_it {
+        sides.0.settle(std::time::Duration::from_secs(10));
     }
-    save_state(&cfg.agent.state_path, &state)?;
-    let touched: std::collections::BTreeSet<String> = report
-        .routers
-        .iter()
-        .filter(|r| r.status != "unchanged")
-        .map(|r| r.id.clone())
-        .collect();
-    save_applied(cfg, &|id| touched.contains(id))?;
+    report.interrupted = stop.load(Ordering::SeqCst);
+    report.routers.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(report)
 }
 
-fn remove(state: &mut State, id: &str) -> RouterResult {
-    let Some(ns) = namespace_of(id) else {
-        state.routers.remove(id);
-        return RouterResult {
-            id: id.into(),
-            status: "removed".into(),
-            changes: Vec::new(),
-            error: None,
-        };
-    };
-    let mut errors: Vec<String> = Vec::new();
-    let mut changes = Vec::new();
-    for fip in &state.fip_namespaces {
-        if let Ok(f) = NetnsName::new("fip", fip) {
-            errors.extend(
-                dvr::remove_from_fip_namespace(&f, id, None)
-                    .into_iter()
-                    .map(|e| e.to_string()),
-            );
-        }
-    }
-    for name in [Some(ns), dvr::snat_namespace(id)].into_iter().flatten() {
-        match legacy::destroy(&name) {
-            Ok(true) => changes.push(format!("deleted namespace {name}")),
-            Ok(false) => {}
-            Err(e) => errors.push(e.to_string()),
-        }
-    }
-    if errors.is_empty() {
-        state.routers.remove(id);
-        RouterResult {
-            id: id.into(),
-            status: "removed".into(),
-            changes,
-            error: None,
-        }
-    } else {
-        RouterResult {
-            id: id.into(),
-            status: "failed".into(),
-            changes,
-            error: Some(errors.join("; ")),
-        }
-    }
+/// Compiles `cfg` with allocations from the state directory; `persist` saves new ones.
+fn compile_host(
+    state: &State,
+    cfg: &HostConfig,
+    facts: &HostFacts,
+    persist: bool,
+) -> Result<(HostSpec, compile::Needs), HostError> {
+    let needs = compile::needs(cfg);
+    let alloc = records::allocate(state, &needs, persist)?;
+    Ok((compile::compile(cfg, &alloc, facts), needs))
 }
 
-/// Removes every router l3agent made (from its state file) and, with `cfg`, those of the config:
-/// found by exact namespace names, never by suffix.
-pub fn destroy(state_path: &Path, cfg: Option<&HostConfig>) -> Result<HostReport, HostError> {
-    let _lock = lock(state_path)?;
-    let mut state = load_state(state_path)?;
-    let ids: Vec<String> = match cfg {
-        None => state.routers.keys().cloned().collect(),
+/// Converges the host to `cfg`.
+pub fn apply(
+    cfg: &HostConfig,
+    opts: &ApplyOptions,
+    make: Factory<'_>,
+) -> Result<HostReport, HostError> {
+    let state = State::open(&cfg.agent.state_path, &opts.stop)?;
+    let mut records = state.records(cfg)?;
+    let (spec, needs) = compile_host(&state, cfg, &opts.facts, true)?;
+    // Record first, create after: a crash in between leaves a known namespace, never a leak.
+    let wanted: BTreeSet<NetnsName> = spec.namespaces.keys().cloned().collect();
+    if !wanted.is_subset(&records.namespaces) {
+        records.namespaces.extend(wanted.iter().cloned());
+        state.save_records(&records)?;
+    }
+    let skip: BTreeSet<RouterId> = match opts.unchanged {
+        Unchanged::Trust => cfg
+            .routers
+            .iter()
+            .filter(|r| records.routers.get(r.id.as_str()) == Some(&records::fingerprint(r)))
+            .map(|r| r.id.clone())
+            .collect(),
+        _ => BTreeSet::new(),
+    };
+    let recorded = records.namespaces.clone();
+    let mut report = run(&spec, &recorded, make, opts, &skip, true)?;
+    for (id, why) in &spec.failed {
+        report.routers.push(RouterResult {
+            id: id.to_string(),
+            status: RouterStatus::Failed,
+            changes: Vec::new(),
+            error: Some(why.clone()),
+        });
+    }
+    // Records: what exists now, and per router what was last applied successfully.
+    let failed: BTreeSet<&str> = report
+        .routers
+        .iter()
+        .filter(|r| r.status == RouterStatus::Failed)
+        .map(|r| r.id.as_str())
+        .collect();
+    let removed: BTreeSet<&str> = report
+        .routers
+        .iter()
+        .filter(|r| r.status == RouterStatus::Removed)
+        .map(|r| r.id.as_str())
+        .collect();
+    records
+        .namespaces
+        .retain(|n| wanted.contains(n) || !removed.contains(owner_of(n).as_str()));
+    for r in &cfg.routers {
+        let id = r.id.as_str();
+        let processed = report.routers.iter().any(|x| {
+            x.id == id && matches!(x.status, RouterStatus::Converged | RouterStatus::Unchanged)
+        });
+        if failed.contains(id) {
+            records.routers.insert(id.to_owned(), String::new());
+        } else if processed {
+            records
+                .routers
+                .insert(id.to_owned(), records::fingerprint(r));
+        }
+    }
+    records.routers.retain(|id, _| {
+        cfg.routers.iter().any(|r| r.id.as_str() == id) && !removed.contains(id.as_str())
+    });
+    state.save_records(&records)?;
+    state.save_applied(cfg, &opts.facts)?;
+    if !report.interrupted {
+        records::collect_garbage(&state, &needs)?;
+    }
+    info!(
+        routers = report.routers.len(),
+        failed = report.failed(),
+        "apply finished"
+    );
+    Ok(report)
+}
+
+/// Exactly the changes [`apply`] would make now, router by router; touches nothing (new
+/// allocations are computed in memory and not saved).
+pub fn plan(
+    cfg: &HostConfig,
+    facts: &HostFacts,
+    make: Factory<'_>,
+) -> Result<HostReport, HostError> {
+    let state = State::inspect(&cfg.agent.state_path)?;
+    let records = state.records(cfg)?;
+    let (spec, _) = compile_host(&state, cfg, facts, false)?;
+    let opts = ApplyOptions::new(facts.clone(), Arc::new(AtomicBool::new(false)));
+    let mut report = run(
+        &spec,
+        &records.namespaces,
+        make,
+        &opts,
+        &BTreeSet::new(),
+        false,
+    )?;
+    for (id, why) in &spec.failed {
+        report.routers.push(RouterResult {
+            id: id.to_string(),
+            status: RouterStatus::Failed,
+            changes: Vec::new(),
+            error: Some(why.clone()),
+        });
+    }
+    Ok(report)
+}
+
+/// Health of a router in `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// The kernel holds exactly what was last applied.
+    Ok,
+    /// Something differs (see the drift list); `apply` repairs it.
+    Drift,
+    /// Its namespace is gone.
+    Missing,
+    /// Its last apply failed.
+    Failed,
+}
+
+/// One router (or `fip-` namespace) in `status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RouterHealth {
+    /// Router id or `fip-` namespace.
+    pub id: String,
+    /// Health.
+    pub health: Health,
+    /// What differs from the last applied state (the changes `apply` would make to repair it).
+    pub drift: Vec<Change>,
+}
+
+/// The routers of the last apply and how the kernel compares: the diff of the last applied
+/// spec against the kernel. A missing state directory is an empty status.
+pub fn status(state_path: &Path, make: Factory<'_>) -> Result<Vec<RouterHealth>, HostError> {
+    let state = State::inspect(state_path)?;
+    let Some((cfg, facts)) = state.last_applied()? else {
+        return Ok(Vec::new());
+    };
+    let records = state.records(&cfg)?;
+    let (spec, _) = compile_host(&state, &cfg, &facts, false)?;
+    let opts = ApplyOptions::new(facts, Arc::new(AtomicBool::new(false)));
+    let report = run(
+        &spec,
+        &BTreeSet::new(),
+        make,
+        &opts,
+        &BTreeSet::new(),
+        false,
+    )?;
+    let mut out = Vec::new();
+    for r in report.routers {
+        let drift: Vec<Change> = r
+            .changes
+            .into_iter()
+            .filter(|c| !c.is_side_effect())
+            .collect();
+        let last_failed = records.routers.get(&r.id).is_some_and(String::is_empty);
+        let missing = drift
+            .iter()
+            .any(|c| matches!(c, Change::CreateNamespace { ns } if ns.as_str().starts_with("qrouter-") || ns.as_str().starts_with("fip-")));
+        let health = if r.status == RouterStatus::Failed || last_failed {
+            Health::Failed
+        } else if missing {
+            Health::Missing
+        } else if drift.is_empty() {
+            Health::Ok
+        } else {
+            Health::Drift
+        };
+        out.push(RouterHealth {
+            id: r.id,
+            health,
+            drift,
+        });
+    }
+    Ok(out)
+}
+
+/// Removes every namespace l3agent recorded (`cfg == None`: everything, and the state
+/// directory's records too) or those of `cfg`'s routers, by exact name. Deleting a namespace
+/// removes its devices and their veth peers in one step.
+pub fn destroy(
+    state_path: &Path,
+    cfg: Option<&HostConfig>,
+    stop: &Arc<AtomicBool>,
+    make: Factory<'_>,
+) -> Result<HostReport, HostError> {
+    let state = State::open(state_path, stop)?;
+    let mut records = state.records_or_rebuild()?;
+    let mut targets: BTreeSet<NetnsName> = match cfg {
+        None => records.namespaces.clone(),
         Some(c) => c
             .routers
             .iter()
-            .map(|r| r.id.clone())
-            .filter(|id| {
-                state.routers.contains_key(id)
-                    || namespace_of(id).is_some_and(|n| l3agent_rtnl::netns::exists(&n))
-            })
+            .flat_map(|r| [names::router_ns(&r.id), names::snat_ns(&r.id)])
             .collect(),
     };
-    let mut report = HostReport::default();
-    for id in ids {
-        report.routers.push(remove(&mut state, &id));
+    let mut sides = make()?;
+    // The shared fip- namespaces go with the last router.
+    let routers_left = records.namespaces.iter().any(|n| {
+        !targets.contains(n) && matches!(names::parse_ns(n.as_str()), Some((NsKind::Router, _)))
+    });
+    if !routers_left {
+        targets.extend(records.namespaces.iter().cloned());
     }
-    if state.routers.is_empty() {
-        for name in std::mem::take(&mut state.fip_namespaces) {
-            let Ok(ns) = NetnsName::new("fip", &name) else {
-                continue;
-            };
-            let result = match legacy::destroy(&ns) {
-                Ok(_) => RouterResult {
-                    id: name,
-                    status: "removed".into(),
-                    changes: vec!["FIP namespace".into()],
-                    error: None,
-                },
-                Err(e) => {
-                    state.fip_namespaces.insert(name.clone());
-                    RouterResult {
-                        id: name,
-                        status: "failed".into(),
-                        changes: Vec::new(),
-                        error: Some(e.to_string()),
-                    }
-                }
-            };
-            report.routers.push(result);
+    let mut by_owner: BTreeMap<String, (Vec<Change>, Vec<String>)> = BTreeMap::new();
+    let empty = HostSpec::default();
+    for ns in &targets {
+        let entry = by_owner.entry(owner_of(ns)).or_default();
+        if !sides.0.namespace_exists(ns) {
+            records.namespaces.remove(ns);
+            continue;
+        }
+        let c = Change::DeleteNamespace { ns: ns.clone() };
+        match execute(
+            sides.0.as_mut(),
+            sides.1.as_mut(),
+            &empty,
+            std::slice::from_ref(&c),
+        ) {
+            Ok(_) => {
+                records.namespaces.remove(ns);
+                entry.0.push(c);
+            }
+            Err(e) => entry.1.push(e.to_string()),
         }
     }
-    save_state(state_path, &state)?;
+    sides.0.settle(std::time::Duration::from_secs(10));
+    let mut report = HostReport::default();
+    for (id, (changes, errors)) in by_owner {
+        records.routers.remove(&id);
+        report.routers.push(RouterResult {
+            id,
+            status: if errors.is_empty() {
+                RouterStatus::Removed
+            } else {
+                RouterStatus::Failed
+            },
+            changes,
+            error: (!errors.is_empty()).then(|| errors.join("; ")),
+        });
+    }
+    match cfg {
+        None if !report.failed() => state.clear()?,
+        _ => {
+            state.save_records(&records)?;
+            if let Some(c) = cfg {
+                state.forget_applied(c)?;
+            }
+        }
+    }
     Ok(report)
 }
 
-/// Keeps the last applied state as one file per router in `<state_path>/applied/` (plus the
-/// agent section), rewriting only the routers this apply touched, so that an apply that
-/// changes one router writes one small file, however many routers the host has.
-fn save_applied(cfg: &HostConfig, touched: &dyn Fn(&str) -> bool) -> Result<(), HostError> {
-    let dir = cfg.agent.state_path.join("applied");
-    let err = |e: String| HostError::State(e);
-    let write = |name: &str, value: &dyn erased::Json| -> Result<(), HostError> {
-        write_atomic(&dir.join(name), value.json().map_err(err)?.as_bytes())
-            .map_err(|e| err(e.to_string()))
-    };
-    write("agent.json", &cfg.doc.agent)?;
-    let present: std::collections::HashSet<String> = std::fs::read_dir(&dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    let mut keep = std::collections::BTreeSet::new();
-    for r in &cfg.doc.routers {
-        let file = format!("router-{}.json", r.id);
-        if touched(&r.id) || !present.contains(&file) {
-            write(&file, r)?;
-        }
-        keep.insert(file);
-    }
-    for name in present
-        .iter()
-        .filter(|n| n.starts_with("router-") && !keep.contains(*n))
-    {
-        let _ = std::fs::remove_file(dir.join(name));
-    }
-    Ok(())
-}
-
-mod erased {
-    /// Serialises a config part to JSON (object-safe helper for `save_applied`).
-    pub trait Json {
-        fn json(&self) -> Result<String, String>;
-    }
-    impl<T: serde::Serialize> Json for T {
-        fn json(&self) -> Result<String, String> {
-            serde_json::to_string(self).map_err(|e| e.to_string())
-        }
-    }
-}
-
-/// One router in a plan or a status.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RouterView {
-    /// Router id.
-    pub id: String,
-    /// Plan: `create`, `update`, `repair`, `unchanged` or `remove`. Status: `ok`, `drift`,
-    /// `missing` (no namespace) or `failed` (its last convergence failed).
-    pub state: String,
-    /// Its namespace.
-    pub namespace: String,
-    /// Floating IPs (floating → fixed).
-    pub floating_ips: Vec<String>,
-    /// Plan: what would change, item by item.
-    pub changes: Vec<String>,
-}
-
-fn view(r: &Router, state: &str) -> RouterView {
-    RouterView {
-        id: r.id.clone(),
-        state: state.into(),
-        namespace: r.namespace().to_string(),
-        floating_ips: r
-            .fips
-            .iter()
-            .map(|f| format!("{} -> {}", f.floating, f.fixed))
-            .collect(),
-        changes: Vec::new(),
-    }
-}
-
-/// What differs between the router as last applied and as wanted, item by item.
-pub fn router_diff(old: Option<&Router>, new: &Router) -> Vec<String> {
-    use std::collections::BTreeSet;
-    let ports = |r: Option<&Router>| -> BTreeSet<String> {
-        r.map(|r| {
-            r.interfaces
-                .iter()
-                .chain(&r.gw_port)
-                .chain(&r.snat_interfaces)
-                .map(|p| {
-                    format!(
-                        "port {} ({})",
-                        p.dev,
-                        p.ips
-                            .iter()
-                            .map(ToString::to_string)
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-    };
-    let fips = |r: Option<&Router>| -> BTreeSet<String> {
-        r.map(|r| {
-            r.fips
-                .iter()
-                .map(|f| format!("floating IP {} -> {}", f.floating, f.fixed))
-                .collect()
-        })
-        .unwrap_or_default()
-    };
-    let routes = |r: Option<&Router>| -> BTreeSet<String> {
-        r.map(|r| {
-            r.routes
-                .iter()
-                .map(|(d, n)| format!("route {d} via {n}"))
-                .collect()
-        })
-        .unwrap_or_default()
-    };
-    let mut out = Vec::new();
-    for (before, after) in [
-        (ports(old), ports(Some(new))),
-        (fips(old), fips(Some(new))),
-        (routes(old), routes(Some(new))),
-    ] {
-        out.extend(after.difference(&before).map(|x| format!("add {x}")));
-        out.extend(before.difference(&after).map(|x| format!("remove {x}")));
-    }
-    if let Some(o) = old {
-        if o.enable_snat != new.enable_snat {
-            out.push(format!(
-                "SNAT {}",
-                if new.enable_snat { "on" } else { "off" }
-            ));
-        }
-        let shape = |r: &Router| {
-            r.interfaces
-                .iter()
-                .chain(&r.gw_port)
-                .map(|p| (p.dev.clone(), p.mtu, p.mac))
-                .collect::<Vec<_>>()
-        };
-        if shape(o) != shape(new) {
-            out.push("port MTU or MAC".into());
-        }
-    }
-    out
-}
-
-fn last_applied(state_path: &Path) -> Result<Vec<Router>, HostError> {
-    let dir = state_path.join("applied");
-    let read = |path: &Path| -> Result<Option<String>, HostError> {
-        match std::fs::read_to_string(path) {
-            Ok(t) => Ok(Some(t)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(HostError::Io {
-                what: format!("reading {}", path.display()),
+/// The real side effects, one set per worker: netlink sockets per namespace, long-lived
+/// iptables managers with `backend`, announcements through `announcer`.
+pub fn real_sides(
+    backend: l3agent_iptables_exec::Backend,
+    announcer: &l3agent_rtnl::announce::Announcer,
+) -> impl Fn() -> Result<Sides, RouterError> + Sync + '_ {
+    move || {
+        let kernel = crate::kernel::RealKernel::new(announcer.clone()).map_err(|source| {
+            RouterError::Plumbing {
+                router: "host".into(),
                 source,
-            }),
-        }
-    };
-    let bad = |path: &Path, e: String| HostError::State(format!("{}: {e}", path.display()));
-    let agent_path = dir.join("agent.json");
-    let Some(agent) = read(&agent_path)? else {
-        return Ok(Vec::new());
-    };
-    let agent: crate::config::AgentDoc =
-        serde_json::from_str(&agent).map_err(|e| bad(&agent_path, e.to_string()))?;
-    let mut routers = Vec::new();
-    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
-        .map_err(|source| HostError::Io {
-            what: format!("listing {}", dir.display()),
-            source,
-        })?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("router-"))
-        })
-        .collect();
-    files.sort();
-    for path in files {
-        if let Some(t) = read(&path)? {
-            routers.push(serde_json::from_str(&t).map_err(|e| bad(&path, e.to_string()))?);
-        }
-    }
-    let doc = crate::config::ConfigDoc { agent, routers };
-    Ok(doc
-        .validate()
-        .map_err(|e| bad(&dir, format!("{e:?}")))?
-        .routers)
-}
-
-/// What [`apply`] would do with `cfg`, router by router and item by item; touches nothing.
-pub fn plan(cfg: &HostConfig) -> Result<Vec<RouterView>, HostError> {
-    let state = load_state(&cfg.agent.state_path)?;
-    let applied = last_applied(&cfg.agent.state_path)?;
-    let mut out = Vec::new();
-    for r in cfg.routers.iter().filter(|r| r.admin_state_up) {
-        let exists = l3agent_rtnl::netns::exists(&r.namespace());
-        let old = applied.iter().find(|a| a.id == r.id).filter(|_| exists);
-        let same = state
-            .routers
-            .get(&r.id)
-            .is_some_and(|s| s.fingerprint == fingerprint(r));
-        let mut changes = router_diff(old, r);
-        let what = if !exists {
-            changes.insert(0, format!("create namespace {}", r.namespace()));
-            "create"
-        } else if !same {
-            "update"
-        } else if legacy::looks_converged(r) {
-            "unchanged"
-        } else {
-            changes.push("the kernel drifted from the applied state: converge it again".into());
-            "repair"
-        };
-        out.push(RouterView {
-            changes,
-            ..view(r, what)
-        });
-    }
-    for id in state
-        .routers
-        .keys()
-        .filter(|id| !cfg.routers.iter().any(|r| r.admin_state_up && &r.id == *id))
-    {
-        let namespace = namespace_of(id).map(|n| n.to_string()).unwrap_or_default();
-        out.push(RouterView {
-            id: id.clone(),
-            state: "remove".into(),
-            changes: vec![format!("delete namespace {namespace}")],
-            namespace,
-            floating_ips: Vec::new(),
-        });
-    }
-    Ok(out)
-}
-
-/// The routers of the last successful apply and how the kernel compares (netlink only).
-pub fn status(state_path: &Path) -> Result<Vec<RouterView>, HostError> {
-    let state = load_state(state_path)?;
-    let applied = last_applied(state_path)?;
-    let mut out = Vec::new();
-    for (id, st) in &state.routers {
-        let Some(r) = applied.iter().find(|r| &r.id == id) else {
-            out.push(RouterView {
-                id: id.clone(),
-                state: "failed".into(),
-                namespace: namespace_of(id).map(|n| n.to_string()).unwrap_or_default(),
-                floating_ips: Vec::new(),
-                changes: Vec::new(),
-            });
-            continue;
-        };
-        let what = if !l3agent_rtnl::netns::exists(&r.namespace()) {
-            "missing"
-        } else if st.fingerprint.is_empty() {
-            "failed"
-        } else if legacy::looks_converged(r) {
-            "ok"
-        } else {
-            "drift"
-        };
-        out.push(view(r, what));
-    }
-    Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn example() -> Router {
-        let text = format!(
-            r#"{{"agent": {{"mode": "legacy", "host": "h", "state_path": "/tmp/x", "bridges": {{"90e4912c-0eb8-4be4-a793-e6a3bba6ae8b": "b1", "c6910e18-fb1f-4988-9af4-211a8c2e2926": "b2", "65566f91-133a-44ff-87f5-ecffc1193d3d": "b3"}}}}, "routers": [{}]}}"#,
-            include_str!("../tests/data/neutron-router-legacy.json")
-        );
-        let doc: crate::config::ConfigDoc = serde_json::from_str(&text).unwrap();
-        doc.validate().unwrap().routers.remove(0)
-    }
-
-    #[test]
-    fn diff_names_each_item() {
-        let old = example();
-        let mut new = old.clone();
-        assert!(router_diff(Some(&old), &new).is_empty());
-        new.fips[0].fixed = "198.51.100.10".parse().unwrap();
-        new.routes.clear();
-        new.enable_snat = false;
-        let d = router_diff(Some(&old), &new);
-        assert_eq!(
-            d,
-            [
-                "add floating IP 203.0.113.2 -> 198.51.100.10",
-                "remove floating IP 203.0.113.2 -> 192.0.2.10",
-                "remove route 100.64.8.0/24 via 203.0.113.4",
-                "SNAT off",
-            ]
-        );
-        assert!(router_diff(None, &old)
-            .iter()
-            .any(|c| c == "add port qg-184a6791-c4 (203.0.113.4/24)"));
-        assert_ne!(fingerprint(&old), fingerprint(&new));
-        assert_eq!(fingerprint(&old), fingerprint(&old.clone()));
-    }
-
-    #[test]
-    fn ipv6_gateway_sysctls() {
-        let mut r = example();
-        let gw = r.gw_port.as_mut().unwrap();
-        assert!(legacy::gateway_ipv6_sysctls(gw).is_empty());
-        gw.subnets.push(crate::config::Subnet {
-            id: "v6".into(),
-            cidr: "2001:db8::/64".parse().unwrap(),
-            gateway: None,
-        });
-        let s = legacy::gateway_ipv6_sysctls(gw);
-        assert_eq!(s[1].1, 2, "no IPv6 gateway: accept router advertisements");
-        gw.subnets[1].gateway = Some("2001:db8::1".parse().unwrap());
-        assert_eq!(legacy::gateway_ipv6_sysctls(gw)[1].1, 0);
+            }
+        })?;
+        Ok((
+            Box::new(kernel) as Box<dyn Kernel>,
+            Box::new(crate::kernel::Managers::new(backend)) as Box<dyn Firewall>,
+        ))
     }
 }

@@ -181,6 +181,32 @@ fn load_host_config(path: &Path) -> Result<l3agent_router::config::HostConfig, F
     })
 }
 
+/// What the router subcommands share: the stop flag SIGTERM/SIGINT set (through
+/// signal-hook), the host facts, the iptables backend, and the announcer.
+struct Sides {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    facts: l3agent_router::compile::HostFacts,
+    backend: l3agent_iptables_exec::Backend,
+    announcer: l3agent_rtnl::announce::Announcer,
+}
+
+fn sides() -> Result<Sides, Failure> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, stop.clone())
+            .map_err(|e| Failure::failed(format!("installing the signal handler: {e}")))?;
+    }
+    Ok(Sides {
+        stop,
+        facts: l3agent_router::compile::HostFacts {
+            random_fully: l3agent_iptables_exec::runner::random_fully_supported(),
+        },
+        backend: l3agent_iptables_exec::runner::system_backend()
+            .unwrap_or(l3agent_iptables_exec::Backend::Nft),
+        announcer: l3agent_rtnl::announce::Announcer::start(Default::default()),
+    })
+}
+
 /// Prints a host report and turns a failed router into exit status 1.
 fn finish(report: &l3agent_router::host::HostReport, json: bool) -> Result<(), Failure> {
     if json {
@@ -189,7 +215,8 @@ fn finish(report: &l3agent_router::host::HostReport, json: bool) -> Result<(), F
         println!("nothing to do: every router is as configured");
     } else {
         for r in &report.routers {
-            println!("router {}: {}", r.id, r.status);
+            let status = serde_json::to_value(r.status).unwrap_or_default();
+            println!("router {}: {}", r.id, status.as_str().unwrap_or_default());
             for c in &r.changes {
                 println!("    {c}");
             }
@@ -202,7 +229,7 @@ fn finish(report: &l3agent_router::host::HostReport, json: bool) -> Result<(), F
         let failed: Vec<&str> = report
             .routers
             .iter()
-            .filter(|r| r.status == "failed")
+            .filter(|r| r.status == l3agent_router::host::RouterStatus::Failed)
             .map(|r| r.id.as_str())
             .collect();
         return Err(Failure::failed(format!(

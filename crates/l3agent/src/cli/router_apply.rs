@@ -3,22 +3,23 @@
 use std::path::PathBuf;
 
 use clap::Args;
+use l3agent_router::host::{ApplyOptions, RouterStatus, Unchanged};
 
-use super::{finish, load_host_config, Failure};
+use super::{finish, load_host_config, sides, Failure, Sides};
 
 /// Arguments of `apply`.
 #[derive(Debug, Args)]
 pub struct ApplyArgs {
     /// Host config (YAML, or JSON if it ends in .json): `agent` and `routers`. See
-    /// examples/host-legacy.yaml.
+    /// examples/host-legacy.json.
     config: PathBuf,
-    /// Converge every router completely (iptables included), not only the changed ones.
-    /// Unchanged routers are otherwise only checked against the kernel (namespace, devices,
-    /// addresses) and converged if that check fails.
+    /// Also rewrite every sysctl as if unknown. Every router is always diffed against the
+    /// kernel (devices, addresses, routes, rules, neighbours, sysctls, iptables) and every
+    /// difference repaired.
     #[arg(long, conflicts_with = "changed_only")]
     full: bool,
     /// Touch only routers whose dict changed since their last successful convergence, without
-    /// checking the others against the kernel (for event-driven updates; a plain apply checks).
+    /// diffing the others against the kernel (for event-driven updates; a plain apply checks).
     #[arg(long)]
     changed_only: bool,
     /// Print JSON instead of text.
@@ -29,22 +30,31 @@ pub struct ApplyArgs {
 /// Runs `apply`.
 pub fn run(a: ApplyArgs) -> Result<(), Failure> {
     let cfg = load_host_config(&a.config)?;
-    l3agent_router::host::install_sigterm_handler();
-    use l3agent_router::host::Unchanged;
-    let unchanged = if a.full {
+    let Sides {
+        stop,
+        facts,
+        backend,
+        announcer,
+    } = sides()?;
+    let mut opts = ApplyOptions::new(facts, stop);
+    opts.unchanged = if a.full {
         Unchanged::Converge
     } else if a.changed_only {
         Unchanged::Trust
     } else {
         Unchanged::Verify
     };
-    let report =
-        l3agent_router::host::apply(&cfg, unchanged).map_err(|e| Failure::failed(e.to_string()))?;
+    let make = l3agent_router::host::real_sides(backend, &announcer);
+    let report = l3agent_router::host::apply(&cfg, &opts, &make)
+        .map_err(|e| Failure::failed(e.to_string()))?;
+    // Announcements go on in the background; a one-shot process waits for their rounds
+    // (bounded) so that the last ones are not lost at exit.
+    announcer.drain(std::time::Duration::from_secs(10));
     if report.interrupted {
         let done = report
             .routers
             .iter()
-            .filter(|r| r.status != "skipped")
+            .filter(|r| r.status != RouterStatus::Skipped)
             .count();
         finish(&report, a.json)?;
         return Err(Failure::failed(format!(

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::{finish, load_host_config, Failure};
+use super::{finish, load_host_config, sides, Failure, Sides};
 
 /// Arguments of `destroy`.
 #[derive(Debug, Args)]
@@ -12,7 +12,8 @@ use super::{finish, load_host_config, Failure};
 pub struct DestroyArgs {
     /// Host config whose routers to remove.
     config: Option<PathBuf>,
-    /// Remove every router in l3agent's state (needs --state-path).
+    /// Remove every router in l3agent's state (needs --state-path); the state directory is
+    /// left empty.
     #[arg(long, requires = "state_path")]
     all: bool,
     /// The state directory (with --all; otherwise the config's agent.state_path).
@@ -34,7 +35,14 @@ pub fn run(a: DestroyArgs) -> Result<(), Failure> {
         (None, Some(p)) => p.clone(),
         (None, None) => return Err(Failure::invalid("--all needs --state-path")),
     };
-    let report = l3agent_router::host::destroy(&state_path, cfg.as_ref())
+    let Sides {
+        stop,
+        backend,
+        announcer,
+        ..
+    } = sides()?;
+    let make = l3agent_router::host::real_sides(backend, &announcer);
+    let report = l3agent_router::host::destroy(&state_path, cfg.as_ref(), &stop, &make)
         .map_err(|e| Failure::failed(e.to_string()))?;
     finish(&report, a.json)
 }

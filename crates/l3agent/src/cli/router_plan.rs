@@ -3,8 +3,9 @@
 use std::path::PathBuf;
 
 use clap::Args;
+use l3agent_router::host::{Health, RouterHealth};
 
-use super::{load_host_config, print_json, Failure};
+use super::{load_host_config, print_json, sides, Failure, Sides};
 
 /// Arguments of `plan`.
 #[derive(Debug, Args)]
@@ -27,42 +28,64 @@ pub struct StatusArgs {
     json: bool,
 }
 
-fn print(views: &[l3agent_router::host::RouterView], json: bool) {
-    if json {
-        print_json(&serde_json::to_value(views).unwrap_or_default());
-        return;
+/// Runs `plan`: exactly the changes apply would make now, router by router; touches nothing.
+pub fn plan(a: PlanArgs) -> Result<(), Failure> {
+    let cfg = load_host_config(&a.config)?;
+    let Sides {
+        facts,
+        backend,
+        announcer,
+        ..
+    } = sides()?;
+    let make = l3agent_router::host::real_sides(backend, &announcer);
+    let report = l3agent_router::host::plan(&cfg, &facts, &make)
+        .map_err(|e| Failure::failed(e.to_string()))?;
+    if a.json {
+        print_json(&serde_json::to_value(&report).unwrap_or_default());
+        return Ok(());
     }
+    if !report.changed() {
+        println!("nothing to do: every router is as configured");
+    }
+    for r in report.routers.iter().filter(|r| !r.changes.is_empty()) {
+        println!("router {}:", r.id);
+        for c in &r.changes {
+            println!("    {c}");
+        }
+    }
+    Ok(())
+}
+
+fn print(views: &[RouterHealth]) {
     if views.is_empty() {
         println!("no routers");
     }
     for v in views {
-        println!("{:<9} router {} ({})", v.state, v.id, v.namespace);
-        for f in &v.floating_ips {
-            println!("          floating IP {f}");
-        }
-        for c in &v.changes {
-            println!("          will {c}");
+        let health = serde_json::to_value(v.health).unwrap_or_default();
+        println!("{:<8} {}", health.as_str().unwrap_or_default(), v.id);
+        for c in &v.drift {
+            println!("         repair: {c}");
         }
     }
-}
-
-/// Runs `plan`: what apply would do, router by router; touches nothing.
-pub fn plan(a: PlanArgs) -> Result<(), Failure> {
-    let cfg = load_host_config(&a.config)?;
-    let views = l3agent_router::host::plan(&cfg).map_err(|e| Failure::failed(e.to_string()))?;
-    print(&views, a.json);
-    Ok(())
 }
 
 /// Runs `status`: the last applied routers and any drift. Exit status 1 if any drifted,
 /// went missing or failed.
 pub fn status(a: StatusArgs) -> Result<(), Failure> {
-    let views =
-        l3agent_router::host::status(&a.state_path).map_err(|e| Failure::failed(e.to_string()))?;
-    print(&views, a.json);
+    let Sides {
+        backend, announcer, ..
+    } = sides()?;
+    let make = l3agent_router::host::real_sides(backend, &announcer);
+    let views = l3agent_router::host::status(&a.state_path, &make)
+        .map_err(|e| Failure::failed(e.to_string()))?;
+    if a.json {
+        print_json(&serde_json::to_value(&views).unwrap_or_default());
+    } else {
+        print(&views);
+    }
     let bad: Vec<&str> = views
         .iter()
-        .filter(|v| v.state != "ok")
+        .filter(|v| v.health != Health::Ok)
         .map(|v| v.id.as_str())
         .collect();
     if bad.is_empty() {

@@ -1,0 +1,332 @@
+//! The side effects of the router reconciler, behind two traits passed in by constructor:
+//! [`Kernel`] (namespaces, rtnetlink, sysctls, conntrack, announcements) and [`Firewall`]
+//! (iptables per namespace). [`RealKernel`] and [`Managers`] do it for real; the tests use the
+//! recording fakes of [`crate::fake`].
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use l3agent_iptables::{Family, IptablesModel};
+use l3agent_iptables_exec::{
+    ApplyError, Backend, ExecOptions, Manager, NetnsTarget, ProcessRunner,
+};
+use l3agent_rtnl::announce::Announcer;
+use l3agent_rtnl::port::{create_veth_port, VethPort};
+use l3agent_rtnl::prelude::*;
+use l3agent_rtnl::sysctl::Sysctl;
+use l3agent_rtnl::{conntrack, netns, Error, Netns, Rtnl};
+use l3agent_types::{IfName, MacAddr, NetnsName};
+
+/// The rtnetlink operation families of one namespace, as one object.
+pub trait Netlink: Links + Addresses + Routes + Rules + Neighbours {}
+impl<T: Links + Addresses + Routes + Rules + Neighbours> Netlink for T {}
+
+/// A veth between two of l3agent's namespaces (`rfp-` ↔ `fpr-`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkPair {
+    /// Namespace of `dev`.
+    pub ns: NetnsName,
+    /// This end.
+    pub dev: IfName,
+    /// MAC of this end.
+    pub mac: Option<MacAddr>,
+    /// Namespace of the other end.
+    pub peer_ns: NetnsName,
+    /// The other end.
+    pub peer: IfName,
+    /// MAC of the other end.
+    pub peer_mac: Option<MacAddr>,
+    /// MTU of both ends.
+    pub mtu: Option<u32>,
+}
+
+/// Everything the reconciler does to the kernel besides iptables.
+pub trait Kernel {
+    /// `ip netns list` contains `ns`.
+    fn namespace_exists(&mut self, ns: &NetnsName) -> bool;
+    /// `ip netns add`; false: it existed.
+    fn create_namespace(&mut self, ns: &NetnsName) -> Result<bool, Error>;
+    /// `ip netns del`; false: it did not exist.
+    fn delete_namespace(&mut self, ns: &NetnsName) -> Result<bool, Error>;
+    /// Netlink in `ns` (`None`: the host namespace, where the bridges are).
+    fn netlink(&mut self, ns: Option<&NetnsName>) -> Result<&mut dyn Netlink, Error>;
+    /// Reads sysctls inside `ns`; `None` for a key that does not exist (its device is missing).
+    fn read_sysctls(&mut self, ns: &NetnsName, keys: &[Sysctl]) -> Result<Vec<Option<u32>>, Error>;
+    /// Writes sysctls inside `ns`.
+    fn write_sysctls(&mut self, ns: &NetnsName, values: &[(Sysctl, u32)]) -> Result<(), Error>;
+    /// Creates a router port (veth, router end in `ns`, host end on a bridge), undone on failure.
+    fn create_port(&mut self, ns: &NetnsName, port: &VethPort) -> Result<(), Error>;
+    /// Creates a veth between two namespaces, both ends up; undone on failure.
+    fn create_link(&mut self, link: &LinkPair) -> Result<(), Error>;
+    /// Deletes conntrack entries to or from `ip` inside `ns`.
+    fn flush_conntrack(&mut self, ns: &NetnsName, ip: IpAddr) -> Result<u64, Error>;
+    /// Announces `addrs` on `dev` in the background.
+    fn announce(&mut self, ns: &NetnsName, dev: &IfName, addrs: &[IpAddr]);
+    /// Waits (at most `timeout`) until the kernel has finished tearing down the namespaces
+    /// deleted so far: their devices and the host ends of their veths are gone (the kernel
+    /// destroys a deleted namespace's devices asynchronously).
+    fn settle(&mut self, timeout: std::time::Duration);
+}
+
+/// The kernel, for real: one netlink socket per namespace, opened on first use and kept.
+#[derive(Debug)]
+pub struct RealKernel {
+    host: Rtnl,
+    open: HashMap<NetnsName, (Netns, Rtnl)>,
+    announcer: Announcer,
+    /// Host ends of the ports of namespaces deleted, until they are seen gone.
+    dying: Vec<IfName>,
+}
+
+impl RealKernel {
+    /// Works from the caller's namespace as the host; announcements go through `announcer`.
+    pub fn new(announcer: Announcer) -> Result<RealKernel, Error> {
+        Ok(RealKernel {
+            host: Rtnl::current()?,
+            open: HashMap::new(),
+            announcer,
+            dying: Vec::new(),
+        })
+    }
+
+    fn entry(&mut self, ns: &NetnsName) -> Result<&mut (Netns, Rtnl), Error> {
+        if !self.open.contains_key(ns) {
+            let n = Netns::open(ns)?;
+            let r = Rtnl::open(&n)?;
+            self.open.insert(ns.clone(), (n, r));
+        }
+        Ok(self.open.get_mut(ns).expect("inserted above"))
+    }
+}
+
+impl Kernel for RealKernel {
+    fn namespace_exists(&mut self, ns: &NetnsName) -> bool {
+        netns::exists(ns)
+    }
+
+    fn create_namespace(&mut self, ns: &NetnsName) -> Result<bool, Error> {
+        self.open.remove(ns);
+        netns::create(ns)
+    }
+
+    fn delete_namespace(&mut self, ns: &NetnsName) -> Result<bool, Error> {
+        // The host ends of its ports (`tap` + the port id part of `qr-`/`qg-`/`sg-`/`fg-`)
+        // go when the kernel destroys the namespace, asynchronously: remembered for settle().
+        if let Ok((_, r)) = self.entry(ns) {
+            if let Ok(links) = r.links() {
+                for l in links {
+                    let port = ["qr-", "qg-", "sg-", "fg-"]
+                        .iter()
+                        .find_map(|p| l.name.strip_prefix(p));
+                    if let Some(rest) = port {
+                        if let Ok(t) = IfName::new("host end", &format!("tap{rest}")) {
+                            self.dying.push(t);
+                        }
+                    }
+                }
+            }
+        }
+        self.open.remove(ns);
+        netns::delete(ns)
+    }
+
+    fn netlink(&mut self, ns: Option<&NetnsName>) -> Result<&mut dyn Netlink, Error> {
+        match ns {
+            None => Ok(&mut self.host),
+            Some(ns) => Ok(&mut self.entry(ns)?.1),
+        }
+    }
+
+    fn read_sysctls(&mut self, ns: &NetnsName, keys: &[Sysctl]) -> Result<Vec<Option<u32>>, Error> {
+        let (n, _) = self.entry(ns)?;
+        let keys = keys.to_vec();
+        n.run(move || {
+            keys.iter()
+                .map(|k| {
+                    std::fs::read_to_string(format!("/proc/sys/{}", k.path()))
+                        .ok()
+                        .and_then(|t| t.trim().parse().ok())
+                })
+                .collect()
+        })
+    }
+
+    fn write_sysctls(&mut self, ns: &NetnsName, values: &[(Sysctl, u32)]) -> Result<(), Error> {
+        self.entry(ns)?.0.write_sysctls(values)
+    }
+
+    fn create_port(&mut self, ns: &NetnsName, port: &VethPort) -> Result<(), Error> {
+        self.entry(ns)?;
+        let (n, r) = self.open.get_mut(ns).expect("opened above");
+        create_veth_port(&mut self.host, r, n, port)
+    }
+
+    fn create_link(&mut self, link: &LinkPair) -> Result<(), Error> {
+        self.entry(&link.ns)?;
+        self.entry(&link.peer_ns)?;
+        let peer_fd = {
+            let (pn, _) = &self.open[&link.peer_ns];
+            pn.fd().try_clone_to_owned().map_err(|source| Error::Io {
+                what: format!("duplicating the descriptor of {}", link.peer_ns),
+                source,
+            })?
+        };
+        let result = (|| {
+            let (_, r) = self.open.get_mut(&link.ns).expect("opened above");
+            r.add_veth(
+                &link.dev,
+                &link.peer,
+                Some(std::os::fd::AsFd::as_fd(&peer_fd)),
+                link.mtu,
+            )?;
+            if let Some(m) = link.mac {
+                r.set_mac(&link.dev, m.octets())?;
+            }
+            r.set_up(&link.dev, true)?;
+            let (_, p) = self.open.get_mut(&link.peer_ns).expect("opened above");
+            if let Some(m) = link.peer_mac {
+                p.set_mac(&link.peer, m.octets())?;
+            }
+            p.set_up(&link.peer, true)
+        })();
+        if result.is_err() {
+            let (_, r) = self.open.get_mut(&link.ns).expect("opened above");
+            let _ = r.delete_link(&link.dev);
+        }
+        result
+    }
+
+    fn flush_conntrack(&mut self, ns: &NetnsName, ip: IpAddr) -> Result<u64, Error> {
+        let (n, _) = self.entry(ns)?;
+        conntrack::delete_entries(n, ip)
+    }
+
+    fn announce(&mut self, ns: &NetnsName, dev: &IfName, addrs: &[IpAddr]) {
+        self.announcer
+            .announce(Some(ns.clone()), dev.clone(), addrs.to_vec());
+    }
+
+    fn settle(&mut self, timeout: std::time::Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        while !self.dying.is_empty() && std::time::Instant::now() < deadline {
+            let Ok(links) = self.host.links() else { break };
+            let present: std::collections::HashSet<String> =
+                links.into_iter().map(|l| l.name).collect();
+            self.dying.retain(|d| present.contains(d.as_str()));
+            if !self.dying.is_empty() {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+        self.dying.clear();
+    }
+}
+
+/// iptables per namespace, as the reconciler needs it.
+pub trait Firewall {
+    /// The restore input per family that [`Firewall::apply`] would send now to make `ns` hold
+    /// `model`; with `exists == false` the namespace does not exist yet, and the plan is made
+    /// against an empty rule set.
+    fn plan(
+        &mut self,
+        ns: &NetnsName,
+        model: &IptablesModel,
+        exists: bool,
+    ) -> Result<Vec<(Family, Vec<String>)>, ApplyError>;
+    /// Makes `ns` hold `model`; returns what was sent per family.
+    fn apply(
+        &mut self,
+        ns: &NetnsName,
+        model: &IptablesModel,
+    ) -> Result<Vec<(Family, Vec<String>)>, ApplyError>;
+    /// The namespace went away: forget what is known of it.
+    fn forget(&mut self, ns: &NetnsName);
+    /// Forget every committed state: the next plan reads the kernel again (drift checks).
+    fn refresh(&mut self);
+}
+
+/// Long-lived iptables [`Manager`]s, one per namespace.
+#[derive(Debug)]
+pub struct Managers {
+    backend: Backend,
+    managers: HashMap<NetnsName, Manager<ProcessRunner>>,
+}
+
+impl Managers {
+    /// Managers that write with `backend`.
+    pub fn new(backend: Backend) -> Managers {
+        Managers {
+            backend,
+            managers: HashMap::new(),
+        }
+    }
+
+    fn manager(
+        &mut self,
+        ns: &NetnsName,
+        model: &IptablesModel,
+    ) -> Result<&mut Manager<ProcessRunner>, ApplyError> {
+        if !self.managers.contains_key(ns) {
+            let target = NetnsTarget::Named(ns.clone());
+            let runner =
+                ProcessRunner::open_assuming(&target, self.backend, ExecOptions::default())?;
+            self.managers
+                .insert(ns.clone(), Manager::with_runner(model.clone(), runner));
+        }
+        let m = self.managers.get_mut(ns).expect("inserted above");
+        if !m.model().same_rules(model) {
+            m.set_model(model.clone());
+        }
+        Ok(m)
+    }
+}
+
+fn lines(plans: Vec<(Family, l3agent_iptables::Plan)>) -> Vec<(Family, Vec<String>)> {
+    plans
+        .into_iter()
+        .filter(|(_, p)| !p.is_empty())
+        .map(|(f, p)| (f, p.render().0.lines().map(str::to_owned).collect()))
+        .collect()
+}
+
+impl Firewall for Managers {
+    fn plan(
+        &mut self,
+        ns: &NetnsName,
+        model: &IptablesModel,
+        exists: bool,
+    ) -> Result<Vec<(Family, Vec<String>)>, ApplyError> {
+        if !exists {
+            self.managers.remove(ns);
+            return Ok(Family::ALL
+                .into_iter()
+                .map(|f| (f, crate::compile::restore_text(model, f)))
+                .filter(|(_, t)| !t.is_empty())
+                .map(|(f, t)| (f, t.lines().map(str::to_owned).collect()))
+                .collect());
+        }
+        Ok(lines(self.manager(ns, model)?.plan()?))
+    }
+
+    fn apply(
+        &mut self,
+        ns: &NetnsName,
+        model: &IptablesModel,
+    ) -> Result<Vec<(Family, Vec<String>)>, ApplyError> {
+        let report = self.manager(ns, model)?.apply()?;
+        Ok(report
+            .sent
+            .into_iter()
+            .map(|(f, t)| (f, t.lines().map(str::to_owned).collect()))
+            .collect())
+    }
+
+    fn forget(&mut self, ns: &NetnsName) {
+        self.managers.remove(ns);
+    }
+
+    fn refresh(&mut self) {
+        for m in self.managers.values_mut() {
+            m.refresh();
+        }
+    }
+}

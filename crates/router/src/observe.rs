@@ -1,0 +1,238 @@
+//! Observe: what one of l3agent's namespaces holds now, in the shape of
+//! [`crate::spec::NsSpec`]: netlink dumps (links, addresses, routes of every table, rules,
+//! permanent neighbours), the sysctls the spec names, the host ends of its ports, and the
+//! iptables input a [`Firewall`] would send. Only what l3agent owns is kept: routes the kernel
+//! installed itself (`proto kernel`, `ra`, `redirect`), the three default policy rules and IPv6
+//! link-local addresses are left out.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use l3agent_iptables::Family;
+use l3agent_rtnl::route::{Protocol, Route};
+use l3agent_rtnl::rule::Rule;
+use l3agent_rtnl::sysctl::Sysctl;
+use l3agent_types::{IfName, MacAddr, NetnsName};
+
+use crate::error::RouterError;
+use crate::kernel::{Firewall, Kernel};
+use crate::spec::{DeviceKind, NsSpec};
+
+/// One link as observed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedDevice {
+    /// `veth`, `bridge`, … (`None` for `lo`).
+    pub kind: Option<String>,
+    /// MTU.
+    pub mtu: u32,
+    /// MAC.
+    pub mac: Option<MacAddr>,
+    /// Administratively up.
+    pub up: bool,
+    /// Addresses, IPv6 link-local ones left out.
+    pub addresses: BTreeSet<IpNet>,
+}
+
+/// The host end of a port as observed in the host namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedHostEnd {
+    /// Name of its bridge (`None`: not on a bridge).
+    pub master: Option<String>,
+    /// MTU.
+    pub mtu: u32,
+    /// Up.
+    pub up: bool,
+}
+
+/// What a namespace holds.
+#[derive(Debug, Clone, Default)]
+pub struct ObservedNs {
+    /// It exists.
+    pub exists: bool,
+    /// Created by this run: its sysctls are taken as unknown (a new namespace inherits some
+    /// IPv4 values from the host's), so all of the spec's are written.
+    pub fresh: bool,
+    /// Links by name.
+    pub devices: BTreeMap<String, ObservedDevice>,
+    /// Routes of every table but `local`, without the kernel's own.
+    pub routes: Vec<Route>,
+    /// Policy rules without the defaults.
+    pub rules: Vec<Rule>,
+    /// Permanent neighbours on the devices the spec names: (device, address) → MAC.
+    pub neighbours: BTreeMap<(String, IpAddr), MacAddr>,
+    /// Values of the spec's sysctls (`None`: unreadable, e.g. the device is missing).
+    pub sysctls: BTreeMap<Sysctl, Option<u32>>,
+    /// Host ends of the spec's ports (`None`: missing).
+    pub host_ends: BTreeMap<IfName, Option<ObservedHostEnd>>,
+    /// The `iptables-restore` input, per family, that would make the rules right.
+    pub iptables: Vec<(Family, Vec<String>)>,
+}
+
+/// Whether a route was installed by the kernel itself (connected, RA, redirect).
+fn kernel_route(r: &Route) -> bool {
+    matches!(
+        r.protocol,
+        Protocol::Kernel | Protocol::Ra | Protocol::Redirect
+    )
+}
+
+/// The kernel's default rules (`0: lookup local`, `32766: lookup main`, `32767: lookup
+/// default`).
+pub fn default_rule(r: &Rule) -> bool {
+    r.from.is_none()
+        && r.to.is_none()
+        && r.iif.is_none()
+        && matches!(
+            (r.priority, r.table),
+            (0, 255) | (32766, 254) | (32767, 253)
+        )
+}
+
+/// IPv6 routes carry metric 1024 when none was given: read back as none, so that a route
+/// written without a metric compares equal.
+fn normalise(mut r: Route) -> Route {
+    if r.dst.addr().is_ipv6() && r.metric == Some(1024) {
+        r.metric = None;
+    }
+    r
+}
+
+fn link_local(n: &IpNet) -> bool {
+    matches!(n, IpNet::V6(v) if v.addr().segments()[0] & 0xffc0 == 0xfe80)
+}
+
+/// Reads namespace `ns` for `spec` (`None`: the namespace is not wanted; only its existence
+/// matters). `fresh`: this run created it.
+pub fn observe(
+    kernel: &mut dyn Kernel,
+    firewall: &mut dyn Firewall,
+    ns: &NetnsName,
+    spec: Option<&NsSpec>,
+    fresh: bool,
+) -> Result<ObservedNs, RouterError> {
+    let plumbing = |source| RouterError::Plumbing {
+        router: ns.to_string(),
+        source,
+    };
+    let mut out = ObservedNs {
+        exists: kernel.namespace_exists(ns),
+        fresh,
+        ..ObservedNs::default()
+    };
+    let Some(spec) = spec else {
+        return Ok(out);
+    };
+    // Host ends of ports: in the host namespace, which always exists.
+    let host_ends: Vec<&IfName> = spec
+        .devices
+        .values()
+        .filter_map(|d| match &d.kind {
+            DeviceKind::Port { host_end, .. } => Some(host_end),
+            _ => None,
+        })
+        .collect();
+    if !host_ends.is_empty() {
+        let host = kernel.netlink(None).map_err(plumbing)?;
+        let mut bridge_names: BTreeMap<u32, Option<String>> = BTreeMap::new();
+        for h in host_ends {
+            let link = host.link(h).map_err(plumbing)?;
+            let end = match link {
+                None => None,
+                Some(l) => {
+                    let master = match l.master {
+                        None => None,
+                        Some(i) => match bridge_names.get(&i) {
+                            Some(n) => n.clone(),
+                            None => {
+                                let name = host
+                                    .links()
+                                    .map_err(plumbing)?
+                                    .into_iter()
+                                    .find(|b| b.index == i)
+                                    .map(|b| b.name);
+                                bridge_names.insert(i, name.clone());
+                                name
+                            }
+                        },
+                    };
+                    Some(ObservedHostEnd {
+                        master,
+                        mtu: l.mtu,
+                        up: l.up,
+                    })
+                }
+            };
+            out.host_ends.insert(h.clone(), end);
+        }
+    }
+    if !out.exists {
+        out.iptables =
+            firewall
+                .plan(ns, &spec.iptables, false)
+                .map_err(|source| RouterError::Iptables {
+                    router: ns.to_string(),
+                    source,
+                })?;
+        return Ok(out);
+    }
+    let nl = kernel.netlink(Some(ns)).map_err(plumbing)?;
+    let links = nl.links().map_err(plumbing)?;
+    let addrs = nl.addresses(None).map_err(plumbing)?;
+    for l in &links {
+        let addresses = addrs
+            .iter()
+            .filter(|a| a.index == l.index && !link_local(&a.net))
+            .map(|a| a.net)
+            .collect();
+        out.devices.insert(
+            l.name.clone(),
+            ObservedDevice {
+                kind: l.kind.clone(),
+                mtu: l.mtu,
+                mac: l.mac.map(MacAddr::from),
+                up: l.up,
+                addresses,
+            },
+        );
+    }
+    for ipv6 in [false, true] {
+        out.routes.extend(
+            nl.all_routes(ipv6)
+                .map_err(plumbing)?
+                .into_iter()
+                .filter(|r| !kernel_route(r))
+                .map(normalise),
+        );
+        out.rules.extend(
+            nl.rules(ipv6)
+                .map_err(plumbing)?
+                .into_iter()
+                .filter(|r| !default_rule(r)),
+        );
+    }
+    for name in spec.devices.keys() {
+        if name.as_str() == "lo" || !out.devices.contains_key(name.as_str()) {
+            continue;
+        }
+        for n in nl.neighbours(name).map_err(plumbing)? {
+            if let (true, Some(mac)) = (n.permanent, n.mac) {
+                out.neighbours
+                    .insert((name.to_string(), n.ip), MacAddr::from(mac));
+            }
+        }
+    }
+    if !fresh && !spec.sysctls.is_empty() {
+        let keys: Vec<Sysctl> = spec.sysctls.keys().cloned().collect();
+        let values = kernel.read_sysctls(ns, &keys).map_err(plumbing)?;
+        out.sysctls = keys.into_iter().zip(values).collect();
+    }
+    out.iptables =
+        firewall
+            .plan(ns, &spec.iptables, true)
+            .map_err(|source| RouterError::Iptables {
+                router: ns.to_string(),
+                source,
+            })?;
+    Ok(out)
+}
