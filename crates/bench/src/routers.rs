@@ -25,25 +25,38 @@ pub struct Args {
 /// Routers per bridge (a Linux bridge takes at most 1024 ports).
 const PER_BRIDGE: usize = 500;
 
+/// The external network: every router's gateway and floating IPs are distinct addresses of
+/// one /10 (a host refuses a floating IP held by two routers).
+const EXT_BASE: u32 = u32::from_be_bytes([100, 64, 0, 0]);
+
+fn ext_ip(n: u32) -> String {
+    std::net::Ipv4Addr::from(EXT_BASE + n).to_string()
+}
+
+/// Floating IP `f` of router `i`.
+fn fip(i: usize, f: usize, fips: usize) -> String {
+    ext_ip(0x10000 + (i * fips + f) as u32)
+}
+
 fn router(i: usize, fips: usize) -> Value {
     let k = i / PER_BRIDGE;
-    let port = |kind: u32, net: String, ip: &str, cidr: &str, gw: &str| {
+    let port = |kind: u32, net: String, ip: &str, len: u8, cidr: &str, gw: &str| {
         json!({
             "id": format!("{kind}{i:07x}-0000-4000-8000-000000000000"),
             "network_id": net,
             "mac_address": format!("fa:16:3e:{:02x}:{:02x}:{:02x}", kind, (i >> 8) & 0xff, i & 0xff),
             "mtu": 1500,
-            "fixed_ips": [{"ip_address": ip, "prefixlen": 24, "subnet_id": format!("s{kind}")}],
+            "fixed_ips": [{"ip_address": ip, "prefixlen": len, "subnet_id": format!("s{kind}")}],
             "subnets": [{"id": format!("s{kind}"), "cidr": cidr, "gateway_ip": gw}],
         })
     };
     let floatingips: Vec<Value> = (0..fips)
-        .map(|f| json!({"id": format!("f{i}-{f}"), "floating_ip_address": format!("203.0.113.{}", 10 + f), "fixed_ip_address": format!("192.0.2.{}", 10 + f)}))
+        .map(|f| json!({"id": format!("f{i}-{f}"), "floating_ip_address": fip(i, f, fips), "fixed_ip_address": format!("192.0.2.{}", 10 + f)}))
         .collect();
     json!({
         "id": format!("{i:08x}-bbbb-4000-8000-000000000000"),
-        "gw_port": port(2, format!("ext-{k}"), "203.0.113.4", "203.0.113.0/24", "203.0.113.1"),
-        "_interfaces": [port(1, format!("int-{k}"), "192.0.2.1", "192.0.2.0/24", "192.0.2.1")],
+        "gw_port": port(2, format!("ext-{k}"), &ext_ip(2 + i as u32), 10, "100.64.0.0/10", "100.64.0.1"),
+        "_interfaces": [port(1, format!("int-{k}"), "192.0.2.1", 24, "192.0.2.0/24", "192.0.2.1")],
         "_floatingips": floatingips,
     })
 }
@@ -100,7 +113,7 @@ pub fn run_bench(a: &Args) -> Result<String> {
                 bail!("cold apply failed: {:?}", r.routers.iter().find(|x| x.error.is_some()));
             }
             let t = Instant::now();
-            routers[a.count / 2]["_floatingips"].as_array_mut().expect("list").push(json!({"id": "new", "floating_ip_address": "203.0.113.99", "fixed_ip_address": "192.0.2.99"}));
+            routers[a.count / 2]["_floatingips"].as_array_mut().expect("list").push(json!({"id": "new", "floating_ip_address": fip(a.count, 0, a.fips), "fixed_ip_address": "192.0.2.99"}));
             let add_cfg = doc(&routers)?;
             let read = t.elapsed().as_secs_f64();
             let (r, add) = timed(|| Ok(host::apply(&add_cfg, &verify, &make)?))?;
@@ -108,7 +121,7 @@ pub fn run_bench(a: &Args) -> Result<String> {
             if converged.len() != 1 {
                 bail!("adding one floating IP touched {} routers", converged.len());
             }
-            routers[a.count / 2]["_floatingips"].as_array_mut().expect("list").push(json!({"id": "new2", "floating_ip_address": "203.0.113.98", "fixed_ip_address": "192.0.2.98"}));
+            routers[a.count / 2]["_floatingips"].as_array_mut().expect("list").push(json!({"id": "new2", "floating_ip_address": fip(a.count, 1, a.fips), "fixed_ip_address": "192.0.2.98"}));
             let add2_cfg = doc(&routers)?;
             let (r, add_trusted) = timed(|| Ok(host::apply(&add2_cfg, &trust, &make)?))?;
             if r.routers.iter().filter(|x| x.status != RouterStatus::Unchanged).count() != 1 {

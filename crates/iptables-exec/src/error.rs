@@ -45,6 +45,20 @@ pub enum ExecError {
     Backend(String),
 }
 
+impl From<l3agent_netns::NetnsError> for ExecError {
+    fn from(e: l3agent_netns::NetnsError) -> ExecError {
+        use l3agent_netns::NetnsError;
+        match e {
+            NetnsError::NoNamespace(n) => ExecError::NoNamespace(n),
+            NetnsError::Io { what, source } => ExecError::Io { what, source },
+            e @ NetnsError::Panicked(_) => ExecError::Io {
+                what: e.to_string(),
+                source: std::io::Error::other("panicked"),
+            },
+        }
+    }
+}
+
 /// Removes control characters (but newlines) and bounds the length of text from a process.
 pub fn sanitize(text: &str) -> String {
     const MAX: usize = 4096;

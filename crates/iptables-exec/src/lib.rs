@@ -4,6 +4,9 @@
 //! - [`process`] (the `l3agent-process` crate) is the only code that starts processes: argv
 //!   only, spawned from a short-lived thread that entered the target namespace, bounded in time.
 //! - [`runner`] drives `iptables-save`/`iptables-restore --noflush -w` of the detected backend.
+//! - [`netns`] (the `l3agent-netns` crate) is the namespace handle: opened once, so the
+//!   namespace cannot be swapped under us between save and restore, with its identity for the
+//!   lock and for noticing a namespace that vanished mid-apply.
 //! - [`lock`] serialises l3agent processes per namespace with `flock`.
 //! - [`manager`] keeps the committed state, plans incrementally and maps failures back to the
 //!   caller's rules.
@@ -12,9 +15,9 @@ pub mod backend;
 pub mod error;
 pub mod lock;
 pub mod manager;
-pub mod netns;
 pub mod runner;
 
+pub use l3agent_netns as netns;
 pub use l3agent_process as process;
 
 pub use backend::{Backend, BackendChoice};

@@ -102,7 +102,7 @@ impl ProcessRunner {
         choice: BackendChoice,
         options: ExecOptions,
     ) -> Result<ProcessRunner, ExecError> {
-        let netns = Netns::open(target)?;
+        let netns = Netns::open_target(target)?;
         let mut holds = [false, false];
         for (i, backend) in [Backend::Nft, Backend::Legacy].into_iter().enumerate() {
             for family in Family::ALL {
@@ -115,7 +115,7 @@ impl ProcessRunner {
             }
         }
         let system = system_backend().unwrap_or(Backend::Nft);
-        let backend = decide(choice, holds[0], holds[1], system, &netns.label())?;
+        let backend = decide(choice, holds[0], holds[1], system, netns.label())?;
         find_program(&backend.program(Family::V4, "restore"))?;
         Ok(ProcessRunner {
             netns,
@@ -132,7 +132,7 @@ impl ProcessRunner {
         backend: Backend,
         options: ExecOptions,
     ) -> Result<ProcessRunner, ExecError> {
-        let netns = Netns::open(target)?;
+        let netns = Netns::open_target(target)?;
         find_program(&backend.program(Family::V4, "restore"))?;
         Ok(ProcessRunner {
             netns,
@@ -259,7 +259,7 @@ impl Runner for ProcessRunner {
     fn lock(&self) -> Result<Box<dyn std::any::Any>, ExecError> {
         Ok(Box::new(NamespaceLock::acquire(
             &self.options.lock_dir,
-            &self.netns.id(),
+            self.netns.id(),
             self.options.lock_wait,
         )?))
     }
@@ -269,6 +269,6 @@ impl Runner for ProcessRunner {
     }
 
     fn label(&self) -> String {
-        self.netns.label()
+        self.netns.label().to_owned()
     }
 }

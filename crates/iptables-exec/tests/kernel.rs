@@ -4,6 +4,8 @@
 use std::time::Duration;
 
 use l3agent_iptables::{Family, IptablesModel, ModelOptions, NetnsName, RuleSpec, Table, WrapName};
+use l3agent_iptables_exec::lock::lock_path;
+use l3agent_iptables_exec::netns::NsId;
 use l3agent_iptables_exec::{
     ApplyError, Backend, BackendChoice, ExecOptions, Manager, NetnsTarget, ProcessRunner, Rollback,
 };
@@ -18,12 +20,16 @@ fn backend(b: &str) -> Backend {
 }
 
 fn manager(ns: &TestNs, be: &str, wrap: &str) -> Manager<ProcessRunner> {
-    let model = IptablesModel::new(WrapName::new(wrap).unwrap(), ModelOptions::default());
-    let target = NetnsTarget::Named(NetnsName::new("netns", &ns.name).unwrap());
     let opts = ExecOptions {
         lock_wait: Duration::from_secs(30),
         ..ExecOptions::default()
     };
+    manager_with(ns, be, wrap, opts)
+}
+
+fn manager_with(ns: &TestNs, be: &str, wrap: &str, opts: ExecOptions) -> Manager<ProcessRunner> {
+    let model = IptablesModel::new(WrapName::new(wrap).unwrap(), ModelOptions::default());
+    let target = NetnsTarget::Named(NetnsName::new("netns", &ns.name).unwrap());
     Manager::open(&target, BackendChoice::Fixed(backend(be)), model, opts).unwrap()
 }
 
@@ -527,4 +533,46 @@ fn removed_shared_chains_are_deleted_when_unused() {
         );
         assert!(m.check_convergence().unwrap().is_empty());
     }
+}
+
+/// The per-namespace lock files do not pile up: after N throwaway namespaces were used (one
+/// of them deleted under its live manager) and deleted, the lock directory holds none of their
+/// files, nor the leftover of a holder that died holding.
+#[test]
+fn lock_files_do_not_pile_up() {
+    const N: usize = 12;
+    let dir = std::env::temp_dir().join(format!("l3agent-locks-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let opts = ExecOptions {
+        lock_wait: Duration::from_secs(30),
+        lock_dir: dir.clone(),
+        ..ExecOptions::default()
+    };
+    for i in 0..N {
+        let be = BACKENDS[i % BACKENDS.len()];
+        let ns = TestNs::new("locks");
+        let mut m = manager_with(&ns, be, "l3agent", opts.clone());
+        add(&mut m, Family::V4, Table::Filter, "INPUT", "-j ACCEPT");
+        assert!(!m.apply().unwrap().is_noop());
+        if i == 0 {
+            l3agent_testkit::ok(&["ip", "netns", "del", &ns.name]);
+            add(&mut m, Family::V4, Table::Filter, "INPUT", "-j DROP");
+            assert!(m.apply().unwrap().namespace_gone);
+        }
+        if i == N / 2 {
+            // What a holder killed while holding leaves behind, for a namespace long gone.
+            let id = NsId { dev: 0, ino: 1 };
+            std::fs::write(lock_path(&dir, id), "").unwrap();
+        }
+    }
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        left.is_empty(),
+        "{} of {N} lock files left: {left:?}",
+        left.len()
+    );
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -5,120 +5,14 @@
 //! and move, inter-subnet routing, idempotency, and a destroy that leaves the host as before.
 #![allow(clippy::disallowed_methods)] // the test runs the binary under test
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::Command;
 
-use l3agent_testkit::{ok, tcp_probe, TestNs};
+use common::*;
+use l3agent_testkit::{ok, tcp_probe};
 use serde_json::{json, Value};
-
-const NET_T1: &str = "90e4912c-0eb8-4be4-a793-e6a3bba6ae8b";
-const NET_T2: &str = "c6910e18-fb1f-4988-9af4-211a8c2e2926";
-const NET_EX: &str = "65566f91-133a-44ff-87f5-ecffc1193d3d";
-const ROUTER_NS: &str = "qrouter-87c7c2ae-d0ba-4691-820c-8053abf50b8d";
-
-fn example() -> Value {
-    let text = include_str!("../../router/tests/data/neutron-router-legacy.json");
-    let mut r: Value = serde_json::from_str(text).unwrap();
-    // The example's extra route points at the router's own address; use the real gateway.
-    r["routes"] = json!([{"destination": "100.64.8.0/24", "nexthop": "203.0.113.1"}]);
-    r
-}
-
-struct Topology {
-    host: TestNs,
-    ext: TestNs,
-    vm1: TestNs,
-    vm2: TestNs,
-    state: PathBuf,
-    /// Router namespaces this test's l3agent makes: removed on drop if the test fails.
-    routers: Vec<String>,
-}
-
-impl Drop for Topology {
-    fn drop(&mut self) {
-        for ns in &self.routers {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        }
-        let _ = std::fs::remove_dir_all(&self.state);
-    }
-}
-
-fn attach(host: &TestNs, vm: &TestNs, port: &str, bridge: &str, addr: &str, gw: Option<&str>) {
-    host.ok(&[
-        "ip", "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", &vm.name,
-    ]);
-    host.ok(&["ip", "link", "set", port, "master", bridge, "up"]);
-    vm.ok(&["ip", "addr", "add", addr, "dev", "eth0"]);
-    vm.ok(&["ip", "link", "set", "eth0", "up"]);
-    if let Some(gw) = gw {
-        vm.ok(&["ip", "route", "add", "default", "via", gw]);
-    }
-}
-
-fn topology(routers: Vec<String>) -> Topology {
-    let t = Topology {
-        routers,
-        host: TestNs::new("host"),
-        ext: TestNs::new("ext"),
-        vm1: TestNs::new("vm1"),
-        vm2: TestNs::new("vm2"),
-        state: std::env::temp_dir().join(format!(
-            "l3agent-e2e-{}-{}",
-            std::process::id(),
-            l3agent_testkit::unique()
-        )),
-    };
-    for br in ["br-ex", "br-t1", "br-t2"] {
-        t.host.ok(&["ip", "link", "add", br, "type", "bridge"]);
-        t.host.ok(&["ip", "link", "set", br, "up"]);
-    }
-    attach(&t.host, &t.ext, "p-ext", "br-ex", "203.0.113.1/24", None);
-    attach(
-        &t.host,
-        &t.vm1,
-        "p-vm1",
-        "br-t1",
-        "192.0.2.10/24",
-        Some("192.0.2.4"),
-    );
-    attach(
-        &t.host,
-        &t.vm2,
-        "p-vm2",
-        "br-t2",
-        "198.51.100.10/24",
-        Some("198.51.100.4"),
-    );
-    t
-}
-
-fn config(t: &Topology, router: &Value) -> PathBuf {
-    let cfg = json!({
-        "agent": {"mode": "legacy", "host": "host-a", "state_path": t.state,
-                  "bridges": {NET_T1: "br-t1", NET_T2: "br-t2", NET_EX: "br-ex"}},
-        "routers": [router],
-    });
-    let path = t
-        .state
-        .with_extension(format!("{}.json", l3agent_testkit::unique()));
-    std::fs::write(&path, cfg.to_string()).unwrap();
-    path
-}
-
-fn l3agent(t: &Topology, args: &[&str]) -> (Option<i32>, Value, String) {
-    let netns = format!("--net=/run/netns/{}", t.host.name);
-    let mut argv = vec![netns.as_str(), env!("CARGO_BIN_EXE_l3agent")];
-    argv.extend_from_slice(args);
-    argv.push("--json");
-    let o = Command::new("nsenter").args(&argv).output().unwrap();
-    let stdout = String::from_utf8_lossy(&o.stdout).to_string();
-    let v = serde_json::from_str(&stdout).unwrap_or(Value::Null);
-    (
-        o.status.code(),
-        v,
-        String::from_utf8_lossy(&o.stderr).to_string(),
-    )
-}
 
 fn host_dump(t: &Topology) -> Vec<String> {
     let links: Value = serde_json::from_str(&t.host.ok(&["ip", "-j", "link", "show"])).unwrap();
@@ -145,18 +39,6 @@ fn host_dump(t: &Topology) -> Vec<String> {
 
 fn router_exec(args: &[&str]) -> String {
     in_ns(ROUTER_NS, args)
-}
-
-/// Whether a plan (`--json`) lists a change of `kind` whose fields mention `what`.
-fn has_change(plan: &Value, kind: &str, what: &str) -> bool {
-    plan["routers"].as_array().is_some_and(|rs| {
-        rs.iter().any(|r| {
-            r["changes"].as_array().is_some_and(|cs| {
-                cs.iter()
-                    .any(|c| c["change"] == kind && c.to_string().contains(what))
-            })
-        })
-    })
 }
 
 #[test]
@@ -434,30 +316,6 @@ fn killed_apply_is_repaired_by_the_next() {
     assert!(!ok(&["ip", "netns", "list"]).contains("-aaaa-4000-8000-"));
     assert_eq!(host_dump(&t), before);
     let _ = std::fs::remove_file(path);
-}
-
-const DVR_T1: &str = "740cd353-7ee8-49e2-96f6-17ed0dc7b3da";
-const DVR_T2: &str = "d8282fc8-37e4-43a7-801d-8d2c91dbbb98";
-const DVR_EX: &str = "11272de9-8a18-4392-8618-d07b6ab565e3";
-const DVR_ID: &str = "fb221852-b23c-407e-ba26-a68b25803e49";
-
-fn dvr_config(t: &Topology, router: &Value, mode: &str) -> PathBuf {
-    let cfg = json!({
-        "agent": {"mode": mode, "host": "host-a", "state_path": t.state,
-                  "bridges": {DVR_T1: "br-t1", DVR_T2: "br-t2", DVR_EX: "br-ex"}},
-        "routers": [router],
-    });
-    let path = t
-        .state
-        .with_extension(format!("{}.json", l3agent_testkit::unique()));
-    std::fs::write(&path, cfg.to_string()).unwrap();
-    path
-}
-
-fn in_ns(ns: &str, args: &[&str]) -> String {
-    let mut argv = vec!["ip", "netns", "exec", ns];
-    argv.extend_from_slice(args);
-    ok(&argv)
 }
 
 /// A distributed router with its SNAT on the same host (`dvr_snat`): the router's traffic takes

@@ -84,20 +84,14 @@ pub fn run(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     // The child must start in the target namespace. setns(2) only changes the calling thread,
-    // so a short-lived thread enters the namespace and spawns there: the child inherits it, and
-    // no other thread ever leaves its namespace. (This also lets std use posix_spawn/vfork
-    // instead of fork, which would copy the page tables of a large process.)
+    // so a short-lived thread enters the namespace and spawns there (l3agent_netns::in_netns):
+    // the child inherits it, and no other thread ever leaves its namespace. (This also lets
+    // std use posix_spawn/vfork instead of fork, which would copy the page tables of a large
+    // process.)
     let spawned = match netns {
         None => cmd.spawn(),
-        Some(fd) => std::thread::scope(|s| {
-            s.spawn(|| {
-                nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(std::io::Error::from)?;
-                cmd.spawn()
-            })
-            .join()
-            .unwrap_or_else(|_| Err(std::io::Error::other("spawning thread panicked")))
-        }),
+        Some(fd) => l3agent_netns::in_netns(fd, || cmd.spawn())
+            .unwrap_or_else(|e| Err(std::io::Error::other(e))),
     };
     let mut child = spawned.map_err(|source| ProcessError::Spawn {
         program: name.clone(),
@@ -172,6 +166,36 @@ mod tests {
         let sleep = find_program("sleep").unwrap();
         let e = run(&sleep, &["5"], None, None, Duration::from_millis(100)).unwrap_err();
         assert!(matches!(e, ProcessError::Timeout { .. }), "{e}");
+    }
+
+    /// The child starts in the namespace (and the caller's thread stays where it was). Needs
+    /// root.
+    #[test]
+    fn starts_inside_the_namespace() {
+        struct Guard(l3agent_netns::NetnsName);
+        impl Drop for Guard {
+            fn drop(&mut self) {
+                let _ = l3agent_netns::delete(&self.0);
+            }
+        }
+        assert!(nix::unistd::geteuid().is_root(), "this test needs root");
+        let name = format!("l3p-{}", std::process::id());
+        let ns = Guard(l3agent_netns::NetnsName::new("ns", &name).unwrap());
+        l3agent_netns::create(&ns.0).unwrap();
+        let netns = l3agent_netns::Netns::open(&ns.0).unwrap();
+        let readlink = find_program("readlink").unwrap();
+        let args = ["/proc/self/ns/net"];
+        let out = run(
+            &readlink,
+            &args,
+            None,
+            Some(netns.fd()),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        assert_eq!(out.stdout.trim(), format!("net:[{}]", netns.id().ino));
+        let here = run(&readlink, &args, None, None, Duration::from_secs(10)).unwrap();
+        assert_ne!(here.stdout, out.stdout);
     }
 
     #[test]

@@ -1,29 +1,21 @@
 //! Allocators whose state survives a restart (Neutron's `fip-linklocal-networks` and
 //! `fip-priorities`, D-46..D-49), without Neutron's weaknesses (B-21, B-22):
-//! - the file is written atomically (temp file, fsync, rename, fsync of the directory), so a
-//!   crash leaves the old or the new state, never a torn one;
-//! - it is validated on load: every value inside the pool, no value or key twice, keys free of
-//!   separators; a bad file is an error naming the file and line, never silently rewritten;
+//! - the file is a record of the state directory ([`crate::records`] reads and writes it
+//!   through [`l3agent_state::StateDir`]: atomic replacement, no symbolic link followed, no
+//!   temporary file left behind), so a crash leaves the old or the new state, never a torn one;
+//! - it is validated on parse: every value inside the pool, no value or key twice, keys free
+//!   of separators; a bad file is an error naming the file and line, never silently rewritten;
 //! - allocation is deterministic: an existing key keeps its value, a new key gets the lowest
 //!   free value; nothing owned by a live key is ever recycled.
+//!
+//! This module is pure: it turns the file's text into allocations and back.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::Write;
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
 
 /// Errors of the allocators.
 #[derive(Debug, thiserror::Error)]
 pub enum AllocError {
-    /// Reading or writing the state file failed.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: String,
-        /// Why.
-        source: std::io::Error,
-    },
     /// The state file is invalid.
     #[error("{path}, line {line}: {reason}")]
     Corrupt {
@@ -125,10 +117,11 @@ impl Pool for RangePool {
     }
 }
 
-/// A persisted allocator.
+/// An allocator: the allocations of one pool, read from and rendered to its file's text.
 #[derive(Debug)]
 pub struct Allocator<P: Pool> {
-    path: PathBuf,
+    /// The file, for messages.
+    path: String,
     pool: P,
     by_key: BTreeMap<String, u32>,
     used: std::collections::BTreeSet<u32>,
@@ -144,24 +137,33 @@ fn valid_key(key: &str) -> bool {
 }
 
 impl<P: Pool> Allocator<P> {
-    /// Loads (or starts empty when the file does not exist).
-    pub fn load(path: &Path, pool: P) -> Result<Self, AllocError> {
-        let show = path.display().to_string();
-        let mut a = Allocator {
+    /// No allocation yet; `path` names the file in messages.
+    pub fn empty(path: &str, pool: P) -> Self {
+        Allocator {
             path: path.to_owned(),
             pool,
             by_key: BTreeMap::new(),
             used: Default::default(),
             dirty: false,
-        };
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(a),
-            Err(source) => return Err(AllocError::Io { path: show, source }),
-        };
+        }
+    }
+
+    /// Parses the file's content (`key,value` lines), validating every line.
+    pub fn parse(path: &str, bytes: &[u8], pool: P) -> Result<Self, AllocError> {
+        let mut a = Allocator::empty(path, pool);
+        let text = std::str::from_utf8(bytes).map_err(|e| AllocError::Corrupt {
+            path: path.to_owned(),
+            line: 1 + bytes[..e.valid_up_to()]
+                .iter()
+                .filter(|b| **b == b'\n')
+                .count(),
+            reason: "not UTF-8 text".into(),
+        })?;
         for (n, line) in text.lines().enumerate() {
+            // Values are echoed only when they are short and printable: the file may not be
+            // what it claims to be.
             let corrupt = |reason: String| AllocError::Corrupt {
-                path: show.clone(),
+                path: path.to_owned(),
                 line: n + 1,
                 reason,
             };
@@ -170,14 +172,14 @@ impl<P: Pool> Allocator<P> {
             }
             let (key, value) = line
                 .split_once(',')
-                .ok_or_else(|| corrupt(format!("{line:?} is not key,value")))?;
+                .ok_or_else(|| corrupt(format!("{} is not key,value", shown(line))))?;
             if !valid_key(key) {
-                return Err(corrupt(format!("invalid key {key:?}")));
+                return Err(corrupt(format!("invalid key {}", shown(key))));
             }
             let index = a
                 .pool
                 .parse(value)
-                .ok_or_else(|| corrupt(format!("value {value:?} is outside the pool")))?;
+                .ok_or_else(|| corrupt(format!("value {} is outside the pool", shown(value))))?;
             if a.by_key.insert(key.to_owned(), index).is_some() {
                 return Err(corrupt(format!("key {key:?} appears twice")));
             }
@@ -186,6 +188,24 @@ impl<P: Pool> Allocator<P> {
             }
         }
         Ok(a)
+    }
+
+    /// The file's content: one `key,value` line per allocation, sorted by key.
+    pub fn render(&self) -> String {
+        self.by_key
+            .iter()
+            .map(|(k, v)| format!("{k},{}\n", self.pool.format(*v)))
+            .collect()
+    }
+
+    /// Whether anything changed since it was parsed (or [`Allocator::mark_saved`] was called).
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    /// The caller saved [`Allocator::render`].
+    pub fn mark_saved(&mut self) {
+        self.dirty = false;
     }
 
     /// The value index of `key`, if allocated.
@@ -198,8 +218,7 @@ impl<P: Pool> Allocator<P> {
         self.by_key.iter().map(|(k, v)| (k.as_str(), *v))
     }
 
-    /// The value index of `key`: its existing one, or the lowest free one (in memory: call
-    /// [`Allocator::save`] once after a batch).
+    /// The value index of `key`: its existing one, or the lowest free one.
     pub fn allocate(&mut self, key: &str) -> Result<u32, AllocError> {
         if !valid_key(key) {
             return Err(AllocError::BadKey(key.to_owned()));
@@ -210,7 +229,7 @@ impl<P: Pool> Allocator<P> {
         let free = (0..self.pool.size())
             .find(|i| !self.used.contains(i))
             .ok_or_else(|| AllocError::Exhausted {
-                path: self.path.display().to_string(),
+                path: self.path.clone(),
                 size: self.pool.size(),
             })?;
         self.by_key.insert(key.to_owned(), free);
@@ -219,110 +238,54 @@ impl<P: Pool> Allocator<P> {
         Ok(free)
     }
 
-    /// Frees `key`'s value (persisted). Returns whether it had one.
-    pub fn release(&mut self, key: &str) -> Result<bool, AllocError> {
+    /// Frees `key`'s value. Returns whether it had one.
+    pub fn release(&mut self, key: &str) -> bool {
         let Some(v) = self.by_key.remove(key) else {
-            return Ok(false);
+            return false;
         };
         self.used.remove(&v);
         self.dirty = true;
-        self.save()?;
-        Ok(true)
+        true
     }
 
-    /// Frees every value whose key is not in `live` (garbage collection after a full apply).
-    pub fn retain(&mut self, live: &dyn Fn(&str) -> bool) -> Result<Vec<String>, AllocError> {
+    /// Frees every value whose key is not in `live` (garbage collection after a full apply);
+    /// returns the keys freed.
+    pub fn retain(&mut self, live: &dyn Fn(&str) -> bool) -> Vec<String> {
         let dead: Vec<String> = self.by_key.keys().filter(|k| !live(k)).cloned().collect();
         for k in &dead {
-            if let Some(v) = self.by_key.remove(k) {
-                self.used.remove(&v);
-            }
+            self.release(k);
         }
-        if !dead.is_empty() {
-            self.dirty = true;
-            self.save()?;
-        }
-        Ok(dead)
-    }
-
-    /// Persists the allocations if anything changed since the last save or load.
-    pub fn save(&mut self) -> Result<(), AllocError> {
-        if !self.dirty {
-            return Ok(());
-        }
-        self.dirty = false;
-        let text: String = self
-            .by_key
-            .iter()
-            .map(|(k, v)| format!("{k},{}\n", self.pool.format(*v)))
-            .collect();
-        write_atomic(&self.path, text.as_bytes())
+        dead
     }
 }
 
-/// Writes `data` to `path` atomically: a temp file in the same directory, fsync, rename over
-/// the target, fsync of the directory.
-pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), AllocError> {
-    let io = |source| AllocError::Io {
-        path: path.display().to_string(),
-        source,
-    };
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".tmp-{name}-{}", std::process::id()));
-    // A leftover of a crashed writer with our pid is ours to remove; a planted symlink is
-    // never followed (O_EXCL | O_NOFOLLOW).
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = {
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
-            .open(&tmp)
-            .map_err(io)?
-    };
-    f.write_all(data).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(io)?;
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
-    Ok(())
+/// A value from the file for a message: escaped, and cut when long.
+fn shown(text: &str) -> String {
+    const MAX: usize = 40;
+    match text.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{:?}… ({} bytes)", &text[..cut], text.len()),
+        None => format!("{text:?}"),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn tmp(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("l3agent-alloc-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        d.join("state")
-    }
-
     #[test]
-    fn deterministic_and_persistent() {
-        let p = tmp("det");
-        let mut a = Allocator::load(&p, LinkLocalPool).unwrap();
+    fn deterministic_and_rendered_back() {
+        let mut a = Allocator::empty("f", LinkLocalPool);
         assert_eq!(a.allocate("r1").unwrap(), 0);
         assert_eq!(a.allocate("r2").unwrap(), 1);
         assert_eq!(a.allocate("r1").unwrap(), 0);
-        assert!(a.release("r1").unwrap());
+        assert!(a.release("r1"));
+        assert!(!a.release("r1"));
         assert_eq!(a.allocate("r3").unwrap(), 0, "lowest free first");
-        a.save().unwrap();
-        assert_eq!(
-            std::fs::read_to_string(&p).unwrap(),
-            "r2,169.254.64.2/31\nr3,169.254.64.0/31\n"
-        );
-        let b = Allocator::load(&p, LinkLocalPool).unwrap();
+        assert!(a.is_dirty());
+        let text = a.render();
+        assert_eq!(text, "r2,169.254.64.2/31\nr3,169.254.64.0/31\n");
+        let mut b = Allocator::parse("f", text.as_bytes(), LinkLocalPool).unwrap();
+        assert!(!b.is_dirty());
         assert_eq!((b.get("r2"), b.get("r3")), (Some(1), Some(0)));
         assert_eq!(
             LinkLocalPool::pair(1),
@@ -331,17 +294,16 @@ mod tests {
                 "169.254.64.3".parse().unwrap()
             )
         );
-        let dead = Allocator::load(&p, LinkLocalPool)
-            .unwrap()
-            .retain(&|k| k == "r2")
-            .unwrap();
-        assert_eq!(dead, ["r3"]);
-        assert_eq!(std::fs::read_to_string(&p).unwrap(), "r2,169.254.64.2/31\n");
+        assert_eq!(b.retain(&|k| k == "r2"), ["r3"]);
+        assert!(b.is_dirty());
+        assert_eq!(b.render(), "r2,169.254.64.2/31\n");
+        b.mark_saved();
+        assert!(b.retain(&|_| true).is_empty());
+        assert!(!b.is_dirty());
     }
 
     #[test]
-    fn validated_on_load() {
-        let p = tmp("bad");
+    fn validated_on_parse() {
         for (text, expect) in [
             ("r1,169.254.64.1/31\n", "outside the pool"),
             ("r1,169.254.128.0/31\n", "outside the pool"),
@@ -353,21 +315,28 @@ mod tests {
             ("garbage\n", "not key,value"),
             ("a b,169.254.64.0/31\n", "invalid key"),
         ] {
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(&p, text).unwrap();
-            let e = Allocator::load(&p, LinkLocalPool).unwrap_err().to_string();
+            let e = Allocator::parse("f", text.as_bytes(), LinkLocalPool)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(expect) && e.contains("line"), "{text:?}: {e}");
         }
-        std::fs::write(&p, "1.2.3.4,32768\n").unwrap();
-        assert!(Allocator::load(&p, RangePool::FIP_PRIORITIES).is_ok());
-        std::fs::write(&p, "1.2.3.4,72768\n").unwrap();
-        assert!(Allocator::load(&p, RangePool::FIP_PRIORITIES).is_err());
+        let e = Allocator::parse("f", b"r1,1\n\xff\xfe", LinkLocalPool)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 2") && e.contains("UTF-8"), "{e}");
+        // A long line is not echoed whole.
+        let long = "x".repeat(10_000);
+        let e = Allocator::parse("f", long.as_bytes(), LinkLocalPool)
+            .unwrap_err()
+            .to_string();
+        assert!(e.len() < 200, "{e}");
+        assert!(Allocator::parse("f", b"1.2.3.4,32768\n", RangePool::FIP_PRIORITIES).is_ok());
+        assert!(Allocator::parse("f", b"1.2.3.4,72768\n", RangePool::FIP_PRIORITIES).is_err());
     }
 
     #[test]
     fn exhaustion_and_bad_keys() {
-        let p = tmp("exh");
-        let mut a = Allocator::load(&p, RangePool { start: 10, end: 12 }).unwrap();
+        let mut a = Allocator::empty("f", RangePool { start: 10, end: 12 });
         a.allocate("a").unwrap();
         a.allocate("b").unwrap();
         assert!(matches!(a.allocate("c"), Err(AllocError::Exhausted { .. })));

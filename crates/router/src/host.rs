@@ -3,13 +3,20 @@
 //! execute the diff.
 //!
 //! Order of an apply (a `plan` lists the same changes in the same order without making them):
-//! 1. the namespaces the spec wants are recorded in the state directory, then created;
+//! 1. the namespaces the spec wants are recorded in the state directory, and the routers
+//!    whose dict changed lose their "applied" fingerprint, then the namespaces are created
+//!    (so after a SIGKILL anywhere, the records name every namespace that may exist and no
+//!    half-made change passes for applied; if that write fails, nothing is created);
 //! 2. the shared `fip-` namespaces are converged (they create the `fpr-`/`rfp-` links);
 //! 3. the routers' own namespaces are converged, router by router on a few worker threads,
 //!    one netlink socket per namespace each; one failing router never stops the others, and a
 //!    router that fails in namespaces this run created has them removed again;
 //! 4. namespaces l3agent made that nobody wants any more are deleted (their devices, and the
 //!    host ends of their veths, go with them in one step).
+//!
+//! Only a namespace that is l3agent's by exact name ([`names::parse_ns`]) is ever deleted,
+//! whatever the records say; a leftover at such a name that is not a namespace (a plain file
+//! in `/run/netns` from a crash) is replaced when wanted and removed when not.
 //!
 //! SIGTERM (a flag passed in, see [`ApplyOptions::stop`]) stops the apply between routers:
 //! routers in progress finish, the rest are reported as skipped, the records are saved.
@@ -34,7 +41,7 @@ use crate::error::RouterError;
 use crate::exec::execute;
 use crate::kernel::{Firewall, Kernel};
 use crate::observe::observe;
-use crate::records::{self, State};
+use crate::records::{self, Records, State};
 use crate::spec::{names, HostSpec, NsKind};
 
 /// What happened to one router (or shared `fip-` namespace).
@@ -244,6 +251,38 @@ fn owner_of(ns: &NetnsName) -> String {
     }
 }
 
+/// Whether a namespace may be deleted by l3agent: it is l3agent's by exact rule. Records are
+/// validated when read; this is checked again right before every deletion.
+fn ours(ns: &NetnsName) -> bool {
+    names::parse_ns(ns.as_str()).is_some()
+}
+
+/// The records; when they had to be rebuilt, their candidate namespaces narrowed to those
+/// that exist (asked of the kernel `make` gives).
+fn load_records(state: &State, make: Factory<'_>) -> Result<Records, HostError> {
+    let mut r = state.records()?;
+    if r.rebuilt && !r.namespaces.is_empty() {
+        let (mut kernel, _) = make()?;
+        r.namespaces.retain(|n| kernel.namespace_exists(n));
+        info!(
+            namespaces = r.namespaces.len(),
+            "records rebuilt from the applied records and the kernel"
+        );
+    }
+    Ok(r)
+}
+
+/// Removes what a crash can leave at a namespace's name that is not a namespace (a plain file
+/// in `/run/netns`, between its creation and the mount or between the unmount and its
+/// removal); best effort, nothing if there is nothing.
+fn remove_leftover(kernel: &mut dyn Kernel, ns: &NetnsName) {
+    match kernel.delete_namespace(ns) {
+        Ok(true) => info!(%ns, "removed a leftover that was not a namespace"),
+        Ok(false) => {}
+        Err(e) => warn!(%ns, error = %e, "could not remove a leftover that is not a namespace"),
+    }
+}
+
 /// Runs the pipeline over the whole host. `execute_it == false` is a plan.
 fn run(
     spec: &HostSpec,
@@ -375,7 +414,7 @@ fn run(
         let mut errors: BTreeMap<String, RouterError> = BTreeMap::new();
         for ns in recorded
             .iter()
-            .filter(|n| !spec.namespaces.contains_key(*n))
+            .filter(|n| !spec.namespaces.contains_key(*n) && ours(n))
         {
             let owner = owner_of(ns);
             // A router that could not be compiled keeps what it has.
@@ -383,6 +422,9 @@ fn run(
                 continue;
             }
             if !sides.0.namespace_exists(ns) {
+                if execute_it {
+                    remove_leftover(sides.0.as_mut(), ns);
+                }
                 removed.entry(owner).or_default();
                 continue;
             }
@@ -441,14 +483,8 @@ pub fn apply(
     make: Factory<'_>,
 ) -> Result<HostReport, HostError> {
     let state = State::open(&cfg.agent.state_path, &opts.stop)?;
-    let mut records = state.records(cfg)?;
+    let mut records = load_records(&state, make)?;
     let (spec, needs) = compile_host(&state, cfg, &opts.facts, true)?;
-    // Record first, create after: a crash in between leaves a known namespace, never a leak.
-    let wanted: BTreeSet<NetnsName> = spec.namespaces.keys().cloned().collect();
-    if !wanted.is_subset(&records.namespaces) {
-        records.namespaces.extend(wanted.iter().cloned());
-        state.save_records(&records)?;
-    }
     let skip: BTreeSet<RouterId> = match opts.unchanged {
         Unchanged::Trust => cfg
             .routers
@@ -458,6 +494,25 @@ pub fn apply(
             .collect(),
         _ => BTreeSet::new(),
     };
+    // Record first, change after, so that a crash (SIGKILL) at any point leaves records the
+    // next apply can trust:
+    // - the namespaces about to be created: a crash leaves a known namespace, never a leak;
+    // - a router whose dict changed loses its fingerprint ("" = not applied): a change cut
+    //   short is never taken for its old, converged state (`--changed-only` would trust it).
+    let wanted: BTreeSet<NetnsName> = spec.namespaces.keys().cloned().collect();
+    let mut dirty = !wanted.is_subset(&records.namespaces);
+    records.namespaces.extend(wanted.iter().cloned());
+    for r in cfg.routers.iter().filter(|r| !skip.contains(&r.id)) {
+        if let Some(fp) = records.routers.get_mut(r.id.as_str()) {
+            if !fp.is_empty() && *fp != records::fingerprint(r) {
+                fp.clear();
+                dirty = true;
+            }
+        }
+    }
+    if dirty {
+        state.save_records(&records)?;
+    }
     let recorded = records.namespaces.clone();
     let mut report = run(&spec, &recorded, make, opts, &skip, true)?;
     for (id, why) in &spec.failed {
@@ -521,7 +576,7 @@ pub fn plan(
     make: Factory<'_>,
 ) -> Result<HostReport, HostError> {
     let state = State::inspect(&cfg.agent.state_path)?;
-    let records = state.records(cfg)?;
+    let records = load_records(&state, make)?;
     let (spec, _) = compile_host(&state, cfg, facts, false)?;
     let opts = ApplyOptions::new(facts.clone(), Arc::new(AtomicBool::new(false)));
     let mut report = run(
@@ -575,7 +630,7 @@ pub fn status(state_path: &Path, make: Factory<'_>) -> Result<Vec<RouterHealth>,
     let Some((cfg, facts)) = state.last_applied()? else {
         return Ok(Vec::new());
     };
-    let records = state.records(&cfg)?;
+    let records = load_records(&state, make)?;
     let (spec, _) = compile_host(&state, &cfg, &facts, false)?;
     let opts = ApplyOptions::new(facts, Arc::new(AtomicBool::new(false)));
     let report = run(
@@ -625,7 +680,7 @@ pub fn destroy(
     make: Factory<'_>,
 ) -> Result<HostReport, HostError> {
     let state = State::open(state_path, stop)?;
-    let mut records = state.records_or_rebuild()?;
+    let mut records = load_records(&state, make)?;
     let mut targets: BTreeSet<NetnsName> = match cfg {
         None => records.namespaces.clone(),
         Some(c) => c
@@ -642,11 +697,13 @@ pub fn destroy(
     if !routers_left {
         targets.extend(records.namespaces.iter().cloned());
     }
+    targets.retain(ours);
     let mut by_owner: BTreeMap<String, (Vec<Change>, Vec<String>)> = BTreeMap::new();
     let empty = HostSpec::default();
     for ns in &targets {
         let entry = by_owner.entry(owner_of(ns)).or_default();
         if !sides.0.namespace_exists(ns) {
+            remove_leftover(sides.0.as_mut(), ns);
             records.namespaces.remove(ns);
             continue;
         }

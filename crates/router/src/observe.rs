@@ -123,38 +123,45 @@ pub fn observe(
     let Some(spec) = spec else {
         return Ok(out);
     };
-    // Host ends of ports: in the host namespace, which always exists.
-    let host_ends: Vec<&IfName> = spec
+    // Host ends of ports: in the host namespace, which always exists. Each end and its
+    // wanted bridge are fetched by name (the host may hold thousands of links: no dump);
+    // only a master that is not the wanted bridge is looked up in a dump, by index.
+    let host_ends: Vec<(&IfName, &IfName)> = spec
         .devices
         .values()
         .filter_map(|d| match &d.kind {
-            DeviceKind::Port { host_end, .. } => Some(host_end),
+            DeviceKind::Port { host_end, bridge } => Some((host_end, bridge)),
             _ => None,
         })
         .collect();
     if !host_ends.is_empty() {
         let host = kernel.netlink(None).map_err(plumbing)?;
-        let mut bridge_names: BTreeMap<u32, Option<String>> = BTreeMap::new();
-        for h in host_ends {
-            let link = host.link(h).map_err(plumbing)?;
-            let end = match link {
+        let mut bridge_index: BTreeMap<&IfName, Option<u32>> = BTreeMap::new();
+        for (h, bridge) in host_ends {
+            let end = match host.link(h).map_err(plumbing)? {
                 None => None,
                 Some(l) => {
                     let master = match l.master {
                         None => None,
-                        Some(i) => match bridge_names.get(&i) {
-                            Some(n) => n.clone(),
-                            None => {
-                                let name = host
-                                    .links()
+                        Some(i) => {
+                            let wanted = match bridge_index.get(bridge) {
+                                Some(x) => *x,
+                                None => {
+                                    let x = host.link(bridge).map_err(plumbing)?.map(|b| b.index);
+                                    bridge_index.insert(bridge, x);
+                                    x
+                                }
+                            };
+                            if wanted == Some(i) {
+                                Some(bridge.to_string())
+                            } else {
+                                host.links()
                                     .map_err(plumbing)?
                                     .into_iter()
                                     .find(|b| b.index == i)
-                                    .map(|b| b.name);
-                                bridge_names.insert(i, name.clone());
-                                name
+                                    .map(|b| b.name)
                             }
-                        },
+                        }
                     };
                     Some(ObservedHostEnd {
                         master,

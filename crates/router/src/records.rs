@@ -5,7 +5,8 @@
 //! <state_path>/
 //!   records.json               namespaces l3agent created (recorded BEFORE it creates them)
 //!                              and per router the fingerprint of its last successful apply
-//!                              ("" = its last apply failed)
+//!                              ("" = its last apply failed, or was cut short: a router's
+//!                              fingerprint is cleared BEFORE its dict's changes are made)
 //!   applied/agent.json         the agent section of the last apply
 //!   applied/facts.json         the host facts of the last apply (random_fully)
 //!   applied/router-<id>.json   each router's dict as last applied (rewritten when it changed)
@@ -14,10 +15,22 @@
 //!   snat-tables                SNAT-redirect tables
 //! ```
 //!
-//! Recovery: a missing or corrupt `records.json` is rebuilt from the kernel (the namespaces in
-//! `/run/netns` that are l3agent's by exact name) and from `applied/`; a corrupt `applied/`
-//! record makes `status` report nothing for that router until the next apply rewrites it.
-//! Neither is ever a permanent error.
+//! Every file is read and written through [`StateDir`] (no symbolic link followed, atomic
+//! replacement, temporaries cleaned by the next apply), allocators included.
+//!
+//! Recovery: a missing or corrupt `records.json` is rebuilt from `applied/` and the kernel:
+//! the namespaces of the routers named there (`qrouter-`/`snat-` of each `router-<id>.json`,
+//! `fip-` of each readable record's gateway network) that exist ([`Records::rebuilt`] tells
+//! the caller to check that with its kernel). Nothing else on the host is adopted: a lost
+//! record must never make l3agent delete namespaces another agent made. Rebuilt records hold
+//! no fingerprints (every router is verified again), never "failed" ones. A corrupt
+//! `applied/` record makes `status` report nothing for that router until the next apply
+//! rewrites it. Neither is ever a permanent error.
+//!
+//! Records are validated like input when read: a namespace name is kept only if it is
+//! l3agent's by exact rule ([`names::parse_ns`]), a router only if its id is valid; anything
+//! else is dropped with a warning, so that a crafted `records.json` cannot make `apply` or
+//! `destroy` delete a namespace that is not l3agent's.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -26,11 +39,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use l3agent_state::{OpenOptions, StateDir, StateError};
-use l3agent_types::NetnsName;
+use l3agent_types::{NetnsName, NetworkId, RouterId};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use crate::alloc::{Allocator, LinkLocalPool, RangePool};
+use crate::alloc::{Allocator, LinkLocalPool, Pool, RangePool};
 use crate::compile::{Allocations, HostFacts, Needs};
 use crate::config::{AgentDoc, ConfigDoc, HostConfig, Router, RouterDoc};
 use crate::host::HostError;
@@ -40,10 +53,37 @@ use crate::spec::names;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Records {
-    /// Namespaces l3agent made (or is about to make).
+    /// Namespaces l3agent made (or is about to make); only names that are l3agent's by exact
+    /// rule survive a read.
     pub namespaces: BTreeSet<NetnsName>,
-    /// Router id → fingerprint of its last successful apply ("": it failed).
+    /// Router id → fingerprint of its last successful apply ("": it failed or was cut short).
     pub routers: BTreeMap<String, String>,
+    /// Rebuilt rather than read: `namespaces` are candidates that the caller keeps only if
+    /// they exist (see [`State::records`]). Never saved.
+    #[serde(skip)]
+    pub rebuilt: bool,
+}
+
+impl Records {
+    /// Drops what is not l3agent's: namespace names outside [`names::parse_ns`], router ids
+    /// that are not ids.
+    fn sanitize(&mut self, path: &Path) {
+        let foreign: Vec<NetnsName> = self
+            .namespaces
+            .iter()
+            .filter(|n| names::parse_ns(n.as_str()).is_none())
+            .cloned()
+            .collect();
+        for n in &foreign {
+            warn!(path = %path.display(), namespace = %n, "recorded namespace is not l3agent's by name: ignored (never deleted)");
+            self.namespaces.remove(n);
+        }
+        let before = self.routers.len();
+        self.routers.retain(|id, _| RouterId::new("id", id).is_ok());
+        if self.routers.len() != before {
+            warn!(path = %path.display(), dropped = before - self.routers.len(), "recorded routers with invalid ids ignored");
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -97,10 +137,6 @@ impl State {
         self.dir.is_none()
     }
 
-    fn path(&self) -> &Path {
-        &self.path
-    }
-
     fn read_json<T: serde::de::DeserializeOwned>(
         &self,
         rel: &str,
@@ -125,44 +161,49 @@ impl State {
         })
     }
 
-    /// `records.json`, or rebuilt when it is missing or corrupt.
-    pub fn records(&self, _cfg: &HostConfig) -> Result<Records, HostError> {
-        self.records_or_rebuild()
-    }
-
-    /// `records.json`, or rebuilt from the kernel and `applied/` when missing or corrupt.
-    pub fn records_or_rebuild(&self) -> Result<Records, HostError> {
+    /// `records.json`, validated (see the module docs); when it is missing or corrupt, the
+    /// candidates of a rebuild with [`Records::rebuilt`] set: the caller keeps those of its
+    /// namespaces that exist (`host` asks its kernel).
+    pub fn records(&self) -> Result<Records, HostError> {
         match self.read_json::<Records>(RECORDS) {
-            Ok(Some(r)) => Ok(r),
-            Ok(None) => self.rebuild(false),
+            Ok(Some(mut r)) => {
+                r.sanitize(&self.path.join(RECORDS));
+                Ok(r)
+            }
+            Ok(None) => self.rebuild(),
             Err(StateError::Corrupt { path, reason }) => {
-                warn!(path = %path.display(), %reason, "records corrupt: rebuilding them from the kernel");
-                self.rebuild(true)
+                warn!(path = %path.display(), %reason, "records corrupt: rebuilding them from the applied records and the kernel");
+                self.rebuild()
             }
             Err(e) => Err(e.into()),
         }
     }
 
-    fn rebuild(&self, corrupt: bool) -> Result<Records, HostError> {
-        let mut r = Records::default();
-        // Namespaces that are l3agent's by exact name. Without any record at all, only when
-        // something was applied from here before (else a fresh state directory would adopt
-        // namespaces another agent made).
-        let applied = !self.list("applied")?.is_empty();
-        if corrupt || applied {
-            if let Ok(list) = l3agent_rtnl::netns::list() {
-                r.namespaces.extend(
-                    list.into_iter()
-                        .filter(|n| names::parse_ns(n.as_str()).is_some()),
-                );
-            }
-        }
+    /// Candidates for the namespaces l3agent made: those of the routers in `applied/`.
+    fn rebuild(&self) -> Result<Records, HostError> {
+        let mut r = Records {
+            rebuilt: true,
+            ..Records::default()
+        };
         for f in self.list("applied")? {
-            if let Some(id) = f
+            let Some(id) = f
                 .strip_prefix("router-")
                 .and_then(|x| x.strip_suffix(".json"))
+                .and_then(|x| RouterId::new("id", x).ok())
+            else {
+                continue;
+            };
+            r.namespaces.insert(names::router_ns(&id));
+            r.namespaces.insert(names::snat_ns(&id));
+            let doc = self
+                .read_json::<RouterDoc>(&format!("applied/{f}"))
+                .ok()
+                .flatten();
+            if let Some(net) = doc
+                .and_then(|d| d.gw_port)
+                .and_then(|p| NetworkId::new("network_id", &p.network_id).ok())
             {
-                r.routers.insert(id.to_owned(), String::new());
+                r.namespaces.insert(names::fip_ns(&net));
             }
         }
         Ok(r)
@@ -276,12 +317,46 @@ struct Allocators {
     tables: Allocator<RangePool>,
 }
 
-fn allocators(dir: &Path) -> Result<Allocators, crate::alloc::AllocError> {
-    Ok(Allocators {
-        link_local: Allocator::load(&dir.join("fip-linklocal-networks"), LinkLocalPool)?,
-        priorities: Allocator::load(&dir.join("fip-priorities"), RangePool::FIP_PRIORITIES)?,
-        tables: Allocator::load(&dir.join("snat-tables"), RangePool::SNAT_TABLES)?,
-    })
+const LINK_LOCAL: &str = "fip-linklocal-networks";
+const PRIORITIES: &str = "fip-priorities";
+const TABLES: &str = "snat-tables";
+
+impl State {
+    /// One allocator's record (empty when missing).
+    fn allocator<P: Pool>(&self, name: &str, pool: P) -> Result<Allocator<P>, HostError> {
+        let shown = self.path.join(name).display().to_string();
+        let bytes = match &self.dir {
+            Some(d) => d.read(name)?,
+            None => None,
+        };
+        Ok(match bytes {
+            Some(b) => Allocator::parse(&shown, &b, pool)?,
+            None => Allocator::empty(&shown, pool),
+        })
+    }
+
+    fn allocators(&self) -> Result<Allocators, HostError> {
+        Ok(Allocators {
+            link_local: self.allocator(LINK_LOCAL, LinkLocalPool)?,
+            priorities: self.allocator(PRIORITIES, RangePool::FIP_PRIORITIES)?,
+            tables: self.allocator(TABLES, RangePool::SNAT_TABLES)?,
+        })
+    }
+
+    /// Saves an allocator's record if it changed.
+    fn save_allocator<P: Pool>(&self, name: &str, a: &mut Allocator<P>) -> Result<(), HostError> {
+        if a.is_dirty() {
+            self.dir()?.write(name, a.render().as_bytes())?;
+            a.mark_saved();
+        }
+        Ok(())
+    }
+
+    fn save_allocators(&self, a: &mut Allocators) -> Result<(), HostError> {
+        self.save_allocator(LINK_LOCAL, &mut a.link_local)?;
+        self.save_allocator(PRIORITIES, &mut a.priorities)?;
+        self.save_allocator(TABLES, &mut a.tables)
+    }
 }
 
 fn snat_key(r: &l3agent_types::RouterId, p: &l3agent_types::PortId) -> String {
@@ -291,44 +366,38 @@ fn snat_key(r: &l3agent_types::RouterId, p: &l3agent_types::PortId) -> String {
 /// The allocations `needs` asks for: existing ones kept, new ones the lowest free value;
 /// saved when `persist` (plan computes them in memory only). Nothing is freed here.
 pub fn allocate(state: &State, needs: &Needs, persist: bool) -> Result<Allocations, HostError> {
-    let Allocators {
-        link_local: mut ll,
-        priorities: mut prio,
-        mut tables,
-    } = allocators(state.path())?;
+    let mut a = state.allocators()?;
     let mut out = Allocations::default();
     for r in &needs.link_local {
-        out.link_local.insert(r.clone(), ll.allocate(r.as_str())?);
+        out.link_local
+            .insert(r.clone(), a.link_local.allocate(r.as_str())?);
     }
     for f in &needs.fip_priorities {
-        let v = prio.allocate(&f.to_string())?;
+        let v = a.priorities.allocate(&f.to_string())?;
         out.fip_priorities
             .insert(*f, RangePool::FIP_PRIORITIES.start + v);
     }
     for (r, p) in &needs.snat_tables {
-        let v = tables.allocate(&snat_key(r, p))?;
+        let v = a.tables.allocate(&snat_key(r, p))?;
         out.snat_tables
             .insert((r.clone(), p.clone()), RangePool::SNAT_TABLES.start + v);
     }
     if persist {
-        ll.save()?;
-        prio.save()?;
-        tables.save()?;
+        state.save_allocators(&mut a)?;
     }
     Ok(out)
 }
 
 /// Frees every allocation `needs` no longer asks for (after a complete apply).
 pub fn collect_garbage(state: &State, needs: &Needs) -> Result<(), HostError> {
-    let Allocators {
-        link_local: mut ll,
-        priorities: mut prio,
-        mut tables,
-    } = allocators(state.path())?;
-    ll.retain(&|k| needs.link_local.iter().any(|r| r.as_str() == k))?;
-    prio.retain(&|k| needs.fip_priorities.iter().any(|f| f.to_string() == k))?;
-    tables.retain(&|k| needs.snat_tables.iter().any(|(r, p)| snat_key(r, p) == k))?;
-    Ok(())
+    let mut a = state.allocators()?;
+    a.link_local
+        .retain(&|k| needs.link_local.iter().any(|r| r.as_str() == k));
+    a.priorities
+        .retain(&|k| needs.fip_priorities.iter().any(|f| f.to_string() == k));
+    a.tables
+        .retain(&|k| needs.snat_tables.iter().any(|(r, p)| snat_key(r, p) == k));
+    state.save_allocators(&mut a)
 }
 
 /// FNV-1a over the validated router's `Hash`: cheap, and stable across runs of the same
@@ -349,4 +418,140 @@ pub fn fingerprint(r: &Router) -> String {
     let mut h = Fnv(0xcbf2_9ce4_8422_2325);
     std::hash::Hash::hash(r, &mut h);
     format!("{:016x}", std::hash::Hasher::finish(&h))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::PathBuf;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    const ID: &str = "87c7c2ae-d0ba-4691-820c-8053abf50b8d";
+
+    fn dir(tag: &str) -> PathBuf {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let d = std::env::temp_dir().join(format!(
+            "l3agent-records-{}-{tag}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    fn open(p: &Path) -> State {
+        State::open(p, &Arc::new(AtomicBool::new(false))).expect("open")
+    }
+
+    fn names(r: &Records) -> Vec<&str> {
+        r.namespaces.iter().map(NetnsName::as_str).collect()
+    }
+
+    #[test]
+    fn recorded_names_that_are_not_ours_by_exact_rule_are_dropped_on_read() {
+        let p = dir("names");
+        let s = open(&p);
+        let crafted = serde_json::json!({
+            "namespaces": ["victim", "qrouter-l3t_x", format!("qrouter-{ID}"), "snat-", "qrouter--x"],
+            "routers": {ID: "ab", "bad id": "cd"},
+        });
+        s.dir()
+            .unwrap()
+            .write(RECORDS, crafted.to_string().as_bytes())
+            .unwrap();
+        let r = s.records().unwrap();
+        assert!(!r.rebuilt);
+        assert_eq!(names(&r), [format!("qrouter-{ID}")]);
+        assert_eq!(r.routers.keys().collect::<Vec<_>>(), [ID]);
+        let _ = std::fs::remove_dir_all(p);
+    }
+
+    #[test]
+    fn a_corrupt_record_is_rebuilt_from_the_applied_routers_only() {
+        let p = dir("rebuild");
+        let s = open(&p);
+        let d = s.dir().unwrap();
+        // A path is not a namespace name: the whole file is corrupt.
+        d.write(RECORDS, br#"{"namespaces": ["../x"], "routers": {}}"#)
+            .unwrap();
+        d.write(
+            &format!("applied/router-{ID}.json"),
+            include_bytes!("../tests/data/neutron-router-legacy.json"),
+        )
+        .unwrap();
+        d.write("applied/router-not_an_id.json", b"{}").unwrap();
+        d.write("applied/router-0badc0de.json", b"\xff garbage")
+            .unwrap();
+        let r = s.records().unwrap();
+        assert!(r.rebuilt);
+        assert!(r.routers.is_empty(), "a rebuilt router is never 'failed'");
+        assert_eq!(
+            names(&r),
+            [
+                "fip-65566f91-133a-44ff-87f5-ecffc1193d3d".to_owned(),
+                "qrouter-0badc0de".to_owned(),
+                format!("qrouter-{ID}"),
+                "snat-0badc0de".to_owned(),
+                format!("snat-{ID}"),
+            ]
+        );
+        // Missing: the same.
+        d.remove(RECORDS).unwrap();
+        assert_eq!(s.records().unwrap(), r);
+        let _ = std::fs::remove_dir_all(p);
+    }
+
+    #[test]
+    fn a_fresh_state_directory_adopts_nothing() {
+        let p = dir("fresh");
+        let r = State::inspect(&p).unwrap().records().unwrap();
+        assert!(r.namespaces.is_empty() && r.routers.is_empty());
+        let r = open(&p).records().unwrap();
+        assert!(r.namespaces.is_empty() && r.routers.is_empty());
+        let _ = std::fs::remove_dir_all(p);
+    }
+
+    #[test]
+    fn allocations_are_private_records_and_a_planted_link_is_refused() {
+        let p = dir("alloc");
+        let s = open(&p);
+        let id = RouterId::new("id", ID).unwrap();
+        let mut needs = Needs::default();
+        needs.link_local.insert(id.clone());
+        needs.fip_priorities.insert("203.0.113.2".parse().unwrap());
+        // A plan computes without saving.
+        let a = allocate(&s, &needs, false).unwrap();
+        assert_eq!(a.link_local[&id], 0);
+        assert!(!p.join(LINK_LOCAL).exists());
+        allocate(&s, &needs, true).unwrap();
+        let file = p.join(LINK_LOCAL);
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            format!("{ID},169.254.64.0/31\n")
+        );
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            std::fs::read_to_string(p.join(PRIORITIES)).unwrap(),
+            "203.0.113.2,32768\n"
+        );
+        collect_garbage(&s, &Needs::default()).unwrap();
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "");
+
+        let victim = p.with_extension("victim");
+        std::fs::write(&victim, "precious\n").unwrap();
+        std::fs::remove_file(p.join(PRIORITIES)).unwrap();
+        std::os::unix::fs::symlink(&victim, p.join(PRIORITIES)).unwrap();
+        let e = allocate(&s, &needs, true).unwrap_err().to_string();
+        assert!(
+            e.contains("symbolic link") && !e.contains("precious"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+        let _ = std::fs::remove_file(victim);
+        let _ = std::fs::remove_dir_all(p);
+    }
 }

@@ -30,7 +30,7 @@ use l3agent_types::{IfName, NetnsName};
 
 use crate::error::Error;
 use crate::garp;
-use crate::netns::{self, Netns};
+use crate::netns::{self, Netns, NsId};
 use crate::prelude::*;
 use crate::socket::Rtnl;
 
@@ -74,26 +74,18 @@ pub struct AnnounceStats {
     pub stopped_gone: u64,
 }
 
-/// How a namespace is told apart: by name, or for the caller's namespace by its nsfs inode.
+/// How a namespace is told apart: by name, or for the caller's namespace by its identity.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum NsId {
+enum SpaceKey {
     Named(NetnsName),
-    Inode(libc::dev_t, libc::ino_t),
-}
-
-fn ns_inode(ns: &Netns) -> Result<(libc::dev_t, libc::ino_t), Error> {
-    let st = nix::sys::stat::fstat(ns.fd()).map_err(|e| Error::Io {
-        what: format!("identifying network namespace {}", ns.label()),
-        source: e.into(),
-    })?;
-    Ok((st.st_dev, st.st_ino))
+    Inode(NsId),
 }
 
 /// Where an address is announced: a device in a namespace. Two targets are equal when they
 /// name the same namespace and device.
 #[derive(Clone)]
 pub struct Target {
-    id: NsId,
+    id: SpaceKey,
     netns: Option<NetnsName>,
     caller: Option<Arc<Netns>>,
     dev: IfName,
@@ -102,7 +94,7 @@ pub struct Target {
 impl Target {
     fn named(netns: NetnsName, dev: IfName) -> Target {
         Target {
-            id: NsId::Named(netns.clone()),
+            id: SpaceKey::Named(netns.clone()),
             netns: Some(netns),
             caller: None,
             dev,
@@ -112,9 +104,8 @@ impl Target {
     /// The calling thread's namespace, held open so that it stays the same namespace.
     fn caller(dev: IfName) -> Result<Target, Error> {
         let ns = Netns::current()?;
-        let (d, i) = ns_inode(&ns)?;
         Ok(Target {
-            id: NsId::Inode(d, i),
+            id: SpaceKey::Inode(ns.id()),
             netns: None,
             caller: Some(Arc::new(ns)),
             dev,
@@ -586,7 +577,7 @@ struct Device {
 /// The sockets kept for one namespace while something there is pending.
 #[derive(Debug)]
 struct Space {
-    inode: (libc::dev_t, libc::ino_t),
+    inode: NsId,
     label: String,
     rtnl: Rtnl,
     packet: OwnedFd,
@@ -595,10 +586,10 @@ struct Space {
 
 impl Space {
     fn open(ns: &Netns, label: String) -> Result<Space, Error> {
-        let inode = ns_inode(ns)?;
+        let inode = ns.id();
         let rtnl = Rtnl::open(ns)?;
         let packet = ns
-            .run(garp::packet_socket)?
+            .run::<_, Error>(garp::packet_socket)?
             .map_err(|source| Error::Kernel {
                 what: "open a packet socket for address announcements".into(),
                 netns: label.clone(),
@@ -618,7 +609,7 @@ impl Space {
 /// opened inside the namespace and kept while it has pending addresses.
 #[derive(Debug, Default)]
 struct Kernel {
-    spaces: HashMap<NsId, Space>,
+    spaces: HashMap<SpaceKey, Space>,
 }
 
 impl Kernel {
@@ -626,23 +617,23 @@ impl Kernel {
     /// namespace) as needed.
     fn space(&mut self, target: &Target) -> Result<&mut Space, Error> {
         let fresh = match (&target.id, &target.caller) {
-            (NsId::Named(name), _) => {
+            (SpaceKey::Named(name), _) => {
                 if !netns::exists(name) {
                     self.spaces.remove(&target.id);
                     return Err(Error::NoNamespace(name.to_string()));
                 }
                 let ns = Netns::open(name)?;
-                let inode = ns_inode(&ns)?;
+                let inode = ns.id();
                 match self.spaces.get(&target.id) {
                     Some(s) if s.inode == inode => None,
                     _ => Some(Space::open(&ns, name.to_string())?),
                 }
             }
-            (NsId::Inode(..), Some(ns)) => match self.spaces.get(&target.id) {
+            (SpaceKey::Inode(..), Some(ns)) => match self.spaces.get(&target.id) {
                 Some(_) => None,
                 None => Some(Space::open(ns, "the caller's namespace".into())?),
             },
-            (NsId::Inode(..), None) => {
+            (SpaceKey::Inode(..), None) => {
                 return Err(Error::Value(format!(
                     "announcing on {target}: no namespace descriptor"
                 )))

@@ -173,7 +173,7 @@ pub fn send(
     let index =
         i32::try_from(link.index).map_err(|_| Error::Value(format!("{what}: bad ifindex")))?;
     let label = netns.label().to_owned();
-    netns.run(move || -> Result<(), Error> {
+    netns.run::<_, Error>(move || -> Result<(), Error> {
         let io = |source| Error::Kernel {
             what: what.clone(),
             netns: label.clone(),

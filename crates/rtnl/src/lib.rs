@@ -1,8 +1,9 @@
 //! Kernel plumbing for the L3 dataplane, in-process: what Neutron's `ip_lib` does with one
 //! `ip`/`sysctl` process per operation, done over rtnetlink with one socket per namespace.
 //!
-//! - [`netns`]: named namespaces compatible with iproute2 (`/run/netns`), created without a
-//!   fork; [`netns::Netns::run`] does work inside a namespace on a dedicated thread.
+//! - [`netns`]: the workspace's namespace handle (`l3agent-netns`, re-exported): named
+//!   namespaces compatible with iproute2 (`/run/netns`), created without a fork;
+//!   [`netns::Netns::run`] does work inside a namespace on a dedicated thread.
 //! - [`socket::Rtnl`]: an rtnetlink socket opened inside a namespace and reused, with
 //!   [`link`], [`addr`], [`route`], [`rule`] and [`neigh`] operations on it.
 //! - [`sysctl`]: typed keys written from inside the namespace.

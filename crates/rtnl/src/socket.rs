@@ -39,7 +39,7 @@ pub struct Counters {
 impl Rtnl {
     /// Opens a socket inside `netns`.
     pub fn open(netns: &Netns) -> Result<Rtnl, Error> {
-        let socket = netns.run(new_socket)??;
+        let socket = netns.run::<_, Error>(new_socket)??;
         Ok(Rtnl {
             socket,
             seq: 0,

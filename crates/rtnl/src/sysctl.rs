@@ -119,7 +119,7 @@ fn full(key: &Sysctl) -> String {
 /// batch and is returned with the key, value and namespace.
 pub fn write(netns: &Netns, values: &[(Sysctl, u32)]) -> Result<(), Error> {
     let label = netns.label().to_owned();
-    netns.run(|| {
+    netns.run::<_, Error>(|| {
         for (key, value) in values {
             let what = format!("sysctl {}={value} in {label}", key.name());
             let mut f = std::fs::OpenOptions::new()
@@ -139,7 +139,7 @@ pub fn write(netns: &Netns, values: &[(Sysctl, u32)]) -> Result<(), Error> {
 /// Reads one sysctl inside `netns`.
 pub fn read(netns: &Netns, key: &Sysctl) -> Result<String, Error> {
     let label = netns.label().to_owned();
-    netns.run(|| {
+    netns.run::<_, Error>(|| {
         std::fs::read_to_string(full(key))
             .map(|s| s.trim().to_owned())
             .map_err(|source| Error::Io {

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use l3agent_rtnl::announce::{AnnounceOptions, Announcer};
+use l3agent_rtnl::netns::NetnsError;
 use l3agent_rtnl::prelude::*;
 use l3agent_rtnl::sysctl::{self, Scope, Sysctl};
 use l3agent_rtnl::{Netns, Rtnl};
@@ -69,7 +70,7 @@ fn pair(tag: &str, addrs: &[&str]) -> Pair {
     )
     .unwrap();
     let key = format!("/proc/sys/net/ipv6/conf/{ext}/accept_untracked_na");
-    nb.run(|| std::fs::write(&key, "1\n"))
+    nb.run::<_, NetnsError>(|| std::fs::write(&key, "1\n"))
         .unwrap()
         .unwrap_or_else(|e| panic!("writing {key} in {}: {e}", b.name));
     ra.set_up(&qg, true).unwrap();
@@ -214,7 +215,7 @@ fn none_means_the_callers_namespace() {
     // Announce from a thread inside the router namespace, naming no namespace.
     let qg = p.qg.clone();
     let theirs = ann.clone();
-    p.na.run(move || theirs.announce(None, qg, vec![addr]))
+    p.na.run::<_, NetnsError>(move || theirs.announce(None, qg, vec![addr]))
         .unwrap();
     assert!(ann.drain(Duration::from_secs(10)), "{:?}", ann.stats());
     let s = ann.stats();
@@ -230,7 +231,7 @@ fn none_means_the_callers_namespace() {
 /// 200 ms timeout.
 fn capture_ipv6(ns: &Netns, dev: &IfName) -> std::os::fd::OwnedFd {
     use std::os::fd::FromRawFd;
-    ns.run(move || {
+    ns.run::<_, NetnsError>(move || {
         let cname = std::ffi::CString::new(dev.as_str()).unwrap();
         // SAFETY: a valid NUL-terminated name.
         let index = unsafe { libc::if_nametoindex(cname.as_ptr()) };

@@ -10,7 +10,8 @@
 use std::net::IpAddr;
 
 use l3agent_rtnl::conntrack::{self, Entry};
-use l3agent_rtnl::{Error, Netns};
+use l3agent_rtnl::netns::NetnsError;
+use l3agent_rtnl::Netns;
 use l3agent_testkit::{tcp_probe, TestNs};
 use l3agent_types::NetnsName;
 
@@ -311,7 +312,7 @@ fn deleted_namespace_is_an_error_not_a_panic() {
     drop(ns);
     let e = Netns::open(&name).unwrap_err();
     assert!(
-        matches!(e, Error::NoNamespace(_)) && e.to_string().contains(name.as_str()),
+        matches!(e, NetnsError::NoNamespace(_)) && e.to_string().contains(name.as_str()),
         "{e}"
     );
     // A handle opened before the deletion keeps the namespace alive: it still works.

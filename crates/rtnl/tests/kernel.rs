@@ -5,6 +5,7 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+use l3agent_rtnl::netns::NetnsError;
 use l3agent_rtnl::prelude::*;
 use l3agent_rtnl::route::{Route, MAIN_TABLE};
 use l3agent_rtnl::rule::Rule;
@@ -34,6 +35,14 @@ fn open(ns: &TestNs) -> (Netns, Rtnl) {
     (n, r)
 }
 
+/// Deletes a namespace made with `ip netns add`, also on panic.
+struct IpNs(NetnsName);
+impl Drop for IpNs {
+    fn drop(&mut self) {
+        let _ = l3agent_testkit::sh(&["ip", "netns", "del", self.0.as_str()]);
+    }
+}
+
 /// Deletes a namespace made with our own `create`, also on panic.
 struct OurNs(NetnsName);
 impl Drop for OurNs {
@@ -57,16 +66,20 @@ fn namespaces_are_iproute2_compatible() {
     let links = ok(&["ip", "-n", n.as_str(), "-j", "link"]);
     let v: Value = serde_json::from_str(&links).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 1, "{links}");
-    // We see theirs.
-    let theirs = TestNs::new("theirs");
-    let ours = NetnsName::new("ns", &theirs.name).unwrap();
+    // We see theirs (made by `ip netns add`).
+    let ours = NetnsName::new("ns", &format!("l3t-{}-theirs", std::process::id())).unwrap();
+    let _theirs = IpNs(ours.clone());
+    ok(&["ip", "netns", "add", ours.as_str()]);
     assert!(netns::exists(&ours));
     assert!(netns::list().unwrap().contains(&ours) && netns::list().unwrap().contains(&n));
     assert!(netns::delete(&n).unwrap());
     assert!(!netns::delete(&n).unwrap());
     assert!(!netns::exists(&n));
     assert!(!ok(&["ip", "netns", "list"]).contains(n.as_str()));
-    assert!(matches!(Netns::open(&n), Err(Error::NoNamespace(_))));
+    assert!(matches!(Netns::open(&n), Err(NetnsError::NoNamespace(_))));
+    // In rtnl's error type, still "no namespace".
+    let e: Error = Netns::open(&n).unwrap_err().into();
+    assert!(matches!(e, Error::NoNamespace(_)), "{e}");
 }
 
 #[test]

@@ -1,11 +1,16 @@
 //! Fixtures for tests against the real kernel. Every namespace a test makes is unique to the
-//! test process and removed when its guard drops, also on panic. Fixtures may run `ip` and
-//! `iptables` as processes: they set the scene and look at it; the code under test never does.
+//! test process and removed when its guard drops, also on panic. Namespaces are the
+//! workspace's own ([`l3agent_netns`]: iproute2-compatible, so `ip -n NAME` sees them).
+//! Fixtures may run `ip` and `iptables` as processes: they set the scene and look at it; the
+//! code under test never does.
 #![allow(clippy::disallowed_methods)] // fixtures spawn `ip`/`iptables` to set up and inspect
 
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+use l3agent_netns::{Netns, NetnsError};
+use l3agent_types::NetnsName;
 
 /// Both iptables backends: every kernel test runs for each.
 pub const BACKENDS: [&str; 2] = ["nft", "legacy"];
@@ -67,6 +72,7 @@ pub fn ok(argv: &[&str]) -> String {
 pub struct TestNs {
     /// Its name in /run/netns.
     pub name: String,
+    netns: NetnsName,
 }
 
 impl TestNs {
@@ -75,17 +81,41 @@ impl TestNs {
         require_kernel();
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let name = format!("l3t-{}-{n}-{tag}", std::process::id());
-        ok(&["ip", "netns", "add", &name]);
-        let ns = TestNs { name };
+        let netns = NetnsName::new("test namespace", &name).unwrap_or_else(|e| panic!("{e}"));
+        l3agent_netns::create(&netns).unwrap_or_else(|e| panic!("creating {name}: {e}"));
+        let ns = TestNs { name, netns };
         ns.ok(&["ip", "link", "set", "lo", "up"]);
         ns
     }
 
-    /// Runs a command inside (network namespace only).
+    /// Its name, typed.
+    pub fn netns_name(&self) -> &NetnsName {
+        &self.netns
+    }
+
+    /// Opens it.
+    pub fn open(&self) -> Netns {
+        Netns::open(&self.netns).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Runs `f` on a thread inside (see [`Netns::run`]); panics if it cannot get there.
+    pub fn inside<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        self.open()
+            .run::<_, NetnsError>(f)
+            .unwrap_or_else(|e| panic!("in {}: {e}", self.name))
+    }
+
+    /// Runs a command inside (network namespace only: started by a thread that entered it,
+    /// like l3agent starts its processes).
     pub fn run(&self, argv: &[&str]) -> Run {
-        let mut full = vec!["ip", "netns", "exec", &self.name];
-        full.extend_from_slice(argv);
-        sh(&full)
+        let out = self
+            .inside(|| Command::new(argv[0]).args(&argv[1..]).output())
+            .unwrap_or_else(|e| panic!("{argv:?} in {}: {e}", self.name));
+        Run {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
     }
 
     /// Runs a command inside that must succeed; returns its stdout.
@@ -120,11 +150,14 @@ impl TestNs {
             "{}-{backend}-restore",
             if v6 { "ip6tables" } else { "iptables" }
         );
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.name, &prog, "--noflush"])
-            .stdin(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
+        let mut child = self
+            .inside(|| {
+                Command::new(&prog)
+                    .arg("--noflush")
+                    .stdin(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+            })
             .expect("spawn restore");
         child
             .stdin
@@ -143,7 +176,7 @@ impl TestNs {
 
 impl Drop for TestNs {
     fn drop(&mut self) {
-        let _ = sh(&["ip", "netns", "del", &self.name]);
+        let _ = l3agent_netns::delete(&self.netns);
     }
 }
 
@@ -222,11 +255,14 @@ pub fn tcp_probe(server: &TestNs, client: &TestNs, dst: &str, port: u16) -> Resu
          s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('',{port}))\ns.listen(1)\ns.settimeout(8)\n\
          c,a=s.accept()\nprint(a[0],flush=True)\nc.close()\n"
     );
-    let srv = Command::new("ip")
-        .args(["netns", "exec", &server.name, "python3", "-c", &code])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
+    let srv = server
+        .inside(|| {
+            Command::new("python3")
+                .args(["-c", &code])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+        })
         .map_err(|e| e.to_string())?;
     let connect =
         format!("import socket\nsocket.create_connection(('{dst}',{port}),timeout=0.5).close()\n");
