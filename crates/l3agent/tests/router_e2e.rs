@@ -24,12 +24,13 @@ fn host_dump(t: &Topology) -> Vec<String> {
         .collect();
     names.sort();
     names.push(t.host.ok(&["ip", "rule", "show"]));
-    // IPv6 link-local addresses appear asynchronously after a link comes up: not ours.
+    // IPv6 link-local addresses and the multicast routes of a link appear asynchronously
+    // after it comes up: not ours.
     let routes: String = t
         .host
         .ok(&["ip", "route", "show", "table", "all"])
         .lines()
-        .filter(|l| !l.contains("fe80::"))
+        .filter(|l| !l.contains("fe80::") && !l.starts_with("multicast ff00::/8"))
         .collect();
     names.push(routes);
     names.push(t.host.save("nft", false));

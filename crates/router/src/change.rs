@@ -97,6 +97,13 @@ pub enum Change {
         /// What it was, when known (a gateway's addresses get their conntrack flushed).
         role: Option<Role>,
     },
+    /// `ip link del HOST_END` in the host namespace: a port's host end left behind without its
+    /// router end (its namespace was deleted while something still held it), which would
+    /// stop the port from being created again.
+    DeleteHostEnd {
+        /// Host end.
+        dev: IfName,
+    },
     /// `ip link set DEV [mtu M] [address MAC] up` for a device that exists.
     SetDevice {
         /// Namespace.
@@ -230,7 +237,7 @@ impl Change {
     /// The namespace it acts in (`None`: the host namespace).
     pub fn namespace(&self) -> Option<&NetnsName> {
         match self {
-            Change::SetHostEnd { .. } => None,
+            Change::SetHostEnd { .. } | Change::DeleteHostEnd { .. } => None,
             Change::CreateNamespace { ns }
             | Change::DeleteNamespace { ns }
             | Change::SetSysctl { ns, .. }
@@ -260,7 +267,7 @@ impl Change {
         match self {
             Change::CreateNamespace { .. } => 0,
             Change::SetSysctl { key, .. } if key.device().is_none() => 1,
-            Change::DeleteDevice { .. } => 2,
+            Change::DeleteDevice { .. } | Change::DeleteHostEnd { .. } => 2,
             Change::CreatePort { .. } | Change::CreateLink { .. } => 3,
             Change::SetDevice { .. } | Change::SetHostEnd { .. } => 4,
             Change::SetSysctl { .. } => 5,
@@ -290,6 +297,7 @@ impl Change {
             Change::CreatePort { .. }
             | Change::CreateLink { .. }
             | Change::DeleteDevice { .. }
+            | Change::DeleteHostEnd { .. }
             | Change::SetDevice { .. }
             | Change::SetHostEnd { .. } => "device",
             Change::AddAddress { .. } | Change::DeleteAddress { .. } => "address",
@@ -367,6 +375,7 @@ impl fmt::Display for Change {
                 Ok(())
             }
             Change::DeleteDevice { ns, dev, .. } => write!(f, "{ns}: ip link del {dev}"),
+            Change::DeleteHostEnd { dev } => write!(f, "host: ip link del {dev}"),
             Change::SetDevice {
                 ns,
                 dev,

@@ -189,6 +189,11 @@ fn devices(
                 let end = observed.host_ends.get(host_end).cloned().flatten();
                 let whole = have.is_some_and(|h| h.kind.as_deref() == Some("veth"));
                 if !whole || end.is_none() {
+                    if !whole && end.is_some() {
+                        out.push(Change::DeleteHostEnd {
+                            dev: host_end.clone(),
+                        });
+                    }
                     if have.is_some() {
                         out.push(Change::DeleteDevice {
                             ns: ns.clone(),

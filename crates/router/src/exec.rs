@@ -91,6 +91,12 @@ fn run(
                 .and_then(|n| n.delete_link(dev))
                 .map_err(plumbing)?;
         }
+        Change::DeleteHostEnd { dev } => {
+            kernel
+                .netlink(None)
+                .and_then(|n| n.delete_link(dev))
+                .map_err(plumbing)?;
+        }
         Change::SetDevice {
             ns,
             dev,

@@ -651,7 +651,7 @@ pub fn status(state_path: &Path, make: Factory<'_>) -> Result<Vec<RouterHealth>,
         let last_failed = records.routers.get(&r.id).is_some_and(String::is_empty);
         let missing = drift
             .iter()
-            .any(|c| matches!(c, Change::CreateNamespace { ns } if ns.as_str().starts_with("qrouter-") || ns.as_str().starts_with("fip-")));
+            .any(|c| matches!(c, Change::CreateNamespace { .. }));
         let health = if r.status == RouterStatus::Failed || last_failed {
             Health::Failed
         } else if missing {

@@ -171,6 +171,14 @@ impl Kernel for RealKernel {
                 source,
             })?
         };
+        // A stale peer end (its pair's namespace was deleted while something held it) would
+        // make the creation fail: it is ours (an l3agent namespace, an l3agent name), remove it.
+        {
+            let (_, p) = self.open.get_mut(&link.peer_ns).expect("opened above");
+            if p.link(&link.peer)?.is_some() {
+                p.delete_link(&link.peer)?;
+            }
+        }
         let result = (|| {
             let (_, r) = self.open.get_mut(&link.ns).expect("opened above");
             r.add_veth(

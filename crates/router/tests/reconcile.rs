@@ -191,6 +191,11 @@ fn every_drift_class_is_seen_and_repaired() {
         });
         w.host.links.remove("tap184a6791-c4");
     });
+    drift("host end left behind without its router end", |w| {
+        let ns = qrouter(w);
+        ns.links.remove("qr-081ed401-2a");
+        ns.addresses.retain(|(d, _)| d != "qr-081ed401-2a");
+    });
     drift("host end detached from its bridge", |w| {
         w.host.links.get_mut("tap081ed401-2a").unwrap().master = None
     });

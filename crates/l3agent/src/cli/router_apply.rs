@@ -36,7 +36,7 @@ pub fn run(a: ApplyArgs) -> Result<(), Failure> {
         backend,
         announcer,
     } = sides()?;
-    let mut opts = ApplyOptions::new(facts, stop);
+    let mut opts = ApplyOptions::new(facts, stop.clone());
     opts.unchanged = if a.full {
         Unchanged::Converge
     } else if a.changed_only {
@@ -47,19 +47,25 @@ pub fn run(a: ApplyArgs) -> Result<(), Failure> {
     let make = l3agent_router::host::real_sides(backend, &announcer);
     let report = l3agent_router::host::apply(&cfg, &opts, &make)
         .map_err(|e| Failure::failed(e.to_string()))?;
-    // Announcements go on in the background; a one-shot process waits for their rounds
-    // (bounded) so that the last ones are not lost at exit.
-    announcer.drain(std::time::Duration::from_secs(10));
-    if report.interrupted {
+    let outcome = if report.interrupted {
         let done = report
             .routers
             .iter()
             .filter(|r| r.status != RouterStatus::Skipped)
             .count();
-        finish(&report, a.json)?;
-        return Err(Failure::failed(format!(
+        finish(&report, a.json).and(Err(Failure::failed(format!(
             "interrupted by a signal after {done} router(s); the next apply continues"
-        )));
-    }
-    finish(&report, a.json)
+        ))))
+    } else {
+        finish(&report, a.json)
+    };
+    // Announcements go on in the background (3 rounds, 2 s apart); the report is out, and a
+    // one-shot process waits for the remaining rounds (bounded) so that they are not lost at
+    // exit. A signal cuts the wait short.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline
+        && !stop.load(std::sync::atomic::Ordering::SeqCst)
+        && !announcer.drain(std::time::Duration::from_millis(100))
+    {}
+    outcome
 }
