@@ -464,6 +464,16 @@ fn run(
     Ok(report)
 }
 
+/// The routers compile could not build, as failed results.
+fn not_compiled(spec: &HostSpec) -> impl Iterator<Item = RouterResult> + '_ {
+    spec.failed.iter().map(|(id, why)| RouterResult {
+        id: id.to_string(),
+        status: RouterStatus::Failed,
+        changes: Vec::new(),
+        error: Some(why.clone()),
+    })
+}
+
 /// Compiles `cfg` with allocations from the state directory; `persist` saves new ones.
 fn compile_host(
     state: &State,
@@ -515,14 +525,7 @@ pub fn apply(
     }
     let recorded = records.namespaces.clone();
     let mut report = run(&spec, &recorded, make, opts, &skip, true)?;
-    for (id, why) in &spec.failed {
-        report.routers.push(RouterResult {
-            id: id.to_string(),
-            status: RouterStatus::Failed,
-            changes: Vec::new(),
-            error: Some(why.clone()),
-        });
-    }
+    report.routers.extend(not_compiled(&spec));
     // Records: what exists now, and per router what was last applied successfully.
     let failed: BTreeSet<&str> = report
         .routers
@@ -587,14 +590,7 @@ pub fn plan(
         &BTreeSet::new(),
         false,
     )?;
-    for (id, why) in &spec.failed {
-        report.routers.push(RouterResult {
-            id: id.to_string(),
-            status: RouterStatus::Failed,
-            changes: Vec::new(),
-            error: Some(why.clone()),
-        });
-    }
+    report.routers.extend(not_compiled(&spec));
     Ok(report)
 }
 
