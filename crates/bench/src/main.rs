@@ -34,7 +34,8 @@ enum Command {
     Iptables(iptables::Args),
     /// Kernel plumbing: l3agent in-process vs one `ip` process per operation vs `ip -batch`.
     Plumbing(plumbing::Args),
-    /// Routers: cold apply of many legacy routers, one more floating IP, a no-op apply.
+    /// Routers: cold apply of many legacy routers, one more floating IP, a no-op apply beside
+    /// its floor, destroy --all.
     Routers(routers::Args),
     /// Internal: one l3agent run in a given namespace (prints JSON).
     #[command(hide = true)]

@@ -73,6 +73,9 @@ pub struct Manager<R: Runner = ProcessRunner> {
     /// What the last [`Manager::plan`] read from the kernel, reused by the next apply instead
     /// of a second `iptables-save` (cleared by [`Manager::refresh`]).
     planned_read: [Option<KernelState>; 2],
+    /// Set by [`Manager::assume_empty`]: the kernel's rule set of the family is taken as empty
+    /// instead of being read, until the next apply commits or fails.
+    assumed_empty: [bool; 2],
     deferred: u32,
 }
 
@@ -84,6 +87,7 @@ impl<R: Runner> Manager<R> {
             runner,
             committed: [None, None],
             planned_read: [None, None],
+            assumed_empty: [false, false],
             deferred: 0,
         }
     }
@@ -114,6 +118,18 @@ impl<R: Runner> Manager<R> {
     pub fn refresh(&mut self) {
         self.committed = [None, None];
         self.planned_read = [None, None];
+        self.assumed_empty = [false, false];
+    }
+
+    /// The namespace was created a moment ago by the caller, who knows that nothing wrote
+    /// rules there since: its rule sets are taken as empty instead of being read. The next
+    /// [`Manager::plan`] and [`Manager::apply`] compare everything (as after a read) against
+    /// empty rule sets without an `iptables-save`; after a failed apply the kernel is read as
+    /// usual, and [`Manager::refresh`] forgets the assumption.
+    pub fn assume_empty(&mut self) {
+        self.committed = [None, None];
+        self.planned_read = [None, None];
+        self.assumed_empty = [true, true];
     }
 
     /// Neutron's `defer_apply`: inside `f`, [`Manager::apply`] only records; one real apply
@@ -158,6 +174,7 @@ impl<R: Runner> Manager<R> {
         for family in self.model.families() {
             let (state, scope) = match &self.committed[family.index()] {
                 Some(c) => (c.clone(), Some(self.model.dirty(family).clone())),
+                None if self.assumed_empty[family.index()] => (KernelState::default(), None),
                 None => match self.read(family)? {
                     Some(s) => {
                         self.planned_read[family.index()] = Some(s.clone());
@@ -218,7 +235,9 @@ impl<R: Runner> Manager<R> {
             .iter()
             .copied()
             .filter(|f| {
-                self.committed[f.index()].is_none() && self.planned_read[f.index()].is_none()
+                self.committed[f.index()].is_none()
+                    && self.planned_read[f.index()].is_none()
+                    && !self.assumed_empty[f.index()]
             })
             .collect();
         let mut prefetched: Vec<(Family, Result<String, ExecError>)> = if to_read.len() > 1 {
@@ -239,6 +258,11 @@ impl<R: Runner> Manager<R> {
                     report.read_kernel = true;
                     let read = self.planned_read[family.index()].take();
                     (read.unwrap_or_default(), None)
+                }
+                None if self.assumed_empty[family.index()] => {
+                    // Known empty (see assume_empty): compared in full, nothing read.
+                    self.assumed_empty[family.index()] = false;
+                    (KernelState::default(), None)
                 }
                 None => {
                     report.read_kernel = true;
@@ -639,6 +663,66 @@ mod fault_tests {
             saves,
             "an incremental apply must not read the kernel"
         );
+    }
+
+    #[test]
+    fn a_namespace_assumed_empty_is_planned_and_applied_without_a_read() {
+        let mut m = manager();
+        m.model_mut()
+            .add_rule(
+                Family::V4,
+                Table::Filter,
+                RuleSpec::new("INPUT", "-j ACCEPT"),
+            )
+            .unwrap();
+        m.assume_empty();
+        // What a plan against an empty rule set sends, family by family.
+        let want: Vec<(Family, String)> = Family::ALL
+            .into_iter()
+            .map(|f| {
+                let p = plan_family(&KernelState::default(), m.model(), f, None);
+                (f, p.render().0)
+            })
+            .filter(|(_, t)| !t.is_empty())
+            .collect();
+        let planned: Vec<(Family, String)> = m
+            .plan()
+            .unwrap()
+            .into_iter()
+            .filter(|(_, p)| !p.is_empty())
+            .map(|(f, p)| (f, p.render().0))
+            .collect();
+        assert_eq!(planned, want);
+        let r = m.apply().unwrap();
+        assert_eq!(r.sent, want);
+        assert!(!r.read_kernel);
+        assert_eq!(m.runner().saves.get(), 0, "nothing may be read");
+        assert!(m.check_convergence().unwrap().is_empty());
+        // Once applied, the assumption is gone: a refresh reads the kernel again.
+        m.refresh();
+        assert!(m.apply().unwrap().is_noop());
+        assert!(m.runner().saves.get() > 0);
+    }
+
+    #[test]
+    fn after_a_failed_apply_an_assumed_empty_namespace_is_read() {
+        let mut m = manager();
+        m.model_mut()
+            .add_rule(
+                Family::V4,
+                Table::Nat,
+                RuleSpec::new("PREROUTING", "-j ACCEPT"),
+            )
+            .unwrap();
+        m.assume_empty();
+        m.runner().fail_table.set(Some(Table::Nat));
+        assert!(m.apply().is_err());
+        m.runner().fail_table.set(None);
+        let saves = m.runner().saves.get();
+        let r = m.apply().unwrap();
+        assert!(r.read_kernel, "after a failure the kernel is read again");
+        assert!(m.runner().saves.get() > saves);
+        assert!(m.check_convergence().unwrap().is_empty());
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! recording fakes of [`crate::fake`].
 
 use std::collections::HashMap;
+use std::io::{Read, Write};
 use std::net::IpAddr;
+use std::os::fd::OwnedFd;
 
 use l3agent_iptables::{Family, IptablesModel};
 use l3agent_iptables_exec::{
@@ -16,6 +18,8 @@ use l3agent_rtnl::prelude::*;
 use l3agent_rtnl::sysctl::Sysctl;
 use l3agent_rtnl::{conntrack, netns, Error, Netns, Rtnl};
 use l3agent_types::{IfName, MacAddr, NetnsName};
+use nix::fcntl::{openat, OFlag};
+use nix::sys::stat::Mode;
 
 /// The rtnetlink operation families of one namespace, as one object.
 pub trait Netlink: Links + Addresses + Routes + Rules + Neighbours {}
@@ -69,13 +73,34 @@ pub trait Kernel {
 }
 
 /// The kernel, for real: one netlink socket per namespace, opened on first use and kept.
+///
+/// Sysctls are read and written through directories of `/proc/sys` (`net/ipv4`, `net/ipv6`,
+/// `net/netfilter`, …) opened once from inside each namespace and kept: a path below such a
+/// directory resolves in that namespace from any thread, so no thread enters the namespace
+/// per read or write. It is also much cheaper to resolve: `/proc/sys/net/ipv4` and its siblings
+/// exist once per namespace under the same parent, so every lookup of a full path scans the
+/// entries of all namespaces on the host (thousands of them on a busy host).
 #[derive(Debug)]
 pub struct RealKernel {
     host: Rtnl,
     open: HashMap<NetnsName, (Netns, Rtnl)>,
+    /// Per namespace, its `/proc/sys` directories opened so far, by path (`net/ipv4`).
+    sysctl_dirs: HashMap<NetnsName, HashMap<String, OwnedFd>>,
     announcer: Announcer,
     /// Host ends of the ports of namespaces deleted, until they are seen gone.
     dying: Vec<IfName>,
+}
+
+/// A sysctl's path split into the directory opened inside the namespace (its first two
+/// components, `net/ipv4`) and the rest (`conf/all/forwarding`).
+fn split_sysctl(key: &Sysctl) -> (String, String) {
+    let path = key.path();
+    let mut parts = path.splitn(3, '/');
+    let (a, b, rest) = (parts.next(), parts.next(), parts.next());
+    match (a, b, rest) {
+        (Some(a), Some(b), Some(rest)) => (format!("{a}/{b}"), rest.to_owned()),
+        _ => (String::new(), path),
+    }
 }
 
 impl RealKernel {
@@ -84,6 +109,7 @@ impl RealKernel {
         Ok(RealKernel {
             host: Rtnl::current()?,
             open: HashMap::new(),
+            sysctl_dirs: HashMap::new(),
             announcer,
             dying: Vec::new(),
         })
@@ -97,6 +123,65 @@ impl RealKernel {
         }
         Ok(self.open.get_mut(ns).expect("inserted above"))
     }
+
+    /// Opens (from inside `ns`, one thread for all) those of `dirs` not open yet; a directory
+    /// that does not exist is left out (and tried again next time).
+    fn open_sysctl_dirs(&mut self, ns: &NetnsName, dirs: &[&str]) -> Result<(), Error> {
+        let known = self.sysctl_dirs.get(ns);
+        let missing: Vec<String> = dirs
+            .iter()
+            .filter(|d| !d.is_empty() && !known.is_some_and(|k| k.contains_key(**d)))
+            .map(|d| (*d).to_owned())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let (n, _) = self.entry(ns)?;
+        let opened: Vec<(String, OwnedFd)> = n.run::<_, Error>(move || {
+            missing
+                .into_iter()
+                .filter_map(|d| {
+                    std::fs::File::open(format!("/proc/sys/{d}"))
+                        .ok()
+                        .map(|f| (d, OwnedFd::from(f)))
+                })
+                .collect()
+        })?;
+        self.sysctl_dirs
+            .entry(ns.clone())
+            .or_default()
+            .extend(opened);
+        Ok(())
+    }
+
+    /// Opens `/proc/sys/<key>` of `ns` for reading or writing, through its directory.
+    fn open_sysctl(
+        &mut self,
+        ns: &NetnsName,
+        key: &Sysctl,
+        write: bool,
+    ) -> Result<std::fs::File, std::io::Error> {
+        let (dir, rest) = split_sysctl(key);
+        let Some(fd) = self.sysctl_dirs.get(ns).and_then(|d| d.get(&dir)) else {
+            return Err(std::io::Error::from(nix::errno::Errno::ENOENT));
+        };
+        let flags = if write {
+            OFlag::O_WRONLY | OFlag::O_CLOEXEC
+        } else {
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC
+        };
+        openat(fd, rest.as_str(), flags, Mode::empty())
+            .map(std::fs::File::from)
+            .map_err(std::io::Error::from)
+    }
+
+    /// Forgets what is open in `ns` (it is deleted or made anew).
+    fn close(&mut self, ns: &NetnsName) {
+        self.open.remove(ns);
+        self.sysctl_dirs.remove(ns);
+    }
 }
 
 impl Kernel for RealKernel {
@@ -105,7 +190,7 @@ impl Kernel for RealKernel {
     }
 
     fn create_namespace(&mut self, ns: &NetnsName) -> Result<bool, Error> {
-        self.open.remove(ns);
+        self.close(ns);
         netns::create(ns)
     }
 
@@ -126,7 +211,7 @@ impl Kernel for RealKernel {
                 }
             }
         }
-        self.open.remove(ns);
+        self.close(ns);
         netns::delete(ns)
     }
 
@@ -138,21 +223,37 @@ impl Kernel for RealKernel {
     }
 
     fn read_sysctls(&mut self, ns: &NetnsName, keys: &[Sysctl]) -> Result<Vec<Option<u32>>, Error> {
-        let (n, _) = self.entry(ns)?;
-        let keys = keys.to_vec();
-        n.run(move || {
-            keys.iter()
-                .map(|k| {
-                    std::fs::read_to_string(format!("/proc/sys/{}", k.path()))
-                        .ok()
-                        .and_then(|t| t.trim().parse().ok())
-                })
-                .collect()
-        })
+        let dirs: Vec<(String, String)> = keys.iter().map(split_sysctl).collect();
+        self.open_sysctl_dirs(
+            ns,
+            &dirs.iter().map(|(d, _)| d.as_str()).collect::<Vec<_>>(),
+        )?;
+        Ok(keys
+            .iter()
+            .map(|k| {
+                let mut text = String::new();
+                self.open_sysctl(ns, k, false)
+                    .and_then(|mut f| f.read_to_string(&mut text))
+                    .ok()
+                    .and_then(|_| text.trim().parse().ok())
+            })
+            .collect())
     }
 
     fn write_sysctls(&mut self, ns: &NetnsName, values: &[(Sysctl, u32)]) -> Result<(), Error> {
-        self.entry(ns)?.0.write_sysctls(values)
+        let dirs: Vec<(String, String)> = values.iter().map(|(k, _)| split_sysctl(k)).collect();
+        self.open_sysctl_dirs(
+            ns,
+            &dirs.iter().map(|(d, _)| d.as_str()).collect::<Vec<_>>(),
+        )?;
+        // The first failure stops the batch and is returned with the key, value and namespace.
+        for (key, value) in values {
+            let what = format!("sysctl {}={value} in {ns}", key.name());
+            self.open_sysctl(ns, key, true)
+                .and_then(|mut f| f.write_all(format!("{value}\n").as_bytes()))
+                .map_err(|source| Error::Io { what, source })?;
+        }
+        Ok(())
     }
 
     fn create_port(&mut self, ns: &NetnsName, port: &VethPort) -> Result<(), Error> {
@@ -232,8 +333,9 @@ impl Kernel for RealKernel {
 /// iptables per namespace, as the reconciler needs it.
 pub trait Firewall {
     /// The restore input per family that [`Firewall::apply`] would send now to make `ns` hold
-    /// `model`; with `exists == false` the namespace does not exist yet, and the plan is made
-    /// against an empty rule set.
+    /// `model`; with `exists == false` the namespace does not exist yet or this run has just
+    /// created it, and the plan is made against an empty rule set (which an apply right after
+    /// then sends as planned, without reading the kernel).
     fn plan(
         &mut self,
         ns: &NetnsName,
@@ -304,7 +406,14 @@ impl Firewall for Managers {
         exists: bool,
     ) -> Result<Vec<(Family, Vec<String>)>, ApplyError> {
         if !exists {
+            // Planned against an empty rule set. A namespace that is there was made by this
+            // run a moment ago: its manager takes the empty rule set as the kernel's, so that
+            // the apply that follows sends exactly this plan without reading the kernel first.
             self.managers.remove(ns);
+            if let Ok(m) = self.manager(ns, model) {
+                m.assume_empty();
+                return Ok(lines(m.plan()?));
+            }
             return Ok(Family::ALL
                 .into_iter()
                 .map(|f| (f, crate::compile::restore_text(model, f)))

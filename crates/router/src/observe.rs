@@ -51,7 +51,8 @@ pub struct ObservedNs {
     /// It exists.
     pub exists: bool,
     /// Created by this run: its sysctls are taken as unknown (a new namespace inherits some
-    /// IPv4 values from the host's), so all of the spec's are written.
+    /// IPv4 values from the host's), so all of the spec's are written; its rule sets are taken
+    /// as empty, as they are in a new namespace (not read).
     pub fresh: bool,
     /// Links by name.
     pub devices: BTreeMap<String, ObservedDevice>,
@@ -234,12 +235,13 @@ pub fn observe(
         let values = kernel.read_sysctls(ns, &keys).map_err(plumbing)?;
         out.sysctls = keys.into_iter().zip(values).collect();
     }
-    out.iptables =
-        firewall
-            .plan(ns, &spec.iptables, true)
-            .map_err(|source| RouterError::Iptables {
-                router: ns.to_string(),
-                source,
-            })?;
+    // A namespace this run created holds no rules yet: planned against an empty rule set
+    // (as in a plan, where it does not exist), without reading it.
+    out.iptables = firewall
+        .plan(ns, &spec.iptables, !fresh)
+        .map_err(|source| RouterError::Iptables {
+            router: ns.to_string(),
+            source,
+        })?;
     Ok(out)
 }
