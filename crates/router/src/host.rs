@@ -128,7 +128,8 @@ pub enum Unchanged {
     /// Diff them against the kernel and repair any drift (default).
     #[default]
     Verify,
-    /// The same, and rewrite every sysctl as if unknown (`--full`).
+    /// The same (`--full`): every router diffed whatever its dict; an unchanged host stays
+    /// a no-op.
     Converge,
     /// Leave them alone (`--changed-only`): for event-driven updates, where a periodic
     /// `Verify` apply catches drift.

@@ -13,9 +13,9 @@ pub struct ApplyArgs {
     /// Host config (YAML, or JSON if it ends in .json): `agent` and `routers`. See
     /// examples/host-legacy.json.
     config: PathBuf,
-    /// Also rewrite every sysctl as if unknown. Every router is always diffed against the
-    /// kernel (devices, addresses, routes, rules, neighbours, sysctls, iptables) and every
-    /// difference repaired.
+    /// Diff every router against the kernel, whatever its dict. This is what a plain apply
+    /// does too (devices, addresses, routes, rules, neighbours, sysctls, iptables; every
+    /// difference repaired); kept for scripts. An unchanged host stays a no-op.
     #[arg(long, conflicts_with = "changed_only")]
     full: bool,
     /// Touch only routers whose dict changed since their last successful convergence, without
