@@ -127,6 +127,30 @@ pub fn needs(cfg: &HostConfig) -> Needs {
     n
 }
 
+/// One end of the qrouter ↔ fip link (D-15): a veth end with its /31 address, whose other
+/// end is `peer` in `peer_ns`; the `creator` side makes the pair.
+fn link_end(
+    (peer, peer_ns): (&IfName, &NetnsName),
+    creator: bool,
+    role: Role,
+    mtu: u32,
+    mac: MacAddr,
+    ip: Ipv4Addr,
+) -> Device {
+    Device {
+        kind: DeviceKind::Link {
+            peer: peer.clone(),
+            peer_ns: peer_ns.clone(),
+            creator,
+        },
+        role,
+        mtu: Some(mtu),
+        mac: Some(mac),
+        addresses: [IpNet::V4(Ipv4Net::new(ip, 31).expect("31 is a prefix"))].into(),
+        floating: BTreeSet::new(),
+    }
+}
+
 /// The desired state of the whole host for `cfg`, given the allocations the host made for
 /// [`needs`]`(cfg)` and its facts. A DVR router whose allocation is missing is not compiled:
 /// it is listed in [`HostSpec::failed`] with the reason (never a panic).
@@ -865,19 +889,14 @@ impl Cx<'_> {
             // 16 and the IPv6 default route via fpr-'s link-local address (NEUTRON-OPS §8.2).
             ns.devices.insert(
                 rfp.clone(),
-                Device {
-                    kind: DeviceKind::Link {
-                        peer: fpr.clone(),
-                        peer_ns: fip_name.clone(),
-                        creator: false,
-                    },
-                    role: Role::RouterLink,
-                    mtu: Some(gw.mtu),
-                    mac: Some(rfp_mac),
-                    addresses: [IpNet::V4(Ipv4Net::new(rfp_ip, 31).expect("31 is a prefix"))]
-                        .into(),
-                    floating: BTreeSet::new(),
-                },
+                link_end(
+                    (&fpr, &fip_name),
+                    false,
+                    Role::RouterLink,
+                    gw.mtu,
+                    rfp_mac,
+                    rfp_ip,
+                ),
             );
             ns.neighbours
                 .insert((rfp.clone(), IpAddr::V4(fpr_ip)), fpr_mac);
@@ -943,19 +962,14 @@ impl Cx<'_> {
             };
             part.devices.insert(
                 fpr.clone(),
-                Device {
-                    kind: DeviceKind::Link {
-                        peer: rfp.clone(),
-                        peer_ns: qrouter_name.clone(),
-                        creator: true,
-                    },
-                    role: Role::FipLink,
-                    mtu: Some(gw.mtu),
-                    mac: Some(fpr_mac),
-                    addresses: [IpNet::V4(Ipv4Net::new(fpr_ip, 31).expect("31 is a prefix"))]
-                        .into(),
-                    floating: BTreeSet::new(),
-                },
+                link_end(
+                    (&rfp, &qrouter_name),
+                    true,
+                    Role::FipLink,
+                    gw.mtu,
+                    fpr_mac,
+                    fpr_ip,
+                ),
             );
             part.neighbours
                 .insert((fpr.clone(), IpAddr::V4(rfp_ip)), rfp_mac);

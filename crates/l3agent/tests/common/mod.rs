@@ -189,10 +189,10 @@ exec nsenter "$net" "$@""#;
     }
 }
 
-pub fn config(t: &Topology, router: &Value) -> PathBuf {
+/// Writes a host config with one router next to the topology's state directory.
+fn write_config(t: &Topology, mode: &str, bridges: Value, router: &Value) -> PathBuf {
     let cfg = json!({
-        "agent": {"mode": "legacy", "host": "host-a", "state_path": t.state,
-                  "bridges": {NET_T1: "br-t1", NET_T2: "br-t2", NET_EX: "br-ex"}},
+        "agent": {"mode": mode, "host": "host-a", "state_path": t.state, "bridges": bridges},
         "routers": [router],
     });
     let path = t
@@ -202,17 +202,14 @@ pub fn config(t: &Topology, router: &Value) -> PathBuf {
     path
 }
 
+pub fn config(t: &Topology, router: &Value) -> PathBuf {
+    let bridges = json!({NET_T1: "br-t1", NET_T2: "br-t2", NET_EX: "br-ex"});
+    write_config(t, "legacy", bridges, router)
+}
+
 pub fn dvr_config(t: &Topology, router: &Value, mode: &str) -> PathBuf {
-    let cfg = json!({
-        "agent": {"mode": mode, "host": "host-a", "state_path": t.state,
-                  "bridges": {DVR_T1: "br-t1", DVR_T2: "br-t2", DVR_EX: "br-ex"}},
-        "routers": [router],
-    });
-    let path = t
-        .state
-        .with_extension(format!("{}.json", l3agent_testkit::unique()));
-    std::fs::write(&path, cfg.to_string()).unwrap();
-    path
+    let bridges = json!({DVR_T1: "br-t1", DVR_T2: "br-t2", DVR_EX: "br-ex"});
+    write_config(t, mode, bridges, router)
 }
 
 /// Runs `l3agent ARGS --json` inside the topology's host namespace: (exit code, stdout as
