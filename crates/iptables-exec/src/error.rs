@@ -55,6 +55,7 @@ impl From<l3agent_netns::NetnsError> for ExecError {
                 what: e.to_string(),
                 source: std::io::Error::other("panicked"),
             },
+            e @ NetnsError::PrivateMounts => ExecError::Backend(e.to_string()),
         }
     }
 }

@@ -4,7 +4,9 @@
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     /// A value failed validation. `field` is the path of the value (as the caller wrote it, e.g.
-    /// `ipv4.filter.rules[3].rule`), `value` the offending text (escaped for display).
+    /// `ipv4.filter.rules[3].rule`), `value` the offending text, cut to [`MAX_SHOWN`]
+    /// characters (see [`shown`]) and escaped for display (`{:?}`, so a control or invisible
+    /// character is printed as `\u{..}`, never sent to the terminal).
     #[error("{field}: invalid value {value:?}: {reason}")]
     Invalid {
         /// Where the value came from.
@@ -36,12 +38,31 @@ pub enum Error {
     },
 }
 
+/// The most characters of an offending value an error repeats.
+pub const MAX_SHOWN: usize = 80;
+
+/// `value` cut to at most [`MAX_SHOWN`] characters, the last one `…` when it was cut: an error
+/// names the value without repeating a whole file's worth of it.
+pub fn shown(value: &str) -> String {
+    if value.chars().count() <= MAX_SHOWN {
+        return value.to_owned();
+    }
+    let mut out: String = value.chars().take(MAX_SHOWN - 1).collect();
+    out.push('…');
+    out
+}
+
+/// `value` as an error message quotes it: cut by [`shown`], then quoted and escaped by `{:?}`.
+pub(crate) fn quoted(value: &str) -> String {
+    format!("{:?}", shown(value))
+}
+
 impl Error {
-    /// Shorthand for [`Error::Invalid`].
+    /// Shorthand for [`Error::Invalid`]; the value is cut by [`shown`].
     pub fn invalid(field: &str, value: &str, reason: impl Into<String>) -> Error {
         Error::Invalid {
             field: field.to_owned(),
-            value: value.to_owned(),
+            value: shown(value),
             reason: reason.into(),
         }
     }
@@ -78,5 +99,29 @@ impl Error {
             },
             e @ Error::Save { .. } => e,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_value_is_cut_to_80_characters_with_an_ellipsis() {
+        let long = "é".repeat(200);
+        let Error::Invalid { value, .. } = Error::invalid("f", &long, "r") else {
+            unreachable!()
+        };
+        assert_eq!(value.chars().count(), MAX_SHOWN);
+        assert!(value.ends_with('…'));
+        assert_eq!(shown("short"), "short");
+        assert_eq!(shown(&"x".repeat(80)), "x".repeat(80));
+    }
+
+    #[test]
+    fn control_and_invisible_characters_are_escaped_in_the_message() {
+        let e = Error::invalid("rules[0].comment", "a\u{1b}[2Jb\u{202e}c", "bad").to_string();
+        assert!(e.contains(r"\u{1b}") && e.contains(r"\u{202e}"), "{e}");
+        assert!(!e.contains('\u{1b}') && !e.contains('\u{202e}'), "{e}");
     }
 }

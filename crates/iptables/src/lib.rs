@@ -4,6 +4,7 @@
 //!
 //! The crate that runs `iptables-save`/`iptables-restore` is `l3agent-iptables-exec`.
 
+pub mod argv;
 pub mod error;
 pub mod kernel;
 pub mod marker;

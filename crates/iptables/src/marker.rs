@@ -10,7 +10,8 @@ use sha2::{Digest, Sha256};
 
 use crate::names::Table;
 
-const PREFIX: &str = "l3agent:";
+/// The start of every marker comment; no user comment or tag may start with it.
+pub(crate) const PREFIX: &str = "l3agent:";
 
 /// A parsed marker: the owning wrap name and the rule hash.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

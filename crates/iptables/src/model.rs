@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::error::Error;
 use crate::marker::{marker_text, rule_hash};
-use crate::names::{ChainName, Comment, Family, Table, Tag, WrapName};
+use crate::names::{is_jump_chain, ChainName, Comment, Family, Table, Tag, WrapName};
 use crate::rule::ParsedRule;
 
 /// Neutron's constructor options, plus the names of its shared chains.
@@ -40,6 +40,39 @@ impl Default for ModelOptions {
             postrouting_bottom: ChainName::new("postrouting_bottom", "neutron-postrouting-bottom")
                 .expect("valid"),
         }
+    }
+}
+
+impl ModelOptions {
+    /// Checks the two shared chain names against what the default rules need: each gets a
+    /// `-j <name>` rule in a builtin chain and is created as an unwrapped chain, so it must not
+    /// be a builtin chain (of any table), must not be one of `wrap`'s own chains
+    /// (`<wrap>-...`), and must read as a chain after `-j` (see
+    /// [`crate::names::is_jump_chain`]: an all-upper-case name is taken for a target
+    /// extension). Errors name the rules file's field (`filter_top_chain`,
+    /// `postrouting_bottom_chain`).
+    pub fn validate(&self, wrap: &WrapName) -> Result<(), Error> {
+        for (field, name) in [
+            ("filter_top_chain", &self.filter_top),
+            ("postrouting_bottom_chain", &self.postrouting_bottom),
+        ] {
+            let name = name.as_str();
+            let reason = if Table::ALL.iter().any(|t| t.is_builtin(name)) {
+                "is a builtin chain; the shared chain must be a chain of its own (such as \
+                 neutron-filter-top), which l3agent creates and jumps to"
+                    .to_owned()
+            } else if wrap.strip(name).is_some() {
+                format!("names one of this manager's own chains ({wrap}-...), which are wrapped")
+            } else if !is_jump_chain(name) {
+                "must contain a lower-case letter or '-': iptables would take an upper-case \
+                 name after -j for a target extension"
+                    .to_owned()
+            } else {
+                continue;
+            };
+            return Err(Error::invalid(field, name, reason));
+        }
+        Ok(())
     }
 }
 
@@ -81,7 +114,8 @@ pub enum ChainKind {
     /// An unwrapped chain we declared: created if missing, shared with others; only our marked
     /// rules in it are ours.
     Shared,
-    /// A builtin chain, or an unwrapped chain we put rules in without declaring it.
+    /// A builtin chain we put unwrapped rules in (any other unwrapped chain must be declared,
+    /// and is then [`ChainKind::Shared`]).
     Foreign,
 }
 
@@ -160,16 +194,27 @@ pub struct IptablesModel {
 
 impl IptablesModel {
     /// A model with Neutron's default chains and rules for these options (I-03..I-06).
+    ///
+    /// # Panics
+    ///
+    /// If the options are invalid (see [`ModelOptions::validate`]); options read from outside
+    /// go through [`IptablesModel::try_new`].
     pub fn new(wrap: WrapName, options: ModelOptions) -> Self {
+        IptablesModel::try_new(wrap, options).expect("valid model options")
+    }
+
+    /// [`IptablesModel::new`] for options from outside: invalid options are an error (naming
+    /// the option, see [`ModelOptions::validate`]), not a panic.
+    pub fn try_new(wrap: WrapName, options: ModelOptions) -> Result<Self, Error> {
+        options.validate(&wrap)?;
         let mut m = IptablesModel {
             wrap,
             options,
             tables: Default::default(),
             dirty: Default::default(),
         };
-        m.install_defaults()
-            .expect("default chains and rules are valid");
-        m
+        m.install_defaults()?;
+        Ok(m)
     }
 
     /// Whether `other` describes the same rules (wrap name, options, chains and rules),
@@ -459,6 +504,20 @@ impl IptablesModel {
                     family: family.to_string(),
                     table: table.to_string(),
                 })
+            }
+            // Neutron's LookupError: an unwrapped rule goes into a builtin chain or into a shared
+            // chain declared with `add_chain(.., wrap: false)`, never into a chain that exists
+            // only in somebody else's rules.
+            None if !table.is_builtin(spec.chain) => {
+                return Err(Error::invalid(
+                    "chain",
+                    spec.chain,
+                    format!(
+                        "a wrap: false rule must go into a builtin chain of {family} table \
+                         {table} ({}) or into a declared unwrapped chain (unwrapped_chains)",
+                        table.builtin_chains().join(", ")
+                    ),
+                ))
             }
             None => ChainKind::Foreign,
         };
@@ -898,5 +957,101 @@ mod tests {
         m.clear_rules_by_tag("floating_ip");
         assert!(m.is_chain_empty(Family::V4, Table::Nat, "PREROUTING", true));
         assert!(m.dirty(Family::V4)[&Table::Nat].contains("w-PREROUTING"));
+    }
+
+    #[test]
+    fn wrap_false_rules_go_only_into_builtin_or_declared_shared_chains() {
+        let mut m = model();
+        let unwrapped = |chain| RuleSpec {
+            wrap: false,
+            ..RuleSpec::new(chain, "-j ACCEPT")
+        };
+        m.add_rule(Family::V4, Table::Filter, unwrapped("INPUT"))
+            .unwrap();
+        m.add_rule(Family::V4, Table::Nat, unwrapped("POSTROUTING"))
+            .unwrap();
+        m.add_rule(Family::V4, Table::Filter, unwrapped("neutron-filter-top"))
+            .unwrap();
+        let e = m
+            .add_rule(Family::V4, Table::Filter, unwrapped("DOCKER"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("chain: invalid value \"DOCKER\": a wrap: false rule must go into a builtin chain of ipv4 table filter (INPUT, FORWARD, OUTPUT) or into a declared unwrapped chain"),
+            "{e}"
+        );
+        // A builtin chain of another table is not one of this table.
+        assert!(m
+            .add_rule(Family::V4, Table::Filter, unwrapped("PREROUTING"))
+            .is_err());
+        m.add_chain(Family::V4, Table::Filter, "shared-x", false)
+            .unwrap();
+        m.add_rule(Family::V4, Table::Filter, unwrapped("shared-x"))
+            .unwrap();
+    }
+
+    #[test]
+    fn invalid_shared_chain_options_are_errors_not_panics() {
+        let with = |top: &str, bottom: &str| ModelOptions {
+            filter_top: ChainName::new("t", top).unwrap(),
+            postrouting_bottom: ChainName::new("b", bottom).unwrap(),
+            ..ModelOptions::default()
+        };
+        let wrap = || WrapName::new("w").unwrap();
+        for (top, bottom, field, why) in [
+            (
+                "INPUT",
+                "neutron-postrouting-bottom",
+                "filter_top_chain",
+                "builtin",
+            ),
+            (
+                "FORWARD",
+                "neutron-postrouting-bottom",
+                "filter_top_chain",
+                "builtin",
+            ),
+            (
+                "PREROUTING",
+                "neutron-postrouting-bottom",
+                "filter_top_chain",
+                "builtin",
+            ),
+            (
+                "w-top",
+                "neutron-postrouting-bottom",
+                "filter_top_chain",
+                "own chains",
+            ),
+            (
+                "MYTOP",
+                "neutron-postrouting-bottom",
+                "filter_top_chain",
+                "lower-case",
+            ),
+            (
+                "neutron-filter-top",
+                "POSTROUTING",
+                "postrouting_bottom_chain",
+                "builtin",
+            ),
+            (
+                "neutron-filter-top",
+                "OUTPUT",
+                "postrouting_bottom_chain",
+                "builtin",
+            ),
+        ] {
+            let e = IptablesModel::try_new(wrap(), with(top, bottom))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with(field) && e.contains(why),
+                "{top}/{bottom}: {e}"
+            );
+        }
+        let m = IptablesModel::try_new(wrap(), with("my-top", "my.bottom")).unwrap();
+        assert!(m.has_chain(Family::V4, Table::Filter, "my-top", false));
+        assert!(m.has_chain(Family::V4, Table::Nat, "my.bottom", false));
     }
 }

@@ -243,20 +243,7 @@ pub struct Comment(String);
 impl Comment {
     /// Validates a comment; `field` names it in the error.
     pub fn new(field: &str, value: &str) -> Result<Self, Error> {
-        if value.len() > MAX_COMMENT_LEN {
-            return Err(Error::invalid(
-                field,
-                value,
-                format!(
-                    "is {} bytes, at most {MAX_COMMENT_LEN} are allowed",
-                    value.len()
-                ),
-            ));
-        }
-        reject_control(field, value)?;
-        if value.is_empty() {
-            return Err(Error::invalid(field, value, "must not be empty"));
-        }
+        check_comment(value).map_err(|reason| Error::invalid(field, value, reason))?;
         Ok(Comment(value.to_owned()))
     }
 
@@ -266,16 +253,91 @@ impl Comment {
     }
 }
 
-/// Rejects NUL, line breaks and every other control character.
-pub(crate) fn reject_control(field: &str, value: &str) -> Result<(), Error> {
-    if let Some(c) = value.chars().find(|c| c.is_control()) {
-        return Err(Error::invalid(
-            field,
-            value,
-            format!("contains the control character U+{:04X}", c as u32),
+/// Why `value` cannot be a `-m comment` text, if it cannot: too long, empty, a control or
+/// invisible format character, or l3agent's reserved marker prefix (a comment that looked like
+/// `l3agent:<wrap>:<hash>` would make another manager's apply take the rule for its own).
+pub(crate) fn check_comment(value: &str) -> Result<(), String> {
+    if value.len() > MAX_COMMENT_LEN {
+        return Err(format!(
+            "is {} bytes, at most {MAX_COMMENT_LEN} are allowed",
+            value.len()
+        ));
+    }
+    unprintable(value)?;
+    if value.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    reserved(value)
+}
+
+/// Refuses text that starts like an ownership marker (see [`crate::marker`]).
+fn reserved(value: &str) -> Result<(), String> {
+    if value.starts_with(crate::marker::PREFIX) {
+        return Err(format!(
+            "starts with {:?}, which is reserved for l3agent's ownership markers",
+            crate::marker::PREFIX
         ));
     }
     Ok(())
+}
+
+/// Whether `c` is invisible in a terminal or a log yet changes how text reads: Unicode's
+/// format characters (category Cf: soft hyphen, bidi embeddings, overrides and isolates,
+/// zero-width spaces and joiners, word joiner, BOM, tag characters, ...) and the line and
+/// paragraph separators. The table is Unicode 15.1's Cf list.
+pub(crate) fn is_invisible_format(c: char) -> bool {
+    const RANGES: &[(u32, u32)] = &[
+        (0x00AD, 0x00AD),
+        (0x0600, 0x0605),
+        (0x061C, 0x061C),
+        (0x06DD, 0x06DD),
+        (0x070F, 0x070F),
+        (0x0890, 0x0891),
+        (0x08E2, 0x08E2),
+        (0x180E, 0x180E),
+        (0x200B, 0x200F),
+        (0x2028, 0x202E),
+        (0x2060, 0x2064),
+        (0x2066, 0x206F),
+        (0xFEFF, 0xFEFF),
+        (0xFFF9, 0xFFFB),
+        (0x110BD, 0x110BD),
+        (0x110CD, 0x110CD),
+        (0x13430, 0x1343F),
+        (0x1BCA0, 0x1BCA3),
+        (0x1D173, 0x1D17A),
+        (0xE0001, 0xE0001),
+        (0xE0020, 0xE007F),
+    ];
+    let c = c as u32;
+    RANGES.iter().any(|&(lo, hi)| (lo..=hi).contains(&c))
+}
+
+fn unprintable(value: &str) -> Result<(), String> {
+    if let Some(c) = value.chars().find(|c| c.is_control()) {
+        return Err(format!("contains the control character U+{:04X}", c as u32));
+    }
+    if let Some(c) = value.chars().find(|c| is_invisible_format(*c)) {
+        return Err(format!(
+            "contains the invisible format character U+{:04X}",
+            c as u32
+        ));
+    }
+    Ok(())
+}
+
+/// Rejects NUL, line breaks and every other control character, and the invisible format
+/// characters of [`is_invisible_format`] (bidi overrides, zero-width characters, ...).
+pub(crate) fn reject_control(field: &str, value: &str) -> Result<(), Error> {
+    unprintable(value).map_err(|reason| Error::invalid(field, value, reason))
+}
+
+/// Whether `name` can follow `-j`/`-g` as a jump to a user chain: a valid [`ChainName`] with a
+/// lower-case letter or a `-`. iptables first looks for a target extension of that name
+/// (`libxt_<NAME>.so`, upper case by convention) and only then for a chain, so an all-upper-case
+/// name would load an extension l3agent has not vetted.
+pub fn is_jump_chain(name: &str) -> bool {
+    ChainName::new("", name).is_ok() && name.chars().any(|c| c.is_ascii_lowercase() || c == '-')
 }
 
 /// Quotes a string argument exactly as `iptables-save` does (libxtables `xtables_save_string`):
@@ -306,12 +368,13 @@ pub fn quote_comment(value: &str) -> String {
 pub struct Tag(String);
 
 impl Tag {
-    /// Validates a tag: 1..=64 printable characters.
+    /// Validates a tag: 1..=64 printable characters, not starting like an ownership marker.
     pub fn new(field: &str, value: &str) -> Result<Self, Error> {
         if value.is_empty() || value.len() > 64 {
             return Err(Error::invalid(field, value, "must be 1 to 64 characters"));
         }
         reject_control(field, value)?;
+        reserved(value).map_err(|reason| Error::invalid(field, value, reason))?;
         Ok(Tag(value.to_owned()))
     }
 
@@ -382,5 +445,72 @@ mod tests {
         );
         assert!(Comment::new("c", "a\0b").is_err());
         assert!(Comment::new("c", &"x".repeat(256)).is_err());
+    }
+
+    #[test]
+    fn comments_and_tags_refuse_invisible_format_characters() {
+        for c in [
+            '\u{202A}',
+            '\u{202E}',
+            '\u{2066}',
+            '\u{2069}',
+            '\u{200B}',
+            '\u{200F}',
+            '\u{FEFF}',
+            '\u{2060}',
+            '\u{2064}',
+            '\u{00AD}',
+            '\u{2028}',
+            '\u{E0041}',
+            '\u{061C}',
+        ] {
+            let text = format!("ssh{c}ok");
+            let e = Comment::new("rules[0].comment", &text)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("invisible format character")
+                    && e.contains(&format!("U+{:04X}", c as u32)),
+                "{e}"
+            );
+            assert!(
+                !e.contains(c),
+                "the message must not carry the character itself: {e}"
+            );
+            assert!(Tag::new("rules[0].tag", &text).is_err(), "{c:?}");
+        }
+        assert!(Tag::new("t", "a\u{1b}[31m").is_err());
+        assert!(Comment::new("c", "café, naïve, 日本").is_ok());
+    }
+
+    #[test]
+    fn comments_and_tags_cannot_impersonate_an_ownership_marker() {
+        for text in [
+            "l3agent:w:0123456789abcdef",
+            "l3agent:neutron-l3-agent:00000000000000ff",
+            "l3agent:",
+        ] {
+            let e = Comment::new("rules[0].comment", text)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("reserved for l3agent's ownership markers"),
+                "{e}"
+            );
+            assert!(Tag::new("rules[0].tag", text).is_err(), "{text}");
+        }
+        // Mentioning l3agent is fine; only the marker's own prefix is reserved.
+        assert!(Comment::new("c", "managed by l3agent: ssh").is_ok());
+        assert!(Comment::new("c", "x l3agent:w:0123456789abcdef").is_ok());
+    }
+
+    #[test]
+    fn a_jump_target_is_a_chain_only_with_a_lower_case_letter_or_dash() {
+        for chain in ["neutron-filter-top", "w-INPUT", "fw", "a.b"] {
+            assert!(is_jump_chain(chain), "{chain}");
+        }
+        for name in ["ACCEPT", "LED", "MY_CHAIN", "A1", "", "-x", "a b", "a/b"] {
+            assert!(!is_jump_chain(name), "{name}");
+        }
     }
 }

@@ -1,20 +1,24 @@
 //! Rule text: tokenising, validation and canonicalisation.
 //!
 //! A rule as the caller writes it (`-p tcp --dport 22 -j ACCEPT`) is tokenised with the same
-//! quoting rules `iptables-restore` uses, checked so that nothing in it can end the restore line
-//! or smuggle in a command (`-A`, `-t`, ...), and, when l3agent knows every match and target in
-//! it, rewritten into the exact form `iptables-save` prints (`-p tcp -m tcp --dport 22 -j
-//! ACCEPT`). That canonical form is what lets a second apply of the same desired state see
-//! "no change" when it compares against the kernel (Neutron B-07). A rule l3agent cannot
-//! canonicalise is still accepted; it is then identified in the kernel by a marker comment
-//! carrying a hash of its text (see [`crate::marker`]).
+//! quoting rules `iptables-restore` uses, then read the way iptables itself reads it
+//! (`getopt_long`, abbreviations, `--opt=value`, glued short options: see [`crate::argv`]) so
+//! that nothing in it can end the restore line, smuggle in a command or a program (`-A`, `-t`,
+//! `-M`, ...), resolve a host name, or load a match or target l3agent does not allow. Accepted
+//! abbreviated or glued spellings are normalised to full option names. When l3agent knows every
+//! match and target in the rule, it is then rewritten into the exact form `iptables-save` prints
+//! (`-p tcp -m tcp --dport 22 -j ACCEPT`). That canonical form is what lets a second apply of
+//! the same desired state see "no change" when it compares against the kernel (Neutron B-07). A
+//! rule l3agent cannot canonicalise is still accepted; it is then identified in the kernel by a
+//! marker comment carrying a hash of its (normalised) text (see [`crate::marker`]).
 
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use crate::argv;
 use crate::error::Error;
-use crate::names::{quote_comment, reject_control, Family};
+use crate::names::{is_jump_chain, quote_comment, reject_control, Family};
 
 /// One token of a rule: its value, and whether it was written in double quotes (a quoted token
 /// is never an option, even if it starts with `-`).
@@ -30,7 +34,7 @@ impl Token {
     fn bare(&self) -> Option<&str> {
         (!self.quoted).then_some(self.value.as_str())
     }
-    fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         if self.quoted || self.value.is_empty() {
             quote_comment(&self.value)
         } else {
@@ -41,7 +45,8 @@ impl Token {
 
 /// Splits rule text into tokens the way `iptables-restore` does: words separated by spaces, a
 /// double-quoted word may contain spaces and `\"`, `\'`, `\\` escapes. Control characters,
-/// unbalanced quotes, and `'` or `\` outside quotes are rejected.
+/// unbalanced quotes, and `'` or `\` outside quotes are rejected, and so are invisible format
+/// characters (bidi overrides, zero-width characters, ...) anywhere in the text.
 pub fn tokenize(field: &str, text: &str) -> Result<Vec<Token>, Error> {
     reject_control(field, text)?;
     let mut out = Vec::new();
@@ -113,59 +118,14 @@ pub fn tokenize(field: &str, text: &str) -> Result<Vec<Token>, Error> {
     Ok(out)
 }
 
-/// Options that would make a rule line do something other than append one rule.
-const FORBIDDEN: &[&str] = &[
-    "-A",
-    "--append",
-    "-I",
-    "--insert",
-    "-D",
-    "--delete",
-    "-R",
-    "--replace",
-    "-N",
-    "--new-chain",
-    "-X",
-    "--delete-chain",
-    "-F",
-    "--flush",
-    "-Z",
-    "--zero",
-    "-P",
-    "--policy",
-    "-E",
-    "--rename-chain",
-    "-L",
-    "--list",
-    "-S",
-    "--list-rules",
-    "-t",
-    "--table",
-    "-c",
-    "--set-counters",
-    "-w",
-    "--wait",
-    "-W",
-    "--wait-interval",
-    "-4",
-    "--ipv4",
-    "-6",
-    "--ipv6",
-    "-h",
-    "--help",
-    "-V",
-    "--version",
-    "--modprobe",
-    "-C",
-    "--check",
-    "COMMIT",
-];
-
 /// A rule after tokenising, `$chain` expansion, validation and (where possible)
 /// canonicalisation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParsedRule {
+    /// The words after normalisation (see [`crate::argv`]).
     tokens: Vec<Token>,
+    /// Index in `tokens` of the `-j`/`-g` word.
+    target_at: Option<usize>,
     canonical: Option<Canonical>,
     /// The `-j`/`-g` target, if any.
     pub target: Option<String>,
@@ -180,6 +140,13 @@ struct Canonical {
 impl ParsedRule {
     /// Parses and validates `text` for `family`. Words `$name` are replaced by `expand(name)`
     /// (the manager's `$chain` jumps). `field` names the rule in errors.
+    ///
+    /// Refused (an error naming the option and quoting the rule): `-M`/`--modprobe`,
+    /// `-c`/`--set-counters` and every command or global option in any spelling, ambiguous or
+    /// unknown options, matches and targets not on l3agent's allowlist, host names and address
+    /// lists, and malformed interface names. Normalised (then written in full): unambiguous
+    /// abbreviations (`--proto` → `--protocol`), `--opt=value` and glued or bundled short
+    /// options (`-ptcp` → `-p tcp`). See [`crate::argv`].
     pub fn parse(
         field: &str,
         family: Family,
@@ -192,13 +159,13 @@ impl ParsedRule {
                 t.value = expand(name)?;
             }
         }
-        validate(field, family, &tokens)?;
-        let target = find_target(&tokens);
-        let canonical = canonicalize(family, &tokens);
+        let parsed = argv::parse(field, family, &tokens)?;
+        let canonical = canonicalize(family, &parsed.tokens);
         Ok(ParsedRule {
-            tokens,
+            tokens: parsed.tokens,
+            target_at: parsed.target_at,
             canonical,
-            target,
+            target: parsed.target,
         })
     }
 
@@ -235,11 +202,7 @@ impl ParsedRule {
                 .collect(),
             None => {
                 let rendered: Vec<String> = self.tokens.iter().map(Token::render).collect();
-                let at = self
-                    .tokens
-                    .iter()
-                    .rposition(|t| matches!(t.bare(), Some("-j" | "--jump" | "-g" | "--goto")))
-                    .unwrap_or(rendered.len());
+                let at = self.target_at.unwrap_or(rendered.len());
                 let mut words = rendered[..at].to_vec();
                 words.extend(comment_words);
                 words.extend_from_slice(&rendered[at..]);
@@ -250,74 +213,10 @@ impl ParsedRule {
     }
 }
 
-fn find_target(tokens: &[Token]) -> Option<String> {
-    tokens
-        .windows(2)
-        .filter(|w| matches!(w[0].bare(), Some("-j" | "--jump" | "-g" | "--goto")))
-        .map(|w| w[1].value.clone())
-        .next_back()
-}
-
-fn validate(field: &str, family: Family, tokens: &[Token]) -> Result<(), Error> {
-    let joined = || {
-        tokens
-            .iter()
-            .map(Token::render)
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
-    let mut targets = 0;
-    for (i, t) in tokens.iter().enumerate() {
-        let Some(word) = t.bare() else { continue };
-        if FORBIDDEN.contains(&word) || word.starts_with('*') || word.starts_with(':') {
-            return Err(Error::invalid(
-                field,
-                &joined(),
-                format!("{word:?} is not allowed in a rule (only matches and a target)"),
-            ));
-        }
-        let next = || {
-            tokens.get(i + 1).map(|t| t.value.as_str()).ok_or_else(|| {
-                Error::invalid(field, &joined(), format!("option {word} needs a value"))
-            })
-        };
-        match word {
-            "-s" | "--source" | "--src" | "-d" | "--destination" | "--dst" => {
-                parse_addr(family, next()?)
-                    .map_err(|reason| Error::invalid(field, &joined(), reason))?;
-            }
-            "-i" | "--in-interface" | "-o" | "--out-interface" => {
-                let name = next()?;
-                let base = name.strip_suffix('+').unwrap_or(name);
-                if name.len() > 15 || name.is_empty() || base.contains(['/', ' ']) {
-                    return Err(Error::invalid(
-                        field,
-                        &joined(),
-                        format!("interface {name:?} is not a valid device name (1-15 characters)"),
-                    ));
-                }
-            }
-            "-j" | "--jump" | "-g" | "--goto" => {
-                targets += 1;
-                next()?;
-            }
-            _ => {}
-        }
-    }
-    if targets > 1 {
-        return Err(Error::invalid(
-            field,
-            &joined(),
-            "more than one target (-j/-g)",
-        ));
-    }
-    Ok(())
-}
-
 /// Parses an address or CIDR for `family`, canonical as `iptables-save` prints it
 /// (`192.0.2.1` → `192.0.2.1/32`, host bits cleared). Host names and lists are refused:
 /// iptables would resolve names through DNS or expand lists into several rules.
-fn parse_addr(family: Family, value: &str) -> Result<IpNet, String> {
+pub(crate) fn parse_addr(family: Family, value: &str) -> Result<IpNet, String> {
     let net = if value.contains('/') {
         value.parse::<IpNet>().map_err(|_| {
             format!("address {value:?} is not an IP address or CIDR (host names and lists are not allowed)")
@@ -708,7 +607,7 @@ fn canonicalize(family: Family, tokens: &[Token]) -> Option<Canonical> {
                 }
                 i += 2;
             }
-            "-f" | "--fragment" => {
+            "-f" | "--fragment" | "--fragments" => {
                 if family == Family::V6 {
                     return None;
                 }
@@ -938,7 +837,7 @@ fn canonical_target(
             format!("-j LOG --log-prefix {}", quote_comment(prefix))
         }
         // A user chain: lower case or with '-' (extension targets are upper case).
-        chain if opts.is_empty() && chain.chars().any(|c| c.is_ascii_lowercase() || c == '-') => {
+        chain if opts.is_empty() && is_jump_chain(chain) => {
             format!("{flag} {chain}")
         }
         _ => return None,
@@ -1093,5 +992,386 @@ mod tests {
             canon(Family::V6, "-j REJECT").as_deref(),
             Some("-j REJECT --reject-with icmp6-port-unreachable")
         );
+    }
+
+    fn parse_v4(text: &str) -> Result<ParsedRule, Error> {
+        ParsedRule::parse("ipv4.filter.rules[3].rule", Family::V4, text, &|n| {
+            Ok(format!("w-{n}"))
+        })
+    }
+
+    /// Spellings that would smuggle a program, counters, a host name, an address list, a table
+    /// or a command past a check on the literal words, as iptables' `getopt_long` reads them.
+    const SMUGGLED: &[&str] = &[
+        "-M /bin/sh",
+        "-M/bin/sh",
+        "--modprobe=/bin/sh",
+        "--modp /bin/sh",
+        "--mod=/x",
+        "-c 1 2",
+        "--set-c 1 2",
+        "-s host.example",
+        "-s 192.0.2.1,192.0.2.2",
+        "-sA,B",
+        "-d 192.0.2.1,192.0.2.2",
+        "--source=evil.example",
+        "--dst host",
+        "-j DNAT --to-destination host.example",
+        "--to-d=host.example",
+        "-j DNAT --to-d=host.example",
+        "-m bpf --object-pinned /sys/fs/bpf/x",
+        "-t nat",
+        "--table=nat",
+        "-A FOO",
+        "--append FOO",
+        // Quotes are gone before getopt runs; bundles and glued values are options too.
+        "\"-M\" /bin/sh",
+        "\"--modprobe=/bin/sh\"",
+        "-vM/bin/sh",
+        "-fM/bin/sh",
+        "--set-counters=1,2",
+        "-p tcp --set-c 1 2",
+        "-j ACCEPT --modprobe /bin/sh",
+        "-m comment --comment x -M /bin/sh",
+        // Commands and global options in every spelling.
+        "--app FOO",
+        "-I INPUT",
+        "-D INPUT",
+        "-R INPUT 1",
+        "-C INPUT",
+        "-F",
+        "-X",
+        "-N x",
+        "-P INPUT DROP",
+        "-Z",
+        "-L",
+        "-S",
+        "-E a b",
+        "-w",
+        "--wait=5",
+        "-W1",
+        "-n",
+        "-x",
+        "-v",
+        "--exact",
+        "--line-numbers",
+        "--line",
+        "-4",
+        "--ipv6",
+        "-h",
+        "-V",
+        "--vers",
+        "--",
+        "-j ACCEPT -- -M /bin/sh",
+        // Names iptables would resolve: hosts, users, NSS protocols.
+        "-m conntrack --ctorigsrc host.example",
+        "-m conntrack --ctrepldst=192.0.2.1,192.0.2.2",
+        "-m policy --dir in --pol ipsec --tunnel-src gw.example",
+        "-m iprange --src-range a.example-b.example",
+        "-m owner --uid-owner root",
+        "-j SNAT --to-source snat.example:1000",
+        "-p ipencap",
+        "-p 010",
+        // Unknown or refused modules and targets.
+        "-m recent --name x --set",
+        "-m u32 --u32 0>>22&0x3C@12>>26&0x3F=0",
+        "-j LED --led-trigger-id x",
+        "-j NFQUEUE",
+        "-j TEE --gateway 192.0.2.1",
+        "-j FOO",
+        "-g ACCEPT",
+        // Ambiguous abbreviations.
+        "--m tcp",
+        "--s 192.0.2.1",
+        "-p tcp -m tcp --sou 22",
+        "-m mark -m connmark --ma 1",
+    ];
+
+    #[test]
+    fn every_smuggling_spelling_is_rejected_with_the_field_and_the_rule() {
+        for bad in SMUGGLED {
+            let text = format!("{bad} -j ACCEPT");
+            let text = if bad.contains("-j ") || bad.contains("-g ") || bad.contains("--to-d") {
+                (*bad).to_owned()
+            } else {
+                text
+            };
+            let e = parse_v4(&text).expect_err(&text).to_string();
+            assert!(
+                e.starts_with("ipv4.filter.rules[3].rule: invalid value \""),
+                "{text}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_error_names_the_option_as_written_and_the_one_iptables_reads() {
+        let e = parse_v4("-p tcp --modp /bin/sh -j ACCEPT")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("\"--modp\" is not allowed in a rule (--modprobe)")
+                && e.contains("invalid value \"-p tcp --modp /bin/sh -j ACCEPT\""),
+            "{e}"
+        );
+        let e = parse_v4("-t nat -j ACCEPT").unwrap_err().to_string();
+        assert!(e.contains("\"-t\" is not allowed"), "{e}");
+        let e = parse_v4("--s 192.0.2.1").unwrap_err().to_string();
+        assert!(
+            e.contains("\"--s\" is an ambiguous abbreviation (of --source, --src, --set-counters)"),
+            "{e}"
+        );
+        let e = parse_v4("-m bpf --object-pinned /sys/fs/bpf/x")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("match \"-m bpf\" is not supported"), "{e}");
+        let e = parse_v4("-j DNAT --to-d=host.example")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--to-destination (target DNAT)"), "{e}");
+    }
+
+    #[test]
+    fn an_error_quotes_at_most_80_characters_of_the_rule_with_escapes() {
+        let long = format!("-m comment --comment {} -M /bin/sh", "c".repeat(200));
+        let Error::Invalid { value, .. } = parse_v4(&long).unwrap_err() else {
+            panic!("not an invalid-value error")
+        };
+        assert_eq!(value.chars().count(), 80);
+        assert!(value.ends_with('…'));
+        let e = parse_v4("-m comment --comment \"a\u{202e}b\" -j ACCEPT")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(r"\u{202e}") && !e.contains('\u{202e}'), "{e}");
+    }
+
+    /// (as written, what l3agent writes, whether that is iptables-save's canonical form).
+    const ACCEPTED: &[(&str, &str, bool)] = &[
+        ("-p tcp --dport 22", "-p tcp -m tcp --dport 22", true),
+        ("--proto tcp", "-p tcp", true),
+        ("-ptcp --dport 22", "-p tcp -m tcp --dport 22", true),
+        ("--protocol=tcp", "-p tcp", true),
+        ("-s 192.0.2.0/24", "-s 192.0.2.0/24", true),
+        ("--src 192.0.2.1", "-s 192.0.2.1/32", true),
+        (
+            "-j DNAT --to-destination 192.0.2.5:80",
+            "-j DNAT --to-destination 192.0.2.5:80",
+            false,
+        ),
+        (
+            "-m comment --comment \"x y\"",
+            "-m comment --comment \"x y\"",
+            true,
+        ),
+        ("--so=192.0.2.1 -jACCEPT", "-s 192.0.2.1/32 -j ACCEPT", true),
+        (
+            "-p tcp --dp 22 --ma comment --comm=x -jACCEPT",
+            "-p tcp -m tcp --dport 22 -m comment --comment x -j ACCEPT",
+            true,
+        ),
+        (
+            "-p tcp --tcp-fl SYN,ACK SYN",
+            "-p tcp -m tcp --tcp-flags SYN,ACK SYN",
+            true,
+        ),
+        ("-fj DROP", "-f -j DROP", true),
+        ("--fragment -j DROP", "-f -j DROP", true),
+        (
+            "-i eth+ -o qg-1234567890ab -j ACCEPT",
+            "-i eth+ -o qg-1234567890ab -j ACCEPT",
+            true,
+        ),
+        (
+            "-j DNAT --to-d=192.0.2.5",
+            "-j DNAT --to-destination 192.0.2.5",
+            true,
+        ),
+        (
+            "-j SNAT --to-source 192.0.2.1-192.0.2.9:1000-2000",
+            "-j SNAT --to-source 192.0.2.1-192.0.2.9:1000-2000",
+            false,
+        ),
+        (
+            "-m set --match-set fips src,dst -j DROP",
+            "-m set --match-set fips src,dst -j DROP",
+            false,
+        ),
+        (
+            "-m physdev --physdev-in tap1 -j ACCEPT",
+            "-m physdev --physdev-in tap1 -j ACCEPT",
+            false,
+        ),
+        (
+            "-m owner --uid-owner 1000-1999 -j ACCEPT",
+            "-m owner --uid-owner 1000-1999 -j ACCEPT",
+            false,
+        ),
+        (
+            "-j CONNMARK --restore-m --nfm 0xffff0000 --ctm 0xffff0000",
+            "-j CONNMARK --restore-mark --nfmask 0xffff0000 --ctmask 0xffff0000",
+            false,
+        ),
+        (
+            "-m comment --comment \"-x\" -j ACCEPT",
+            "-m comment --comment -x -j ACCEPT",
+            true,
+        ),
+        ("-j my-chain", "-j my-chain", true),
+        ("--goto=w-x", "-g w-x", true),
+    ];
+
+    #[test]
+    fn accepted_spellings_compile_to_the_canonical_text() {
+        for (written, want, canonical) in ACCEPTED {
+            let r = parse_v4(written).unwrap_or_else(|e| panic!("{written}: {e}"));
+            assert_eq!(r.render(&[]), *want, "{written}");
+            assert_eq!(r.is_canonical(), *canonical, "{written}");
+            // What l3agent writes reads back as itself.
+            let again = parse_v4(want).unwrap_or_else(|e| panic!("{want}: {e}"));
+            assert_eq!(again.render(&[]), *want, "{want}");
+        }
+    }
+
+    #[test]
+    fn ipv6_rules_get_ip6tables_modules_and_refuse_fragments() {
+        let v6 = |t: &str| ParsedRule::parse("rule", Family::V6, t, &no_expand);
+        assert_eq!(
+            v6("-m icmpv6 --icmpv6-type 128 -j ACCEPT")
+                .unwrap()
+                .render(&[]),
+            "-m icmp6 --icmpv6-type 128 -j ACCEPT"
+        );
+        assert_eq!(
+            v6("-p ipv6-icmp --icmpv6-type 128 -j ACCEPT")
+                .unwrap()
+                .render(&[]),
+            "-p ipv6-icmp --icmpv6-type 128 -j ACCEPT"
+        );
+        assert_eq!(
+            v6("-j DNAT --to-destination [2001:db8::1]:80")
+                .unwrap()
+                .render(&[]),
+            "-j DNAT --to-destination [2001:db8::1]:80"
+        );
+        for bad in [
+            "-f -j DROP",
+            "-m icmp --icmp-type 8",
+            "-j DNAT --to-destination 192.0.2.1",
+            "-s 192.0.2.1",
+        ] {
+            assert!(v6(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// Each piece of a rule in several spellings iptables reads the same; the first is the
+    /// plain one.
+    const SPELLINGS: &[&[&str]] = &[
+        &[
+            "-s 192.0.2.0/24",
+            "--src 192.0.2.0/24",
+            "--source=192.0.2.0/24",
+            "-s192.0.2.0/24",
+            "--sou 192.0.2.0/24",
+            "\"-s\" 192.0.2.0/24",
+        ],
+        &[
+            "-p tcp",
+            "--proto tcp",
+            "-ptcp",
+            "--protocol=tcp",
+            "--pr TCP",
+            "-p 6",
+        ],
+        &[
+            "--dport 22",
+            "--dp 22",
+            "--destination-port=22",
+            "--dport=22",
+            "--destination-p 22",
+        ],
+        &["-i eth0", "--in-interface eth0", "-ieth0", "--in-=eth0"],
+        &[
+            "-m comment --comment \"a b\"",
+            "--match comment --comm \"a b\"",
+            "-mcomment --comment=\"a b\"",
+            "--ma comment --co \"a b\"",
+        ],
+        &[
+            "-j ACCEPT",
+            "--jump ACCEPT",
+            "-jACCEPT",
+            "--j=ACCEPT",
+            "--ju ACCEPT",
+        ],
+    ];
+
+    fn pick(choice: &[Option<usize>]) -> String {
+        let mut words = Vec::new();
+        for (piece, c) in SPELLINGS.iter().zip(choice) {
+            // --dport needs -p tcp before it.
+            if let Some(i) = c {
+                if piece[0] == "--dport 22" && choice[1].is_none() {
+                    continue;
+                }
+                words.push(piece[*i % piece.len()]);
+            }
+        }
+        words.join(" ")
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn every_spelling_of_a_rule_compiles_to_what_its_plain_spelling_does(
+            choice in proptest::collection::vec(proptest::option::of(0usize..6), SPELLINGS.len())
+        ) {
+            let written = pick(&choice);
+            let plain = pick(&choice.iter().map(|c| c.map(|_| 0)).collect::<Vec<_>>());
+            // `--comment="a b"` cannot be written: a quote inside a bare word is refused.
+            if written.contains("=\"") {
+                proptest::prop_assert!(parse_v4(&written).is_err(), "{}", written);
+                return Ok(());
+            }
+            let got = parse_v4(&written).map_err(|e| proptest::test_runner::TestCaseError::fail(format!("{written}: {e}")))?;
+            let want = parse_v4(&plain).unwrap();
+            proptest::prop_assert_eq!(got.render(&["c"]), want.render(&["c"]), "{}", written);
+            proptest::prop_assert_eq!(got.identity(), want.identity());
+        }
+
+        #[test]
+        fn a_smuggling_spelling_anywhere_in_a_valid_rule_is_rejected(
+            choice in proptest::collection::vec(proptest::option::of(0usize..6), SPELLINGS.len()),
+            bad in 0..SMUGGLED.len(),
+            at in 0usize..8,
+        ) {
+            // Insert between options, never between an option and its value.
+            let plain = pick(&choice.iter().map(|c| c.map(|_| 0)).collect::<Vec<_>>());
+            let mut words: Vec<&str> = plain.split(' ').filter(|w| !w.is_empty()).collect();
+            let boundaries: Vec<usize> = (0..=words.len())
+                .filter(|&k| k == words.len() || words[k].starts_with('-'))
+                .collect();
+            let k = boundaries[at % boundaries.len()];
+            words.insert(k, SMUGGLED[bad]);
+            let text = words.join(" ");
+            proptest::prop_assert!(parse_v4(&text).is_err(), "accepted {}", text);
+        }
+
+        #[test]
+        fn what_l3agent_writes_for_any_accepted_text_reads_back_as_itself(
+            words in proptest::collection::vec(proptest::sample::select(vec![
+                "-p", "tcp", "udp", "--dport", "22", "-m", "comment", "--comment", "\"a b\"",
+                "-s", "192.0.2.1", "-j", "ACCEPT", "DNAT", "--to-d", "192.0.2.5:80", "!", "-M",
+                "/bin/sh", "--m", "--ma", "--modp", "-sx", "-ptcp", "--src=192.0.2.0/24", "--",
+                "-c", "1", "-f", "--syn", "-i", "eth0", "-m", "conntrack", "--ctstate", "NEW",
+                "-g", "x-y", "mark", "--mark", "0x1", "-j", "MARK", "--set-m", "2",
+            ]), 0..12)
+        ) {
+            let text = words.join(" ");
+            if let Ok(r) = parse_v4(&text) {
+                let out = r.render(&["c"]);
+                proptest::prop_assert!(!out.contains(['\n', '\r', '\0']));
+                let again = parse_v4(&r.render(&[])).map_err(|e| proptest::test_runner::TestCaseError::fail(format!("{text} -> {}: {e}", r.render(&[]))))?;
+                proptest::prop_assert_eq!(again.render(&["c"]), out);
+            }
+        }
     }
 }

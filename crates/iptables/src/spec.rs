@@ -165,7 +165,13 @@ impl RulesFile {
             filter_top,
             postrouting_bottom,
         };
-        let mut model = IptablesModel::new(wrap, options);
+        let mut model = match IptablesModel::try_new(wrap, options) {
+            Ok(m) => m,
+            Err(e) => {
+                errors.push(e.within("options"));
+                return Err(errors);
+            }
+        };
         for (family, spec) in [(Family::V4, &self.ipv4), (Family::V6, &self.ipv6)] {
             let tables = [
                 (Table::Filter, &spec.filter),
@@ -361,5 +367,94 @@ mod tests {
         assert!(e[0].to_string().starts_with("ipv4.mangle"), "{}", e[0]);
         let e = load(r#"{"wrap_name":"this-name-is-too-long"}"#).unwrap_err();
         assert!(e[0].to_string().starts_with("wrap_name"), "{}", e[0]);
+    }
+
+    #[test]
+    fn filter_top_chain_input_is_an_error_not_a_panic() {
+        // Used to panic (exit 101) in IptablesModel::new.
+        let e = load(r#"{"options":{"filter_top_chain":"INPUT"}}"#).unwrap_err();
+        assert_eq!(e.len(), 1, "{e:?}");
+        let text = e[0].to_string();
+        assert!(
+            text.starts_with(
+                "options.filter_top_chain: invalid value \"INPUT\": is a builtin chain"
+            ),
+            "{text}"
+        );
+        for (json, field) in [
+            (
+                r#"{"options":{"postrouting_bottom_chain":"POSTROUTING"}}"#,
+                "options.postrouting_bottom_chain",
+            ),
+            (
+                r#"{"options":{"filter_top_chain":"l3agent-x"}}"#,
+                "options.filter_top_chain",
+            ),
+            (
+                r#"{"options":{"filter_top_chain":"TOP"}}"#,
+                "options.filter_top_chain",
+            ),
+            (
+                r#"{"wrap_name":"w","options":{"filter_top_chain":"w-local"}}"#,
+                "options.filter_top_chain",
+            ),
+        ] {
+            let e = load(json).unwrap_err();
+            assert!(e[0].to_string().starts_with(field), "{json}: {}", e[0]);
+        }
+        assert!(load(r#"{"options":{"filter_top_chain":"my-top"}}"#).is_ok());
+    }
+
+    #[test]
+    fn a_wrap_false_rule_into_an_undeclared_chain_names_the_chain_field() {
+        let e = load(
+            r#"{"ipv4":{"filter":{"unwrapped_chains":["shared"],"rules":[
+             {"chain":"INPUT","rule":"-j ACCEPT","wrap":false},
+             {"chain":"shared","rule":"-j ACCEPT","wrap":false},
+             {"chain":"neutron-filter-top","rule":"-j DROP","wrap":false},
+             {"chain":"DOCKER","rule":"-j ACCEPT","wrap":false}]}}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].to_string()
+                .starts_with("ipv4.filter.rules[3].chain: invalid value \"DOCKER\""),
+            "{}",
+            e[0]
+        );
+    }
+
+    #[test]
+    fn rule_comment_and_tag_errors_name_their_field() {
+        let e = load(
+            r#"{"ipv4":{"filter":{"rules":[
+             {"chain":"INPUT","rule":"-p tcp --modp /bin/sh -j ACCEPT"},
+             {"chain":"INPUT","rule":"-j ACCEPT","comment":"l3agent:l3agent:0123456789abcdef"},
+             {"chain":"INPUT","rule":"-j DROP","tag":"a\u202eb"},
+             {"chain":"INPUT","rule":"-m comment --comment \"x\u200by\" -j RETURN"}]}}}"#,
+        )
+        .unwrap_err();
+        let text: Vec<String> = e.iter().map(ToString::to_string).collect();
+        assert_eq!(text.len(), 4, "{text:#?}");
+        assert!(
+            text[0].starts_with("ipv4.filter.rules[0].rule: ") && text[0].contains("--modprobe"),
+            "{}",
+            text[0]
+        );
+        assert!(
+            text[1].starts_with("ipv4.filter.rules[1].comment: "),
+            "{}",
+            text[1]
+        );
+        assert!(
+            text[2].starts_with("ipv4.filter.rules[2].tag: ") && text[2].contains("U+202E"),
+            "{}",
+            text[2]
+        );
+        assert!(
+            text[3].starts_with("ipv4.filter.rules[3].rule: ") && text[3].contains("U+200B"),
+            "{}",
+            text[3]
+        );
     }
 }

@@ -47,6 +47,14 @@ pub enum NetnsError {
     /// A thread working inside a namespace panicked.
     #[error("{0} panicked")]
     Panicked(String),
+    /// This process cannot create namespaces that outlive it (see [`check_host_visible`]).
+    #[error(
+        "this process runs in a private mount namespace (as under `ip netns exec`): network \
+         namespaces it creates in {NETNS_DIR} would vanish when it exits. Run l3agent in the \
+         host's mount namespace: from the root network namespace, or with `nsenter \
+         --net=/run/netns/NAME l3agent ...`, which changes the network namespace only"
+    )]
+    PrivateMounts,
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NetnsError {
@@ -259,6 +267,38 @@ fn prepare_dir() -> Result<(), NetnsError> {
     }
 }
 
+/// Refuses to go on when namespaces created here would vanish at exit: `/run/netns` is a
+/// mount point here without shared propagation (`ip netns exec` makes a mount namespace whose
+/// copy of the host's mounts is a slave: `master:N`), or this process is in a mount namespace
+/// other than init's and `/run/netns` is not a shared mount point in it. Either way the bind
+/// mounts that name the namespaces never reach the host.
+pub fn check_host_visible() -> Result<(), NetnsError> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(io("reading /proc/self/mountinfo"))?;
+    let ours = std::fs::read_link("/proc/self/ns/mnt");
+    let init = std::fs::read_link("/proc/1/ns/mnt");
+    let private_ns = matches!((ours, init), (Ok(a), Ok(b)) if a != b);
+    match netns_dir_mount(&info) {
+        Some(shared) if !shared => Err(NetnsError::PrivateMounts),
+        None if private_ns => Err(NetnsError::PrivateMounts),
+        _ => Ok(()),
+    }
+}
+
+/// Whether `/run/netns` is a mount point in this mountinfo (`None`: it is not) with shared
+/// propagation (`proc(5)`: optional fields between the mount options and `-`, `shared:N`).
+fn netns_dir_mount(mountinfo: &str) -> Option<bool> {
+    mountinfo
+        .lines()
+        .rfind(|l| l.split(' ').nth(4) == Some(NETNS_DIR))
+        .map(|l| {
+            l.split(' ')
+                .skip(6)
+                .take_while(|f| *f != "-")
+                .any(|f| f.starts_with("shared:"))
+        })
+}
+
 /// `ip netns add NAME`, idempotent: returns whether it was created (false: it existed).
 pub fn create(name: &NetnsName) -> Result<bool, NetnsError> {
     if exists(name) {
@@ -316,4 +356,22 @@ pub fn delete(name: &NetnsName) -> Result<bool, NetnsError> {
     }
     std::fs::remove_file(&path).map_err(io(format!("removing {}", path.display())))?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shared_run_netns_propagates_and_a_slave_one_does_not() {
+        let shared = "45 27 254:0 /run/netns /run/netns rw,relatime shared:1 - ext4 /dev/vda rw\n";
+        assert_eq!(netns_dir_mount(shared), Some(true));
+        // Under `ip netns exec`: the host's mounts are copied as slaves (`master:N`).
+        let slave = "612 600 254:0 /run/netns /run/netns rw,relatime master:1 - ext4 /dev/vda rw\n";
+        assert_eq!(netns_dir_mount(slave), Some(false));
+        let absent = "600 1 254:0 / / rw,relatime master:1 - ext4 /dev/vda rw\n";
+        assert_eq!(netns_dir_mount(absent), None);
+        // The last mount at the path is the visible one.
+        assert_eq!(netns_dir_mount(&format!("{shared}{slave}")), Some(false));
+    }
 }

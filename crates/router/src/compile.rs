@@ -1695,8 +1695,10 @@ mod tests {
         let n = needs(&config("dvr", vec![d.clone()]));
         assert!(n.link_local.is_empty() && n.fip_priorities.is_empty());
         assert_eq!(n.snat_tables.len(), 2);
-        // Without a gateway there is no SNAT redirect either.
+        // Without a gateway there is no SNAT redirect either (nor floating IPs: they need
+        // one).
         d["gw_port"] = Value::Null;
+        d["_floatingips"] = json!([]);
         assert_eq!(needs(&config("dvr", vec![d])), Needs::default());
         // A port whose scope matches the gateway's takes the fast path (D-23), not the SNAT
         // node: no table for it, a rule at 80000 into table 16 and a route in fip-.

@@ -17,7 +17,8 @@ use std::path::PathBuf;
 
 use ipnet::IpNet;
 use l3agent_types::{
-    FloatingIpId, IfName, InvalidName, MacAddr, NetnsName, NetworkId, PortId, RouterId, SubnetId,
+    Echo, FloatingIpId, IfName, InvalidName, MacAddr, NetnsName, NetworkId, PortId, RouterId,
+    SubnetId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -66,8 +67,8 @@ pub struct AgentDoc {
 pub struct ConfigDoc {
     /// The agent.
     pub agent: AgentDoc,
-    /// Neutron router dicts.
-    #[serde(default)]
+    /// Neutron router dicts. Required: a host without routers says `routers: []`.
+    #[serde(deserialize_with = "l3agent_doc::explicit_list")]
     pub routers: Vec<RouterDoc>,
 }
 
@@ -99,19 +100,35 @@ pub struct RouterDoc {
     #[serde(default)]
     pub gw_port_host: Option<String>,
     /// Internal ports.
-    #[serde(default, rename = "_interfaces")]
+    #[serde(
+        default,
+        deserialize_with = "l3agent_doc::explicit_list",
+        rename = "_interfaces"
+    )]
     pub interfaces: Vec<PortDoc>,
     /// SNAT ports (DVR).
-    #[serde(default, rename = "_snat_router_interfaces")]
+    #[serde(
+        default,
+        deserialize_with = "l3agent_doc::explicit_list",
+        rename = "_snat_router_interfaces"
+    )]
     pub snat_interfaces: Vec<PortDoc>,
     /// FIP agent gateway ports (DVR).
-    #[serde(default, rename = "_floatingip_agent_interfaces")]
+    #[serde(
+        default,
+        deserialize_with = "l3agent_doc::explicit_list",
+        rename = "_floatingip_agent_interfaces"
+    )]
     pub fip_agent_interfaces: Vec<PortDoc>,
     /// Floating IPs.
-    #[serde(default, rename = "_floatingips")]
+    #[serde(
+        default,
+        deserialize_with = "l3agent_doc::explicit_list",
+        rename = "_floatingips"
+    )]
     pub floatingips: Vec<FipDoc>,
     /// Extra routes.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "l3agent_doc::explicit_list")]
     pub routes: Vec<RouteDoc>,
 }
 
@@ -139,13 +156,13 @@ pub struct PortDoc {
     #[serde(default = "yes")]
     pub admin_state_up: bool,
     /// Fixed IPs.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "l3agent_doc::explicit_list")]
     pub fixed_ips: Vec<FixedIpDoc>,
     /// Subnets of the port.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "l3agent_doc::explicit_list")]
     pub subnets: Vec<SubnetDoc>,
     /// Extra subnets (on-link routes).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "l3agent_doc::explicit_list")]
     pub extra_subnets: Vec<ExtraSubnetDoc>,
     /// Address scope per IP version, `{"4": <scope id>|null, "6": ...}` (NEUTRON-OPS §4).
     #[serde(default)]
@@ -393,7 +410,7 @@ impl Problems {
     fn invalid(&mut self, e: InvalidName) {
         self.0.push(ConfigError {
             path: e.field,
-            message: format!("invalid value {:?}: {}", e.value, e.reason),
+            message: format!("invalid value {}: {}", Echo(&e.value), e.reason),
         });
     }
 
@@ -421,7 +438,7 @@ fn address_scopes(
             _ => {
                 p.add(
                     &format!("{path}.address_scopes"),
-                    format!("key {k:?} is not an IP version (\"4\" or \"6\")"),
+                    format!("key {} is not an IP version (\"4\" or \"6\")", Echo(k)),
                 );
                 continue;
             }
@@ -432,6 +449,99 @@ fn address_scopes(
         }
     }
     out
+}
+
+/// Whether `ip` can be a host's address in `net`, as neutron-server would allow it: inside
+/// it, unicast, and (IPv4 up to /30) neither its network nor its broadcast address; for
+/// IPv6, not the subnet-router anycast address (the network address).
+fn host_address(net: &IpNet, ip: IpAddr) -> Result<(), String> {
+    if !net.contains(&ip) {
+        return Err(format!("{ip} is outside its subnet {net}"));
+    }
+    if !is_unicast(ip) {
+        return Err(format!("{ip} is not a unicast address"));
+    }
+    match net {
+        IpNet::V4(n) if n.prefix_len() <= 30 => {
+            if ip == IpAddr::V4(n.network()) {
+                return Err(format!("{ip} is the network address of {net}"));
+            }
+            if ip == IpAddr::V4(n.broadcast()) {
+                return Err(format!("{ip} is the broadcast address of {net}"));
+            }
+        }
+        IpNet::V6(n) if n.prefix_len() < 127 && ip == IpAddr::V6(n.network()) => {
+            return Err(format!(
+                "{ip} is the subnet-router anycast address of {net}"
+            ));
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Unicast: not unspecified, loopback, multicast or (IPv4) limited broadcast.
+fn is_unicast(ip: IpAddr) -> bool {
+    !(ip.is_unspecified() || ip.is_loopback() || ip.is_multicast())
+        && ip != IpAddr::V4(Ipv4Addr::BROADCAST)
+}
+
+/// A host name as Neutron's `host` fields carry it (a hostname or FQDN): 1..=255 characters
+/// of `[A-Za-z0-9._-]`, starting with a letter or digit, so that it is safe in a log line and
+/// can never read as an option.
+fn host_name(value: &str) -> Result<(), String> {
+    if value.is_empty() || value.len() > 255 {
+        return Err(format!("{} must be 1 to 255 characters", Echo(value)));
+    }
+    if !value.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Err(format!(
+            "{} must start with a letter or a digit",
+            Echo(value)
+        ));
+    }
+    if let Some(c) = value
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')))
+    {
+        return Err(format!(
+            "{}: character {} is not allowed in a host name",
+            Echo(value),
+            c.escape_default()
+        ));
+    }
+    Ok(())
+}
+
+/// `agent.state_path`: absolute and normalised (no `.` or `..` component, no empty component),
+/// without control or format characters: the path l3agent writes as root must be exactly the
+/// one the operator reads.
+fn state_path(path: &std::path::Path) -> Result<(), String> {
+    let Some(text) = path.to_str() else {
+        return Err("is not UTF-8".to_owned());
+    };
+    if !path.is_absolute() {
+        return Err(format!("{} must be an absolute path", Echo(text)));
+    }
+    if text.chars().any(l3agent_types::is_hidden) {
+        return Err(format!(
+            "{} holds a control or format character",
+            Echo(text)
+        ));
+    }
+    let normal: PathBuf = path.components().collect();
+    let trimmed = if text.len() > 1 {
+        text.trim_end_matches('/')
+    } else {
+        text
+    };
+    if text.split('/').skip(1).any(|c| c == "." || c == "..") || normal.as_os_str() != trimmed {
+        return Err(format!(
+            "{} is not normalised (write {})",
+            Echo(text),
+            normal.display()
+        ));
+    }
+    Ok(())
 }
 
 fn port(doc: &PortDoc, path: &str, prefix: &str, agent: &Agent, p: &mut Problems) -> Option<Port> {
@@ -452,6 +562,12 @@ fn port(doc: &PortDoc, path: &str, prefix: &str, agent: &Agent, p: &mut Problems
             format!("{mtu} is outside 68..65535"),
         );
     }
+    if mtu < 1280 && doc.subnets.iter().any(|s| s.cidr.contains(':')) {
+        p.add(
+            &format!("{path}.mtu"),
+            format!("{mtu} is below 1280, the IPv6 minimum, on a port with an IPv6 subnet"),
+        );
+    }
     let bridge = network_id
         .as_ref()
         .and_then(|n| agent.bridges.get(n).cloned());
@@ -459,8 +575,8 @@ fn port(doc: &PortDoc, path: &str, prefix: &str, agent: &Agent, p: &mut Problems
         p.add(
             &format!("{path}.network_id"),
             format!(
-                "network {:?} has no bridge in agent.bridges",
-                doc.network_id
+                "network {} has no bridge in agent.bridges",
+                Echo(&doc.network_id)
             ),
         );
     }
@@ -473,30 +589,40 @@ fn port(doc: &PortDoc, path: &str, prefix: &str, agent: &Agent, p: &mut Problems
             Ok(_) => {
                 p.add(
                     &format!("{sp}.cidr"),
-                    format!("{:?} has host bits set", s.cidr),
+                    format!("{} has host bits set", Echo(&s.cidr)),
                 );
                 None
             }
             Err(_) => {
-                p.add(&format!("{sp}.cidr"), format!("{:?} is not a CIDR", s.cidr));
+                p.add(
+                    &format!("{sp}.cidr"),
+                    format!("{} is not a CIDR", Echo(&s.cidr)),
+                );
                 None
             }
         };
         let gateway = match &s.gateway_ip {
             None => None,
             Some(g) => match g.parse::<IpAddr>() {
-                Ok(ip) if cidr.is_none_or(|c| c.addr().is_ipv4() == ip.is_ipv4()) => Some(ip),
+                Ok(ip) if cidr.is_none_or(|c| c.addr().is_ipv4() == ip.is_ipv4()) => {
+                    if let Some(c) = cidr {
+                        if let Err(why) = host_address(&c, ip) {
+                            p.add(&format!("{sp}.gateway_ip"), why);
+                        }
+                    }
+                    Some(ip)
+                }
                 Ok(_) => {
                     p.add(
                         &format!("{sp}.gateway_ip"),
-                        format!("{g:?} is not of the subnet's IP version"),
+                        format!("{} is not of the subnet's IP version", Echo(g)),
                     );
                     None
                 }
                 Err(_) => {
                     p.add(
                         &format!("{sp}.gateway_ip"),
-                        format!("{g:?} is not an IP address"),
+                        format!("{} is not an IP address", Echo(g)),
                     );
                     None
                 }
@@ -512,21 +638,28 @@ fn port(doc: &PortDoc, path: &str, prefix: &str, agent: &Agent, p: &mut Problems
         let Ok(ip) = f.ip_address.parse::<IpAddr>() else {
             p.add(
                 &format!("{fp}.ip_address"),
-                format!("{:?} is not an IP address", f.ip_address),
+                format!("{} is not an IP address", Echo(&f.ip_address)),
             );
             continue;
         };
         let Some(subnet) = subnets.iter().find(|s| s.id.as_str() == f.subnet_id) else {
             p.add(
                 &format!("{fp}.subnet_id"),
-                format!("subnet {:?} is not among the port's subnets", f.subnet_id),
+                format!(
+                    "subnet {} is not among the port's subnets",
+                    Echo(&f.subnet_id)
+                ),
             );
             continue;
         };
-        if !subnet.cidr.contains(&ip) {
+        if let Err(why) = host_address(&subnet.cidr, ip) {
+            p.add(&format!("{fp}.ip_address"), why);
+            continue;
+        }
+        if let Some(first) = ips.iter().position(|n: &IpNet| n.addr() == ip) {
             p.add(
                 &format!("{fp}.ip_address"),
-                format!("{ip} is outside its subnet {}", subnet.cidr),
+                format!("{ip} is also fixed_ips[{first}]"),
             );
             continue;
         }
@@ -545,7 +678,7 @@ fn port(doc: &PortDoc, path: &str, prefix: &str, agent: &Agent, p: &mut Problems
             Ok(c) => extra_subnets.push(c.trunc()),
             Err(_) => p.add(
                 &format!("{path}.extra_subnets[{i}].cidr"),
-                format!("{:?} is not a CIDR", e.cidr),
+                format!("{} is not a CIDR", Echo(&e.cidr)),
             ),
         }
     }
@@ -569,21 +702,172 @@ fn port(doc: &PortDoc, path: &str, prefix: &str, agent: &Agent, p: &mut Problems
     })
 }
 
+/// Checks between the ports of one router, as neutron-server refuses them: a port id used
+/// twice, an address used twice, subnets that overlap (interfaces and gateway; DVR `sg-`
+/// ports sit on the interfaces' subnets by design and are checked for addresses only), and a
+/// gateway subnet whose `gateway_ip` is the router's own address.
+fn ports_of_one_router(ports: &[(String, Port)], gw: Option<&Port>, path: &str, p: &mut Problems) {
+    let mut ids: BTreeMap<&PortId, &str> = BTreeMap::new();
+    let mut addrs: BTreeMap<IpAddr, &str> = BTreeMap::new();
+    for (at, port) in ports {
+        if let Some(first) = ids.insert(&port.id, at) {
+            p.add(
+                &format!("{at}.id"),
+                format!("port {} is also {first}", port.id),
+            );
+        }
+        for ip in &port.ips {
+            if let Some(first) = addrs.insert(ip.addr(), at) {
+                p.add(
+                    &format!("{at}.fixed_ips"),
+                    format!("{} is also an address of {first}", ip.addr()),
+                );
+            }
+        }
+    }
+    let mut nets: Vec<(&str, &Subnet)> = Vec::new();
+    for (at, port) in ports {
+        let routed = port.dev.as_str().starts_with("qr-") || port.dev.as_str().starts_with("qg-");
+        if !routed {
+            continue;
+        }
+        for s in &port.subnets {
+            if let Some((other, o)) = nets.iter().find(|(_, o)| {
+                o.id != s.id && (o.cidr.contains(&s.cidr) || s.cidr.contains(&o.cidr))
+            }) {
+                p.add(
+                    &format!("{at}.subnets"),
+                    format!(
+                        "subnet {} ({}) overlaps subnet {} ({}) of {other}",
+                        s.id, s.cidr, o.id, o.cidr
+                    ),
+                );
+            }
+            nets.push((at, s));
+        }
+    }
+    if let Some(g) = gw {
+        for s in &g.subnets {
+            if let Some(gip) = s.gateway {
+                if g.ips.iter().any(|n| n.addr() == gip) {
+                    p.add(
+                        &format!("{path}.gw_port.subnets"),
+                        format!(
+                            "the gateway_ip {gip} of subnet {} is the router's own address",
+                            s.id
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A floating IP as neutron-server allocates it: on the gateway's network, inside one of the
+/// gateway's subnets, a host address of it, and neither the router's gateway address nor the
+/// subnet's gateway.
+fn floating_ip(gw: Option<&Port>, ip: Ipv4Addr) -> Result<(), String> {
+    let Some(gw) = gw else {
+        return Err(format!(
+            "{ip}: a floating IP needs a router with a gateway (gw_port)"
+        ));
+    };
+    let ip = IpAddr::V4(ip);
+    let Some(subnet) = gw.subnets.iter().find(|s| s.cidr.contains(&ip)) else {
+        return Err(format!("{ip} is in no subnet of the gateway port"));
+    };
+    host_address(&subnet.cidr, ip)?;
+    if gw.ips.iter().any(|n| n.addr() == ip) {
+        return Err(format!("{ip} is the router's gateway address"));
+    }
+    if subnet.gateway == Some(ip) {
+        return Err(format!("{ip} is the gateway_ip of subnet {}", subnet.id));
+    }
+    Ok(())
+}
+
+/// An extra route as neutron-server accepts it: the next hop on-link in one of the router's
+/// subnets and not one of its own addresses; the destination not one of its connected subnets
+/// (the route would replace the connected route: going back would then fail with "Network is
+/// unreachable") and not the default route of a gateway that has one. Returns the field
+/// (suffix of the route's path) and why.
+fn extra_route(
+    ports: &[(String, Port)],
+    (dst, nexthop): (IpNet, IpAddr),
+) -> Result<(), (&'static str, String)> {
+    let routed = || {
+        ports
+            .iter()
+            .filter(|(_, p)| p.dev.as_str().starts_with("qr-") || p.dev.as_str().starts_with("qg-"))
+    };
+    if routed().any(|(_, p)| p.ips.iter().any(|n| n.addr() == nexthop)) {
+        return Err((
+            ".nexthop",
+            format!("{nexthop} is one of the router's own addresses"),
+        ));
+    }
+    if !routed().any(|(_, p)| p.subnets.iter().any(|s| s.cidr.contains(&nexthop))) {
+        return Err((
+            ".nexthop",
+            format!("{nexthop} is not on-link: it is in none of the router's subnets"),
+        ));
+    }
+    if let Some((at, s)) =
+        routed().find_map(|(at, p)| p.subnets.iter().find(|s| s.cidr == dst).map(|s| (at, s)))
+    {
+        return Err((
+            ".destination",
+            format!(
+                "{dst} is the connected subnet {} of {at}: the route would replace it",
+                s.id
+            ),
+        ));
+    }
+    if dst.prefix_len() == 0 {
+        if let Some((at, _)) = routed().find(|(_, p)| {
+            p.dev.as_str().starts_with("qg-")
+                && p.subnets.iter().any(|s| {
+                    s.gateway
+                        .is_some_and(|g| g.is_ipv4() == dst.addr().is_ipv4())
+                })
+        }) {
+            return Err((
+                ".destination",
+                format!("{dst} would replace the default route of {at}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn router(doc: &RouterDoc, path: &str, agent: &Agent, p: &mut Problems) -> Option<Router> {
     let before = p.0.len();
     let id = p.check(RouterId::new(&format!("{path}.id"), &doc.id));
+    if let Some(h) = &doc.gw_port_host {
+        if let Err(why) = host_name(h) {
+            p.add(&format!("{path}.gw_port_host"), why);
+        }
+    }
     if doc.distributed && !agent.is_dvr() {
         p.add(
             &format!("{path}.distributed"),
             "a distributed router needs a dvr or dvr_snat agent, and agent.mode is legacy",
         );
     }
-    let ports = |list: &[PortDoc], field: &str, prefix: &str, p: &mut Problems| -> Vec<Port> {
-        list.iter()
+    // Ports with their paths (admin-down ports are skipped: Neutron does not plug them).
+    let mut located: Vec<(String, Port)> = Vec::new();
+    let mut ports = |list: &[PortDoc], field: &str, prefix: &str, p: &mut Problems| -> Vec<Port> {
+        let out: Vec<(String, Port)> = list
+            .iter()
             .enumerate()
             .filter(|(_, d)| d.admin_state_up)
-            .filter_map(|(i, d)| port(d, &format!("{path}.{field}[{i}]"), prefix, agent, p))
-            .collect()
+            .filter_map(|(i, d)| {
+                let at = format!("{path}.{field}[{i}]");
+                port(d, &at, prefix, agent, p).map(|port| (at, port))
+            })
+            .collect();
+        located.extend(out.iter().cloned());
+        out.into_iter().map(|(_, port)| port).collect()
     };
     let interfaces = ports(&doc.interfaces, "_interfaces", "qr-", p);
     let snat_interfaces = ports(&doc.snat_interfaces, "_snat_router_interfaces", "sg-", p);
@@ -597,6 +881,10 @@ fn router(doc: &RouterDoc, path: &str, agent: &Agent, p: &mut Problems) -> Optio
         .gw_port
         .as_ref()
         .and_then(|g| port(g, &format!("{path}.gw_port"), "qg-", agent, p));
+    if let Some(g) = &gw_port {
+        located.push((format!("{path}.gw_port"), g.clone()));
+    }
+    ports_of_one_router(&located, gw_port.as_ref(), path, p);
     // Device names are truncated ids (Neutron D-06, B-10): two ports sharing 11 id characters
     // would collide in one namespace. Refused, never silently merged.
     for (field, list) in [
@@ -621,6 +909,14 @@ fn router(doc: &RouterDoc, path: &str, agent: &Agent, p: &mut Problems) -> Optio
     for (i, f) in doc.floatingips.iter().enumerate() {
         let fp = format!("{path}._floatingips[{i}]");
         let fid = p.check(FloatingIpId::new(&format!("{fp}.id"), &f.id));
+        if let Some(h) = &f.host {
+            if let Err(why) = host_name(h) {
+                p.add(&format!("{fp}.host"), why);
+            }
+        }
+        if let Some(port) = &f.port_id {
+            p.check(PortId::new(&format!("{fp}.port_id"), port));
+        }
         let Some(fixed) = &f.fixed_ip_address else {
             continue;
         };
@@ -632,6 +928,9 @@ fn router(doc: &RouterDoc, path: &str, agent: &Agent, p: &mut Problems) -> Optio
         let fixed_ip = fixed.parse::<Ipv4Addr>();
         match (floating, fixed_ip) {
             (Ok(floating), Ok(fixed)) => {
+                if let Err(why) = floating_ip(gw_port.as_ref(), floating) {
+                    p.add(&format!("{fp}.floating_ip_address"), why);
+                }
                 if !interfaces.iter().any(|port| {
                     port.subnets
                         .iter()
@@ -657,11 +956,11 @@ fn router(doc: &RouterDoc, path: &str, agent: &Agent, p: &mut Problems) -> Optio
             }
             (Err(_), _) => p.add(
                 &format!("{fp}.floating_ip_address"),
-                format!("{:?} is not an IPv4 address", f.floating_ip_address),
+                format!("{} is not an IPv4 address", Echo(&f.floating_ip_address)),
             ),
             (_, Err(_)) => p.add(
                 &format!("{fp}.fixed_ip_address"),
-                format!("{fixed:?} is not an IPv4 address"),
+                format!("{} is not an IPv4 address", Echo(fixed)),
             ),
         }
     }
@@ -681,6 +980,10 @@ fn router(doc: &RouterDoc, path: &str, agent: &Agent, p: &mut Problems) -> Optio
         match (r.destination.parse::<IpNet>(), r.nexthop.parse::<IpAddr>()) {
             (Ok(d), Ok(n)) if d.addr().is_ipv4() == n.is_ipv4() => {
                 let route = (d.trunc(), n);
+                if let Err((field, why)) = extra_route(&located, route) {
+                    p.add(&format!("{rp}{field}"), why);
+                    continue;
+                }
                 // Same destination, other next hop: kept (one ECMP route). The same pair
                 // twice is a mistake in the dict, named with both indices.
                 if let Some(first) = seen_routes.insert(route, i) {
@@ -695,11 +998,11 @@ fn router(doc: &RouterDoc, path: &str, agent: &Agent, p: &mut Problems) -> Optio
             (Ok(_), Ok(_)) => p.add(&rp, "destination and nexthop are of different families"),
             (Err(_), _) => p.add(
                 &format!("{rp}.destination"),
-                format!("{:?} is not a CIDR", r.destination),
+                format!("{} is not a CIDR", Echo(&r.destination)),
             ),
             (_, Err(_)) => p.add(
                 &format!("{rp}.nexthop"),
-                format!("{:?} is not an IP address", r.nexthop),
+                format!("{} is not an IP address", Echo(&r.nexthop)),
             ),
         }
     }
@@ -822,14 +1125,11 @@ impl ConfigDoc {
     /// Validates everything; all problems are returned, each with its path.
     pub fn validate(&self) -> Result<HostConfig, Vec<ConfigError>> {
         let mut p = Problems::default();
-        if self.agent.host.is_empty() {
-            p.add("agent.host", "must not be empty");
+        if let Err(why) = host_name(&self.agent.host) {
+            p.add("agent.host", why);
         }
-        if !self.agent.state_path.is_absolute() {
-            p.add(
-                "agent.state_path",
-                format!("{:?} must be an absolute path", self.agent.state_path),
-            );
+        if let Err(why) = state_path(&self.agent.state_path) {
+            p.add("agent.state_path", why);
         }
         let mut bridges = BTreeMap::new();
         for (net, br) in &self.agent.bridges {
@@ -854,7 +1154,7 @@ impl ConfigDoc {
             if let Some(first) = ids.insert(doc.id.clone(), i) {
                 p.add(
                     &format!("{path}.id"),
-                    format!("router {:?} is also routers[{first}]", doc.id),
+                    format!("router {} is also routers[{first}]", Echo(&doc.id)),
                 );
                 continue;
             }
@@ -960,7 +1260,7 @@ mod tests {
             r.routes,
             vec![(
                 "100.64.8.0/24".parse().unwrap(),
-                "203.0.113.4".parse().unwrap()
+                "203.0.113.1".parse().unwrap()
             )]
         );
         assert!(r.enable_snat);
@@ -1018,14 +1318,14 @@ mod tests {
 
     #[test]
     fn agent_section_is_strict() {
-        let text = r#"{"agent": {"mode": "legacy", "host": "h", "state_path": "/x", "bogus": 1}}"#;
+        let text = r#"{"agent": {"mode": "legacy", "host": "h", "state_path": "/x", "bogus": 1}, "routers": []}"#;
         assert!(serde_json::from_str::<ConfigDoc>(text)
             .unwrap_err()
             .to_string()
             .contains("bogus"));
-        let text = r#"{"agent": {"mode": "dvr_no_external", "host": "h", "state_path": "/x"}}"#;
+        let text = r#"{"agent": {"mode": "dvr_no_external", "host": "h", "state_path": "/x"}, "routers": []}"#;
         assert!(serde_json::from_str::<ConfigDoc>(text).is_err());
-        let doc: ConfigDoc = serde_json::from_str(r#"{"agent": {"mode": "dvr", "host": "", "state_path": "rel", "bridges": {"n": "a-bridge-name-too-long", "-n": "br"}}}"#).unwrap();
+        let doc: ConfigDoc = serde_json::from_str(r#"{"agent": {"mode": "dvr", "host": "", "state_path": "rel", "bridges": {"n": "a-bridge-name-too-long", "-n": "br"}}, "routers": []}"#).unwrap();
         let errs: Vec<String> = doc
             .validate()
             .unwrap_err()
@@ -1214,6 +1514,172 @@ mod tests {
                  in routers[0]"
             ]
         );
+    }
+
+    /// One row per class of semantic mistake neutron-server refuses: the field path and the
+    /// start of the message each must produce (and nothing is accepted).
+    #[test]
+    fn what_neutron_server_would_refuse_is_refused_by_path() {
+        type Edit = fn(&mut serde_json::Value);
+        let rows: &[(&str, Edit, &str)] = &[
+            ("floating IP outside the gateway subnets",
+             |v| v["_floatingips"][0]["floating_ip_address"] = "198.18.0.5".into(),
+             "routers[0]._floatingips[0].floating_ip_address: 198.18.0.5 is in no subnet of the gateway port"),
+            ("floating IP = network address",
+             |v| v["_floatingips"][0]["floating_ip_address"] = "203.0.113.0".into(),
+             "routers[0]._floatingips[0].floating_ip_address: 203.0.113.0 is the network address of 203.0.113.0/24"),
+            ("floating IP = broadcast address",
+             |v| v["_floatingips"][0]["floating_ip_address"] = "203.0.113.255".into(),
+             "routers[0]._floatingips[0].floating_ip_address: 203.0.113.255 is the broadcast address"),
+            ("floating IP = the router's gateway address",
+             |v| v["_floatingips"][0]["floating_ip_address"] = "203.0.113.4".into(),
+             "routers[0]._floatingips[0].floating_ip_address: 203.0.113.4 is the router's gateway address"),
+            ("floating IP = the subnet's gateway",
+             |v| v["_floatingips"][0]["floating_ip_address"] = "203.0.113.1".into(),
+             "routers[0]._floatingips[0].floating_ip_address: 203.0.113.1 is the gateway_ip of subnet"),
+            ("floating IP multicast",
+             |v| v["_floatingips"][0]["floating_ip_address"] = "224.0.0.5".into(),
+             "routers[0]._floatingips[0].floating_ip_address: 224.0.0.5 is in no subnet"),
+            ("floating IPs without a gateway",
+             |v| v["gw_port"] = serde_json::Value::Null,
+             "routers[0]._floatingips[0].floating_ip_address: 203.0.113.2: a floating IP needs a router with a gateway"),
+            ("fixed IP = network address",
+             |v| v["_interfaces"][0]["fixed_ips"][0]["ip_address"] = "192.0.2.0".into(),
+             "routers[0]._interfaces[0].fixed_ips[0].ip_address: 192.0.2.0 is the network address"),
+            ("fixed IP = broadcast address",
+             |v| v["_interfaces"][0]["fixed_ips"][0]["ip_address"] = "192.0.2.255".into(),
+             "routers[0]._interfaces[0].fixed_ips[0].ip_address: 192.0.2.255 is the broadcast address"),
+            ("fixed IP twice in one router",
+             |v| {
+                 v["_interfaces"][1]["subnets"] = v["_interfaces"][0]["subnets"].clone();
+                 v["_interfaces"][1]["fixed_ips"] = v["_interfaces"][0]["fixed_ips"].clone();
+             },
+             "routers[0]._interfaces[1].fixed_ips: 192.0.2.4 is also an address of routers[0]._interfaces[0]"),
+            ("overlapping subnets",
+             |v| {
+                 v["_interfaces"][1]["subnets"][0]["cidr"] = "192.0.2.128/25".into();
+                 v["_interfaces"][1]["subnets"][0]["gateway_ip"] = "192.0.2.129".into();
+                 v["_interfaces"][1]["fixed_ips"][0]["ip_address"] = "192.0.2.130".into();
+                 v["_interfaces"][1]["fixed_ips"][0]["prefixlen"] = 25.into();
+             },
+             "routers[0]._interfaces[1].subnets: subnet 271d0e92-bb1f-4746-abb6-bfa2354888c1 (192.0.2.128/25) overlaps subnet"),
+            ("gateway_ip outside its subnet",
+             |v| v["_interfaces"][0]["subnets"][0]["gateway_ip"] = "198.51.100.1".into(),
+             "routers[0]._interfaces[0].subnets[0].gateway_ip: 198.51.100.1 is outside its subnet"),
+            ("gateway_ip multicast",
+             |v| v["_interfaces"][0]["subnets"][0]["gateway_ip"] = "ff02::1".into(),
+             "routers[0]._interfaces[0].subnets[0].gateway_ip: \"ff02::1\" is not of the subnet's IP version"),
+            ("gateway_ip = the router's own gateway address",
+             |v| v["gw_port"]["subnets"][0]["gateway_ip"] = "203.0.113.4".into(),
+             "routers[0].gw_port.subnets: the gateway_ip 203.0.113.4 of subnet"),
+            ("next hop off-link",
+             |v| v["routes"][0]["nexthop"] = "198.18.0.1".into(),
+             "routers[0].routes[0].nexthop: 198.18.0.1 is not on-link"),
+            ("next hop = own address",
+             |v| v["routes"][0]["nexthop"] = "203.0.113.4".into(),
+             "routers[0].routes[0].nexthop: 203.0.113.4 is one of the router's own addresses"),
+            ("route replacing a connected route",
+             |v| v["routes"][0]["destination"] = "203.0.113.0/24".into(),
+             "routers[0].routes[0].destination: 203.0.113.0/24 is the connected subnet"),
+            ("route replacing the gateway's default route",
+             |v| v["routes"][0]["destination"] = "0.0.0.0/0".into(),
+             "routers[0].routes[0].destination: 0.0.0.0/0 would replace the default route"),
+            ("duplicate port id in one router",
+             |v| v["_interfaces"][1]["id"] = v["_interfaces"][0]["id"].clone(),
+             "routers[0]._interfaces[1].id: port 081ed401-2ab1-4bd0-968b-e05235398bb2 is also routers[0]._interfaces[0]"),
+            ("IPv6 port with MTU below 1280",
+             |v| {
+                 v["_interfaces"][1]["subnets"] = serde_json::json!([{"id": "271d0e92-bb1f-4746-abb6-bfa2354888c1", "cidr": "2001:db8:1::/64", "gateway_ip": "2001:db8:1::1"}]);
+                 v["_interfaces"][1]["fixed_ips"] = serde_json::json!([{"ip_address": "2001:db8:1::1", "subnet_id": "271d0e92-bb1f-4746-abb6-bfa2354888c1"}]);
+                 v["_interfaces"][1]["mtu"] = 1000.into();
+             },
+             "routers[0]._interfaces[1].mtu: 1000 is below 1280"),
+            ("MTU above the kernel's limit",
+             |v| v["_interfaces"][0]["mtu"] = 70000.into(),
+             "routers[0]._interfaces[0].mtu: 70000 is outside 68..65535"),
+            ("all-zero MAC",
+             |v| v["_interfaces"][0]["mac_address"] = "00:00:00:00:00:00".into(),
+             "routers[0]._interfaces[0].mac_address: invalid value \"00:00:00:00:00:00\": is the all-zero address"),
+            ("multicast MAC",
+             |v| v["_interfaces"][0]["mac_address"] = "01:00:5e:00:00:01".into(),
+             "routers[0]._interfaces[0].mac_address: invalid value \"01:00:5e:00:00:01\": is a multicast address"),
+            ("id with a leading dash",
+             |v| v["id"] = "-87c7c2ae".into(),
+             "routers[0].id: invalid value \"-87c7c2ae\""),
+            ("id with a bidi override",
+             |v| v["_floatingips"][0]["id"] = "9cb45fce\u{202e}".into(),
+             "routers[0]._floatingips[0].id: invalid value \"9cb45fce\\u{202e}\""),
+            ("gw_port_host that reads as an option",
+             |v| v["gw_port_host"] = "--help".into(),
+             "routers[0].gw_port_host: \"--help\" must start with a letter or a digit"),
+            ("FIP host with a newline",
+             |v| v["_floatingips"][0]["host"] = "host-a\nforged log line".into(),
+             "routers[0]._floatingips[0].host: \"host-a\\nforged log line\": character \\n is not allowed"),
+        ];
+        for (class, edit, expect) in rows {
+            let mut v = legacy_example();
+            edit(&mut v);
+            let text = errors(load(&v.to_string()));
+            assert!(
+                text.iter().any(|t| t.starts_with(expect)),
+                "{class}: missing {expect:?} in {text:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn agent_host_and_state_path_are_held_to_names_and_normal_paths() {
+        for (host, state, expect) in [
+            (
+                "host a",
+                "/var/lib/l3agent",
+                "agent.host: \"host a\": character",
+            ),
+            ("-h", "/var/lib/l3agent", "agent.host: \"-h\" must start"),
+            (
+                "h",
+                "/var/lib/../tmp/x",
+                "agent.state_path: \"/var/lib/../tmp/x\" is not normalised",
+            ),
+            (
+                "h",
+                "/var/lib/./l3agent",
+                "agent.state_path: \"/var/lib/./l3agent\" is not normalised",
+            ),
+            (
+                "h",
+                "/var//lib",
+                "agent.state_path: \"/var//lib\" is not normalised",
+            ),
+            (
+                "h",
+                "/var/lib/l3\u{7}agent",
+                "agent.state_path: \"/var/lib/l3\\u{7}agent\" holds a control",
+            ),
+            (
+                "h",
+                "var/lib",
+                "agent.state_path: \"var/lib\" must be an absolute path",
+            ),
+        ] {
+            let doc = serde_json::json!({"agent": {"mode": "legacy", "host": host, "state_path": state}, "routers": []});
+            let doc: ConfigDoc = serde_json::from_value(doc).unwrap();
+            let text: Vec<String> = doc
+                .validate()
+                .unwrap_err()
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            assert!(
+                text.iter().any(|t| t.starts_with(expect)),
+                "missing {expect:?} in {text:#?}"
+            );
+        }
+        let doc = serde_json::json!({"agent": {"mode": "legacy", "host": "net-1.example", "state_path": "/var/lib/l3agent/"}, "routers": []});
+        assert!(serde_json::from_value::<ConfigDoc>(doc)
+            .unwrap()
+            .validate()
+            .is_ok());
     }
 }
 

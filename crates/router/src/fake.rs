@@ -76,6 +76,8 @@ pub struct World {
     pub log: Vec<String>,
     /// Fail the first operation whose log line contains this.
     pub fail_on: Option<String>,
+    /// This "process" runs in a private mount namespace (as under `ip netns exec`).
+    pub private_mounts: bool,
     next_index: u32,
 }
 
@@ -535,6 +537,14 @@ fn veth_end(
 impl Kernel for FakeKernel {
     fn namespace_exists(&mut self, ns: &NetnsName) -> bool {
         self.world().namespaces.contains_key(ns)
+    }
+
+    fn namespaces_outlive_us(&mut self) -> Result<(), String> {
+        if self.world().private_mounts {
+            Err("this process runs in a private mount namespace".to_owned())
+        } else {
+            Ok(())
+        }
     }
 
     fn create_namespace(&mut self, ns: &NetnsName) -> Result<bool, Error> {

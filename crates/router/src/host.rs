@@ -114,6 +114,10 @@ pub enum HostError {
     /// Interrupted (SIGTERM) before anything was done.
     #[error("interrupted before anything was done")]
     Interrupted,
+    /// The host does not fit the config (a bridge is missing or is not a bridge, namespaces
+    /// would not outlive the process): found before anything was changed.
+    #[error("the host does not fit the config, nothing was changed:\n  {}", .0.join("\n  "))]
+    Host(Vec<String>),
 }
 
 impl From<RouterError> for HostError {
@@ -487,12 +491,62 @@ fn compile_host(
     Ok((compile::compile(cfg, &alloc, facts), needs))
 }
 
+/// What `cfg` takes for granted about the host, checked before the first change (of the
+/// kernel and of the state directory): namespaces created now outlive this process, and every
+/// bridge a router port plugs into exists and is a bridge (plugging into anything else would
+/// fail half-way, after the router's old port was gone).
+pub fn preflight(cfg: &HostConfig, make: Factory<'_>) -> Result<(), HostError> {
+    let (mut kernel, _) = make()?;
+    let mut problems = Vec::new();
+    if let Err(why) = kernel.namespaces_outlive_us() {
+        problems.push(why);
+    }
+    let used: BTreeSet<(&l3agent_types::NetworkId, &l3agent_types::IfName)> = cfg
+        .routers
+        .iter()
+        .flat_map(|r| {
+            r.interfaces
+                .iter()
+                .chain(&r.snat_interfaces)
+                .chain(&r.fip_agent_interfaces)
+                .chain(r.gw_port.as_ref())
+        })
+        .map(|p| (&p.network_id, &p.bridge))
+        .collect();
+    let host = kernel
+        .netlink(None)
+        .map_err(|e| HostError::Host(vec![format!("the host namespace: {e}")]))?;
+    let mut seen = BTreeSet::new();
+    for (net, bridge) in used {
+        if !seen.insert(bridge) {
+            continue;
+        }
+        match host.link(bridge) {
+            Ok(Some(l)) if l.kind.as_deref() == Some("bridge") => {}
+            Ok(Some(l)) => problems.push(format!(
+                "agent.bridges.{net}: {bridge} is a {} device, not a bridge",
+                l.kind.as_deref().unwrap_or("plain")
+            )),
+            Ok(None) => problems.push(format!(
+                "agent.bridges.{net}: bridge {bridge} does not exist on this host"
+            )),
+            Err(e) => problems.push(format!("agent.bridges.{net}: looking up {bridge}: {e}")),
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(HostError::Host(problems))
+    }
+}
+
 /// Converges the host to `cfg`.
 pub fn apply(
     cfg: &HostConfig,
     opts: &ApplyOptions,
     make: Factory<'_>,
 ) -> Result<HostReport, HostError> {
+    preflight(cfg, make)?;
     let state = State::open(&cfg.agent.state_path, &opts.stop)?;
     let mut records = load_records(&state, make)?;
     let (spec, needs) = compile_host(&state, cfg, &opts.facts, true)?;
@@ -579,6 +633,7 @@ pub fn plan(
     facts: &HostFacts,
     make: Factory<'_>,
 ) -> Result<HostReport, HostError> {
+    preflight(cfg, make)?;
     let state = State::inspect(&cfg.agent.state_path)?;
     let records = load_records(&state, make)?;
     let (spec, _) = compile_host(&state, cfg, facts, false)?;

@@ -70,6 +70,9 @@ pub trait Kernel {
     /// deleted so far: their devices and the host ends of their veths are gone (the kernel
     /// destroys a deleted namespace's devices asynchronously).
     fn settle(&mut self, timeout: std::time::Duration);
+    /// Whether namespaces created by this process outlive it (not under `ip netns exec`):
+    /// `Err` with the reason and what to do instead.
+    fn namespaces_outlive_us(&mut self) -> Result<(), String>;
 }
 
 /// The kernel, for real: one netlink socket per namespace, opened on first use and kept.
@@ -187,6 +190,10 @@ impl RealKernel {
 impl Kernel for RealKernel {
     fn namespace_exists(&mut self, ns: &NetnsName) -> bool {
         netns::exists(ns)
+    }
+
+    fn namespaces_outlive_us(&mut self) -> Result<(), String> {
+        netns::check_host_visible().map_err(|e| e.to_string())
     }
 
     fn create_namespace(&mut self, ns: &NetnsName) -> Result<bool, Error> {

@@ -398,3 +398,105 @@ fn for_random_config_sequences_plan_equals_apply_and_converges() {
         }
     }
 }
+
+/// A host that does not fit the config is found before the first change: a bridge that is
+/// missing or is not a bridge, or namespaces that would vanish with the process. The working
+/// router keeps its port, no operation is logged, and the state directory is untouched.
+#[test]
+fn a_host_that_does_not_fit_is_refused_before_anything_changes() {
+    let state = state_dir();
+    let w = world();
+    let cfg = config(&state, &[legacy_router()]);
+    converge(&w, &cfg);
+    let records = std::fs::read(state.join("records.json")).expect("records");
+    let before = w.lock().unwrap().log.len();
+    type Edit = fn(&mut World);
+    let cases: [(&str, Edit); 3] = [
+        ("missing", |w| {
+            w.host.links.remove("br-ex");
+        }),
+        ("not a bridge", |w| {
+            w.host.links.get_mut("br-ex").unwrap().kind = Some("veth".into());
+        }),
+        ("private mounts", |w| w.private_mounts = true),
+    ];
+    for (class, edit) in cases {
+        let w2: SharedWorld = Arc::new(Mutex::new(World::with_bridges(&BRIDGES)));
+        edit(&mut w2.lock().unwrap());
+        let mut changed = legacy_router();
+        changed["_floatingips"] = json!([]);
+        let cfg2 = config(&state, &[changed]);
+        for result in [
+            host::apply(&cfg2, &opts(), &fake::sides(&w2)),
+            host::plan(&cfg2, &facts(), &fake::sides(&w2)),
+        ] {
+            let e = result.expect_err(class).to_string();
+            assert!(
+                e.starts_with("the host does not fit the config"),
+                "{class}: {e}"
+            );
+            if class != "private mounts" {
+                assert!(
+                    e.contains("agent.bridges.65566f91-133a-44ff-87f5-ecffc1193d3d: "),
+                    "{e}"
+                );
+            }
+        }
+        assert!(
+            w2.lock().unwrap().log.is_empty(),
+            "{class}: {:?}",
+            w2.lock().unwrap().log
+        );
+    }
+    assert_eq!(w.lock().unwrap().log.len(), before);
+    assert_eq!(
+        std::fs::read(state.join("records.json")).expect("records"),
+        records
+    );
+    std::fs::remove_dir_all(&state).ok();
+}
+
+/// No one-way doors: from any accepted config, any other accepted config converges (plan ==
+/// apply, then nothing left to do), over every ordered pair of a set of configs that differ
+/// in gateway, floating IPs, extra routes (ECMP included), ports, MTU and admin state.
+#[test]
+fn every_accepted_config_can_follow_every_other() {
+    let base = legacy_router();
+    let mut variants: Vec<(&str, Vec<Value>)> = vec![("base", vec![base.clone()])];
+    let mut v = base.clone();
+    v["gw_port"] = Value::Null;
+    v["_floatingips"] = json!([]);
+    v["routes"] = json!([{"destination": "100.64.8.0/24", "nexthop": "192.0.2.20"}]);
+    variants.push(("no gateway", vec![v]));
+    let mut v = base.clone();
+    v["routes"] = json!([
+        {"destination": "100.64.8.0/24", "nexthop": "203.0.113.1"},
+        {"destination": "100.64.8.0/24", "nexthop": "198.51.100.9"},
+        {"destination": "100.64.9.0/24", "nexthop": "192.0.2.20"}]);
+    variants.push(("ecmp", vec![v]));
+    let mut v = base.clone();
+    v["_interfaces"][1]["mtu"] = 1400.into();
+    v["_floatingips"][0]["fixed_ip_address"] = "192.0.2.11".into();
+    variants.push(("mtu and fip moved", vec![v]));
+    let mut v = base.clone();
+    v["_interfaces"][1]["admin_state_up"] = false.into();
+    v["routes"] = json!([]);
+    variants.push(("port down", vec![v]));
+    variants.push(("no routers", vec![]));
+    for (from, a) in &variants {
+        for (to, b) in &variants {
+            if from == to {
+                continue;
+            }
+            let state = state_dir();
+            let w = world();
+            converge(&w, &config(&state, a));
+            let report = host::apply(&config(&state, b), &opts(), &fake::sides(&w))
+                .unwrap_or_else(|e| panic!("{from} -> {to}: {e}"));
+            assert!(!report.failed(), "{from} -> {to}: {report:#?}");
+            let again = plan(&w, &config(&state, b));
+            assert!(!again.changed(), "{from} -> {to}: {:#?}", changes(&again));
+            std::fs::remove_dir_all(&state).ok();
+        }
+    }
+}

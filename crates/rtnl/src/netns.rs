@@ -5,7 +5,7 @@
 use l3agent_types::NetnsName;
 
 pub use l3agent_netns::{
-    exists, in_netns, path_of, Netns, NetnsError, NetnsTarget, NsId, NETNS_DIR,
+    check_host_visible, exists, in_netns, path_of, Netns, NetnsError, NetnsTarget, NsId, NETNS_DIR,
 };
 
 use crate::error::Error;
@@ -15,7 +15,9 @@ impl From<NetnsError> for Error {
         match e {
             NetnsError::NoNamespace(n) => Error::NoNamespace(n),
             NetnsError::Io { what, source } => Error::Io { what, source },
-            e @ NetnsError::Panicked(_) => Error::Value(e.to_string()),
+            e @ (NetnsError::Panicked(_) | NetnsError::PrivateMounts) => {
+                Error::Value(e.to_string())
+            }
         }
     }
 }

@@ -5,15 +5,18 @@
 
 use std::fmt;
 
+mod echo;
 mod ids;
 mod mac;
+
+pub use echo::{clean_message, is_hidden, Echo};
 
 pub use ids::{FloatingIpId, NetworkId, PortId, RouterId, SubnetId};
 pub use mac::MacAddr;
 
 /// A name that failed validation: which field, what value, why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: invalid value {value:?}: {reason}")]
+#[error("{field}: invalid value {}: {reason}", Echo(value))]
 pub struct InvalidName {
     /// Where the value came from.
     pub field: String,

@@ -15,7 +15,7 @@ pub struct ApplyArgs {
     #[arg(long, value_name = "FILE")]
     rules: PathBuf,
     #[command(flatten)]
-    target: Target,
+    pub target: Target,
     /// Print the restore input that would be sent; change nothing.
     #[arg(long)]
     dry_run: bool,
@@ -104,7 +104,7 @@ pub fn run(a: ApplyArgs) -> Result<(), Failure> {
         }
     }
     if !unconverged.is_empty() {
-        return Err(Failure::failed(format!(
+        return Err(Failure::reported(format!(
             "rules did not converge: a second pass would still send:\n{}",
             unconverged.join("\n")
         )));

@@ -23,7 +23,7 @@ pub struct CountersArgs {
     #[arg(long)]
     zero: bool,
     #[command(flatten)]
-    target: Target,
+    pub target: Target,
 }
 
 /// Runs `iptables counters`.

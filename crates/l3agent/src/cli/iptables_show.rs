@@ -13,7 +13,7 @@ use super::{load_rules, open, print_json, Failure, Target};
 #[derive(Debug, Args)]
 pub struct ShowArgs {
     #[command(flatten)]
-    target: Target,
+    pub target: Target,
     /// Also show the drift between the kernel and this rules file (what apply would send).
     #[arg(long, value_name = "FILE")]
     rules: Option<PathBuf>,

@@ -6,11 +6,13 @@ mod iptables_show;
 mod router_apply;
 mod router_destroy;
 mod router_plan;
+mod validate;
 
 use std::path::Path;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use l3agent_doc::Limits;
 use l3agent_iptables::spec::RulesFile;
 use l3agent_iptables::{IptablesModel, NetnsName};
 use l3agent_iptables_exec::{
@@ -25,6 +27,9 @@ pub struct Cli {
     /// overrides, e.g. L3AGENT_LOG=l3agent_iptables_exec=debug.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Largest config or rules file read, in bytes (larger ones are refused, exit 2).
+    #[arg(long, global = true, value_name = "BYTES", default_value_t = Limits::DEFAULT_MAX_BYTES)]
+    pub max_input_bytes: u64,
     #[command(subcommand)]
     command: Command,
 }
@@ -44,6 +49,9 @@ enum Command {
     /// Remove everything l3agent created on this host: the routers of CONFIG, or with --all
     /// every router in its state. Found by exact names, never by suffix.
     Destroy(router_destroy::DestroyArgs),
+    /// Check a host config offline: the same checks and exit status as apply (0 valid, 2
+    /// invalid, every problem by path), without root and without touching the kernel.
+    Validate(validate::ConfigArgs),
     /// Declarative iptables rules per network namespace (Neutron's IptablesManager).
     #[command(subcommand)]
     Iptables(IptablesCommand),
@@ -62,6 +70,9 @@ enum IptablesCommand {
     Show(iptables_show::ShowArgs),
     /// Packets and bytes of a chain (Neutron's get_traffic_counters), optionally zeroing them.
     Counters(iptables_counters::CountersArgs),
+    /// Check a rules file offline: the same checks and exit status as apply (0 valid, 2
+    /// invalid), without root and without touching the kernel.
+    Validate(validate::RulesArgs),
 }
 
 /// Options every iptables subcommand takes.
@@ -77,13 +88,18 @@ struct Target {
     backend: BackendChoice,
     /// Print JSON instead of text.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
 }
 
-/// A failure with its exit status.
+/// A failure with its exit status: 1 failed, 2 invalid input (nothing touched).
 pub struct Failure {
     code: u8,
     message: String,
+    /// Invalid input: each problem by field path (for `--json`).
+    problems: Vec<(String, String)>,
+    /// The command printed its report (JSON included) before failing: `--json` prints no
+    /// error object after it, stdout stays one JSON document.
+    reported: bool,
 }
 
 impl Failure {
@@ -91,13 +107,43 @@ impl Failure {
         Failure {
             code: 2,
             message: message.into(),
+            problems: Vec::new(),
+            reported: false,
         }
     }
     fn failed(message: impl Into<String>) -> Failure {
         Failure {
             code: 1,
             message: message.into(),
+            problems: Vec::new(),
+            reported: false,
         }
+    }
+    /// A failure (exit 1) whose report is already printed.
+    fn reported(message: impl Into<String>) -> Failure {
+        Failure {
+            reported: true,
+            ..Failure::failed(message)
+        }
+    }
+    fn with_problems(mut self, problems: Vec<(String, String)>) -> Failure {
+        self.problems = problems;
+        self
+    }
+
+    /// `{"error": {...}}`, what `--json` prints on failure.
+    fn to_json(&self) -> serde_json::Value {
+        let problems: Vec<serde_json::Value> = self
+            .problems
+            .iter()
+            .map(|(path, message)| serde_json::json!({"path": path, "message": message}))
+            .collect();
+        serde_json::json!({"error": {
+            "exit_code": self.code,
+            "kind": if self.code == 2 { "invalid" } else { "failed" },
+            "message": self.message,
+            "problems": problems,
+        }})
     }
 }
 
@@ -116,9 +162,33 @@ impl From<l3agent_iptables_exec::ApplyError> for Failure {
     }
 }
 
+impl Command {
+    /// Whether the subcommand was asked for JSON (then failures are JSON too).
+    fn json(&self) -> bool {
+        match self {
+            Command::Apply(a) => a.json,
+            Command::Plan(a) => a.json,
+            Command::Status(a) => a.json,
+            Command::Destroy(a) => a.json,
+            Command::Validate(a) => a.json,
+            Command::Iptables(IptablesCommand::Apply(a)) => a.target.json,
+            Command::Iptables(IptablesCommand::Show(a)) => a.target.json,
+            Command::Iptables(IptablesCommand::Counters(a)) => a.target.json,
+            Command::Iptables(IptablesCommand::Validate(a)) => a.json,
+        }
+    }
+}
+
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> ExitCode {
+    let _ = LIMITS.set(Limits {
+        max_bytes: cli.max_input_bytes,
+        ..Limits::default()
+    });
+    let json = cli.command.json();
     let result = match cli.command {
+        Command::Validate(a) => validate::config(a),
+        Command::Iptables(IptablesCommand::Validate(a)) => validate::rules(a),
         Command::Apply(a) => router_apply::run(a),
         Command::Destroy(a) => router_destroy::run(a),
         Command::Plan(a) => router_plan::plan(a),
@@ -130,54 +200,69 @@ pub fn run(cli: Cli) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
+            if json && !f.reported {
+                print_json(&f.to_json());
+            }
             eprintln!("l3agent: {}", f.message);
             ExitCode::from(f.code)
         }
     }
 }
 
+/// The document limits of this process (`--max-input-bytes`), set once in [`run`].
+static LIMITS: std::sync::OnceLock<Limits> = std::sync::OnceLock::new();
+
+fn limits() -> Limits {
+    LIMITS.get().copied().unwrap_or_default()
+}
+
+/// Reads a document through [`l3agent_doc`] (size cap, bounded nesting, errors by path).
+fn load_doc<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    explicit: &'static str,
+) -> Result<T, Failure> {
+    l3agent_doc::load(path, &limits(), explicit).map_err(|e| {
+        let problem = match &e {
+            l3agent_doc::DocError::Invalid { path, message } => (path.clone(), message.clone()),
+            other => (".".to_owned(), other.to_string()),
+        };
+        Failure::invalid(format!("{}: {e}", path.display())).with_problems(vec![problem])
+    })
+}
+
+/// A list of problems as one failure: `<file>: N problem(s), <what>:` and one line each.
+fn problems(path: &Path, what: &str, list: Vec<(String, String)>) -> Failure {
+    let lines: Vec<String> = list.iter().map(|(p, m)| format!("  {p}: {m}")).collect();
+    Failure::invalid(format!(
+        "{}: {} problem(s), {what}:\n{}",
+        path.display(),
+        list.len(),
+        lines.join("\n")
+    ))
+    .with_problems(list)
+}
+
 /// Reads a rules file (YAML, or JSON for `.json`) into a model; every problem is listed.
 fn load_rules(path: &Path) -> Result<IptablesModel, Failure> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Failure::invalid(format!("{}: {e}", path.display())))?;
-    let is_json = path.extension().is_some_and(|e| e == "json");
-    let file: RulesFile = if is_json {
-        serde_json::from_str(&text)
-            .map_err(|e| Failure::invalid(format!("{}: {e}", path.display())))?
-    } else {
-        serde_norway::from_str(&text)
-            .map_err(|e| Failure::invalid(format!("{}: {e}", path.display())))?
-    };
+    let file: RulesFile = load_doc(path, "wrap_name: <name> with no rules")?;
     file.into_model().map_err(|errors| {
-        let lines: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
-        Failure::invalid(format!(
-            "{}: {} problem(s), nothing applied:\n{}",
-            path.display(),
-            errors.len(),
-            lines.join("\n")
-        ))
+        let list = errors
+            .iter()
+            .map(|e| match e.to_string().split_once(": ") {
+                Some((p, m)) => (p.to_owned(), m.to_owned()),
+                None => (".".to_owned(), e.to_string()),
+            })
+            .collect();
+        problems(path, "nothing applied", list)
     })
 }
 
 /// Reads a host config (YAML, or JSON for `.json`); every problem is listed with its path.
 fn load_host_config(path: &Path) -> Result<l3agent_router::config::HostConfig, Failure> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Failure::invalid(format!("{}: {e}", path.display())))?;
-    let doc: l3agent_router::config::ConfigDoc = if path.extension().is_some_and(|e| e == "json") {
-        serde_json::from_str(&text)
-            .map_err(|e| Failure::invalid(format!("{}: {e}", path.display())))?
-    } else {
-        serde_norway::from_str(&text)
-            .map_err(|e| Failure::invalid(format!("{}: {e}", path.display())))?
-    };
+    let doc: l3agent_router::config::ConfigDoc = load_doc(path, "routers: []")?;
     doc.validate().map_err(|errors| {
-        let lines: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
-        Failure::invalid(format!(
-            "{}: {} problem(s), nothing touched:\n{}",
-            path.display(),
-            errors.len(),
-            lines.join("\n")
-        ))
+        let list = errors.into_iter().map(|e| (e.path, e.message)).collect();
+        problems(path, "nothing touched", list)
     })
 }
 
@@ -207,6 +292,27 @@ fn sides() -> Result<Sides, Failure> {
     })
 }
 
+/// A host-level error: a host that does not fit the config is invalid input (exit 2,
+/// nothing changed), anything else a failure.
+fn host_failure(e: l3agent_router::host::HostError) -> Failure {
+    match e {
+        l3agent_router::host::HostError::Host(list) => {
+            let problems = list
+                .iter()
+                .map(|p| match p.split_once(": ") {
+                    Some((path, m)) if path.starts_with("agent.") => {
+                        (path.to_owned(), m.to_owned())
+                    }
+                    _ => (".".to_owned(), p.clone()),
+                })
+                .collect();
+            Failure::invalid(l3agent_router::host::HostError::Host(list).to_string())
+                .with_problems(problems)
+        }
+        other => Failure::failed(other.to_string()),
+    }
+}
+
 /// Prints a host report and turns a failed router into exit status 1.
 fn finish(report: &l3agent_router::host::HostReport, json: bool) -> Result<(), Failure> {
     if json {
@@ -232,7 +338,7 @@ fn finish(report: &l3agent_router::host::HostReport, json: bool) -> Result<(), F
             .filter(|r| r.status == l3agent_router::host::RouterStatus::Failed)
             .map(|r| r.id.as_str())
             .collect();
-        return Err(Failure::failed(format!(
+        return Err(Failure::reported(format!(
             "router(s) failed: {}",
             failed.join(", ")
         )));

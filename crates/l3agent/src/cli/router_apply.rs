@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 use l3agent_router::host::{ApplyOptions, RouterStatus, Unchanged};
 
-use super::{finish, load_host_config, sides, Failure, Sides};
+use super::{finish, host_failure, load_host_config, sides, Failure, Sides};
 
 /// Arguments of `apply`.
 #[derive(Debug, Args)]
@@ -24,7 +24,7 @@ pub struct ApplyArgs {
     changed_only: bool,
     /// Print JSON instead of text.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
 }
 
 /// Runs `apply`.
@@ -45,15 +45,14 @@ pub fn run(a: ApplyArgs) -> Result<(), Failure> {
         Unchanged::Verify
     };
     let make = l3agent_router::host::real_sides(backend, &announcer);
-    let report = l3agent_router::host::apply(&cfg, &opts, &make)
-        .map_err(|e| Failure::failed(e.to_string()))?;
+    let report = l3agent_router::host::apply(&cfg, &opts, &make).map_err(host_failure)?;
     let outcome = if report.interrupted {
         let done = report
             .routers
             .iter()
             .filter(|r| r.status != RouterStatus::Skipped)
             .count();
-        finish(&report, a.json).and(Err(Failure::failed(format!(
+        finish(&report, a.json).and(Err(Failure::reported(format!(
             "interrupted by a signal after {done} router(s); the next apply continues"
         ))))
     } else {

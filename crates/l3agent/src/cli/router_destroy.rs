@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::{finish, load_host_config, sides, Failure, Sides};
+use super::{finish, host_failure, load_host_config, sides, Failure, Sides};
 
 /// Arguments of `destroy`.
 #[derive(Debug, Args)]
@@ -21,7 +21,7 @@ pub struct DestroyArgs {
     state_path: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
 }
 
 /// Runs `destroy`.
@@ -43,6 +43,6 @@ pub fn run(a: DestroyArgs) -> Result<(), Failure> {
     } = sides()?;
     let make = l3agent_router::host::real_sides(backend, &announcer);
     let report = l3agent_router::host::destroy(&state_path, cfg.as_ref(), &stop, &make)
-        .map_err(|e| Failure::failed(e.to_string()))?;
+        .map_err(host_failure)?;
     finish(&report, a.json)
 }

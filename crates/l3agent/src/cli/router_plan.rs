@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 use l3agent_router::host::{Health, RouterHealth};
 
-use super::{load_host_config, print_json, sides, Failure, Sides};
+use super::{host_failure, load_host_config, print_json, sides, Failure, Sides};
 
 /// Arguments of `plan`.
 #[derive(Debug, Args)]
@@ -14,7 +14,7 @@ pub struct PlanArgs {
     config: PathBuf,
     /// Print JSON instead of text.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
 }
 
 /// Arguments of `status`.
@@ -25,7 +25,7 @@ pub struct StatusArgs {
     state_path: PathBuf,
     /// Print JSON instead of text.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
 }
 
 /// Runs `plan`: exactly the changes apply would make now, router by router; touches nothing.
@@ -38,8 +38,7 @@ pub fn plan(a: PlanArgs) -> Result<(), Failure> {
         ..
     } = sides()?;
     let make = l3agent_router::host::real_sides(backend, &announcer);
-    let report = l3agent_router::host::plan(&cfg, &facts, &make)
-        .map_err(|e| Failure::failed(e.to_string()))?;
+    let report = l3agent_router::host::plan(&cfg, &facts, &make).map_err(host_failure)?;
     if a.json {
         print_json(&serde_json::to_value(&report).unwrap_or_default());
         return Ok(());
@@ -76,8 +75,7 @@ pub fn status(a: StatusArgs) -> Result<(), Failure> {
         backend, announcer, ..
     } = sides()?;
     let make = l3agent_router::host::real_sides(backend, &announcer);
-    let views = l3agent_router::host::status(&a.state_path, &make)
-        .map_err(|e| Failure::failed(e.to_string()))?;
+    let views = l3agent_router::host::status(&a.state_path, &make).map_err(host_failure)?;
     if a.json {
         print_json(&serde_json::to_value(&views).unwrap_or_default());
     } else {
@@ -91,7 +89,7 @@ pub fn status(a: StatusArgs) -> Result<(), Failure> {
     if bad.is_empty() {
         Ok(())
     } else {
-        Err(Failure::failed(format!(
+        Err(Failure::reported(format!(
             "not as applied: {}",
             bad.join(", ")
         )))

@@ -1,0 +1,355 @@
+//! Bad input, one row per class: a working router is applied once, then every row runs the
+//! CLI on a bad config or rules file and must exit 2, name the field (in the message and in
+//! the `--json` error object), and leave the kernel (links, addresses, routes, rules,
+//! iptables of both backends, in the host and the router namespaces) AND the state directory
+//! byte for byte as they were. Needs root (throwaway namespaces only).
+#![allow(clippy::disallowed_methods)] // the test runs the binary under test and `ip`
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use serde_json::{json, Value};
+
+/// Everything a bad input must not change.
+fn snapshot(t: &Topology) -> Vec<String> {
+    let mut out = Vec::new();
+    for (ns, label) in [(t.host.name.as_str(), "host"), (ROUTER_NS, "router")] {
+        for args in [
+            &["ip", "-o", "link", "show"][..],
+            &["ip", "addr", "show"],
+            &["ip", "route", "show", "table", "all"],
+            &["ip", "-6", "route", "show", "table", "all"],
+            &["ip", "rule", "show"],
+            &["iptables-nft-save"],
+            &["ip6tables-nft-save"],
+            &["iptables-legacy-save"],
+        ] {
+            let text: String = in_ns(ns, args)
+                .lines()
+                // Counters and the asynchronous IPv6 link-local/multicast entries move on
+                // their own.
+                .filter(|l| !l.starts_with('#') && !l.contains("fe80::") && !l.contains("ff00::/8"))
+                .map(|l| {
+                    l.split_once(" [")
+                        .map_or(l.to_owned(), |(a, _)| a.to_owned())
+                        + "\n"
+                })
+                .collect();
+            out.push(format!("{label} {args:?}\n{text}"));
+        }
+    }
+    let mut files: Vec<String> = Vec::new();
+    walk(&t.state, &mut files);
+    files.sort();
+    out.extend(files);
+    out
+}
+
+fn walk(dir: &Path, out: &mut Vec<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        out.push(format!("{}: absent", dir.display()));
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            walk(&p, out);
+        } else {
+            let body = std::fs::read(&p).unwrap_or_default();
+            out.push(format!(
+                "{}: {}",
+                p.display(),
+                String::from_utf8_lossy(&body)
+            ));
+        }
+    }
+}
+
+/// A config as `config()` writes it, as a JSON value to edit.
+fn good_config(t: &Topology) -> Value {
+    json!({
+        "agent": {"mode": "legacy", "host": "host-a", "state_path": t.state,
+                  "bridges": {NET_T1: "br-t1", NET_T2: "br-t2", NET_EX: "br-ex"}},
+        "routers": [example()],
+    })
+}
+
+enum Input {
+    /// A config, as text, and its extension.
+    Text(&'static str, String),
+}
+
+/// Runs one row: exit 2, `expect` in stderr and in the JSON error's problems, nothing changed.
+fn row(t: &Topology, class: &str, input: Input, extra: &[&str], expect: &str) {
+    let Input::Text(ext, text) = input;
+    let path = t
+        .state
+        .with_extension(format!("{}.{ext}", l3agent_testkit::unique()));
+    std::fs::write(&path, text).unwrap();
+    let before = snapshot(t);
+    let mut args = vec!["apply", path.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let (code, json, stderr) = l3agent(t, &args);
+    let after = snapshot(t);
+    std::fs::remove_file(&path).ok();
+    assert_eq!(code, Some(2), "{class}: exit {code:?}, stderr {stderr}");
+    assert!(
+        stderr.contains(expect),
+        "{class}: {expect:?} not in {stderr}"
+    );
+    assert!(
+        stderr.len() < 4000,
+        "{class}: {} bytes of error",
+        stderr.len()
+    );
+    assert_eq!(json["error"]["exit_code"], 2, "{class}: {json}");
+    let problems = json["error"]["problems"].to_string();
+    let field = expect.split(':').next().unwrap();
+    assert!(
+        problems.contains(field) || json["error"]["message"].to_string().contains(field),
+        "{class}: {field:?} not in {json}"
+    );
+    for (b, a) in before.iter().zip(&after) {
+        if b != a {
+            let gone: Vec<&str> = b.lines().filter(|l| !a.contains(l)).collect();
+            let new: Vec<&str> = a.lines().filter(|l| !b.contains(l)).collect();
+            panic!("{class}: changed; gone {gone:#?}, new {new:#?}");
+        }
+    }
+    assert_eq!(before.len(), after.len(), "{class}: state files changed");
+}
+
+fn edit(t: &Topology, f: impl FnOnce(&mut Value)) -> Input {
+    let mut v = good_config(t);
+    f(&mut v);
+    Input::Text("json", v.to_string())
+}
+
+#[test]
+fn every_class_of_bad_input_exits_2_names_the_field_and_changes_nothing() {
+    let t = topology(vec![ROUTER_NS.to_owned()]);
+    let cfg = config(&t, &example());
+    let (code, _, stderr) = l3agent(&t, &["apply", cfg.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let yaml = |s: &str| Input::Text("yaml", s.to_owned());
+    let agent_yaml = format!(
+        "agent:\n  mode: legacy\n  host: host-a\n  state_path: {}\n",
+        t.state.display()
+    );
+    let mut cases = 0;
+    let mut run = |class: &str, input: Input, extra: &[&str], expect: &str| {
+        row(&t, class, input, extra, expect);
+        cases += 1;
+    };
+    // Never destructive by accident.
+    run("empty file", yaml(""), &[], "the document is empty");
+    run(
+        "comment-only YAML",
+        yaml("# routers go here\n"),
+        &[],
+        "the document is empty",
+    );
+    run("null", yaml("null\n"), &[], "the document is empty");
+    run(
+        "JSON array",
+        Input::Text("json", "[]".into()),
+        &[],
+        ".: the document must be a mapping",
+    );
+    run(
+        "routers: with no value",
+        yaml(&format!("{agent_yaml}routers:\n")),
+        &[],
+        "routers: no value",
+    );
+    run(
+        "no routers key",
+        yaml(&agent_yaml),
+        &[],
+        "missing field `routers`",
+    );
+    // Errors by path, values cut, size and nesting bounded.
+    run(
+        "JSON type error",
+        edit(&t, |v| v["routers"][0]["admin_state_up"] = "yes".into()),
+        &[],
+        "routers[0].admin_state_up: invalid type: string \"yes\", expected a boolean",
+    );
+    run(
+        "huge value",
+        edit(&t, |v| v["routers"][0]["id"] = "a".repeat(1 << 20).into()),
+        &[],
+        "routers[0].id: invalid value \"aaaa",
+    );
+    run(
+        "over the size cap",
+        edit(&t, |_| {}),
+        &["--max-input-bytes", "100"],
+        "larger than the limit of 100 bytes",
+    );
+    run(
+        "deep nesting",
+        yaml(&"[".repeat(100_000)),
+        &[],
+        "nested deeper than 32 levels",
+    );
+    // One-way doors and half-applied failures.
+    run(
+        "route replacing the connected gateway route",
+        edit(
+            &t,
+            |v| {
+                v["routers"][0]["routes"] =
+                    json!([{"destination": "203.0.113.0/24", "nexthop": "203.0.113.1"}])
+            },
+        ),
+        &[],
+        "routers[0].routes[0].destination: 203.0.113.0/24 is the connected subnet",
+    );
+    run(
+        "bridge mapping to a non-bridge",
+        edit(&t, |v| v["agent"]["bridges"][NET_EX] = "p-ext".into()),
+        &[],
+        "agent.bridges.65566f91-133a-44ff-87f5-ecffc1193d3d: p-ext is a veth device, not a bridge",
+    );
+    run(
+        "missing bridge",
+        edit(&t, |v| v["agent"]["bridges"][NET_EX] = "br-nope".into()),
+        &[],
+        "agent.bridges.65566f91-133a-44ff-87f5-ecffc1193d3d: bridge br-nope does not exist",
+    );
+    run(
+        "duplicated port id",
+        edit(&t, |v| {
+            v["routers"][0]["_interfaces"][1]["id"] =
+                v["routers"][0]["_interfaces"][0]["id"].clone()
+        }),
+        &[],
+        "routers[0]._interfaces[1].id: port 081ed401-2ab1-4bd0-968b-e05235398bb2 is also",
+    );
+    run(
+        "IPv6 port with MTU below 1280",
+        edit(&t, |v| {
+            let p = &mut v["routers"][0]["_interfaces"][1];
+            p["subnets"][0]["cidr"] = "2001:db8:1::/64".into();
+            p["subnets"][0]["gateway_ip"] = "2001:db8:1::1".into();
+            p["fixed_ips"] =
+                json!([{"ip_address": "2001:db8:1::1", "subnet_id": p["subnets"][0]["id"]}]);
+            p["mtu"] = 1000.into();
+        }),
+        &[],
+        "routers[0]._interfaces[1].mtu: 1000 is below 1280",
+    );
+    run(
+        "floating IPs without a gateway",
+        edit(&t, |v| v["routers"][0]["gw_port"] = Value::Null),
+        &[],
+        "routers[0]._floatingips[0].floating_ip_address: 203.0.113.2: a floating IP needs a router with a gateway",
+    );
+    run(
+        "floating IP outside the gateway's subnets",
+        edit(&t, |v| {
+            v["routers"][0]["_floatingips"][0]["floating_ip_address"] = "198.18.0.1".into()
+        }),
+        &[],
+        "routers[0]._floatingips[0].floating_ip_address: 198.18.0.1 is in no subnet",
+    );
+    run(
+        "distributed router on a legacy agent",
+        edit(&t, |v| v["routers"][0]["distributed"] = true.into()),
+        &[],
+        "routers[0].distributed: a distributed router needs a dvr or dvr_snat agent",
+    );
+    run(
+        "state_path with ..",
+        edit(&t, |v| {
+            v["agent"]["state_path"] = format!("{}/../x", t.state.display()).into()
+        }),
+        &[],
+        "agent.state_path:",
+    );
+    run(
+        "id with a leading dash",
+        edit(&t, |v| v["routers"][0]["id"] = "-rf".into()),
+        &[],
+        "routers[0].id: invalid value \"-rf\"",
+    );
+    run(
+        "id with a bidi override",
+        edit(&t, |v| v["routers"][0]["id"] = "87c7c2ae\u{202e}".into()),
+        &[],
+        "routers[0].id: invalid value \"87c7c2ae\\u{202e}\"",
+    );
+    run(
+        "agent.host with a newline",
+        edit(&t, |v| v["agent"]["host"] = "host-a\nfake log line".into()),
+        &[],
+        "agent.host: \"host-a\\nfake log line\"",
+    );
+    assert_eq!(cases, 22);
+}
+
+/// Under `ip netns exec` (a private mount namespace) the namespaces l3agent creates would
+/// vanish at exit: refused with exit 2 and what to do instead; nothing is created.
+#[test]
+fn apply_under_ip_netns_exec_is_refused() {
+    // Its own router id: the tests of this file run in parallel.
+    const ID: &str = "1e7d1a5e-0000-4000-8000-000000000001";
+    let ns = format!("qrouter-{ID}");
+    let t = topology(vec![ns.clone()]);
+    let mut router = example();
+    router["id"] = ID.into();
+    let cfg = config(&t, &router);
+    let o = Command::new("timeout")
+        .args(["60", "ip", "netns", "exec", &t.host.name])
+        .arg(env!("CARGO_BIN_EXE_l3agent"))
+        .args(["apply", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("private mount namespace"), "{stderr}");
+    assert!(stderr.contains("nsenter --net="), "{stderr}");
+    assert!(!Path::new(&format!("/run/netns/{ns}")).exists());
+    assert!(!t.state.exists(), "the state directory was created");
+}
+
+/// `validate` runs the same checks as apply offline: no root needed, no kernel touched.
+#[test]
+fn validate_checks_offline_with_the_exit_codes_of_apply() {
+    let t = topology(vec![]);
+    let cfg = config(&t, &example());
+    let bin = env!("CARGO_BIN_EXE_l3agent");
+    // As nobody: no privilege is needed.
+    let o = Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", bin])
+        .args(["validate", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("valid: 1 router(s), 1 floating IP(s)"));
+    let bad = t.state.with_extension("bad.json");
+    let mut v = good_config(&t);
+    v["routers"][0]["routes"] = json!([{"destination": "100.64.8.0/24", "nexthop": "203.0.113.4"}]);
+    std::fs::write(&bad, v.to_string()).unwrap();
+    let o = Command::new(bin)
+        .args(["validate", bad.to_str().unwrap(), "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let j: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        j["error"]["problems"][0]["path"], "routers[0].routes[0].nexthop",
+        "{j}"
+    );
+    std::fs::remove_file(&bad).ok();
+    assert!(!t.state.exists());
+}
