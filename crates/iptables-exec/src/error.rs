@@ -12,7 +12,7 @@ pub enum ExecError {
     #[error(transparent)]
     Process(#[from] l3agent_process::ProcessError),
     /// The process failed.
-    #[error("{program} failed (exit {code:?}): {stderr}")]
+    #[error("{program} failed ({}): {stderr}", exit_text(*code))]
     Failed {
         /// The program.
         program: String,
@@ -57,6 +57,14 @@ impl From<l3agent_netns::NetnsError> for ExecError {
             },
             e @ NetnsError::PrivateMounts => ExecError::Backend(e.to_string()),
         }
+    }
+}
+
+/// `exit 4`, or `killed by a signal` when there is no exit code.
+pub fn exit_text(code: Option<i32>) -> String {
+    match code {
+        Some(c) => format!("exit {c}"),
+        None => "killed by a signal".to_owned(),
     }
 }
 
@@ -122,14 +130,14 @@ impl fmt::Display for RestoreError {
             write!(f, " at line {n}")?;
         }
         if let Some(o) = &self.origin {
-            write!(f, ", rule {:?} in chain {:?}", o.rule, o.chain)?;
+            write!(f, ", rule \"{}\" in chain \"{}\"", o.rule, o.chain)?;
         }
         let first = self
             .stderr
             .lines()
             .find(|l| !l.trim().is_empty())
             .unwrap_or("");
-        write!(f, ": {first} (exit {:?})", self.code)?;
+        write!(f, ": {first} ({})", exit_text(self.code))?;
         match &self.rollback {
             Rollback::NothingCommitted => write!(f, "; nothing was changed")?,
             Rollback::Reverted => write!(f, "; tables committed before the failure were reverted")?,

@@ -20,9 +20,11 @@ fn yes() -> bool {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RulesFile {
-    /// Our chains are `<wrap_name>-<chain>`.
-    #[serde(default = "default_wrap")]
-    pub wrap_name: String,
+    /// Our chains are `<wrap_name>-<chain>` (default `neutron-l3-agent`'s own default, see
+    /// [`WrapName::default`]). A file without any rule must name it: removing every rule of
+    /// a wrap name is never what an empty-looking file means by accident.
+    #[serde(default)]
+    pub wrap_name: Option<String>,
     /// Neutron's constructor options.
     #[serde(default)]
     pub options: FileOptions,
@@ -130,9 +132,22 @@ impl RulesFile {
     /// Builds the model, or every problem found (each with its path in the file).
     pub fn into_model(self) -> Result<IptablesModel, Vec<Error>> {
         let mut errors = Vec::new();
-        let wrap = WrapName::new(&self.wrap_name)
-            .map_err(|e| errors.push(e))
-            .ok();
+        let rules = [&self.ipv4, &self.ipv6]
+            .iter()
+            .flat_map(|f| [&f.filter, &f.nat, &f.mangle, &f.raw])
+            .flatten()
+            .map(|t| t.rules.len())
+            .sum::<usize>();
+        if self.wrap_name.is_none() && rules == 0 {
+            errors.push(Error::invalid(
+                "wrap_name",
+                "",
+                "a file without rules removes every rule of its wrap name: name the wrap \
+                 explicitly (wrap_name: <name>) to mean that",
+            ));
+        }
+        let wrap_name = self.wrap_name.clone().unwrap_or_else(default_wrap);
+        let wrap = WrapName::new(&wrap_name).map_err(|e| errors.push(e)).ok();
         let o = &self.options;
         let chain_opt = |field: &str, v: &Option<String>, default: &ChainName| match v {
             Some(v) => ChainName::new(field, v),
@@ -361,9 +376,11 @@ mod tests {
             r#"{"ipv4":{"filter":{"rules":[{"chain":"INPUT","rule":"-j ACCEPT","wrapp":true}]}}}"#
         )
         .is_err());
-        let e = load(r#"{"options":{"ipv6":false},"ipv6":{"filter":{}}}"#).unwrap_err();
+        let e =
+            load(r#"{"wrap_name":"w","options":{"ipv6":false},"ipv6":{"filter":{}}}"#).unwrap_err();
         assert!(e[0].to_string().starts_with("ipv6.filter"), "{}", e[0]);
-        let e = load(r#"{"options":{"state_less":true},"ipv4":{"mangle":{}}}"#).unwrap_err();
+        let e = load(r#"{"wrap_name":"w","options":{"state_less":true},"ipv4":{"mangle":{}}}"#)
+            .unwrap_err();
         assert!(e[0].to_string().starts_with("ipv4.mangle"), "{}", e[0]);
         let e = load(r#"{"wrap_name":"this-name-is-too-long"}"#).unwrap_err();
         assert!(e[0].to_string().starts_with("wrap_name"), "{}", e[0]);
@@ -372,7 +389,7 @@ mod tests {
     #[test]
     fn filter_top_chain_input_is_an_error_not_a_panic() {
         // Used to panic (exit 101) in IptablesModel::new.
-        let e = load(r#"{"options":{"filter_top_chain":"INPUT"}}"#).unwrap_err();
+        let e = load(r#"{"wrap_name":"w","options":{"filter_top_chain":"INPUT"}}"#).unwrap_err();
         assert_eq!(e.len(), 1, "{e:?}");
         let text = e[0].to_string();
         assert!(
@@ -383,15 +400,15 @@ mod tests {
         );
         for (json, field) in [
             (
-                r#"{"options":{"postrouting_bottom_chain":"POSTROUTING"}}"#,
+                r#"{"wrap_name":"l3agent","options":{"postrouting_bottom_chain":"POSTROUTING"}}"#,
                 "options.postrouting_bottom_chain",
             ),
             (
-                r#"{"options":{"filter_top_chain":"l3agent-x"}}"#,
+                r#"{"wrap_name":"l3agent","options":{"filter_top_chain":"l3agent-x"}}"#,
                 "options.filter_top_chain",
             ),
             (
-                r#"{"options":{"filter_top_chain":"TOP"}}"#,
+                r#"{"wrap_name":"l3agent","options":{"filter_top_chain":"TOP"}}"#,
                 "options.filter_top_chain",
             ),
             (
@@ -402,7 +419,7 @@ mod tests {
             let e = load(json).unwrap_err();
             assert!(e[0].to_string().starts_with(field), "{json}: {}", e[0]);
         }
-        assert!(load(r#"{"options":{"filter_top_chain":"my-top"}}"#).is_ok());
+        assert!(load(r#"{"wrap_name":"w","options":{"filter_top_chain":"my-top"}}"#).is_ok());
     }
 
     #[test]
@@ -456,5 +473,18 @@ mod tests {
             "{}",
             text[3]
         );
+    }
+
+    #[test]
+    fn a_file_without_rules_must_name_its_wrap() {
+        for text in [
+            r#"{}"#,
+            r#"{"options": {"nat": true}}"#,
+            r#"{"ipv4": {"filter": {"chains": ["fw"]}}}"#,
+        ] {
+            let e = load(text).unwrap_err();
+            assert!(e[0].to_string().starts_with("wrap_name: "), "{}", e[0]);
+        }
+        assert!(load(r#"{"wrap_name": "l3agent"}"#).is_ok());
     }
 }

@@ -353,3 +353,104 @@ fn validate_checks_offline_with_the_exit_codes_of_apply() {
     std::fs::remove_file(&bad).ok();
     assert!(!t.state.exists());
 }
+
+/// Bad rules files, one row per class, on both iptables backends: exit 2, the field named
+/// (message and `--json`), and the namespace's rules of both backends unchanged.
+#[test]
+fn bad_rules_files_exit_2_on_both_backends_and_apply_nothing() {
+    let bin = env!("CARGO_BIN_EXE_l3agent");
+    let dir = std::env::temp_dir().join(format!("l3agent-bad-rules-{}", l3agent_testkit::unique()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = "wrap_name: l3agent\nipv4:\n  filter:\n    chains: [fw]\n    rules:\n      - {chain: INPUT, rule: \"-j $fw\"}\n      - {chain: fw, rule: \"-p tcp --dport 22 -j ACCEPT\", comment: ssh}\n";
+    let rule = |r: &str| {
+        format!("wrap_name: l3agent\nipv4:\n  filter:\n    rules:\n      - {{chain: INPUT, rule: {r:?}}}\n")
+    };
+    let rows: Vec<(&str, String, &str)> = vec![
+        ("empty file", String::new(), "the document is empty"),
+        ("no rules and no wrap name", "options: {nat: true}\n".into(), "wrap_name: "),
+        ("--modprobe abbreviated with =", rule("--modp=/bin/sh -j ACCEPT"), "ipv4.filter.rules[0].rule"),
+        ("-M glued", rule("-M/bin/sh -j ACCEPT"), "ipv4.filter.rules[0].rule"),
+        ("--set-counters abbreviated", rule("--set-c 1 2 -j ACCEPT"), "ipv4.filter.rules[0].rule"),
+        ("host name as source", rule("-s host.example -j ACCEPT"), "ipv4.filter.rules[0].rule"),
+        ("address list glued", rule("-s192.0.2.1,192.0.2.2 -j ACCEPT"), "ipv4.filter.rules[0].rule"),
+        ("DNAT to a host name", rule("-j DNAT --to-d=host.example"), "ipv4.filter.rules[0].rule"),
+        ("a module naming a file", rule("-m bpf --object-pinned /sys/fs/bpf/x -j ACCEPT"), "ipv4.filter.rules[0].rule"),
+        ("table switch in a rule", rule("--table=nat -j ACCEPT"), "ipv4.filter.rules[0].rule"),
+        (
+            "bidi override in a comment",
+            "wrap_name: l3agent\nipv4:\n  filter:\n    rules:\n      - {chain: INPUT, rule: \"-j ACCEPT\", comment: \"ok\u{202e}x\"}\n".into(),
+            "ipv4.filter.rules[0].comment",
+        ),
+        (
+            "a comment impersonating the ownership marker",
+            "wrap_name: l3agent\nipv4:\n  filter:\n    rules:\n      - {chain: INPUT, rule: \"-j ACCEPT\", comment: \"l3agent:other:0123456789abcdef\"}\n".into(),
+            "ipv4.filter.rules[0].comment",
+        ),
+        (
+            "wrap: false into an undeclared chain",
+            "wrap_name: l3agent\nipv4:\n  filter:\n    rules:\n      - {chain: not-declared, rule: \"-j ACCEPT\", wrap: false}\n".into(),
+            "ipv4.filter.rules[0].chain",
+        ),
+        (
+            "filter_top_chain: INPUT (used to panic)",
+            "wrap_name: l3agent\noptions: {filter_top_chain: INPUT}\n".into(),
+            "options.filter_top_chain",
+        ),
+    ];
+    for backend in ["nft", "legacy"] {
+        // A namespace per backend: one namespace never holds rules of both.
+        let ns = l3agent_testkit::TestNs::new(backend);
+        let path = dir.join(format!("good-{backend}.yaml"));
+        std::fs::write(&path, good).unwrap();
+        let args = ["--netns", &ns.name, "--backend", backend];
+        let o = Command::new(bin)
+            .args(["iptables", "apply", "--rules", path.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let before = (ns.save("nft", false), ns.save("legacy", false));
+        for (class, text, field) in &rows {
+            let path = dir.join(format!("bad-{backend}.yaml"));
+            std::fs::write(&path, text).unwrap();
+            let o = Command::new(bin)
+                .args([
+                    "iptables",
+                    "apply",
+                    "--rules",
+                    path.to_str().unwrap(),
+                    "--json",
+                ])
+                .args(args)
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(o.status.code(), Some(2), "{backend} {class}: {stderr}");
+            assert!(
+                stderr.contains(field),
+                "{backend} {class}: {field:?} not in {stderr}"
+            );
+            let j: Value = serde_json::from_slice(&o.stdout)
+                .unwrap_or_else(|e| panic!("{backend} {class}: stdout is not JSON: {e}"));
+            assert_eq!(j["error"]["exit_code"], 2, "{j}");
+            assert!(j.to_string().contains(field), "{backend} {class}: {j}");
+            let after = (ns.save("nft", false), ns.save("legacy", false));
+            assert_eq!(
+                l3agent_testkit::content(&before.0),
+                l3agent_testkit::content(&after.0),
+                "{backend} {class}: nft rules changed"
+            );
+            assert_eq!(
+                l3agent_testkit::content(&before.1),
+                l3agent_testkit::content(&after.1),
+                "{backend} {class}: legacy rules changed"
+            );
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

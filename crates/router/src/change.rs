@@ -24,7 +24,7 @@ fn route_text<S: Serializer>(r: &Route, s: S) -> Result<S::Ok, S::Error> {
 }
 
 fn rule_text<S: Serializer>(r: &Rule, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(&RuleText(r))
+    s.collect_str(r)
 }
 
 fn sysctl_name<S: Serializer>(k: &Sysctl, s: S) -> Result<S::Ok, S::Error> {
@@ -425,8 +425,8 @@ impl fmt::Display for Change {
             Change::DeleteRoute { ns, route } => {
                 write!(f, "{ns}: ip route del {}", RouteText(route))
             }
-            Change::AddRule { ns, rule } => write!(f, "{ns}: ip rule add {}", RuleText(rule)),
-            Change::DeleteRule { ns, rule } => write!(f, "{ns}: ip rule del {}", RuleText(rule)),
+            Change::AddRule { ns, rule } => write!(f, "{ns}: ip rule add {}", rule),
+            Change::DeleteRule { ns, rule } => write!(f, "{ns}: ip rule del {}", rule),
             Change::SetNeighbour { ns, dev, ip, mac } => write!(
                 f,
                 "{ns}: ip neigh replace {ip} lladdr {mac} nud permanent dev {dev}"
@@ -496,29 +496,5 @@ impl fmt::Display for RouteText<'_> {
             Protocol::Other(n) => write!(f, " proto {n}")?,
         }
         Ok(())
-    }
-}
-
-/// A policy rule as `ip rule` takes it (without the command).
-#[derive(Debug)]
-pub struct RuleText<'a>(pub &'a Rule);
-
-impl fmt::Display for RuleText<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let r = self.0;
-        if r.ipv6 {
-            f.write_str("(v6) ")?;
-        }
-        write!(f, "priority {}", r.priority)?;
-        if let Some(n) = r.from {
-            write!(f, " from {n}")?;
-        }
-        if let Some(n) = r.to {
-            write!(f, " to {n}")?;
-        }
-        if let Some(i) = &r.iif {
-            write!(f, " iif {i}")?;
-        }
-        write!(f, " lookup {}", r.table)
     }
 }

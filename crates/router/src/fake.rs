@@ -441,12 +441,12 @@ impl Rules for FakeNetlink {
     }
 
     fn add_rule(&mut self, rule: &Rule) -> Result<bool, Error> {
-        let op = format!("ip rule add {}", crate::change::RuleText(rule));
+        let op = format!("ip rule add {}", rule);
         self.with(Some(op), |w, ns| Ok(w.ns(ns)?.rules.insert(rule.clone())))
     }
 
     fn delete_rule(&mut self, rule: &Rule) -> Result<bool, Error> {
-        let op = format!("ip rule del {}", crate::change::RuleText(rule));
+        let op = format!("ip rule del {}", rule);
         self.with(Some(op), |w, ns| Ok(w.ns(ns)?.rules.remove(rule)))
     }
 }

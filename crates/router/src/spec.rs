@@ -196,7 +196,7 @@ impl NsSpec {
             let _ = writeln!(out, "route {}", crate::change::RouteText(r));
         }
         for r in &self.rules {
-            let _ = writeln!(out, "rule {}", crate::change::RuleText(r));
+            let _ = writeln!(out, "rule {}", r);
         }
         for ((dev, ip), mac) in &self.neighbours {
             let _ = writeln!(out, "neighbour {ip} lladdr {mac} dev {dev} permanent");

@@ -27,12 +27,33 @@ pub struct Rule {
     pub priority: u32,
 }
 
+/// As `ip rule` shows it: `priority P [from NET] [to NET] [iif DEV] lookup T`, `(v6) ` first
+/// for IPv6.
+impl std::fmt::Display for Rule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.ipv6 {
+            f.write_str("(v6) ")?;
+        }
+        write!(f, "priority {}", self.priority)?;
+        if let Some(n) = self.from {
+            write!(f, " from {n}")?;
+        }
+        if let Some(n) = self.to {
+            write!(f, " to {n}")?;
+        }
+        if let Some(i) = &self.iif {
+            write!(f, " iif {i}")?;
+        }
+        write!(f, " lookup {}", self.table)
+    }
+}
+
 impl Rule {
     fn message(&self) -> Result<RuleMessage, Error> {
         for net in [self.from, self.to].into_iter().flatten() {
             if net.addr().is_ipv6() != self.ipv6 {
                 return Err(Error::Value(format!(
-                    "rule {self:?}: selector {net} is not of the rule's family"
+                    "rule {self}: selector {net} is not of the rule's family"
                 )));
             }
         }
@@ -123,7 +144,7 @@ impl Rules for Rtnl {
             return Ok(false);
         }
         self.request(
-            &format!("add rule {rule:?}"),
+            &format!("ip rule add {rule}"),
             RouteNetlinkMessage::NewRule(msg),
             NLM_F_CREATE,
         )?;
@@ -136,7 +157,7 @@ impl Rules for Rtnl {
             return Ok(false);
         }
         self.request(
-            &format!("delete rule {rule:?}"),
+            &format!("ip rule del {rule}"),
             RouteNetlinkMessage::DelRule(msg),
             0,
         )?;
