@@ -332,6 +332,7 @@ fn accept_loop(
                         "control connection refused: uid not allowed"
                     );
                     let _ = reply(&mut stream, Err("permission denied"));
+                    refuse_politely(&stream, config.max_request_bytes);
                     continue;
                 }
                 Err(e) => {
@@ -448,6 +449,22 @@ fn answer_requests(
     }
 }
 
+/// After a refusal: no more writing, and what the peer sent is read (bounded in bytes and
+/// time) before the socket closes, so that closing with unread data does not reset the
+/// connection under the peer before it reads the refusal.
+fn refuse_politely(stream: &UnixStream, max: usize) {
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
+    let mut buf = [0u8; 1024];
+    let mut seen = 0;
+    while seen < max {
+        match (&*stream).read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => seen += n,
+        }
+    }
+}
+
 /// The client side, used by `l3agent status`.
 pub mod client {
     use super::*;
@@ -469,9 +486,9 @@ pub mod client {
             reason: format!("encoding the request: {e}"),
         })?;
         line.push('\n');
-        (&stream)
-            .write_all(line.as_bytes())
-            .map_err(io_err(path, "sending the request"))?;
+        // A refusal may be written before the request is read: a failed write is reported
+        // only when no reply follows it.
+        let sent = (&stream).write_all(line.as_bytes());
         let _ = stream.shutdown(std::net::Shutdown::Write);
         let malformed = |reason: String| AgentError::ControlReply {
             path: path.to_path_buf(),
@@ -481,9 +498,10 @@ pub mod client {
         let reply = match read_line(&mut reader, MAX_REPLY_BYTES) {
             Ok(Some(l)) => l,
             Ok(None) => {
+                sent.map_err(io_err(path, "sending the request"))?;
                 return Err(malformed(
                     "the agent closed the connection without a reply".into(),
-                ))
+                ));
             }
             Err(true) => return Err(malformed(format!("larger than {MAX_REPLY_BYTES} bytes"))),
             Err(false) => {

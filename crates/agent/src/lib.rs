@@ -17,6 +17,9 @@
 //! A front end only translates changes into dirty router ids; it never touches the kernel.
 //! Other front ends (Neutron RPC, etcd) feed the same queue.
 //!
+//! [`daemon`] wires them together onto the router reconciler: `l3agent agent` is a thin
+//! call of [`daemon::run`].
+//!
 //! Around that loop are the surfaces for people and supervisors:
 //! - [`metrics`]: the Prometheus registry the workers record into;
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz` on a small HTTP server;
@@ -30,6 +33,7 @@
 #![warn(missing_docs)]
 
 pub mod control;
+pub mod daemon;
 mod error;
 pub mod http;
 pub mod metrics;

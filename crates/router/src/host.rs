@@ -157,6 +157,12 @@ pub struct ApplyOptions {
     pub workers: usize,
     /// Host facts compile takes as inputs.
     pub facts: HostFacts,
+    /// Only these routers (`None`: all). The config's other routers are left alone like
+    /// [`Unchanged::Trust`] leaves an unchanged one, and are not in the report; a removed
+    /// router's namespaces are deleted only if its id is here. Shared `fip-` namespaces are
+    /// converged (and deleted when no router needs them) whatever this says. The agent runs
+    /// the routers its queue marked dirty this way, with the whole config compiled.
+    pub only: Option<BTreeSet<RouterId>>,
 }
 
 impl ApplyOptions {
@@ -167,6 +173,7 @@ impl ApplyOptions {
             stop,
             workers: 4,
             facts,
+            only: None,
         }
     }
 }
@@ -426,6 +433,14 @@ fn run(
             if spec.failed.keys().any(|id| id.as_str() == owner) {
                 continue;
             }
+            // With `only`, another router's leftovers wait for their own turn.
+            if let (Some(only), Some((NsKind::Router | NsKind::Snat, _))) =
+                (&opts.only, names::parse_ns(ns.as_str()))
+            {
+                if !only.iter().any(|id| id.as_str() == owner) {
+                    continue;
+                }
+            }
             if !sides.0.namespace_exists(ns) {
                 if execute_it {
                     remove_leftover(sides.0.as_mut(), ns);
@@ -550,7 +565,17 @@ pub fn apply(
     let state = State::open(&cfg.agent.state_path, &opts.stop)?;
     let mut records = load_records(&state, make)?;
     let (spec, needs) = compile_host(&state, cfg, &opts.facts, true)?;
-    let skip: BTreeSet<RouterId> = match opts.unchanged {
+    // Routers outside `only`: skipped like trusted ones, and left out of the report.
+    let excluded: BTreeSet<RouterId> = match &opts.only {
+        Some(only) => cfg
+            .routers
+            .iter()
+            .filter(|r| !only.contains(&r.id))
+            .map(|r| r.id.clone())
+            .collect(),
+        None => BTreeSet::new(),
+    };
+    let mut skip: BTreeSet<RouterId> = match opts.unchanged {
         Unchanged::Trust => cfg
             .routers
             .iter()
@@ -559,6 +584,7 @@ pub fn apply(
             .collect(),
         _ => BTreeSet::new(),
     };
+    skip.extend(excluded.iter().cloned());
     // Record first, change after, so that a crash (SIGKILL) at any point leaves records the
     // next apply can trust:
     // - the namespaces about to be created: a crash leaves a known namespace, never a leak;
@@ -581,6 +607,9 @@ pub fn apply(
     let recorded = records.namespaces.clone();
     let mut report = run(&spec, &recorded, make, opts, &skip, true)?;
     report.routers.extend(not_compiled(&spec));
+    report
+        .routers
+        .retain(|r| !excluded.iter().any(|id| id.as_str() == r.id));
     // Records: what exists now, and per router what was last applied successfully.
     let failed: BTreeSet<&str> = report
         .routers

@@ -1,5 +1,6 @@
 //! The command line: one file per subcommand.
 
+mod agent;
 mod iptables_apply;
 mod iptables_counters;
 mod iptables_show;
@@ -30,6 +31,9 @@ pub struct Cli {
     /// Largest config or rules file read, in bytes (larger ones are refused, exit 2).
     #[arg(long, global = true, value_name = "BYTES", default_value_t = Limits::DEFAULT_MAX_BYTES)]
     pub max_input_bytes: u64,
+    /// Log lines on stderr as JSON objects (one per line), for log collectors.
+    #[arg(long, global = true)]
+    pub log_json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -55,6 +59,11 @@ enum Command {
     /// Declarative iptables rules per network namespace (Neutron's IptablesManager).
     #[command(subcommand)]
     Iptables(IptablesCommand),
+    /// Run as the long-lived agent: converge once, then keep the host converged as CONFIG
+    /// changes (file watch, SIGHUP) and repair drift periodically; metrics over HTTP, status
+    /// over a control socket, sd_notify for systemd. SIGTERM stops it (routers stay up).
+    /// Exit status: 0 stopped, 1 failed to start or run, 2 invalid config at start.
+    Agent(agent::AgentArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -175,6 +184,7 @@ impl Command {
             Command::Iptables(IptablesCommand::Show(a)) => a.target.json,
             Command::Iptables(IptablesCommand::Counters(a)) => a.target.json,
             Command::Iptables(IptablesCommand::Validate(a)) => a.json,
+            Command::Agent(_) => false,
         }
     }
 }
@@ -196,6 +206,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Iptables(IptablesCommand::Apply(a)) => iptables_apply::run(a),
         Command::Iptables(IptablesCommand::Show(a)) => iptables_show::run(a),
         Command::Iptables(IptablesCommand::Counters(a)) => iptables_counters::run(a),
+        Command::Agent(a) => agent::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,6 +1,7 @@
 //! `l3agent plan` and `l3agent status`
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::Args;
 use l3agent_router::host::{Health, RouterHealth};
@@ -23,6 +24,11 @@ pub struct StatusArgs {
     /// The state directory (the config's agent.state_path).
     #[arg(long, default_value = "/var/lib/l3agent")]
     state_path: PathBuf,
+    /// The running agent's control socket: when it answers, its view is shown (routers with
+    /// their state, last error and last change, the queue, the last config load); otherwise
+    /// the state directory is compared with the kernel.
+    #[arg(long, value_name = "PATH", default_value = l3agent_agent::control::DEFAULT_SOCKET)]
+    control_socket: PathBuf,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -68,9 +74,107 @@ fn print(views: &[RouterHealth]) {
     }
 }
 
-/// Runs `status`: the last applied routers and any drift. Exit status 1 if any drifted,
-/// went missing or failed.
+/// The running agent's answer, if one answers at `socket` (a missing socket or a refused
+/// connection means no agent; other errors are said on stderr before falling back).
+fn agent_view(socket: &Path) -> Option<serde_json::Value> {
+    let request = l3agent_agent::Request::Status { router: None };
+    match l3agent_agent::control::client::query(socket, &request, Duration::from_secs(5)) {
+        Ok(v) => Some(v),
+        Err(l3agent_agent::AgentError::Control { source, .. })
+            if matches!(
+                source.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            None
+        }
+        Err(e) => {
+            eprintln!("l3agent: asking the agent failed ({e}); showing the state directory");
+            None
+        }
+    }
+}
+
+/// How long ago a unix time was, for people.
+fn ago(v: &serde_json::Value) -> String {
+    let Some(t) = v.as_u64() else {
+        return "never".into();
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    format!("{}s ago", now.saturating_sub(t))
+}
+
+/// Prints the agent's view; exit status 1 if a router failed.
+fn print_agent(v: &serde_json::Value, json: bool) -> Result<(), Failure> {
+    let routers = v["routers"].as_array().cloned().unwrap_or_default();
+    if json {
+        print_json(v);
+    } else {
+        println!(
+            "agent (pid {}): {}, queue depth {}, {} in progress, {} drift repair(s)",
+            v["pid"],
+            if v["ready"] == true {
+                "ready"
+            } else {
+                "starting"
+            },
+            v["queue_depth"],
+            v["in_flight"],
+            v["drift_repairs"]
+        );
+        let c = &v["config"];
+        if c["ok"] == true {
+            println!(
+                "config: loaded {} ({} routers)",
+                ago(&c["loaded_at"]),
+                c["routers"]
+            );
+        } else {
+            println!(
+                "config: the last load failed {} (the previous config stays in force):\n  {}",
+                ago(&c["loaded_at"]),
+                c["error"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .replace('\n', "\n  ")
+            );
+        }
+        if routers.is_empty() {
+            println!("no routers");
+        }
+        for r in &routers {
+            println!(
+                "{:<10} {}  last change {}",
+                r["state"].as_str().unwrap_or_default(),
+                r["id"].as_str().unwrap_or_default(),
+                ago(&r["last_change"])
+            );
+            if let Some(e) = r["last_error"].as_str() {
+                println!("           error ({} failure(s)): {e}", r["failures"]);
+            }
+        }
+    }
+    let failed: Vec<&str> = routers
+        .iter()
+        .filter(|r| r["state"] == "failed")
+        .filter_map(|r| r["id"].as_str())
+        .collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::reported(format!("failed: {}", failed.join(", "))))
+    }
+}
+
+/// Runs `status`: the running agent's view if it answers, else the last applied routers and
+/// any drift. Exit status 1 if any failed (or, from the state directory, drifted or went
+/// missing).
 pub fn status(a: StatusArgs) -> Result<(), Failure> {
+    if let Some(v) = agent_view(&a.control_socket) {
+        return print_agent(&v, a.json);
+    }
     let Sides {
         backend, announcer, ..
     } = sides()?;

@@ -1,0 +1,1100 @@
+//! The agent itself (`l3agent agent --config FILE`): the file front end, the work queue and
+//! one worker running the router reconciler, wired to the metrics, the HTTP and control
+//! sockets and sd_notify.
+//!
+//! ```text
+//!  FileWatcher / SIGHUP ──► main loop: reload + validate; diff fingerprints by router id
+//!  resync timer ─────────►             │ mark_dirty(Router(id)) / mark_dirty(Full)
+//!                                      ▼
+//!                         WorkQueue<Key> (coalescing, backoff with jitter per router)
+//!                                      │ the worker drains it in batches
+//!                                      ▼
+//!        host::apply(config, only = the batch) ──► kernel; done(key, result) per router
+//! ```
+//!
+//! - **Start-up**: the config given was loaded and validated by the caller (invalid: the
+//!   agent does not start). The first batch is a full `Verify` apply ([`Key::Full`]): it
+//!   adopts what is there, changes only what differs and removes this host's routers that
+//!   are no longer configured. `/readyz` and `READY=1` follow it.
+//! - **Reload** (the file changed, or SIGHUP): an invalid file is logged with its problems
+//!   and counted; the config in force stays (a broken file never empties a host). A valid
+//!   one replaces it, and the routers whose dict fingerprint changed, that were added or
+//!   removed are marked dirty; a changed `agent` section marks everything.
+//! - **Batches**: the worker takes every ready key and runs one apply with
+//!   [`ApplyOptions::only`] set to them (a batch with [`Key::Full`] diffs every router).
+//!   Each router's result goes back to the queue: a failed router backs off with jitter,
+//!   and never holds back the others (they are in the same apply, or in the next batch).
+//! - **Drift**: every `resync_interval` a full `Verify` apply runs; the changes it makes to
+//!   routers no event asked for are drift, logged and counted per kind
+//!   (`l3agent_drift_repairs_total`).
+//! - **Stop** (SIGTERM/SIGINT, the `term` flag): no new work is taken, the apply in
+//!   progress finishes the routers it has started (its own stop flag), `STOPPING=1` is sent
+//!   and [`run`] returns within [`DaemonOptions::stop_timeout`]. Routers stay as they are.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use l3agent_router::compile::HostFacts;
+use l3agent_router::config::HostConfig;
+use l3agent_router::error::RouterError;
+use l3agent_router::host::{self, ApplyOptions, RouterStatus, Sides, Unchanged};
+use l3agent_router::records::fingerprint;
+use l3agent_types::RouterId;
+use serde_json::{json, Value};
+use tracing::{error, info, info_span, warn};
+
+use crate::control::{ControlConfig, ControlServer, Request};
+use crate::http::{HttpConfig, HttpServer, HttpState};
+use crate::metrics::{FloatingIpState, Metrics, RouterState};
+use crate::notify::Notifier;
+use crate::queue::{Next, QueueConfig, WorkQueue};
+use crate::watch::{FileWatcher, SighupListener, WatchConfig, WatchEvent};
+use crate::AgentError;
+
+/// What the queue holds: one router, or the whole host (a full `Verify` apply).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Key {
+    /// Every router diffed against the kernel, unknown ones removed.
+    Full,
+    /// One router, by id (also one that was removed from the config).
+    Router(RouterId),
+}
+
+/// Reads and validates the config file: the agent's only way to read it (the binary passes
+/// its document reader in). The error is shown as is: every problem with its path.
+pub type Loader = dyn Fn(&Path) -> Result<HostConfig, String> + Send + Sync;
+
+/// Makes the side effects of one apply worker thread (see [`host::real_sides`]); owned, so
+/// that a stuck worker can be left behind at shutdown.
+pub type SidesFactory = Arc<dyn Fn() -> Result<Sides, RouterError> + Send + Sync>;
+
+/// How the agent runs.
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    /// The config file (watched through its directory).
+    pub config_path: PathBuf,
+    /// A full `Verify` apply (drift repair) this often.
+    pub resync_interval: Duration,
+    /// `/metrics`, `/healthz`, `/readyz` here (`None`: no HTTP server).
+    pub metrics_listen: Option<SocketAddr>,
+    /// The control socket (`None`: none). Its directory is created 0700 if missing.
+    pub control_socket: Option<PathBuf>,
+    /// Threads of one apply (routers converged in parallel).
+    pub apply_workers: usize,
+    /// Most routers in one batch; also the queue's in-flight bound.
+    pub batch: usize,
+    /// Backoff of failed routers.
+    pub backoff_base: Duration,
+    /// Backoff ceiling.
+    pub backoff_cap: Duration,
+    /// Debounce of file events.
+    pub watch: WatchConfig,
+    /// Whether SIGHUP reloads (tests of the library leave process signals alone).
+    pub sighup: bool,
+    /// [`run`] returns at most this long after the stop was asked for, even if the apply in
+    /// progress has not finished (the process exits; the next start converges).
+    pub stop_timeout: Duration,
+    /// Host facts for compile.
+    pub facts: HostFacts,
+}
+
+impl DaemonOptions {
+    /// Defaults for `config_path`: 60 s resync, metrics on [`crate::http::DEFAULT_LISTEN`],
+    /// the control socket at [`crate::control::DEFAULT_SOCKET`], 4 apply threads, batches of
+    /// up to 256 routers, backoff 1 s .. 5 min, 30 s to stop.
+    pub fn new(config_path: impl Into<PathBuf>, facts: HostFacts) -> DaemonOptions {
+        DaemonOptions {
+            config_path: config_path.into(),
+            resync_interval: Duration::from_secs(60),
+            metrics_listen: crate::http::DEFAULT_LISTEN.parse().ok(),
+            control_socket: Some(PathBuf::from(crate::control::DEFAULT_SOCKET)),
+            apply_workers: 4,
+            batch: 256,
+            backoff_base: Duration::from_secs(1),
+            backoff_cap: Duration::from_secs(300),
+            watch: WatchConfig::default(),
+            sighup: true,
+            stop_timeout: Duration::from_secs(30),
+            facts,
+        }
+    }
+}
+
+/// One router as the agent sees it (the control socket's `status`).
+#[derive(Debug, Clone)]
+struct View {
+    state: RouterState,
+    last_error: Option<String>,
+    /// The last apply that changed something for it.
+    last_change: Option<SystemTime>,
+    /// The last apply that looked at it.
+    last_run: Option<SystemTime>,
+    failures: u32,
+}
+
+impl View {
+    fn pending() -> View {
+        View {
+            state: RouterState::Pending,
+            last_error: None,
+            last_change: None,
+            last_run: None,
+            failures: 0,
+        }
+    }
+}
+
+/// The result of the last config (re)load.
+#[derive(Debug, Clone)]
+struct LoadStatus {
+    ok: bool,
+    at: SystemTime,
+    error: Option<String>,
+    invalid_loads: u64,
+}
+
+/// What the main loop, the worker and the control socket share.
+struct State {
+    config: Arc<HostConfig>,
+    fingerprints: BTreeMap<RouterId, String>,
+    views: BTreeMap<String, View>,
+    /// When a front-end event first asked for a key since its last run started: reconcile
+    /// durations are measured from here, and changes made for such a key are not drift.
+    events: BTreeMap<Key, Instant>,
+    load: LoadStatus,
+    drift_repairs: u64,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    queue: WorkQueue<Key>,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    notifier: Notifier,
+    metrics_addr: Mutex<Option<SocketAddr>>,
+    /// When the batch in progress started (`None`: idle), for the watchdog.
+    busy_since: Mutex<Option<Instant>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn unix(t: Option<SystemTime>) -> Value {
+    t.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+        .map_or(Value::Null, |d| json!(d.as_secs()))
+}
+
+impl Shared {
+    /// Marks `keys` dirty on behalf of a front-end event at `now`.
+    fn mark(&self, keys: Vec<Key>, now: Instant) {
+        {
+            let mut s = lock(&self.state);
+            for k in &keys {
+                s.events.entry(k.clone()).or_insert(now);
+                if let Key::Router(id) = k {
+                    let removing = !s.config.routers.iter().any(|r| &r.id == id);
+                    let v = s.views.entry(id.to_string()).or_insert_with(View::pending);
+                    if removing {
+                        v.state = RouterState::Removing;
+                    } else if v.state != RouterState::Failed {
+                        v.state = RouterState::Pending;
+                    }
+                }
+            }
+        }
+        for k in keys {
+            self.queue.mark_dirty(k);
+        }
+        self.refresh_gauges();
+    }
+
+    /// Re-reads the config file: a valid one replaces the config in force and marks what
+    /// changed; an invalid one is logged and counted and changes nothing.
+    fn reload(&self, load: &Loader, path: &Path, why: &str) {
+        let loaded = load(path);
+        let now = Instant::now();
+        let new = match loaded {
+            Err(problems) => {
+                let mut s = lock(&self.state);
+                s.load.ok = false;
+                s.load.at = SystemTime::now();
+                s.load.error = Some(problems.clone());
+                s.load.invalid_loads += 1;
+                error!(
+                    config = %path.display(),
+                    trigger = why,
+                    %problems,
+                    "the config is invalid; the one in force stays (nothing changed)"
+                );
+                return;
+            }
+            Ok(c) => c,
+        };
+        let dirty = {
+            let mut s = lock(&self.state);
+            let fps: BTreeMap<RouterId, String> = new
+                .routers
+                .iter()
+                .map(|r| (r.id.clone(), fingerprint(r)))
+                .collect();
+            let mut dirty: Vec<Key> = if new.agent != s.config.agent {
+                info!("the agent section changed: every router is reconciled");
+                let mut all: Vec<Key> = vec![Key::Full];
+                all.extend(
+                    fps.keys()
+                        .chain(s.fingerprints.keys())
+                        .cloned()
+                        .collect::<BTreeSet<_>>()
+                        .into_iter()
+                        .map(Key::Router),
+                );
+                all
+            } else {
+                Vec::new()
+            };
+            if dirty.is_empty() {
+                for (id, fp) in &fps {
+                    if s.fingerprints.get(id) != Some(fp) {
+                        dirty.push(Key::Router(id.clone()));
+                    }
+                }
+                for id in s.fingerprints.keys() {
+                    if !fps.contains_key(id) {
+                        dirty.push(Key::Router(id.clone()));
+                    }
+                }
+            }
+            s.config = Arc::new(new);
+            s.fingerprints = fps;
+            s.load = LoadStatus {
+                ok: true,
+                at: SystemTime::now(),
+                error: None,
+                invalid_loads: s.load.invalid_loads,
+            };
+            dirty
+        };
+        info!(
+            config = %path.display(),
+            trigger = why,
+            dirty = dirty.len(),
+            "config reloaded"
+        );
+        self.mark(dirty, now);
+    }
+
+    /// The `l3agent_routers`, `l3agent_floating_ips` and `l3agent_queue_depth` gauges.
+    fn refresh_gauges(&self) {
+        let s = lock(&self.state);
+        let mut routers: BTreeMap<RouterState, u64> = BTreeMap::new();
+        let mut fips: BTreeMap<FloatingIpState, u64> = BTreeMap::new();
+        for v in s.views.values() {
+            *routers.entry(v.state).or_default() += 1;
+        }
+        for r in &s.config.routers {
+            let state = match s.views.get(r.id.as_str()).map(|v| v.state) {
+                Some(RouterState::Converged) => FloatingIpState::Active,
+                Some(RouterState::Failed) => FloatingIpState::Error,
+                _ => FloatingIpState::Down,
+            };
+            *fips.entry(state).or_default() += r.fips.len() as u64;
+        }
+        drop(s);
+        self.metrics.set_routers(routers);
+        self.metrics.set_floating_ips(fips);
+        self.metrics.set_queue_depth(self.queue.depth());
+    }
+
+    /// The control socket's answer.
+    fn status(&self, router: Option<&str>) -> Value {
+        let s = lock(&self.state);
+        let routers: Vec<Value> = s
+            .views
+            .iter()
+            .filter(|(id, _)| router.is_none_or(|r| r == id.as_str()))
+            .map(|(id, v)| {
+                json!({
+                    "id": id,
+                    "state": v.state.as_str(),
+                    "last_error": v.last_error,
+                    "last_change": unix(v.last_change),
+                    "last_run": unix(v.last_run),
+                    "failures": v.failures,
+                })
+            })
+            .collect();
+        json!({
+            "routers": routers,
+            "ready": self.ready.load(Ordering::SeqCst),
+            "queue_depth": self.queue.depth(),
+            "in_flight": self.queue.in_flight(),
+            "drift_repairs": s.drift_repairs,
+            "config": {
+                "ok": s.load.ok,
+                "loaded_at": unix(Some(s.load.at)),
+                "error": s.load.error,
+                "invalid_loads": s.load.invalid_loads,
+                "routers": s.config.routers.len(),
+            },
+            "metrics_listen": lock(&self.metrics_addr).map(|a| a.to_string()),
+            "pid": std::process::id(),
+        })
+    }
+}
+
+/// The one worker: drains the queue in batches until it is shut down.
+fn worker(
+    shared: &Shared,
+    make: &SidesFactory,
+    opts: &DaemonOptions,
+    apply_stop: &Arc<AtomicBool>,
+) {
+    let mut first = true;
+    loop {
+        let key = match shared
+            .queue
+            .next(Instant::now() + Duration::from_millis(500))
+        {
+            Next::Shutdown => return,
+            Next::Idle => continue,
+            Next::Work(k) => k,
+        };
+        let mut batch = vec![key];
+        while let Next::Work(k) = shared.queue.next(Instant::now()) {
+            batch.push(k);
+        }
+        // A full apply answers for every router: take them all into the batch, so each one's
+        // result feeds its own backoff.
+        if batch.contains(&Key::Full) {
+            let ids: Vec<RouterId> = lock(&shared.state)
+                .config
+                .routers
+                .iter()
+                .map(|r| r.id.clone())
+                .collect();
+            for id in ids {
+                shared.queue.mark_dirty(Key::Router(id));
+            }
+            while let Next::Work(k) = shared.queue.next(Instant::now()) {
+                batch.push(k);
+            }
+        }
+        *lock(&shared.busy_since) = Some(Instant::now());
+        let applied = run_batch(shared, make, opts, apply_stop, &batch, first);
+        *lock(&shared.busy_since) = None;
+        if applied && batch.contains(&Key::Full) && first {
+            first = false;
+            shared.ready.store(true, Ordering::SeqCst);
+            if let Err(e) = shared.notifier.ready() {
+                warn!(error = %e, "sd_notify READY=1");
+            }
+            info!("initial convergence done: ready");
+        }
+        shared.refresh_gauges();
+        let _ = shared.notifier.status(&summary(shared));
+    }
+}
+
+/// One line for `systemctl status`.
+fn summary(shared: &Shared) -> String {
+    let s = lock(&shared.state);
+    let count = |st: RouterState| s.views.values().filter(|v| v.state == st).count();
+    format!(
+        "{} routers: {} converged, {} pending, {} failed; queue {}",
+        s.config.routers.len(),
+        count(RouterState::Converged),
+        count(RouterState::Pending),
+        count(RouterState::Failed),
+        shared.queue.depth()
+    )
+}
+
+/// Runs one apply for `batch` and reports each key's result to the queue. Returns whether
+/// the apply ran (router failures included); `false`: it failed before touching any router
+/// (every key backs off).
+fn run_batch(
+    shared: &Shared,
+    make: &SidesFactory,
+    opts: &DaemonOptions,
+    apply_stop: &Arc<AtomicBool>,
+    batch: &[Key],
+    first: bool,
+) -> bool {
+    let full = batch.contains(&Key::Full);
+    let (cfg, events) = {
+        let mut s = lock(&shared.state);
+        let events: BTreeMap<Key, Instant> = batch
+            .iter()
+            .filter_map(|k| s.events.remove(k).map(|t| (k.clone(), t)))
+            .collect();
+        (Arc::clone(&s.config), events)
+    };
+    let only: BTreeSet<RouterId> = batch
+        .iter()
+        .filter_map(|k| match k {
+            Key::Router(id) => Some(id.clone()),
+            Key::Full => None,
+        })
+        .collect();
+    let mut apply_opts = ApplyOptions::new(opts.facts.clone(), Arc::clone(apply_stop));
+    apply_opts.unchanged = Unchanged::Verify;
+    apply_opts.workers = opts.apply_workers;
+    apply_opts.only = if full { None } else { Some(only) };
+    let started = Instant::now();
+    let result = host::apply(&cfg, &apply_opts, &**make);
+    let now = SystemTime::now();
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            error!(error = %e, routers = batch.len(), "the apply failed before any router was touched; retried with backoff");
+            let err: Result<(), String> = Err(e.to_string());
+            let mut s = lock(&shared.state);
+            for k in batch {
+                if let Some(c) = shared.queue.done(k, &err) {
+                    if let Key::Router(id) = k {
+                        let v = s.views.entry(id.to_string()).or_insert_with(View::pending);
+                        v.state = RouterState::Failed;
+                        v.last_error = Some(e.to_string());
+                        v.last_run = Some(now);
+                        v.failures = c.failures;
+                    }
+                }
+            }
+            return false;
+        }
+    };
+    let by_id: BTreeMap<&str, &host::RouterResult> =
+        report.routers.iter().map(|r| (r.id.as_str(), r)).collect();
+    // Drift: what a full apply changed for routers no event asked for.
+    if full && !first {
+        for r in &report.routers {
+            let asked = RouterId::new("id", &r.id)
+                .map(|id| events.contains_key(&Key::Router(id)))
+                .unwrap_or(false);
+            if asked || r.status == RouterStatus::Removed {
+                continue;
+            }
+            let _span = info_span!("router", id = %r.id).entered();
+            for c in r.changes.iter().filter(|c| !c.is_side_effect()) {
+                warn!(kind = c.kind(), change = %c, "drift repaired");
+                shared.metrics.drift_repaired(c.kind());
+                lock(&shared.state).drift_repairs += 1;
+            }
+        }
+    }
+    let mut s = lock(&shared.state);
+    for k in batch {
+        let Key::Router(id) = k else {
+            let ok: Result<(), ()> = Ok(());
+            shared.queue.done(k, &ok);
+            continue;
+        };
+        let _span = info_span!("router", id = %id).entered();
+        let r = by_id.get(id.as_str());
+        let outcome: Result<(), String> = match r {
+            Some(r) if r.status == RouterStatus::Failed => {
+                Err(r.error.clone().unwrap_or_else(|| "failed".into()))
+            }
+            Some(r) if r.status == RouterStatus::Skipped => Err("interrupted".into()),
+            _ => Ok(()),
+        };
+        let completion = shared.queue.done(k, &outcome);
+        if let Some(t) = events.get(k) {
+            shared.metrics.observe_reconcile(t.elapsed());
+        }
+        let configured = cfg.routers.iter().any(|c| &c.id == id);
+        match (&outcome, configured) {
+            (Ok(()), false) => {
+                if r.is_some() {
+                    info!("router removed");
+                }
+                s.views.remove(id.as_str());
+            }
+            (Ok(()), true) => {
+                let v = s.views.entry(id.to_string()).or_insert_with(View::pending);
+                v.state = RouterState::Converged;
+                v.last_error = None;
+                v.last_run = Some(now);
+                v.failures = 0;
+                if r.is_some_and(|r| !r.changes.is_empty()) {
+                    v.last_change = Some(now);
+                    info!(
+                        changes = r.map_or(0, |r| r.changes.len()),
+                        "router converged"
+                    );
+                }
+            }
+            (Err(why), _) => {
+                let v = s.views.entry(id.to_string()).or_insert_with(View::pending);
+                v.state = RouterState::Failed;
+                v.last_error = Some(why.clone());
+                v.last_run = Some(now);
+                v.failures = completion.map_or(v.failures + 1, |c| c.failures);
+                if r.is_some_and(|r| !r.changes.is_empty()) {
+                    v.last_change = Some(now);
+                }
+                error!(error = %why, next = ?completion.map(|c| c.next_run), "router failed");
+            }
+        }
+    }
+    drop(s);
+    info!(
+        routers = batch.len(),
+        full,
+        took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        "batch done"
+    );
+    true
+}
+
+/// Tells the main loop when the worker thread ends (however it ends).
+struct Exited(mpsc::Sender<()>);
+
+impl Drop for Exited {
+    fn drop(&mut self) {
+        let _ = self.0.send(());
+    }
+}
+
+/// Runs the agent until `term` is set: see the module docs. `initial` is the config as
+/// loaded and validated at start; `load` re-reads it. Errors are start-up failures (a
+/// socket that cannot be bound, a watch that cannot be set up) or the worker dying.
+pub fn run(
+    opts: DaemonOptions,
+    initial: HostConfig,
+    load: Arc<Loader>,
+    make: SidesFactory,
+    notifier: Notifier,
+    term: Arc<AtomicBool>,
+) -> Result<(), AgentError> {
+    let metrics = Arc::new(Metrics::new());
+    let ready = Arc::new(AtomicBool::new(false));
+    let fingerprints = initial
+        .routers
+        .iter()
+        .map(|r| (r.id.clone(), fingerprint(r)))
+        .collect();
+    let views = initial
+        .routers
+        .iter()
+        .map(|r| (r.id.to_string(), View::pending()))
+        .collect();
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            config: Arc::new(initial),
+            fingerprints,
+            views,
+            events: BTreeMap::new(),
+            load: LoadStatus {
+                ok: true,
+                at: SystemTime::now(),
+                error: None,
+                invalid_loads: 0,
+            },
+            drift_repairs: 0,
+        }),
+        queue: WorkQueue::new(QueueConfig {
+            workers: opts.batch.max(1),
+            backoff_base: opts.backoff_base,
+            backoff_cap: opts.backoff_cap,
+        }),
+        metrics: Arc::clone(&metrics),
+        ready: Arc::clone(&ready),
+        notifier,
+        metrics_addr: Mutex::new(None),
+        busy_since: Mutex::new(None),
+    });
+
+    let (tx, rx) = mpsc::channel();
+    let watcher = FileWatcher::start(&opts.config_path, opts.watch, tx.clone())?;
+    let sighup = if opts.sighup {
+        Some(SighupListener::start(tx.clone())?)
+    } else {
+        None
+    };
+    drop(tx);
+    let http = match opts.metrics_listen {
+        Some(addr) => {
+            let server = HttpServer::start(
+                addr,
+                HttpConfig::default(),
+                HttpState {
+                    metrics: Arc::clone(&metrics),
+                    ready: Arc::clone(&ready),
+                },
+            )?;
+            info!(addr = %server.local_addr(), "serving /metrics, /healthz, /readyz");
+            *lock(&shared.metrics_addr) = Some(server.local_addr());
+            Some(server)
+        }
+        None => None,
+    };
+    let control = match &opts.control_socket {
+        Some(path) => {
+            ensure_private_dir(path)?;
+            let handler_shared = Arc::clone(&shared);
+            let handler = Arc::new(move |req: &Request| match req {
+                Request::Status { router } => handler_shared.status(router.as_deref()),
+            });
+            let server = ControlServer::start(
+                ControlConfig {
+                    allowed_uid: nix::unistd::geteuid().as_raw(),
+                    ..ControlConfig::new(path)
+                },
+                handler,
+            )?;
+            info!(path = %path.display(), "control socket listening");
+            Some(server)
+        }
+        None => None,
+    };
+
+    let apply_stop = Arc::new(AtomicBool::new(false));
+    shared.mark(vec![Key::Full], Instant::now());
+    let (exit_tx, exit_rx) = mpsc::channel();
+    let worker_thread = {
+        let (shared, make, opts, apply_stop) = (
+            Arc::clone(&shared),
+            Arc::clone(&make),
+            opts.clone(),
+            Arc::clone(&apply_stop),
+        );
+        std::thread::Builder::new()
+            .name("reconcile".into())
+            .spawn(move || {
+                let _exited = Exited(exit_tx);
+                worker(&shared, &make, &opts, &apply_stop);
+            })
+            .map_err(|source| AgentError::Thread {
+                what: "reconcile worker",
+                source,
+            })?
+    };
+
+    let watchdog = crate::notify::watchdog_interval();
+    let mut next_ping = Instant::now();
+    let mut next_extend = Instant::now();
+    let mut next_resync = Instant::now() + opts.resync_interval;
+    let mut worker_died = false;
+    info!(config = %opts.config_path.display(), "agent started");
+    while !term.load(Ordering::SeqCst) {
+        let now = Instant::now();
+        if now >= next_resync {
+            shared.queue.mark_dirty(Key::Full);
+            next_resync = now + opts.resync_interval;
+        }
+        if let Some(w) = watchdog {
+            if now >= next_ping {
+                // A batch stuck far beyond any reasonable time stops the pings, so systemd
+                // restarts the agent.
+                let stuck = lock(&shared.busy_since)
+                    .is_some_and(|t| t.elapsed() > (w * 10).max(Duration::from_secs(600)));
+                if stuck {
+                    error!("the reconcile worker is stuck; no more watchdog pings");
+                } else {
+                    let _ = shared.notifier.watchdog();
+                }
+                next_ping = now + w / 2;
+            }
+        }
+        if !ready.load(Ordering::SeqCst) && now >= next_extend {
+            let _ = shared.notifier.extend_timeout(Duration::from_secs(60));
+            next_extend = now + Duration::from_secs(20);
+        }
+        match exit_rx.try_recv() {
+            Ok(()) | Err(mpsc::TryRecvError::Disconnected) => {
+                error!("the reconcile worker ended unexpectedly");
+                worker_died = true;
+                break;
+            }
+            Err(mpsc::TryRecvError::Empty) => {}
+        }
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(WatchEvent::Changed) => shared.reload(&*load, &opts.config_path, "file changed"),
+            Ok(WatchEvent::Reload) => {
+                let was_ready = ready.load(Ordering::SeqCst);
+                if was_ready {
+                    let _ = shared.notifier.reloading();
+                }
+                shared.reload(&*load, &opts.config_path, "SIGHUP");
+                if was_ready {
+                    let _ = shared.notifier.ready();
+                }
+            }
+            Ok(WatchEvent::WatchLost) => error!(
+                config = %opts.config_path.display(),
+                "the config directory went away: file changes are no longer seen; SIGHUP still reloads"
+            ),
+            Err(RecvTimeoutError::Timeout) => {}
+            // Both triggers are gone (the watch was lost, no SIGHUP listener): keep the
+            // loop's pace for the timers and the stop flag.
+            Err(RecvTimeoutError::Disconnected) => std::thread::sleep(Duration::from_millis(100)),
+        }
+        shared.metrics.set_queue_depth(shared.queue.depth());
+    }
+
+    info!("stopping: no new work; the routers in progress finish");
+    let _ = shared.notifier.stopping();
+    apply_stop.store(true, Ordering::SeqCst);
+    let dropped = shared.queue.shutdown();
+    if dropped > 0 {
+        info!(
+            dropped,
+            "queued work dropped (the next start converges every router)"
+        );
+    }
+    if !worker_died {
+        match exit_rx.recv_timeout(opts.stop_timeout) {
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => {
+                let _ = worker_thread.join();
+            }
+            Err(RecvTimeoutError::Timeout) => warn!(
+                timeout_s = opts.stop_timeout.as_secs(),
+                "the apply in progress did not finish in time; exiting anyway"
+            ),
+        }
+    }
+    watcher.stop();
+    if let Some(s) = sighup {
+        s.stop();
+    }
+    if let Some(h) = http {
+        h.stop();
+    }
+    if let Some(c) = control {
+        c.stop();
+    }
+    if worker_died {
+        return Err(AgentError::Thread {
+            what: "reconcile worker",
+            source: std::io::Error::other("it ended unexpectedly"),
+        });
+    }
+    info!("stopped; routers stay as they are");
+    Ok(())
+}
+
+/// Creates the control socket's directory 0700 if it is missing (an existing one is checked
+/// by the control server, never changed).
+fn ensure_private_dir(socket: &Path) -> Result<(), AgentError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    if dir.exists() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| AgentError::Control {
+            path: dir.to_path_buf(),
+            what: "creating the directory",
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    //! The daemon over the router crate's recording fake (no root): what a reload marks,
+    //! what an invalid file does, a failing router's backoff, removal, drift, and stopping.
+    use super::*;
+    use crate::control::client;
+    use l3agent_router::config::ConfigDoc;
+    use l3agent_router::fake::{self, SharedWorld, World};
+    use std::sync::atomic::AtomicU32;
+
+    const A: &str = "87c7c2ae-d0ba-4691-820c-8053abf50b8d";
+    const B: &str = "5d2ab1e0-0000-4000-8000-00000000000b";
+
+    fn router(id: &str) -> Value {
+        let text = include_str!("../../router/tests/data/neutron-router-legacy.json");
+        let mut r: Value = serde_json::from_str(text).unwrap();
+        if id != A {
+            r["id"] = json!(id);
+            for (i, p) in r["_interfaces"]
+                .as_array_mut()
+                .unwrap()
+                .iter_mut()
+                .enumerate()
+            {
+                p["id"] = json!(format!("7a7a7a7{i}-0000-4000-8000-000000000000"));
+            }
+            r["gw_port"]["id"] = json!("7b7b7b7b-0000-4000-8000-000000000000");
+            r["_floatingips"] = json!([]);
+        }
+        r
+    }
+
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new() -> Scratch {
+            static N: AtomicU32 = AtomicU32::new(0);
+            let p = std::env::temp_dir().join(format!(
+                "l3agent-daemon-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::SeqCst)
+            ));
+            let _ = std::fs::remove_dir_all(&p);
+            std::fs::create_dir_all(p.join("etc")).unwrap();
+            Scratch(p)
+        }
+        fn config(&self) -> PathBuf {
+            self.0.join("etc").join("host.json")
+        }
+        fn socket(&self) -> PathBuf {
+            self.0.join("run").join("control.sock")
+        }
+        /// Replaces the config file atomically.
+        fn write(&self, text: &str) {
+            let tmp = self.0.join("etc").join(".host.json.tmp");
+            std::fs::write(&tmp, text).unwrap();
+            std::fs::rename(&tmp, self.config()).unwrap();
+        }
+        fn write_routers(&self, routers: &[Value]) {
+            self.write(
+                &json!({
+                    "agent": {"mode": "legacy", "host": "host-a", "state_path": self.0.join("state"),
+                        "bridges": {
+                            "90e4912c-0eb8-4be4-a793-e6a3bba6ae8b": "br-t1",
+                            "c6910e18-fb1f-4988-9af4-211a8c2e2926": "br-t2",
+                            "65566f91-133a-44ff-87f5-ecffc1193d3d": "br-ex"}},
+                    "routers": routers,
+                })
+                .to_string(),
+            );
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn load(path: &Path) -> Result<HostConfig, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+        let doc: ConfigDoc = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+        doc.validate().map_err(|errors| {
+            errors
+                .iter()
+                .map(|e| format!("{}: {}", e.path, e.message))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+    }
+
+    struct Running {
+        term: Arc<AtomicBool>,
+        thread: Option<std::thread::JoinHandle<Result<(), AgentError>>>,
+        socket: PathBuf,
+    }
+
+    impl Running {
+        fn status(&self) -> Value {
+            client::query(
+                &self.socket,
+                &Request::Status { router: None },
+                Duration::from_secs(5),
+            )
+            .unwrap_or(Value::Null)
+        }
+        fn state_of(&self, id: &str) -> Option<String> {
+            self.status()["routers"]
+                .as_array()?
+                .iter()
+                .find(|r| r["id"] == id)
+                .and_then(|r| r["state"].as_str())
+                .map(str::to_owned)
+        }
+        fn stop(mut self) -> Result<(), AgentError> {
+            self.term.store(true, Ordering::SeqCst);
+            let t = self.thread.take().unwrap();
+            let start = Instant::now();
+            while !t.is_finished() {
+                assert!(start.elapsed() < Duration::from_secs(10), "did not stop");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            t.join().unwrap()
+        }
+    }
+
+    impl Drop for Running {
+        fn drop(&mut self) {
+            self.term.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn start(s: &Scratch, w: &SharedWorld, resync: Duration) -> Running {
+        let initial = load(&s.config()).unwrap();
+        let mut opts = DaemonOptions::new(s.config(), HostFacts { random_fully: true });
+        opts.metrics_listen = "127.0.0.1:0".parse().ok();
+        opts.control_socket = Some(s.socket());
+        opts.resync_interval = resync;
+        opts.sighup = false;
+        opts.backoff_base = Duration::from_millis(50);
+        opts.backoff_cap = Duration::from_millis(200);
+        opts.watch = WatchConfig {
+            debounce: Duration::from_millis(50),
+            max_delay: Duration::from_millis(500),
+        };
+        opts.stop_timeout = Duration::from_secs(5);
+        let w2 = Arc::clone(w);
+        #[allow(clippy::result_large_err)] // the router crate's `host::Factory` error type
+        let make: SidesFactory = Arc::new(move || fake::sides(&w2)());
+        let term = Arc::new(AtomicBool::new(false));
+        let t = Arc::clone(&term);
+        let thread = std::thread::spawn(move || {
+            run(opts, initial, Arc::new(load), make, Notifier::disabled(), t)
+        });
+        Running {
+            term,
+            thread: Some(thread),
+            socket: s.socket(),
+        }
+    }
+
+    fn wait(what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !f() {
+            assert!(Instant::now() < deadline, "{what}: not within 20 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn world() -> SharedWorld {
+        Arc::new(Mutex::new(World::with_bridges(&[
+            "br-t1", "br-t2", "br-ex",
+        ])))
+    }
+
+    fn ops(w: &SharedWorld) -> Vec<String> {
+        std::mem::take(&mut lock(w).log)
+    }
+
+    fn has_route(w: &SharedWorld, id: &str, dst: &str) -> bool {
+        lock(w)
+            .namespaces
+            .iter()
+            .find(|(n, _)| n.as_str() == format!("qrouter-{id}"))
+            .is_some_and(|(_, ns)| ns.routes.iter().any(|r| r.dst.to_string() == dst))
+    }
+
+    fn with_route(id: &str, dst: &str) -> Value {
+        let mut r = router(id);
+        r["routes"] = json!([{"destination": dst, "nexthop": "192.0.2.50"}]);
+        r
+    }
+
+    #[test]
+    fn a_reload_touches_only_the_changed_router_and_a_failing_router_backs_off_alone() {
+        let s = Scratch::new();
+        let w = world();
+        s.write_routers(&[router(A), router(B)]);
+        let d = start(&s, &w, Duration::from_secs(3600));
+        wait("ready", || d.status()["ready"] == true);
+        assert_eq!(d.state_of(A).as_deref(), Some("converged"));
+        assert_eq!(d.state_of(B).as_deref(), Some("converged"));
+        ops(&w);
+
+        // B changed: only B's namespace sees operations.
+        s.write_routers(&[router(A), with_route(B, "100.64.1.0/24")]);
+        wait("B's new route", || has_route(&w, B, "100.64.1.0/24"));
+        let log = ops(&w);
+        assert!(!log.is_empty());
+        assert!(
+            !log.iter().any(|l| l.contains(A)),
+            "A was touched: {log:#?}"
+        );
+
+        // An invalid file changes nothing and is reported.
+        s.write(r#"{"agent": {}, "routers": [{"id": "no such thing!"}]}"#);
+        wait("the invalid load", || d.status()["config"]["ok"] == false);
+        let st = d.status();
+        assert_eq!(st["config"]["invalid_loads"], 1, "{st:#}");
+        assert_eq!(st["config"]["routers"], 2, "{st:#}");
+        assert!(ops(&w).is_empty());
+
+        // B fails once (injected), backs off, and is retried to success; A is unaffected.
+        lock(&w).fail_on = Some(format!("qrouter-{B}"));
+        s.write_routers(&[router(A), with_route(B, "100.64.2.0/24")]);
+        wait("B retried to success", || {
+            has_route(&w, B, "100.64.2.0/24") && d.state_of(B).as_deref() == Some("converged")
+        });
+        let log = ops(&w);
+        assert!(lock(&w).fail_on.is_none(), "the failure was never injected");
+        assert!(
+            !log.iter().any(|l| l.contains(A)),
+            "A was touched: {log:#?}"
+        );
+        assert_eq!(d.state_of(A).as_deref(), Some("converged"));
+
+        // B removed from the config: its namespace goes, and so does it from the status.
+        s.write_routers(&[router(A)]);
+        wait("B removed", || {
+            !lock(&w).namespaces.keys().any(|n| n.as_str().contains(B)) && d.state_of(B).is_none()
+        });
+        assert_eq!(d.state_of(A).as_deref(), Some("converged"));
+        let socket = d.socket.clone();
+        d.stop().unwrap();
+        assert!(!socket.exists(), "the control socket outlived the agent");
+        // Routers stay when the agent stops.
+        assert!(lock(&w)
+            .namespaces
+            .keys()
+            .any(|n| n.as_str() == format!("qrouter-{A}")));
+    }
+
+    #[test]
+    fn drift_is_repaired_by_the_periodic_refresh_and_counted_by_kind() {
+        let s = Scratch::new();
+        let w = world();
+        s.write_routers(&[router(A)]);
+        let d = start(&s, &w, Duration::from_millis(300));
+        wait("ready", || d.status()["ready"] == true);
+        // Two refreshes of a converged host repair nothing.
+        std::thread::sleep(Duration::from_millis(700));
+        assert_eq!(d.status()["drift_repairs"], 0);
+        {
+            let mut w = lock(&w);
+            let ns = w
+                .namespaces
+                .iter_mut()
+                .find(|(n, _)| n.as_str() == format!("qrouter-{A}"))
+                .map(|(_, ns)| ns)
+                .unwrap();
+            ns.addresses
+                .retain(|(_, a)| a.to_string() != "192.0.2.4/24");
+        }
+        wait("the repair", || {
+            d.status()["drift_repairs"].as_u64() >= Some(1)
+        });
+        assert!(lock(&w).namespaces.values().any(|ns| ns
+            .addresses
+            .iter()
+            .any(|(_, a)| a.to_string() == "192.0.2.4/24")));
+        let addr = d.status()["metrics_listen"].as_str().unwrap().to_owned();
+        let mut conn = std::net::TcpStream::connect(addr).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        std::io::Write::write_all(&mut conn, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut conn, &mut text);
+        assert!(
+            text.contains("l3agent_drift_repairs_total{kind=\"address\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("l3agent_routers{state=\"converged\"} 1"),
+            "{text}"
+        );
+        d.stop().unwrap();
+    }
+}

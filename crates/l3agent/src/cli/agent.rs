@@ -1,0 +1,74 @@
+//! `l3agent agent`: the long-running daemon. Thin: it reads the flags and the config, wires
+//! the real side effects, and hands over to [`l3agent_agent::daemon::run`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use l3agent_agent::daemon::{self, DaemonOptions, Loader, SidesFactory};
+use l3agent_agent::Notifier;
+
+use super::{load_host_config, sides, Failure, Sides};
+
+/// Arguments of `agent`.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Host config (YAML, or JSON if it ends in .json), as for apply. Watched: a saved or
+    /// replaced file is reloaded (SIGHUP too); an invalid one is logged and ignored.
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// Seconds between full drift checks (every router diffed against the kernel, drift
+    /// repaired and counted).
+    #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    resync_interval: u64,
+    /// Where to serve /metrics, /healthz and /readyz (ADDR:PORT; port 0 picks one), or
+    /// `none`.
+    #[arg(long, value_name = "ADDR|none", default_value = l3agent_agent::http::DEFAULT_LISTEN)]
+    metrics_listen: String,
+    /// The control socket `l3agent status` asks, or `none`. Its directory is created 0700
+    /// if missing; an existing one must be the agent user's own and 0700.
+    #[arg(long, value_name = "PATH|none", default_value = l3agent_agent::control::DEFAULT_SOCKET)]
+    control_socket: String,
+    /// Routers converged in parallel within one apply.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    workers: usize,
+}
+
+fn metrics_listen(v: &str) -> Result<Option<SocketAddr>, Failure> {
+    if v == "none" {
+        return Ok(None);
+    }
+    v.parse().map(Some).map_err(|e| {
+        Failure::invalid(format!(
+            "--metrics-listen {v:?}: {e} (expected ADDR:PORT or none)"
+        ))
+    })
+}
+
+/// Runs the agent until SIGTERM/SIGINT. Exit status: 0 stopped cleanly, 1 could not start
+/// (a socket, the watch) or failed while running, 2 invalid config at start.
+pub fn run(a: AgentArgs) -> Result<(), Failure> {
+    let initial = load_host_config(&a.config)?;
+    let mut opts = DaemonOptions::new(&a.config, Default::default());
+    opts.metrics_listen = metrics_listen(&a.metrics_listen)?;
+    opts.control_socket = (a.control_socket != "none").then(|| PathBuf::from(&a.control_socket));
+    opts.resync_interval = Duration::from_secs(a.resync_interval);
+    opts.apply_workers = a.workers.clamp(1, 16);
+    let Sides {
+        stop,
+        facts,
+        backend,
+        announcer,
+    } = sides()?;
+    opts.facts = facts;
+    let load: Arc<Loader> = Arc::new(|p: &Path| load_host_config(p).map_err(|f| f.message.clone()));
+    // The error type is the router crate's (`host::Factory`'s), not ours to shrink.
+    #[allow(clippy::result_large_err)]
+    let make: SidesFactory =
+        Arc::new(move || l3agent_router::host::real_sides(backend, &announcer)());
+    let notifier = Notifier::from_env().map_err(|e| Failure::failed(format!("sd_notify: {e}")))?;
+    daemon::run(opts, initial, load, make, notifier, stop)
+        .map_err(|e| Failure::failed(format!("agent: {e}")))
+}

@@ -1,0 +1,196 @@
+//! `ApplyOptions::only` over the recording fake (no root): the agent's per-batch apply. The
+//! routers outside `only` are left exactly as they are (drift and all), are not in the
+//! report, keep their records, and a removed router goes only on its own turn.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use l3agent_router::compile::HostFacts;
+use l3agent_router::config::{ConfigDoc, HostConfig};
+use l3agent_router::fake::{self, SharedWorld, World};
+use l3agent_router::host::{self, ApplyOptions, HostReport, RouterStatus, Unchanged};
+use l3agent_types::RouterId;
+use serde_json::{json, Value};
+
+const A: &str = "87c7c2ae-d0ba-4691-820c-8053abf50b8d";
+const B: &str = "5d2ab1e0-0000-4000-8000-00000000000b";
+const C: &str = "5d2ab1e0-0000-4000-8000-00000000000c";
+
+fn state_dir() -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "l3agent-only-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// The legacy example router, or a copy of it under `id` (own port ids, no floating IPs).
+fn router(id: &str) -> Value {
+    let mut r: Value =
+        serde_json::from_str(include_str!("data/neutron-router-legacy.json")).expect("json");
+    if id != A {
+        let tag = &id[id.len() - 1..];
+        r["id"] = json!(id);
+        for (i, p) in r["_interfaces"]
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .enumerate()
+        {
+            p["id"] = json!(format!("7a7a7a{tag}{i}-0000-4000-8000-000000000000"));
+        }
+        r["gw_port"]["id"] = json!(format!("7b7b7b{tag}0-0000-4000-8000-000000000000"));
+        r["_floatingips"] = json!([]);
+    }
+    r
+}
+
+fn config(state: &PathBuf, routers: &[Value]) -> HostConfig {
+    let v = json!({
+        "agent": {"mode": "legacy", "host": "host-a", "state_path": state, "bridges": {
+            "90e4912c-0eb8-4be4-a793-e6a3bba6ae8b": "br-t1",
+            "c6910e18-fb1f-4988-9af4-211a8c2e2926": "br-t2",
+            "65566f91-133a-44ff-87f5-ecffc1193d3d": "br-ex"}},
+        "routers": routers,
+    });
+    let doc: ConfigDoc = serde_json::from_value(v).expect("doc");
+    doc.validate().expect("valid")
+}
+
+fn opts(only: Option<&[&str]>, unchanged: Unchanged) -> ApplyOptions {
+    let mut o = ApplyOptions::new(
+        HostFacts { random_fully: true },
+        Arc::new(AtomicBool::new(false)),
+    );
+    o.unchanged = unchanged;
+    o.only = only.map(|ids| {
+        ids.iter()
+            .map(|id| RouterId::new("id", id).expect("id"))
+            .collect::<BTreeSet<_>>()
+    });
+    o
+}
+
+fn apply(w: &SharedWorld, cfg: &HostConfig, only: Option<&[&str]>) -> HostReport {
+    let r = host::apply(cfg, &opts(only, Unchanged::Verify), &fake::sides(w)).expect("apply");
+    assert!(!r.failed(), "{r:#?}");
+    r
+}
+
+fn ids(r: &HostReport) -> Vec<&str> {
+    r.routers.iter().map(|x| x.id.as_str()).collect()
+}
+
+fn status(r: &HostReport, id: &str) -> Option<RouterStatus> {
+    r.routers.iter().find(|x| x.id == id).map(|x| x.status)
+}
+
+fn qrouter_ns(id: &str) -> String {
+    format!("qrouter-{id}")
+}
+
+/// Whether `id`'s router namespace holds the address `net` on any device.
+fn has_address(w: &SharedWorld, id: &str, net: &str) -> bool {
+    let w = w.lock().unwrap();
+    w.namespaces
+        .iter()
+        .find(|(n, _)| n.as_str() == qrouter_ns(id))
+        .is_some_and(|(_, ns)| ns.addresses.iter().any(|(_, a)| a.to_string() == net))
+}
+
+fn drop_address(w: &SharedWorld, id: &str, net: &str) {
+    let mut w = w.lock().unwrap();
+    let ns = w
+        .namespaces
+        .iter_mut()
+        .find(|(n, _)| n.as_str() == qrouter_ns(id))
+        .map(|(_, ns)| ns)
+        .expect("router namespace");
+    ns.addresses.retain(|(_, a)| a.to_string() != net);
+}
+
+fn namespace_exists(w: &SharedWorld, id: &str) -> bool {
+    w.lock()
+        .unwrap()
+        .namespaces
+        .keys()
+        .any(|n| n.as_str() == qrouter_ns(id))
+}
+
+#[test]
+fn only_repairs_the_routers_named_and_leaves_the_others_drift_and_report_alone() {
+    let w = Arc::new(Mutex::new(World::with_bridges(&[
+        "br-t1", "br-t2", "br-ex",
+    ])));
+    let state = state_dir();
+    let cfg = config(&state, &[router(A), router(B)]);
+    apply(&w, &cfg, None);
+    drop_address(&w, A, "192.0.2.4/24");
+    drop_address(&w, B, "192.0.2.4/24");
+
+    let r = apply(&w, &cfg, Some(&[A]));
+    assert_eq!(ids(&r), [A], "{r:#?}");
+    assert_eq!(status(&r, A), Some(RouterStatus::Converged));
+    assert!(has_address(&w, A, "192.0.2.4/24"), "A was not repaired");
+    assert!(!has_address(&w, B, "192.0.2.4/24"), "B was touched");
+
+    // B's turn repairs it.
+    let r = apply(&w, &cfg, Some(&[B]));
+    assert_eq!(ids(&r), [B], "{r:#?}");
+    assert!(has_address(&w, B, "192.0.2.4/24"));
+}
+
+#[test]
+fn a_router_outside_only_keeps_its_record_so_a_trusting_apply_still_runs_its_new_dict() {
+    let w = Arc::new(Mutex::new(World::with_bridges(&[
+        "br-t1", "br-t2", "br-ex",
+    ])));
+    let state = state_dir();
+    apply(&w, &config(&state, &[router(A), router(B)]), None);
+    let mut b = router(B);
+    b["routes"] = json!([{"destination": "100.64.77.0/24", "nexthop": "192.0.2.50"}]);
+    let cfg = config(&state, &[router(A), b]);
+    let r = apply(&w, &cfg, Some(&[A]));
+    assert_eq!(ids(&r), [A]);
+    // B's dict changed and B was not applied: `--changed-only` must not trust it.
+    let trust = host::apply(&cfg, &opts(None, Unchanged::Trust), &fake::sides(&w)).unwrap();
+    assert_eq!(
+        status(&trust, B),
+        Some(RouterStatus::Converged),
+        "{trust:#?}"
+    );
+    assert_eq!(status(&trust, A), Some(RouterStatus::Unchanged));
+    assert!(trust
+        .changes()
+        .any(|c| c.to_string().contains("100.64.77.0/24")));
+}
+
+#[test]
+fn a_removed_router_is_deleted_only_when_only_names_it() {
+    let w = Arc::new(Mutex::new(World::with_bridges(&[
+        "br-t1", "br-t2", "br-ex",
+    ])));
+    let state = state_dir();
+    apply(&w, &config(&state, &[router(A), router(C)]), None);
+    assert!(namespace_exists(&w, C));
+    let cfg = config(&state, &[router(A)]);
+
+    let r = apply(&w, &cfg, Some(&[A]));
+    assert_eq!(ids(&r), [A], "{r:#?}");
+    assert!(namespace_exists(&w, C), "C was deleted outside its turn");
+
+    let r = apply(&w, &cfg, Some(&[C]));
+    assert_eq!(ids(&r), [C], "{r:#?}");
+    assert_eq!(status(&r, C), Some(RouterStatus::Removed));
+    assert!(!namespace_exists(&w, C), "C was not deleted on its turn");
+    assert!(namespace_exists(&w, A));
+
+    // Nothing left for a full apply.
+    let r = apply(&w, &cfg, None);
+    assert!(!r.changed(), "{r:#?}");
+}
