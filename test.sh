@@ -8,3 +8,4 @@ scripts/install-deps.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
+scripts/fuzz.sh "${L3AGENT_FUZZ_SECONDS:-20}"

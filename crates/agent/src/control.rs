@@ -42,6 +42,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::{debug, warn};
 
+use crate::wake::Slot;
 use crate::wake::{self, Ready, WakeHandle, Waker};
 use crate::AgentError;
 
@@ -277,15 +278,6 @@ impl ControlServer {
 impl Drop for ControlServer {
     fn drop(&mut self) {
         self.halt();
-    }
-}
-
-/// Decrements the connection count when a connection thread ends.
-struct Slot(Arc<AtomicUsize>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

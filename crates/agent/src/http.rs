@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 
 use crate::metrics::{Format, Metrics};
+use crate::wake::Slot;
 use crate::wake::{self, Ready, WakeHandle, Waker};
 use crate::AgentError;
 
@@ -133,15 +134,6 @@ impl HttpServer {
 impl Drop for HttpServer {
     fn drop(&mut self) {
         self.halt();
-    }
-}
-
-/// Decrements the connection count when a connection thread ends, however it ends.
-struct Slot(Arc<AtomicUsize>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

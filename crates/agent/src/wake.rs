@@ -98,6 +98,16 @@ pub(crate) fn wait(fd: BorrowedFd<'_>, waker: &Waker, deadline: Option<Instant>)
     }
 }
 
+/// One connection being served: counted while its thread lives, uncounted when the thread
+/// ends, however it ends (the HTTP and control servers bound their connections with it).
+pub(crate) struct Slot(pub(crate) std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

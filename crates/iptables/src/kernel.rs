@@ -279,7 +279,9 @@ impl KernelState {
     pub fn parse_save(text: &str) -> Result<KernelState, Error> {
         let mut state = KernelState::default();
         let mut current: Option<(Option<Table>, KernelTable)> = None;
-        for (n, line) in text.lines().enumerate() {
+        // Lines end at '\n' only (`lines()` would also eat a '\r' that is part of a rule, and
+        // the rule would not read back as it was written).
+        for (n, line) in text.split('\n').enumerate() {
             let lineno = n + 1;
             let err = |reason: String| Error::Save {
                 line: lineno,
@@ -518,5 +520,17 @@ COMMIT
         t.apply(Table::Filter, &Op::DeleteChain("c".into()))
             .unwrap();
         assert!(t.chain("c").is_none());
+    }
+
+    #[test]
+    fn a_carriage_return_inside_a_rule_reads_back_as_written() {
+        // Found by the save_parser fuzz target.
+        let text = "*nat\n:R\n-A R \r\r\nCOMMIT";
+        let state = KernelState::parse_save(text).unwrap();
+        let rendered = state.to_save();
+        assert_eq!(
+            KernelState::parse_save(&rendered).unwrap().to_save(),
+            rendered
+        );
     }
 }

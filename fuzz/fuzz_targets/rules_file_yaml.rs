@@ -1,0 +1,8 @@
+//! `cargo fuzz run rules_file_yaml`: an iptables rules file in YAML, read by `l3agent_doc::parse`,
+//! then `RulesFile::into_model`.
+#![no_main]
+
+use l3agent_doc::Format;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| l3agent_fuzz::rules_file(data, Format::Yaml));
