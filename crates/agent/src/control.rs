@@ -42,8 +42,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::{debug, warn};
 
-use crate::wake::Slot;
-use crate::wake::{self, Ready, WakeHandle, Waker};
+use crate::wake::{self, Background, Ready, Slot, Waker};
 use crate::AgentError;
 
 /// Where the agent listens unless configured otherwise (in systemd's `RuntimeDirectory`).
@@ -103,9 +102,8 @@ pub struct ControlServer {
     path: PathBuf,
     /// (device, inode) of the socket we bound, to remove only our own file.
     identity: (u64, u64),
-    wake: WakeHandle,
     active: Arc<AtomicUsize>,
-    thread: Option<JoinHandle<()>>,
+    thread: Background,
 }
 
 fn io_err(path: &Path, what: &'static str) -> impl FnOnce(std::io::Error) -> AgentError {
@@ -224,24 +222,16 @@ impl ControlServer {
             .set_nonblocking(true)
             .map_err(io_err(&path, "configuring"))?;
 
-        let thread_err = |source| AgentError::Thread {
-            what: "control socket",
-            source,
-        };
-        let waker = Waker::new().map_err(thread_err)?;
-        let wake = waker.handle().map_err(thread_err)?;
         let active = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&active);
-        let thread = std::thread::Builder::new()
-            .name("control".into())
-            .spawn(move || accept_loop(&listener, &waker, &config, &handler, &counter))
-            .map_err(thread_err)?;
+        let thread = Background::spawn("control socket", "control", move |waker| {
+            accept_loop(&listener, &waker, &config, &handler, &counter)
+        })?;
         Ok(ControlServer {
             path,
             identity: (meta.dev(), meta.ino()),
-            wake,
             active,
-            thread: Some(thread),
+            thread,
         })
     }
 
@@ -262,11 +252,9 @@ impl ControlServer {
     }
 
     fn halt(&mut self) {
-        self.wake.wake();
-        let Some(t) = self.thread.take() else {
+        if !self.thread.halt() {
             return;
-        };
-        let _ = t.join();
+        }
         if let Ok(m) = fs::symlink_metadata(&self.path) {
             if (m.dev(), m.ino()) == self.identity {
                 let _ = fs::remove_file(&self.path);
@@ -525,33 +513,14 @@ pub mod client {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::{symlink, DirBuilderExt};
+    use std::os::unix::fs::symlink;
     use std::time::Instant;
 
-    /// A 0700 scratch directory removed on drop.
-    struct Scratch(PathBuf);
+    use crate::scratch::Scratch;
 
     impl Scratch {
-        fn new(tag: &str) -> Scratch {
-            static N: AtomicUsize = AtomicUsize::new(0);
-            let p = std::env::temp_dir().join(format!(
-                "l3agent-control-{}-{}-{tag}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::Relaxed)
-            ));
-            let _ = fs::remove_dir_all(&p);
-            fs::DirBuilder::new().mode(0o700).create(&p).unwrap();
-            fs::set_permissions(&p, fs::Permissions::from_mode(0o700)).unwrap();
-            Scratch(p)
-        }
         fn sock(&self) -> PathBuf {
             self.0.join("control.sock")
-        }
-    }
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
         }
     }
 

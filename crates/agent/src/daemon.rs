@@ -809,7 +809,6 @@ mod tests {
     use crate::control::client;
     use l3agent_router::config::ConfigDoc;
     use l3agent_router::fake::{self, SharedWorld, World};
-    use std::sync::atomic::AtomicU32;
 
     const A: &str = "87c7c2ae-d0ba-4691-820c-8053abf50b8d";
     const B: &str = "5d2ab1e0-0000-4000-8000-00000000000b";
@@ -833,20 +832,16 @@ mod tests {
         r
     }
 
-    struct Scratch(PathBuf);
+    use crate::scratch::Scratch;
+
+    /// A scratch directory with `etc/` for the config.
+    fn scratch() -> Scratch {
+        let s = Scratch::new("daemon");
+        std::fs::create_dir_all(s.0.join("etc")).unwrap();
+        s
+    }
 
     impl Scratch {
-        fn new() -> Scratch {
-            static N: AtomicU32 = AtomicU32::new(0);
-            let p = std::env::temp_dir().join(format!(
-                "l3agent-daemon-{}-{}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::SeqCst)
-            ));
-            let _ = std::fs::remove_dir_all(&p);
-            std::fs::create_dir_all(p.join("etc")).unwrap();
-            Scratch(p)
-        }
         fn config(&self) -> PathBuf {
             self.0.join("etc").join("host.json")
         }
@@ -871,12 +866,6 @@ mod tests {
                 })
                 .to_string(),
             );
-        }
-    }
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
         }
     }
 
@@ -996,7 +985,7 @@ mod tests {
 
     #[test]
     fn a_reload_touches_only_the_changed_router_and_a_failing_router_backs_off_alone() {
-        let s = Scratch::new();
+        let s = scratch();
         let w = world();
         s.write_routers(&[router(A), router(B)]);
         let d = start(&s, &w, Duration::from_secs(3600));
@@ -1055,7 +1044,7 @@ mod tests {
 
     #[test]
     fn drift_is_repaired_by_the_periodic_refresh_and_counted_by_kind() {
-        let s = Scratch::new();
+        let s = scratch();
         let w = world();
         s.write_routers(&[router(A)]);
         let d = start(&s, &w, Duration::from_millis(300));

@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 
 use crate::metrics::{Format, Metrics};
-use crate::wake::Slot;
-use crate::wake::{self, Ready, WakeHandle, Waker};
+
+use crate::wake::{self, Background, Ready, Slot, Waker};
 use crate::AgentError;
 
 /// Where the agent serves metrics unless configured otherwise: loopback only, on a port
@@ -70,9 +70,8 @@ pub struct HttpState {
 #[derive(Debug)]
 pub struct HttpServer {
     addr: SocketAddr,
-    wake: WakeHandle,
     active: Arc<AtomicUsize>,
-    thread: Option<JoinHandle<()>>,
+    thread: Background,
 }
 
 impl HttpServer {
@@ -87,23 +86,15 @@ impl HttpServer {
         let listener = TcpListener::bind(addr).map_err(bind_err)?;
         listener.set_nonblocking(true).map_err(bind_err)?;
         let local = listener.local_addr().map_err(bind_err)?;
-        let thread_err = |source| AgentError::Thread {
-            what: "HTTP server",
-            source,
-        };
-        let waker = Waker::new().map_err(thread_err)?;
-        let wake = waker.handle().map_err(thread_err)?;
         let active = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&active);
-        let thread = std::thread::Builder::new()
-            .name("http".into())
-            .spawn(move || accept_loop(&listener, &waker, config, &state, &counter))
-            .map_err(thread_err)?;
+        let thread = Background::spawn("HTTP server", "http", move |waker| {
+            accept_loop(&listener, &waker, config, &state, &counter)
+        })?;
         Ok(HttpServer {
             addr: local,
-            wake,
             active,
-            thread: Some(thread),
+            thread,
         })
     }
 
@@ -124,10 +115,7 @@ impl HttpServer {
     }
 
     fn halt(&mut self) {
-        self.wake.wake();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.thread.halt();
     }
 }
 

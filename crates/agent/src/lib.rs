@@ -39,6 +39,8 @@ pub mod http;
 pub mod metrics;
 pub mod notify;
 pub mod queue;
+#[cfg(test)]
+mod scratch;
 mod wake;
 pub mod watch;
 

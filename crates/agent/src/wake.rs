@@ -98,6 +98,48 @@ pub(crate) fn wait(fd: BorrowedFd<'_>, waker: &Waker, deadline: Option<Instant>)
     }
 }
 
+/// A thread that polls with a [`Waker`] (the servers' accept loops, the config watcher):
+/// started with its name, stopped by waking it and joining it — once, whoever asks first
+/// (`stop`, or `Drop`).
+#[derive(Debug)]
+pub(crate) struct Background {
+    wake: WakeHandle,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Background {
+    /// Spawns `body` with the waker that stops it; `what` names it in errors.
+    pub(crate) fn spawn(
+        what: &'static str,
+        name: &str,
+        body: impl FnOnce(Waker) + Send + 'static,
+    ) -> Result<Background, crate::AgentError> {
+        let thread_err = |source| crate::AgentError::Thread { what, source };
+        let waker = Waker::new().map_err(thread_err)?;
+        let wake = waker.handle().map_err(thread_err)?;
+        let thread = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || body(waker))
+            .map_err(thread_err)?;
+        Ok(Background {
+            wake,
+            thread: Some(thread),
+        })
+    }
+
+    /// Wakes the thread and waits for it; true if it was still running (the first call).
+    pub(crate) fn halt(&mut self) -> bool {
+        self.wake.wake();
+        match self.thread.take() {
+            Some(t) => {
+                let _ = t.join();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 /// One connection being served: counted while its thread lives, uncounted when the thread
 /// ends, however it ends (the HTTP and control servers bound their connections with it).
 pub(crate) struct Slot(pub(crate) std::sync::Arc<std::sync::atomic::AtomicUsize>);

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use tracing::{debug, warn};
 
-use crate::wake::{self, Ready, WakeHandle, Waker};
+use crate::wake::{self, Background, Ready, Waker};
 use crate::AgentError;
 
 /// Why the front end should re-read the config file.
@@ -113,8 +113,7 @@ impl Debouncer {
 /// [`stop`]: FileWatcher::stop
 #[derive(Debug)]
 pub struct FileWatcher {
-    wake: WakeHandle,
-    thread: Option<JoinHandle<()>>,
+    thread: Background,
 }
 
 /// The inotify events that can mean the file's content changed. `IN_MODIFY` keeps a burst
@@ -164,38 +163,21 @@ impl FileWatcher {
                     | AddWatchFlags::IN_ONLYDIR,
             )
             .map_err(watch_err)?;
-        let thread_err = |source| AgentError::Thread {
-            what: "config watcher",
-            source,
-        };
-        let waker = Waker::new().map_err(thread_err)?;
-        let wake = waker.handle().map_err(thread_err)?;
-        let thread = std::thread::Builder::new()
-            .name("config-watch".into())
-            .spawn(move || watch_loop(&inotify, &waker, &name, &dir, config, &tx))
-            .map_err(thread_err)?;
-        Ok(FileWatcher {
-            wake,
-            thread: Some(thread),
-        })
+        let thread = Background::spawn("config watcher", "config-watch", move |waker| {
+            watch_loop(&inotify, &waker, &name, &dir, config, &tx)
+        })?;
+        Ok(FileWatcher { thread })
     }
 
     /// Stops the watcher and waits for its thread (which returns within one `poll`).
     pub fn stop(mut self) {
-        self.halt();
-    }
-
-    fn halt(&mut self) {
-        self.wake.wake();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.thread.halt();
     }
 }
 
 impl Drop for FileWatcher {
     fn drop(&mut self) {
-        self.halt();
+        self.thread.halt();
     }
 }
 
@@ -316,31 +298,9 @@ mod tests {
     use super::*;
     use std::fs;
     use std::io::Write;
-    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 
-    /// A scratch directory removed on drop.
-    struct Scratch(PathBuf);
-
-    impl Scratch {
-        fn new(tag: &str) -> Scratch {
-            static N: AtomicUsize = AtomicUsize::new(0);
-            let p = std::env::temp_dir().join(format!(
-                "l3agent-watch-{}-{}-{tag}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::Relaxed)
-            ));
-            let _ = fs::remove_dir_all(&p);
-            fs::create_dir_all(&p).unwrap();
-            Scratch(p)
-        }
-    }
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::scratch::Scratch;
 
     const QUICK: WatchConfig = WatchConfig {
         debounce: Duration::from_millis(250),

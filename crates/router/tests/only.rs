@@ -3,13 +3,15 @@
 //! report, keep their records, and a removed router goes only on its own turn.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
+mod common;
+
+use common::{config, legacy_router, state_dir, world};
 use l3agent_router::compile::HostFacts;
-use l3agent_router::config::{ConfigDoc, HostConfig};
-use l3agent_router::fake::{self, SharedWorld, World};
+use l3agent_router::config::HostConfig;
+use l3agent_router::fake::{self, SharedWorld};
 use l3agent_router::host::{self, ApplyOptions, HostReport, RouterStatus, Unchanged};
 use l3agent_types::RouterId;
 use serde_json::{json, Value};
@@ -18,21 +20,9 @@ const A: &str = "87c7c2ae-d0ba-4691-820c-8053abf50b8d";
 const B: &str = "5d2ab1e0-0000-4000-8000-00000000000b";
 const C: &str = "5d2ab1e0-0000-4000-8000-00000000000c";
 
-fn state_dir() -> PathBuf {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "l3agent-only-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
-
 /// The legacy example router, or a copy of it under `id` (own port ids, no floating IPs).
 fn router(id: &str) -> Value {
-    let mut r: Value =
-        serde_json::from_str(include_str!("data/neutron-router-legacy.json")).expect("json");
+    let mut r = legacy_router();
     if id != A {
         let tag = &id[id.len() - 1..];
         r["id"] = json!(id);
@@ -48,18 +38,6 @@ fn router(id: &str) -> Value {
         r["_floatingips"] = json!([]);
     }
     r
-}
-
-fn config(state: &PathBuf, routers: &[Value]) -> HostConfig {
-    let v = json!({
-        "agent": {"mode": "legacy", "host": "host-a", "state_path": state, "bridges": {
-            "90e4912c-0eb8-4be4-a793-e6a3bba6ae8b": "br-t1",
-            "c6910e18-fb1f-4988-9af4-211a8c2e2926": "br-t2",
-            "65566f91-133a-44ff-87f5-ecffc1193d3d": "br-ex"}},
-        "routers": routers,
-    });
-    let doc: ConfigDoc = serde_json::from_value(v).expect("doc");
-    doc.validate().expect("valid")
 }
 
 fn opts(only: Option<&[&str]>, unchanged: Unchanged) -> ApplyOptions {
@@ -124,9 +102,7 @@ fn namespace_exists(w: &SharedWorld, id: &str) -> bool {
 
 #[test]
 fn only_repairs_the_routers_named_and_leaves_the_others_drift_and_report_alone() {
-    let w = Arc::new(Mutex::new(World::with_bridges(&[
-        "br-t1", "br-t2", "br-ex",
-    ])));
+    let w = world();
     let state = state_dir();
     let cfg = config(&state, &[router(A), router(B)]);
     apply(&w, &cfg, None);
@@ -147,9 +123,7 @@ fn only_repairs_the_routers_named_and_leaves_the_others_drift_and_report_alone()
 
 #[test]
 fn a_router_outside_only_keeps_its_record_so_a_trusting_apply_still_runs_its_new_dict() {
-    let w = Arc::new(Mutex::new(World::with_bridges(&[
-        "br-t1", "br-t2", "br-ex",
-    ])));
+    let w = world();
     let state = state_dir();
     apply(&w, &config(&state, &[router(A), router(B)]), None);
     let mut b = router(B);
@@ -172,9 +146,7 @@ fn a_router_outside_only_keeps_its_record_so_a_trusting_apply_still_runs_its_new
 
 #[test]
 fn a_removed_router_is_deleted_only_when_only_names_it() {
-    let w = Arc::new(Mutex::new(World::with_bridges(&[
-        "br-t1", "br-t2", "br-ex",
-    ])));
+    let w = world();
     let state = state_dir();
     apply(&w, &config(&state, &[router(A), router(C)]), None);
     assert!(namespace_exists(&w, C));

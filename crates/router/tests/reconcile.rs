@@ -2,45 +2,18 @@
 //! every drift class is seen by status and repaired by a plain apply, and a failure at any
 //! operation leaves a state the next apply converges.
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
+mod common;
+
+use common::{config, legacy_router, state_dir, world, BRIDGES};
 use l3agent_router::change::Change;
 use l3agent_router::compile::HostFacts;
-use l3agent_router::config::{ConfigDoc, HostConfig};
+use l3agent_router::config::HostConfig;
 use l3agent_router::fake::{self, SharedWorld, World};
 use l3agent_router::host::{self, ApplyOptions, Health, HostReport, RouterStatus};
 use serde_json::{json, Value};
-
-const BRIDGES: [&str; 3] = ["br-t1", "br-t2", "br-ex"];
-
-fn state_dir() -> PathBuf {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "l3agent-reconcile-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
-
-fn legacy_router() -> Value {
-    serde_json::from_str(include_str!("data/neutron-router-legacy.json")).expect("json")
-}
-
-fn config(state: &PathBuf, routers: &[Value]) -> HostConfig {
-    let v = json!({
-        "agent": {"mode": "legacy", "host": "host-a", "state_path": state, "bridges": {
-            "90e4912c-0eb8-4be4-a793-e6a3bba6ae8b": "br-t1",
-            "c6910e18-fb1f-4988-9af4-211a8c2e2926": "br-t2",
-            "65566f91-133a-44ff-87f5-ecffc1193d3d": "br-ex"}},
-        "routers": routers,
-    });
-    let doc: ConfigDoc = serde_json::from_value(v).expect("doc");
-    doc.validate().expect("valid")
-}
 
 fn facts() -> HostFacts {
     HostFacts { random_fully: true }
@@ -48,10 +21,6 @@ fn facts() -> HostFacts {
 
 fn opts() -> ApplyOptions {
     ApplyOptions::new(facts(), Arc::new(AtomicBool::new(false)))
-}
-
-fn world() -> SharedWorld {
-    Arc::new(Mutex::new(World::with_bridges(&BRIDGES)))
 }
 
 fn plan(w: &SharedWorld, cfg: &HostConfig) -> HostReport {
