@@ -4,9 +4,14 @@ set -euo pipefail
 need=()
 for pair in iptables-nft-restore:iptables iptables-legacy-restore:iptables nft:nftables \
             ip:iproute2 conntrack:conntrack ping:iputils-ping arping:iputils-arping \
-            nsenter:util-linux python3:python3; do
+            nsenter:util-linux python3:python3 \
+            ovs-vswitchd:openvswitch-switch ovsdb-tool:openvswitch-common \
+            epmd:erlang-base /usr/lib/rabbitmq/bin/rabbitmq-server:rabbitmq-server \
+            mariadbd:mariadb-server mariadb-install-db:mariadb-server \
+            virtualenv:python3-virtualenv; do
   bin=${pair%%:*}; pkg=${pair##*:}
-  if ! command -v "$bin" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$bin" ] && [ ! -x "/sbin/$bin" ]; then
+  if ! command -v "$bin" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$bin" ] && [ ! -x "/sbin/$bin" ] \
+     && [ ! -x "$bin" ]; then
     need+=("$pkg")
   fi
 done
@@ -17,6 +22,17 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
   echo "installing: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # The servers among these (ovsdb, RabbitMQ, MariaDB) must not start as system services
+  # listening on every address: tests start their own, on loopback, with private data. A
+  # policy-rc.d that refuses every start is in place for the install only.
+  policy=/usr/sbin/policy-rc.d
+  had_policy=false
+  [ -e "$policy" ] && had_policy=true
+  if ! $had_policy; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy"
+    chmod 0755 "$policy"
+    trap 'rm -f "$policy"' EXIT
+  fi
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${need[@]}" | sort -u) >/dev/null
 fi

@@ -70,8 +70,36 @@ pub enum Key {
 pub type Loader = dyn Fn(&Path) -> Result<HostConfig, String> + Send + Sync;
 
 /// Makes the side effects of one apply worker thread (see [`host::real_sides`]); owned, so
-/// that a stuck worker can be left behind at shutdown.
-pub type SidesFactory = Arc<dyn Fn() -> Result<Sides, RouterError> + Send + Sync>;
+/// that a stuck worker can be left behind at shutdown. Sides that outlive an apply (the
+/// agent's long-lived iptables managers) also say how to forget what they know of the
+/// kernel: done before every full `Verify` apply, so that drift is read, not assumed away.
+#[derive(Clone)]
+pub struct SidesFactory {
+    make: Arc<dyn Fn() -> Result<Sides, RouterError> + Send + Sync>,
+    forget: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl std::fmt::Debug for SidesFactory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SidesFactory")
+    }
+}
+
+impl SidesFactory {
+    /// Sides made by `make`, which know nothing of the kernel when made.
+    pub fn new(make: impl Fn() -> Result<Sides, RouterError> + Send + Sync + 'static) -> Self {
+        SidesFactory {
+            make: Arc::new(make),
+            forget: Arc::new(|| {}),
+        }
+    }
+
+    /// Runs `forget` before each full apply.
+    pub fn forgetting(mut self, forget: impl Fn() + Send + Sync + 'static) -> Self {
+        self.forget = Arc::new(forget);
+        self
+    }
+}
 
 /// How the agent runs.
 #[derive(Debug, Clone)]
@@ -447,7 +475,10 @@ fn run_batch(
     apply_opts.workers = opts.apply_workers;
     apply_opts.only = if full { None } else { Some(only) };
     let started = Instant::now();
-    let result = host::apply(&cfg, &apply_opts, &**make);
+    if full {
+        (make.forget)();
+    }
+    let result = host::apply(&cfg, &apply_opts, &*make.make);
     let now = SystemTime::now();
     let report = match result {
         Ok(r) => r,
@@ -661,7 +692,7 @@ pub fn run(
     let worker_thread = {
         let (shared, make, opts, apply_stop) = (
             Arc::clone(&shared),
-            Arc::clone(&make),
+            make.clone(),
             opts.clone(),
             Arc::clone(&apply_stop),
         );
@@ -938,7 +969,7 @@ mod tests {
         opts.stop_timeout = Duration::from_secs(5);
         let w2 = Arc::clone(w);
         #[allow(clippy::result_large_err)] // the router crate's `host::Factory` error type
-        let make: SidesFactory = Arc::new(move || fake::sides(&w2)());
+        let make = SidesFactory::new(move || fake::sides(&w2)());
         let term = Arc::new(AtomicBool::new(false));
         let t = Arc::clone(&term);
         let thread = std::thread::spawn(move || {

@@ -36,6 +36,9 @@ fn router_ns() -> String {
     format!("qrouter-{ID}")
 }
 
+/// The router of the restart test.
+const RESTART_ID: &str = "a9e7c0de-5e1f-4a6e-9d3c-00000000b001";
+
 /// The running daemon; killed (SIGKILL, by pid) if the test ends while it runs.
 struct Daemon {
     child: Option<Child>,
@@ -83,6 +86,27 @@ impl Drop for Daemon {
     }
 }
 
+/// `l3agent -v agent` in the topology's host namespace, refreshing every 2 s, its log in `log`.
+fn start_agent(t: &Topology, config: &Path, socket: &Path, log: &Path) -> Daemon {
+    let child = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", t.host.name))
+        .arg(env!("CARGO_BIN_EXE_l3agent"))
+        .args(["-v", "agent", "--config"])
+        .arg(config)
+        .args(["--resync-interval", "2", "--metrics-listen", "127.0.0.1:0"])
+        .arg("--control-socket")
+        .arg(socket)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    Daemon {
+        child: Some(child),
+        log: log.to_path_buf(),
+    }
+}
+
 /// Polls `check` every 200 ms until it holds or `within` passes (then panics with `what`
 /// and the daemon's log).
 fn wait_for(d: &mut Daemon, what: &str, within: Duration, mut check: impl FnMut() -> bool) {
@@ -114,13 +138,16 @@ fn status(socket: &Path) -> Option<Value> {
     .ok()
 }
 
-fn router_state(v: &Value) -> Option<String> {
+fn router_view(v: &Value, id: &str) -> Option<Value> {
     v["routers"]
         .as_array()?
         .iter()
-        .find(|r| r["id"] == ID)
-        .and_then(|r| r["state"].as_str())
-        .map(str::to_owned)
+        .find(|r| r["id"] == id)
+        .cloned()
+}
+
+fn router_state(v: &Value) -> Option<String> {
+    router_view(v, ID).and_then(|r| r["state"].as_str().map(str::to_owned))
 }
 
 fn qg_addresses() -> String {
@@ -193,24 +220,7 @@ fn the_agent_converges_follows_edits_and_sighup_refuses_bad_configs_repairs_drif
     r["id"] = json!(ID);
     replace_link(&config, &targets.join("v1.json"), &host_config(&t, &r));
 
-    let log = dir.join("agent.log");
-    let child = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", t.host.name))
-        .arg(env!("CARGO_BIN_EXE_l3agent"))
-        .args(["-v", "agent", "--config"])
-        .arg(&config)
-        .args(["--resync-interval", "2", "--metrics-listen", "127.0.0.1:0"])
-        .arg("--control-socket")
-        .arg(&socket)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut d = Daemon {
-        child: Some(child),
-        log,
-    };
+    let mut d = start_agent(&t, &config, &socket, &dir.join("agent.log"));
 
     // 1. Start-up converges; the control socket shows the router.
     wait_for(
@@ -421,4 +431,97 @@ fn an_invalid_config_at_start_exits_2_and_touches_nothing() {
         String::from_utf8_lossy(&out.stderr).contains("host.json"),
         "{out:?}"
     );
+}
+
+/// Start-up adopts what is there: the router a stopped agent left is not disturbed by the
+/// next one. A ping through the router's floating IP NAT runs across SIGTERM and restart
+/// without losing a packet; the gateway device keeps its ifindex, the floating IP's SNAT
+/// rule its packet counter (nothing was deleted and re-created), and the new agent reports
+/// the router converged with no change made.
+#[test]
+fn a_restarted_agent_adopts_its_router_without_interrupting_traffic() {
+    let ns = format!("qrouter-{RESTART_ID}");
+    let t = topology(vec![ns.clone()]);
+    let dir = t.state.with_extension("agent");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("run").join("control.sock");
+    let config = dir.join("host.json");
+    let mut r = example();
+    r["id"] = json!(RESTART_ID);
+    std::fs::write(&config, host_config(&t, &r)).unwrap();
+    let converged = |v: &Value| {
+        v["ready"] == true && router_view(v, RESTART_ID).is_some_and(|r| r["state"] == "converged")
+    };
+
+    let mut d = start_agent(&t, &config, &socket, &dir.join("agent-1.log"));
+    wait_for(
+        &mut d,
+        "initial convergence",
+        Duration::from_secs(90),
+        || status(&socket).is_some_and(|v| converged(&v)),
+    );
+    let ifindex = || -> Value {
+        let links: Value =
+            serde_json::from_str(&in_ns(&ns, &["ip", "-j", "link", "show", "dev", QG])).unwrap();
+        links[0]["ifindex"].clone()
+    };
+    // [packets:bytes] of the SNAT rule of the floating IP of 192.0.2.10.
+    let snat_packets = || -> u64 {
+        let save = in_ns(&ns, &["iptables-save", "-c", "-t", "nat"]);
+        let line = save
+            .lines()
+            .find(|l| l.contains("-s 192.0.2.10/32") && l.contains("SNAT"))
+            .unwrap_or_else(|| panic!("no floating IP SNAT rule in\n{save}"))
+            .to_owned();
+        let counters = line.trim_start_matches('[').split(']').next().unwrap();
+        counters.split(':').next().unwrap().parse().unwrap()
+    };
+    let index_before = ifindex();
+
+    // 75 pings, 200 ms apart (15 s), from the VM to the outside through its floating IP.
+    let ping = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", t.vm1.name))
+        .args(["ping", "-n", "-i", "0.2", "-c", "75", "-W", "1", "-w", "40"])
+        .arg("203.0.113.1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let counted = snat_packets();
+    assert!(counted >= 1, "the ping went through the SNAT rule");
+
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(Duration::from_secs(10)), Some(0), "{}", d.log());
+    let mut d = start_agent(&t, &config, &socket, &dir.join("agent-2.log"));
+    wait_for(
+        &mut d,
+        "adoption after restart",
+        Duration::from_secs(60),
+        || status(&socket).is_some_and(|v| converged(&v)),
+    );
+    let view = router_view(&status(&socket).unwrap(), RESTART_ID).unwrap();
+    assert_eq!(
+        view["last_change"],
+        Value::Null,
+        "the restart changed the router: {view:#}\n{}",
+        d.log()
+    );
+
+    let out = ping.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("75 packets transmitted, 75 received"),
+        "packets lost across the restart:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(ifindex(), index_before, "the gateway device was re-created");
+    assert!(
+        snat_packets() >= counted,
+        "the SNAT rule was re-created (its counter went back to zero)"
+    );
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(Duration::from_secs(10)), Some(0), "{}", d.log());
+    let _ = std::fs::remove_dir_all(&dir);
 }

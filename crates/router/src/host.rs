@@ -830,11 +830,20 @@ pub fn destroy(
 }
 
 /// The real side effects, one set per worker: netlink sockets per namespace, long-lived
-/// iptables managers with `backend`, announcements through `announcer`.
+/// iptables managers with `backend` (for this apply), announcements through `announcer`.
 pub fn real_sides(
     backend: l3agent_iptables_exec::Backend,
     announcer: &l3agent_rtnl::announce::Announcer,
 ) -> impl Fn() -> Result<Sides, RouterError> + Sync + '_ {
+    move || real_sides_with(&crate::kernel::Managers::new(backend), announcer)()
+}
+
+/// The real side effects with the iptables managers of `managers`, which the caller keeps
+/// across applies (the agent): what they know of each namespace outlives this apply.
+pub fn real_sides_with<'a>(
+    managers: &'a crate::kernel::Managers,
+    announcer: &'a l3agent_rtnl::announce::Announcer,
+) -> impl Fn() -> Result<Sides, RouterError> + Sync + 'a {
     move || {
         let kernel = crate::kernel::RealKernel::new(announcer.clone()).map_err(|source| {
             RouterError::Plumbing {
@@ -844,7 +853,7 @@ pub fn real_sides(
         })?;
         Ok((
             Box::new(kernel) as Box<dyn Kernel>,
-            Box::new(crate::kernel::Managers::new(backend)) as Box<dyn Firewall>,
+            Box::new(managers.clone()) as Box<dyn Firewall>,
         ))
     }
 }

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::IpAddr;
 use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use l3agent_iptables::{Family, IptablesModel};
 use l3agent_iptables_exec::{
@@ -361,11 +362,33 @@ pub trait Firewall {
     fn refresh(&mut self);
 }
 
-/// Long-lived iptables [`Manager`]s, one per namespace.
-#[derive(Debug)]
+/// One namespace's manager, shared by the clones of [`Managers`].
+type Shared = Arc<Mutex<Manager<ProcessRunner>>>;
+
+/// Long-lived iptables [`Manager`]s, one per namespace. Clones share them: the agent gives
+/// each apply worker a clone of one `Managers`, so that what a manager knows of its
+/// namespace (the rules committed by the last apply) outlives the batch and an event only
+/// sends what changed, without reading the kernel first. A namespace's manager is used by
+/// one worker at a time (its own lock); different namespaces proceed in parallel.
+#[derive(Debug, Clone)]
 pub struct Managers {
     backend: Backend,
-    managers: HashMap<NetnsName, Manager<ProcessRunner>>,
+    managers: Arc<Mutex<HashMap<NetnsName, Shared>>>,
+}
+
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A namespace's manager, locked. A worker that panicked mid-apply left a manager whose
+/// committed state may be wrong: it reads the kernel again.
+fn use_manager(m: &Shared) -> MutexGuard<'_, Manager<ProcessRunner>> {
+    m.lock().unwrap_or_else(|e| {
+        m.clear_poison();
+        let mut g = e.into_inner();
+        g.refresh();
+        g
+    })
 }
 
 impl Managers {
@@ -373,27 +396,38 @@ impl Managers {
     pub fn new(backend: Backend) -> Managers {
         Managers {
             backend,
-            managers: HashMap::new(),
+            managers: Arc::default(),
         }
     }
 
-    fn manager(
-        &mut self,
-        ns: &NetnsName,
-        model: &IptablesModel,
-    ) -> Result<&mut Manager<ProcessRunner>, ApplyError> {
-        if !self.managers.contains_key(ns) {
-            let target = NetnsTarget::Named(ns.clone());
-            let runner =
-                ProcessRunner::open_assuming(&target, self.backend, ExecOptions::default())?;
-            self.managers
-                .insert(ns.clone(), Manager::with_runner(model.clone(), runner));
+    /// The namespaces that have a manager.
+    pub fn namespaces(&self) -> Vec<NetnsName> {
+        locked(&self.managers).keys().cloned().collect()
+    }
+
+    /// The manager of `ns` (made on first use), holding `model`.
+    fn manager(&self, ns: &NetnsName, model: &IptablesModel) -> Result<Shared, ApplyError> {
+        let existing = locked(&self.managers).get(ns).cloned();
+        let shared = match existing {
+            Some(m) => m,
+            None => {
+                let target = NetnsTarget::Named(ns.clone());
+                let runner =
+                    ProcessRunner::open_assuming(&target, self.backend, ExecOptions::default())?;
+                let made = Arc::new(Mutex::new(Manager::with_runner(model.clone(), runner)));
+                locked(&self.managers)
+                    .entry(ns.clone())
+                    .or_insert(made)
+                    .clone()
+            }
+        };
+        {
+            let mut m = use_manager(&shared);
+            if !m.model().same_rules(model) {
+                m.set_model(model.clone());
+            }
         }
-        let m = self.managers.get_mut(ns).expect("inserted above");
-        if !m.model().same_rules(model) {
-            m.set_model(model.clone());
-        }
-        Ok(m)
+        Ok(shared)
     }
 }
 
@@ -416,8 +450,9 @@ impl Firewall for Managers {
             // Planned against an empty rule set. A namespace that is there was made by this
             // run a moment ago: its manager takes the empty rule set as the kernel's, so that
             // the apply that follows sends exactly this plan without reading the kernel first.
-            self.managers.remove(ns);
+            locked(&self.managers).remove(ns);
             if let Ok(m) = self.manager(ns, model) {
+                let mut m = use_manager(&m);
                 m.assume_empty();
                 return Ok(lines(m.plan()?));
             }
@@ -428,7 +463,9 @@ impl Firewall for Managers {
                 .map(|(f, t)| (f, t.lines().map(str::to_owned).collect()))
                 .collect());
         }
-        Ok(lines(self.manager(ns, model)?.plan()?))
+        let m = self.manager(ns, model)?;
+        let plans = use_manager(&m).plan()?;
+        Ok(lines(plans))
     }
 
     fn apply(
@@ -436,7 +473,8 @@ impl Firewall for Managers {
         ns: &NetnsName,
         model: &IptablesModel,
     ) -> Result<Vec<(Family, Vec<String>)>, ApplyError> {
-        let report = self.manager(ns, model)?.apply()?;
+        let m = self.manager(ns, model)?;
+        let report = use_manager(&m).apply()?;
         Ok(report
             .sent
             .into_iter()
@@ -445,12 +483,13 @@ impl Firewall for Managers {
     }
 
     fn forget(&mut self, ns: &NetnsName) {
-        self.managers.remove(ns);
+        locked(&self.managers).remove(ns);
     }
 
     fn refresh(&mut self) {
-        for m in self.managers.values_mut() {
-            m.refresh();
+        let all: Vec<Shared> = locked(&self.managers).values().cloned().collect();
+        for m in all {
+            use_manager(&m).refresh();
         }
     }
 }

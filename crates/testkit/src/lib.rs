@@ -5,6 +5,8 @@
 //! code under test never does.
 #![allow(clippy::disallowed_methods)] // fixtures spawn `ip`/`iptables` to set up and inspect
 
+pub mod service;
+
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -20,9 +20,9 @@ use l3agent_iptables_exec::{
     BackendChoice, ExecError, ExecOptions, Manager, NetnsTarget, ProcessRunner,
 };
 
-/// l3agent: the dataplane of Neutron's L3 agent (iptables manager, router namespaces), in Rust.
+/// The dataplane of Neutron's L3 agent (routers, iptables manager, the agent), in Rust.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
+#[command(version = VERSION, long_about = None)]
 pub struct Cli {
     /// More logging on stderr (-v: info, -vv: debug; debug shows restore input). L3AGENT_LOG
     /// overrides, e.g. L3AGENT_LOG=l3agent_iptables_exec=debug.
@@ -64,6 +64,12 @@ enum Command {
     /// over a control socket, sd_notify for systemd. SIGTERM stops it (routers stay up).
     /// Exit status: 0 stopped, 1 failed to start or run, 2 invalid config at start.
     Agent(agent::AgentArgs),
+    /// Print a shell completion script (bash, zsh or fish) on stdout, e.g.
+    /// `l3agent completions bash > /etc/bash_completion.d/l3agent`.
+    Completions(CompletionsArgs),
+    /// Print the man page (roff) on stdout, e.g. `l3agent man | man -l -`; with --out-dir,
+    /// write a page per command.
+    Man(ManArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -82,6 +88,65 @@ enum IptablesCommand {
     /// Check a rules file offline: the same checks and exit status as apply (0 valid, 2
     /// invalid), without root and without touching the kernel.
     Validate(validate::RulesArgs),
+}
+
+/// `l3agent --version`: the package version and the git revision it was built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("L3AGENT_GIT_REVISION"),
+    ")"
+);
+
+/// Shells `l3agent completions` writes a script for.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+#[derive(Debug, Args)]
+struct CompletionsArgs {
+    /// The shell to complete in.
+    #[arg(value_enum)]
+    shell: Shell,
+}
+
+#[derive(Debug, Args)]
+struct ManArgs {
+    /// Write one page per command (l3agent.1, l3agent-apply.1, ...) into this directory
+    /// instead of printing l3agent.1 on stdout.
+    #[arg(long, value_name = "DIR")]
+    out_dir: Option<std::path::PathBuf>,
+}
+
+/// Prints the completion script for `shell` on stdout.
+fn completions(a: CompletionsArgs) -> Result<(), Failure> {
+    use clap::CommandFactory;
+    let shell = match a.shell {
+        Shell::Bash => clap_complete::Shell::Bash,
+        Shell::Zsh => clap_complete::Shell::Zsh,
+        Shell::Fish => clap_complete::Shell::Fish,
+    };
+    clap_complete::generate(
+        shell,
+        &mut Cli::command(),
+        "l3agent",
+        &mut std::io::stdout(),
+    );
+    Ok(())
+}
+
+/// Prints the man page (roff) on stdout, or writes every command's page into a directory.
+fn manpage(a: ManArgs) -> Result<(), Failure> {
+    use clap::CommandFactory;
+    let cmd = Cli::command().version(VERSION);
+    let written = match &a.out_dir {
+        Some(dir) => std::fs::create_dir_all(dir).and_then(|()| clap_mangen::generate_to(cmd, dir)),
+        None => clap_mangen::Man::new(cmd).render(&mut std::io::stdout()),
+    };
+    written.map_err(|e| Failure::failed(format!("writing the man page: {e}")))
 }
 
 /// Options every iptables subcommand takes.
@@ -184,7 +249,7 @@ impl Command {
             Command::Iptables(IptablesCommand::Show(a)) => a.target.json,
             Command::Iptables(IptablesCommand::Counters(a)) => a.target.json,
             Command::Iptables(IptablesCommand::Validate(a)) => a.json,
-            Command::Agent(_) => false,
+            Command::Agent(_) | Command::Completions(_) | Command::Man(_) => false,
         }
     }
 }
@@ -207,6 +272,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Iptables(IptablesCommand::Show(a)) => iptables_show::run(a),
         Command::Iptables(IptablesCommand::Counters(a)) => iptables_counters::run(a),
         Command::Agent(a) => agent::run(a),
+        Command::Completions(a) => completions(a),
+        Command::Man(a) => manpage(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
