@@ -7,14 +7,17 @@ for pair in iptables-nft-restore:iptables iptables-legacy-restore:iptables nft:n
             nsenter:util-linux python3:python3 \
             ovs-vswitchd:openvswitch-switch ovsdb-tool:openvswitch-common \
             epmd:erlang-base /usr/lib/rabbitmq/bin/rabbitmq-server:rabbitmq-server \
-            mariadbd:mariadb-server mariadb-install-db:mariadb-server \
-            virtualenv:python3-virtualenv; do
+            mariadbd:mariadb-server mariadb-install-db:mariadb-server; do
   bin=${pair%%:*}; pkg=${pair##*:}
   if ! command -v "$bin" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$bin" ] && [ ! -x "/sbin/$bin" ] \
      && [ ! -x "$bin" ]; then
     need+=("$pkg")
   fi
 done
+# Debian's python3 lacks venv/ensurepip without python3-venv (the Neutron testbed's virtualenv).
+if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+  need+=(python3-venv)
+fi
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing packages: ${need[*]} (run as root to install them)" >&2

@@ -56,6 +56,47 @@ use crate::queue::{Next, QueueConfig, WorkQueue};
 use crate::watch::{FileWatcher, SighupListener, WatchConfig, WatchEvent};
 use crate::AgentError;
 
+/// A front end other than the config file (the Neutron RPC front end): it owns the desired
+/// state and hands it over whole; the agent reconciles what changed and tells it each
+/// router's outcome. With a feed, the config file is not watched and SIGHUP asks for a
+/// full drift check.
+pub struct Feed {
+    /// Desired states and requests, in order.
+    pub events: mpsc::Receiver<FeedEvent>,
+    /// Called after each batch for every router of the batch that is still configured.
+    pub on_result: OnResult,
+}
+
+/// A [`Feed`]'s result callback.
+pub type OnResult = Arc<dyn Fn(&RouterId, &RouterOutcome) + Send + Sync>;
+
+impl std::fmt::Debug for Feed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Feed")
+    }
+}
+
+/// What a front end tells the agent.
+#[derive(Debug)]
+pub enum FeedEvent {
+    /// The whole desired state, validated: the routers whose dicts changed, were added or
+    /// removed are reconciled (removed ones are torn down).
+    Config(Box<HostConfig>),
+    /// Reconcile these routers now even if their dicts did not change.
+    Routers(Vec<RouterId>),
+    /// A full `Verify` apply: drift check of every router, removal of unknown ones.
+    Full,
+}
+
+/// One router's result after a batch, for a [`Feed`].
+#[derive(Debug, Clone)]
+pub struct RouterOutcome {
+    /// Converged (the kernel holds its dict).
+    pub ok: bool,
+    /// Why not.
+    pub error: Option<String>,
+}
+
 /// What the queue holds: one router, or the whole host (a full `Verify` apply).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Key {
@@ -77,6 +118,7 @@ pub type Loader = dyn Fn(&Path) -> Result<HostConfig, String> + Send + Sync;
 pub struct SidesFactory {
     make: Arc<dyn Fn() -> Result<Sides, RouterError> + Send + Sync>,
     forget: Arc<dyn Fn() + Send + Sync>,
+    owned: Arc<dyn Fn() -> Option<(u64, u64)> + Send + Sync>,
 }
 
 impl std::fmt::Debug for SidesFactory {
@@ -91,7 +133,15 @@ impl SidesFactory {
         SidesFactory {
             make: Arc::new(make),
             forget: Arc::new(|| {}),
+            owned: Arc::new(|| None),
         }
+    }
+
+    /// `owned` tells the iptables chains and rules the sides hold (the
+    /// `l3agent_iptables_chains`/`_rules` gauges), read after each batch.
+    pub fn owning(mut self, owned: impl Fn() -> (u64, u64) + Send + Sync + 'static) -> Self {
+        self.owned = Arc::new(move || Some(owned()));
+        self
     }
 
     /// Runs `forget` before each full apply.
@@ -207,6 +257,8 @@ struct Shared {
     metrics_addr: Mutex<Option<SocketAddr>>,
     /// When the batch in progress started (`None`: idle), for the watchdog.
     busy_since: Mutex<Option<Instant>>,
+    /// The feed's result callback (none: the file front end).
+    on_result: Mutex<Option<OnResult>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -254,6 +306,7 @@ impl Shared {
                 s.load.at = SystemTime::now();
                 s.load.error = Some(problems.clone());
                 s.load.invalid_loads += 1;
+                self.metrics.config_loaded(false);
                 error!(
                     config = %path.display(),
                     trigger = why,
@@ -262,8 +315,17 @@ impl Shared {
                 );
                 return;
             }
-            Ok(c) => c,
+            Ok(c) => {
+                self.metrics.config_loaded(true);
+                c
+            }
         };
+        self.install(new, now, &path.display().to_string(), why);
+    }
+
+    /// Puts `new` (valid) in force and marks the routers whose dicts changed, were added or
+    /// removed; a changed `agent` section marks everything.
+    fn install(&self, new: HostConfig, now: Instant, source: &str, why: &str) {
         let dirty = {
             let mut s = lock(&self.state);
             let fps: BTreeMap<RouterId, String> = new
@@ -309,12 +371,22 @@ impl Shared {
             dirty
         };
         info!(
-            config = %path.display(),
+            config = source,
             trigger = why,
             dirty = dirty.len(),
             "config reloaded"
         );
         self.mark(dirty, now);
+    }
+
+    /// One event of a [`Feed`].
+    fn fed(&self, ev: FeedEvent) {
+        let now = Instant::now();
+        match ev {
+            FeedEvent::Config(cfg) => self.install(*cfg, now, "feed", "front end"),
+            FeedEvent::Routers(ids) => self.mark(ids.into_iter().map(Key::Router).collect(), now),
+            FeedEvent::Full => self.mark(vec![Key::Full], now),
+        }
     }
 
     /// The `l3agent_routers`, `l3agent_floating_ips` and `l3agent_queue_depth` gauges.
@@ -479,6 +551,9 @@ fn run_batch(
         (make.forget)();
     }
     let result = host::apply(&cfg, &apply_opts, &*make.make);
+    if let Some((chains, rules)) = (make.owned)() {
+        shared.metrics.set_iptables_owned(chains, rules);
+    }
     let now = SystemTime::now();
     let report = match result {
         Ok(r) => r,
@@ -575,6 +650,24 @@ fn run_batch(
         }
     }
     drop(s);
+    // The front end hears of every configured router this apply looked at (a full apply
+    // included), outside the state lock.
+    let on_result = lock(&shared.on_result).clone();
+    if let Some(callback) = on_result {
+        for r in &report.routers {
+            let Ok(id) = RouterId::new("id", &r.id) else {
+                continue;
+            };
+            if r.status == RouterStatus::Removed || !cfg.routers.iter().any(|c| c.id == id) {
+                continue;
+            }
+            let outcome = RouterOutcome {
+                ok: matches!(r.status, RouterStatus::Converged | RouterStatus::Unchanged),
+                error: r.error.clone(),
+            };
+            callback(&id, &outcome);
+        }
+    }
     info!(
         routers = batch.len(),
         full,
@@ -603,6 +696,20 @@ pub fn run(
     make: SidesFactory,
     notifier: Notifier,
     term: Arc<AtomicBool>,
+) -> Result<(), AgentError> {
+    run_fed(opts, initial, load, make, notifier, term, None)
+}
+
+/// [`run`] with the desired state coming from `feed` instead of the config file (when
+/// given): `initial` is the state at start (it may have no routers yet), `load` is unused.
+pub fn run_fed(
+    opts: DaemonOptions,
+    initial: HostConfig,
+    load: Arc<Loader>,
+    make: SidesFactory,
+    notifier: Notifier,
+    term: Arc<AtomicBool>,
+    feed: Option<Feed>,
 ) -> Result<(), AgentError> {
     let metrics = Arc::new(Metrics::new());
     let ready = Arc::new(AtomicBool::new(false));
@@ -640,10 +747,41 @@ pub fn run(
         notifier,
         metrics_addr: Mutex::new(None),
         busy_since: Mutex::new(None),
+        on_result: Mutex::new(None),
     });
 
     let (tx, rx) = mpsc::channel();
-    let watcher = FileWatcher::start(&opts.config_path, opts.watch, tx.clone())?;
+    let (fed_tx, fed_rx) = mpsc::channel::<FeedEvent>();
+    let (watcher, on_result) = match feed {
+        None => (
+            Some(FileWatcher::start(
+                &opts.config_path,
+                opts.watch,
+                tx.clone(),
+            )?),
+            None,
+        ),
+        Some(Feed { events, on_result }) => {
+            // Forwards the front end's events and wakes the main loop for each.
+            let wake = tx.clone();
+            std::thread::Builder::new()
+                .name("feed".into())
+                .spawn(move || {
+                    for ev in events {
+                        if fed_tx.send(ev).is_err() || wake.send(WatchEvent::Fed).is_err() {
+                            return;
+                        }
+                    }
+                })
+                .map_err(|source| AgentError::Thread {
+                    what: "feed",
+                    source,
+                })?;
+            (None, Some(on_result))
+        }
+    };
+    let fed_mode = watcher.is_none();
+    lock(&shared.on_result).clone_from(&on_result);
     let sighup = if opts.sighup {
         Some(SighupListener::start(tx.clone())?)
     } else {
@@ -748,6 +886,15 @@ pub fn run(
         }
         match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(WatchEvent::Changed) => shared.reload(&*load, &opts.config_path, "file changed"),
+            Ok(WatchEvent::Fed) => {
+                while let Ok(ev) = fed_rx.try_recv() {
+                    shared.fed(ev);
+                }
+            }
+            Ok(WatchEvent::Reload) if fed_mode => {
+                info!("SIGHUP: a full drift check");
+                shared.mark(vec![Key::Full], Instant::now());
+            }
             Ok(WatchEvent::Reload) => {
                 let was_ready = ready.load(Ordering::SeqCst);
                 if was_ready {
@@ -791,7 +938,9 @@ pub fn run(
             ),
         }
     }
-    watcher.stop();
+    if let Some(w) = watcher {
+        w.stop();
+    }
     if let Some(s) = sighup {
         s.stop();
     }
@@ -965,6 +1114,7 @@ mod tests {
         opts.watch = WatchConfig {
             debounce: Duration::from_millis(50),
             max_delay: Duration::from_millis(500),
+            settle: Duration::from_millis(5),
         };
         opts.stop_timeout = Duration::from_secs(5);
         let w2 = Arc::clone(w);

@@ -30,6 +30,8 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
+use l3agent_iptables_exec::StatsSnapshot;
+
 use crate::AgentError;
 
 /// Every metric the agent exports, as a markdown table for the README (included from here
@@ -48,6 +50,7 @@ pub const METRICS_DOC: &str = "\
 | `l3agent_routers` | gauge | `state`: `converged`, `pending`, `failed`, `removing` | Routers in each state: converged (the kernel matches), pending (queued or in progress), failed (last reconcile failed; retried with backoff), removing (being torn down). |
 | `l3agent_floating_ips` | gauge | `state`: `active`, `down`, `error` | Floating IPs in each Neutron status: active (configured), down (router or port not up), error (configuring it failed). |
 | `l3agent_drift_repairs_total` | counter | `kind`: what drifted (`iptables`, `address`, `route`, `rule`, `link`, `namespace`, `sysctl`, `neighbour`, ...) | Differences between the kernel and the last applied state that a drift check found and repaired. |
+| `l3agent_config_loads_total` | counter | `result`: `ok`, `invalid` | Config reads after start-up (file changes, SIGHUP): an invalid one changes nothing and is counted here. |
 | `l3agent_process_spawns_total` | counter | | Processes started (iptables-save/-restore, supervised daemons): a no-op reconcile starts none. |
 | `l3agent_router_traffic_bytes_total` | counter | `router`: router id; `direction`: `ingress`, `egress` | Bytes through a router's external gateway, as counted by the kernel. |
 | `l3agent_router_traffic_packets_total` | counter | `router`, `direction` | Packets through a router's external gateway, as counted by the kernel. |
@@ -274,8 +277,11 @@ pub struct Metrics {
     routers: Family<StateLabels<RouterState>, Gauge>,
     floating_ips: Family<StateLabels<FloatingIpState>, Gauge>,
     drift_repairs: Family<KindLabels, Counter>,
+    config_loads: Family<StateLabels<&'static str>, Counter>,
     process_spawns: Counter,
     traffic: Arc<Traffic>,
+    /// The process-wide iptables counters as last copied in ([`Metrics::sync_iptables`]).
+    iptables_seen: std::sync::Mutex<StatsSnapshot>,
 }
 
 impl Default for Metrics {
@@ -356,6 +362,15 @@ impl Metrics {
             "Kernel drift found and repaired, by kind",
             drift_repairs.clone(),
         );
+        let config_loads = Family::<StateLabels<&'static str>, Counter>::default();
+        registry.register(
+            "config_loads",
+            "Config reads after start-up, by result",
+            config_loads.clone(),
+        );
+        for r in ["ok", "invalid"] {
+            let _ = config_loads.get_or_create(&[("result", r)]);
+        }
         let process_spawns = counter(&mut registry, "process_spawns", "Processes started");
         let traffic = Arc::new(Traffic::default());
         registry.register_collector(Box::new(Arc::clone(&traffic)));
@@ -372,9 +387,26 @@ impl Metrics {
             routers,
             floating_ips,
             drift_repairs,
+            config_loads,
             process_spawns,
             traffic,
+            iptables_seen: std::sync::Mutex::new(StatsSnapshot::default()),
         }
+    }
+
+    /// Copies in what the iptables engine counted since the last call (`now`: the
+    /// process-wide counters of `l3agent_iptables_exec::stats::global()`, which every
+    /// manager and runner of this process adds to): saves, restores, restore lines and
+    /// failures, processes started. [`Metrics::encode`] calls it, so a scrape is current.
+    pub fn sync_iptables(&self, now: StatsSnapshot) {
+        let mut seen = self.iptables_seen.lock().unwrap_or_else(|e| e.into_inner());
+        let d = now.since(&seen);
+        self.iptables_save.inc_by(d.saves);
+        self.iptables_restore.inc_by(d.restores);
+        self.iptables_restore_lines.inc_by(d.restore_lines);
+        self.iptables_restore_errors.inc_by(d.restore_failures);
+        self.process_spawns.inc_by(d.processes);
+        *seen = now;
     }
 
     /// A router's reconcile finished `elapsed` after it was marked dirty.
@@ -440,6 +472,12 @@ impl Metrics {
             .inc();
     }
 
+    /// The config was read again; `ok` is whether it was valid.
+    pub fn config_loaded(&self, ok: bool) {
+        let result = if ok { "ok" } else { "invalid" };
+        self.config_loads.get_or_create(&[("result", result)]).inc();
+    }
+
     /// A process was started.
     pub fn process_spawned(&self) {
         self.process_spawns.inc();
@@ -472,6 +510,7 @@ impl Metrics {
 
     /// The registry in `format`, for the `/metrics` endpoint.
     pub fn encode(&self, format: Format) -> Result<String, AgentError> {
+        self.sync_iptables(l3agent_iptables_exec::stats::global());
         let mut out = String::with_capacity(4096);
         match format {
             Format::OpenMetrics => {
@@ -537,7 +576,7 @@ mod tests {
         let text = populated().encode(Format::Prometheus).unwrap();
         let declared = declared(&text);
         let documented = documented();
-        assert_eq!(declared.len(), 16, "{declared:?}");
+        assert_eq!(declared.len(), 17, "{declared:?}");
         assert_eq!(declared, documented);
         assert!(declared.iter().all(|n| n.starts_with("l3agent_")));
     }

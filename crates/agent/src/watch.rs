@@ -32,6 +32,8 @@ pub enum WatchEvent {
     /// SIGHUP: an operator asked for a reload (`systemctl reload`), whether or not the file
     /// changed.
     Reload,
+    /// A front end fed the agent (see `daemon::Feed`): its events are waiting.
+    Fed,
     /// The watched directory was removed or renamed: no more [`WatchEvent::Changed`] will
     /// come (SIGHUP still works). The front end should log it loudly.
     WatchLost,
@@ -45,28 +47,37 @@ pub struct WatchConfig {
     /// ... or at the latest this long after the first change of a burst, so a file that
     /// is written continuously is still picked up.
     pub max_delay: Duration,
+    /// A file renamed into place (an atomic replace: complete by construction) with no write
+    /// after it fires this soon instead of after the quiet period. Writes in place keep the
+    /// quiet period: an editor may close and write again.
+    pub settle: Duration,
 }
 
 impl Default for WatchConfig {
-    /// 200 ms quiet, at most 2 s late.
+    /// 200 ms quiet, at most 2 s late; 1 ms after a rename into place.
     fn default() -> WatchConfig {
         WatchConfig {
             debounce: Duration::from_millis(200),
             max_delay: Duration::from_secs(2),
+            settle: Duration::from_millis(1),
         }
     }
 }
 
 /// Turns a burst of notes into one firing: fires `quiet` after the last note, or
-/// `max_delay` after the first, whichever is earlier. Pure (the time is passed in), so the
+/// `max_delay` after the first, whichever is earlier; `settle` after a note of a completed
+/// write ([`Debouncer::note_complete`]) that no other note followed. Pure (the time is passed in), so the
 /// watcher's timing rules are tested without sleeping; usable by any front end with bursty
 /// input.
 #[derive(Debug, Clone)]
 pub struct Debouncer {
     quiet: Duration,
     max_delay: Duration,
+    settle: Duration,
     first: Option<Instant>,
     last: Option<Instant>,
+    /// The last note was of a completed write.
+    complete: bool,
 }
 
 impl Debouncer {
@@ -75,21 +86,35 @@ impl Debouncer {
         Debouncer {
             quiet: config.debounce,
             max_delay: config.max_delay.max(config.debounce),
+            settle: config.settle.min(config.debounce),
             first: None,
             last: None,
+            complete: false,
         }
     }
 
-    /// Something happened at `now`.
+    /// Something happened at `now` (a write that may go on).
     pub fn note(&mut self, now: Instant) {
         self.first.get_or_insert(now);
         self.last = Some(now);
+        self.complete = false;
+    }
+
+    /// A write completed at `now` (the file was renamed into place).
+    pub fn note_complete(&mut self, now: Instant) {
+        self.note(now);
+        self.complete = true;
     }
 
     /// When the pending burst fires, if one is pending.
     pub fn deadline(&self) -> Option<Instant> {
+        let quiet = if self.complete {
+            self.settle
+        } else {
+            self.quiet
+        };
         match (self.first, self.last) {
-            (Some(first), Some(last)) => Some((last + self.quiet).min(first + self.max_delay)),
+            (Some(first), Some(last)) => Some((last + quiet).min(first + self.max_delay)),
             _ => None,
         }
     }
@@ -99,6 +124,7 @@ impl Debouncer {
         if self.deadline().is_some_and(|d| d <= now) {
             self.first = None;
             self.last = None;
+            self.complete = false;
             true
         } else {
             false
@@ -209,7 +235,11 @@ fn watch_loop(
                                     && ev.mask.intersects(file_events())
                                 {
                                     debug!(mask = ?ev.mask, "config file event");
-                                    debouncer.note(Instant::now());
+                                    if ev.mask.contains(AddWatchFlags::IN_MOVED_TO) {
+                                        debouncer.note_complete(Instant::now());
+                                    } else {
+                                        debouncer.note(Instant::now());
+                                    }
                                 } else if ev.name.is_none() && ev.mask.intersects(lost_events()) {
                                     lost = true;
                                 }
@@ -305,6 +335,7 @@ mod tests {
     const QUICK: WatchConfig = WatchConfig {
         debounce: Duration::from_millis(250),
         max_delay: Duration::from_secs(3),
+        settle: Duration::from_millis(5),
     };
     /// Long enough for an event that is coming on a busy 2-core machine.
     const ARRIVES: Duration = Duration::from_secs(5);
@@ -433,6 +464,7 @@ mod tests {
         let mut d = Debouncer::new(WatchConfig {
             debounce: ms(200),
             max_delay: ms(1000),
+            settle: ms(5),
         });
         assert_eq!(d.deadline(), None);
         assert!(!d.fire(t0 + ms(10_000)));
@@ -448,5 +480,35 @@ mod tests {
         }
         assert_eq!(d.deadline(), Some(t0 + ms(2000)));
         assert!(d.fire(t0 + ms(2000)));
+    }
+
+    #[test]
+    fn a_completed_write_fires_after_the_settle_time_unless_written_again() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut d = Debouncer::new(WatchConfig {
+            debounce: ms(200),
+            max_delay: ms(1000),
+            settle: ms(5),
+        });
+        // An atomic rename: fires 5 ms later, not 200.
+        d.note_complete(t0);
+        assert_eq!(d.deadline(), Some(t0 + ms(5)));
+        assert!(d.fire(t0 + ms(5)));
+        // Written, closed, then written again: the quiet period is back.
+        d.note(t0 + ms(100));
+        d.note_complete(t0 + ms(110));
+        d.note(t0 + ms(120));
+        assert_eq!(d.deadline(), Some(t0 + ms(320)));
+        assert!(!d.fire(t0 + ms(200)));
+        assert!(d.fire(t0 + ms(320)));
+        // A settle time longer than the quiet period is the quiet period.
+        let mut d = Debouncer::new(WatchConfig {
+            debounce: ms(20),
+            max_delay: ms(1000),
+            settle: ms(500),
+        });
+        d.note_complete(t0);
+        assert_eq!(d.deadline(), Some(t0 + ms(20)));
     }
 }

@@ -42,6 +42,33 @@ pub struct Args {
     /// Markdown file to write the results table to.
     #[arg(long, default_value = "BENCHMARKS.md")]
     markdown: PathBuf,
+    /// Contenders to run: l3agent (one long-lived manager), raw, neutron, cli (a fresh
+    /// `l3agent iptables apply` process per step).
+    #[arg(long, value_delimiter = ',', default_value = "l3agent,raw,neutron,cli")]
+    contenders: Vec<String>,
+    /// The l3agent binary of the cli contender (default: `l3agent` beside this binary).
+    #[arg(long)]
+    l3agent: Option<PathBuf>,
+}
+
+/// Arguments of the hidden worker of the cli contender.
+#[derive(Debug, ClapArgs)]
+pub struct CliWorkerArgs {
+    #[arg(long)]
+    netns: String,
+    #[arg(long)]
+    backend: String,
+    #[arg(long)]
+    l3agent: PathBuf,
+    /// Rules file of the workload.
+    #[arg(long)]
+    base: PathBuf,
+    /// The same with one more rule.
+    #[arg(long)]
+    add1: PathBuf,
+    /// State directory of the one-shot applies (fresh: the first apply is cold).
+    #[arg(long)]
+    state: PathBuf,
 }
 
 /// Arguments of the hidden worker.
@@ -178,6 +205,168 @@ pub fn worker(a: WorkerArgs) -> Result<()> {
     v["maxrss_kib"] = json!(maxrss_kib());
     println!("{v}");
     Ok(())
+}
+
+/// The workload as a rules file (JSON), `extra`: with [`EXTRA`] at the end of chain c7.
+fn rules_file(n: usize, extra: bool) -> Value {
+    let chains: Vec<String> = (0..n / 100).map(|c| format!("c{c}")).collect();
+    let mut rules = Vec::with_capacity(n + n / 100 + 1);
+    for c in 0..n / 100 {
+        rules.push(json!({"chain": "FORWARD", "rule": format!("-j $c{c}")}));
+        for r in 0..100 {
+            rules.push(json!({"chain": format!("c{c}"), "rule": workload_rule(c * 100 + r, 0)}));
+        }
+        if extra && c == 7 {
+            rules.push(json!({"chain": "c7", "rule": EXTRA}));
+        }
+    }
+    json!({
+        "wrap_name": WRAP,
+        "options": {"ipv6": false},
+        "ipv4": {"filter": {"chains": chains, "rules": rules}},
+    })
+}
+
+/// Runs `program args` to completion, its stdout discarded; wall time and the child's peak RSS
+/// (`ru_maxrss` from `wait4`: the worker that spawns it is small, so the peak is the child's).
+fn timed(program: &Path, args: &[&str]) -> Result<(f64, i64)> {
+    use std::io::Read;
+    let t = Instant::now();
+    let mut child = Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", program.display()))?;
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut stderr);
+    }
+    let pid = i32::try_from(child.id())?;
+    let mut status = 0;
+    // SAFETY: rusage is plain data; wait4 reaps our own child (Child is not waited again).
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let elapsed = secs(t);
+    if rc != pid || !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        bail!("{} {args:?} failed: {stderr}", program.display());
+    }
+    Ok((elapsed, usage.ru_maxrss))
+}
+
+/// A write by another program: a rule in the raw table, added or deleted.
+fn foreign_write(netns: &std::fs::File, backend: &str, add: bool) -> Result<()> {
+    let prog = PathBuf::from(format!("/usr/sbin/iptables-{backend}"));
+    let op = if add { "-A" } else { "-D" };
+    let out = process::run(
+        &prog,
+        &[
+            "-w",
+            "-t",
+            "raw",
+            op,
+            "PREROUTING",
+            "-s",
+            "198.51.100.200/32",
+            "-j",
+            "ACCEPT",
+        ],
+        None,
+        Some(netns.as_fd()),
+        Duration::from_secs(60),
+    )?;
+    if !out.success() {
+        bail!("foreign write failed: {}", out.stderr);
+    }
+    Ok(())
+}
+
+/// The cli contender in one namespace: each step a fresh `l3agent iptables apply` process
+/// (`build` is `l3agent iptables validate`: reading the file into a model), plus the floor of
+/// reading the kernel (`save`: one `iptables-save`). Prints JSON: seconds per scenario and
+/// `<scenario>_rss_kib`.
+pub fn cli_worker(a: CliWorkerArgs) -> Result<()> {
+    let mut out = serde_json::Map::new();
+    let mut step = |name: &str, args: &[&str]| -> Result<()> {
+        let (t, rss) = timed(&a.l3agent, args)?;
+        out.insert(name.to_owned(), json!(t));
+        out.insert(format!("{name}_rss_kib"), json!(rss));
+        Ok(())
+    };
+    let base = a.base.to_str().context("path")?;
+    let add1 = a.add1.to_str().context("path")?;
+    let state = a.state.to_str().context("path")?;
+    let apply = |rules: &'static str| -> Vec<&str> {
+        let file = if rules == "base" { base } else { add1 };
+        vec![
+            "iptables",
+            "apply",
+            "--rules",
+            file,
+            "--netns",
+            &a.netns,
+            "--backend",
+            &a.backend,
+            "--state-dir",
+            state,
+        ]
+    };
+    step("build", &["iptables", "validate", "--rules", base])?;
+    step("cold", &apply("base"))?;
+    step("noop", &apply("base"))?;
+    step("add1", &apply("add1"))?;
+    step("remove1", &apply("base"))?;
+    let netns = std::fs::File::open(format!("/run/netns/{}", a.netns))?;
+    foreign_write(&netns, &a.backend, true)?;
+    step("noop_read", &apply("base"))?;
+    foreign_write(&netns, &a.backend, false)?;
+    step("add1_read", &apply("add1"))?;
+    // The floor of a read: one iptables-save, started the way l3agent starts it.
+    let prog = PathBuf::from(format!("/usr/sbin/iptables-{}-save", a.backend));
+    let t = Instant::now();
+    let saved = process::run(
+        &prog,
+        &[],
+        None,
+        Some(netns.as_fd()),
+        Duration::from_secs(600),
+    )?;
+    out.insert("save".into(), json!(secs(t)));
+    if !saved.success() {
+        bail!("save failed: {}", saved.stderr);
+    }
+    println!("{}", Value::Object(out));
+    Ok(())
+}
+
+fn cli(backend: &str, n: usize, bin: &Path) -> Result<Value> {
+    let ns = TestNs::new("cli");
+    let dir = std::env::temp_dir().join(format!(
+        "l3agent-bench-cli-{}-{}",
+        std::process::id(),
+        l3agent_testkit::unique()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let base = dir.join("rules.json");
+    let add1 = dir.join("rules-add1.json");
+    std::fs::write(&base, serde_json::to_vec(&rules_file(n, false))?)?;
+    std::fs::write(&add1, serde_json::to_vec(&rules_file(n, true))?)?;
+    let exe = std::env::current_exe()?;
+    let v = run_json(
+        Command::new(exe)
+            .args(["cli-worker", "--netns", &ns.name, "--backend", backend])
+            .arg("--l3agent")
+            .arg(bin)
+            .arg("--base")
+            .arg(&base)
+            .arg("--add1")
+            .arg(&add1)
+            .arg("--state")
+            .arg(dir.join("state")),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    v
 }
 
 /// Peak RSS of this process image: `VmHWM` (getrusage's ru_maxrss would also count the
@@ -330,7 +519,22 @@ fn ratio(a: f64, b: f64) -> String {
 /// Runs the whole comparison and writes the JSON and Markdown reports.
 pub fn run(a: Args) -> Result<()> {
     l3agent_testkit::require_kernel();
-    if !a.skip_neutron && !a.python.exists() {
+    let on = |c: &str| a.contenders.iter().any(|x| x == c);
+    let skip_neutron = a.skip_neutron || !on("neutron");
+    let cli_bin = match &a.l3agent {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("the harness has no directory")?
+            .join("l3agent"),
+    };
+    if on("cli") && !cli_bin.exists() {
+        bail!(
+            "{} not found: build it (cargo build --release -p l3agent) or pass --l3agent",
+            cli_bin.display()
+        );
+    }
+    if !skip_neutron && !a.python.exists() {
         bail!(
             "{} not found: run bench/run.sh (it makes the virtualenv), or pass --skip-neutron",
             a.python.display()
@@ -344,18 +548,31 @@ pub fn run(a: Args) -> Result<()> {
             let mut samples: BTreeMap<(&str, String), Vec<f64>> = BTreeMap::new();
             for run in 0..a.runs {
                 eprintln!("[{backend} N={n}] run {}/{}", run + 1, a.runs);
-                let l = l3agent(backend, n)?;
-                rss.insert((backend.clone(), n), l["maxrss_kib"].as_i64().unwrap_or(0));
-                for s in SCENARIOS.iter().chain(["build", "change10_build"].iter()) {
-                    samples
-                        .entry(("l3agent", (*s).to_owned()))
-                        .or_default()
-                        .push(l[*s].as_f64().unwrap_or(f64::NAN));
+                if on("l3agent") {
+                    let l = l3agent(backend, n)?;
+                    rss.insert((backend.clone(), n), l["maxrss_kib"].as_i64().unwrap_or(0));
+                    for s in SCENARIOS.iter().chain(["build", "change10_build"].iter()) {
+                        samples
+                            .entry(("l3agent", (*s).to_owned()))
+                            .or_default()
+                            .push(l[*s].as_f64().unwrap_or(f64::NAN));
+                    }
                 }
-                for (s, v) in raw(backend, n)? {
-                    samples.entry(("raw", s.to_owned())).or_default().push(v);
+                if on("raw") {
+                    for (s, v) in raw(backend, n)? {
+                        samples.entry(("raw", s.to_owned())).or_default().push(v);
+                    }
                 }
-                if !a.skip_neutron {
+                if on("cli") {
+                    let c = cli(backend, n, &cli_bin)?;
+                    for (k, v) in c.as_object().into_iter().flatten() {
+                        samples
+                            .entry(("cli", k.clone()))
+                            .or_default()
+                            .push(v.as_f64().unwrap_or(f64::NAN));
+                    }
+                }
+                if !skip_neutron {
                     let nv = neutron(&a.python, backend, n)?;
                     for s in SCENARIOS.iter().chain(["build", "change10_build"].iter()) {
                         samples
@@ -383,7 +600,10 @@ pub fn run(a: Args) -> Result<()> {
         a.out_dir.join("iptables.json"),
         serde_json::to_string_pretty(&report)?,
     )?;
-    let md = markdown(&report, a.skip_neutron);
+    let mut md = markdown(&report, skip_neutron);
+    if on("cli") {
+        md.push_str(&cli_markdown(&report));
+    }
     println!("{md}");
     std::fs::write(&a.markdown, md)?;
     eprintln!(
@@ -400,6 +620,58 @@ fn machine() -> String {
         .unwrap_or(0);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     format!("{cpus} CPUs, kernel {}", kernel.trim())
+}
+
+/// The section of the cli contender (issue 14).
+pub fn cli_markdown(report: &Value) -> String {
+    let mut s = String::new();
+    s.push_str("\n## `l3agent iptables apply` from a fresh process (issue 14)\n\n");
+    s.push_str("Same workload; each step a new `l3agent iptables apply --rules FILE` process (JSON rules file), in order: cold apply, no-op, add one rule, remove it, then a write by another program (a rule in the raw table) followed by a no-op (*noop after a foreign write*), and another followed by adding the rule (*add1 after a foreign write*). *build* is `l3agent iptables validate` of the file (reading it into the model, in a fresh process). Floors: the raw restore of the same input (cold), a one-line restore (add/remove one), one `iptables-save` (reading the kernel), measured in the same run. *neutron* is the long-lived IptablesManager of the table above (a fresh Neutron process would add its start-up and the first full read).\n\n");
+    s.push_str("| backend | N | scenario | floor | l3agent CLI | CLI / floor | neutron | neutron / CLI | CLI peak RSS |\n|---|---:|---|---:|---:|---:|---:|---:|---:|\n");
+    for r in report["results"].as_array().into_iter().flatten() {
+        let m = &r["median_s"];
+        let g = |k: &str| m[k].as_f64();
+        let rows: [(&str, &str, Option<f64>, Option<&str>); 8] = [
+            ("build", "file to model", None, Some("build")),
+            ("cold", "cold", g("raw.cold"), Some("cold")),
+            ("noop", "no-op", g("cli.save"), Some("noop")),
+            ("add1", "add one rule", g("raw.add1"), Some("add1")),
+            ("remove1", "remove it", g("raw.remove1"), Some("remove1")),
+            (
+                "noop_read",
+                "noop after a foreign write",
+                g("cli.save"),
+                Some("noop"),
+            ),
+            (
+                "add1_read",
+                "add1 after a foreign write",
+                g("cli.save").zip(g("raw.add1")).map(|(a, b)| a + b),
+                Some("add1"),
+            ),
+            ("save", "one iptables-save (floor)", None, None),
+        ];
+        for (key, label, floor, neutron_key) in rows {
+            let Some(cli) = g(&format!("cli.{key}")) else {
+                continue;
+            };
+            let ne = neutron_key.and_then(|k| g(&format!("neutron.{k}")));
+            let rss = m[format!("cli.{key}_rss_kib")].as_f64();
+            s.push_str(&format!(
+                "| {} | {} | {label} | {} | {} | {} | {} | {} | {} |\n",
+                r["backend"].as_str().unwrap_or(""),
+                r["n"],
+                floor.map(fmt_time).unwrap_or_else(|| "–".into()),
+                fmt_time(cli),
+                floor.map(|f| ratio(cli, f)).unwrap_or_else(|| "–".into()),
+                ne.map(fmt_time).unwrap_or_else(|| "–".into()),
+                ne.map(|ne| ratio(ne, cli)).unwrap_or_else(|| "–".into()),
+                rss.map(|k| format!("{:.1} MiB", k / 1024.0))
+                    .unwrap_or_else(|| "–".into()),
+            ));
+        }
+    }
+    s
 }
 
 fn markdown(report: &Value, skip_neutron: bool) -> String {

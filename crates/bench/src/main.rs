@@ -15,6 +15,7 @@
 //!   virtualenv (privilege escalation bypassed, nothing else).
 #![allow(clippy::disallowed_methods)] // the harness spawns its contenders
 
+mod agent;
 mod iptables;
 mod plumbing;
 mod routers;
@@ -37,17 +38,28 @@ enum Command {
     /// Routers: cold apply of many legacy routers, one more floating IP, a no-op apply beside
     /// its floor, destroy --all.
     Routers(routers::Args),
+    /// The long-running agent on many routers: event to kernel beside its floor, idle cost,
+    /// restart to ready.
+    Agent(agent::Args),
     /// Internal: one l3agent run in a given namespace (prints JSON).
     #[command(hide = true)]
     Worker(iptables::WorkerArgs),
+    /// Internal: the fresh-process `l3agent iptables apply` steps in a given namespace.
+    #[command(hide = true)]
+    CliWorker(iptables::CliWorkerArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Iptables(a) => iptables::run(a),
         Command::Worker(a) => iptables::worker(a),
+        Command::CliWorker(a) => iptables::cli_worker(a),
         Command::Routers(a) => {
             println!("{}", routers::run_bench(&a)?);
+            Ok(())
+        }
+        Command::Agent(a) => {
+            println!("{}", agent::run_bench(&a)?);
             Ok(())
         }
         Command::Plumbing(a) => {

@@ -52,22 +52,22 @@ pub struct Args {
 }
 
 /// Routers per bridge (a Linux bridge takes at most 1024 ports).
-const PER_BRIDGE: usize = 500;
+pub(crate) const PER_BRIDGE: usize = 500;
 
 /// The external network: every router's gateway and floating IPs are distinct addresses of
 /// one /10 (a host refuses a floating IP held by two routers).
 const EXT_BASE: u32 = u32::from_be_bytes([100, 64, 0, 0]);
 
-fn ext_ip(n: u32) -> String {
+pub(crate) fn ext_ip(n: u32) -> String {
     std::net::Ipv4Addr::from(EXT_BASE + n).to_string()
 }
 
 /// Floating IP `f` of router `i`.
-fn fip(i: usize, f: usize, fips: usize) -> String {
+pub(crate) fn fip(i: usize, f: usize, fips: usize) -> String {
     ext_ip(0x10000 + u32::try_from(i * fips + f).expect("a few million at most"))
 }
 
-fn router(i: usize, fips: usize) -> Value {
+pub(crate) fn router(i: usize, fips: usize) -> Value {
     let k = i / PER_BRIDGE;
     let port = |kind: u32, net: String, ip: &str, len: u8, cidr: &str, gw: &str| {
         json!({
@@ -439,14 +439,15 @@ fn host_ends_left() -> Result<usize> {
         .count())
 }
 
-/// Runs the benchmark and returns its Markdown section.
-pub fn run_bench(a: &Args) -> Result<String> {
-    l3agent_testkit::require_kernel();
-    let runs = a.runs.max(1);
-    let host_ns = TestNs::new("rhost");
-    let bridges = a.count.div_ceil(PER_BRIDGE);
+/// A throwaway host namespace with the internal and external bridges of `count` routers
+/// ([`router`]), and the `agent.bridges` map naming them.
+pub(crate) fn host_with_bridges(
+    tag: &str,
+    count: usize,
+) -> (TestNs, serde_json::Map<String, Value>) {
+    let host_ns = TestNs::new(tag);
     let mut nets = serde_json::Map::new();
-    for k in 0..bridges {
+    for k in 0..count.div_ceil(PER_BRIDGE) {
         for (kind, net) in [("bi", format!("int-{k}")), ("be", format!("ext-{k}"))] {
             let br = format!("{kind}{k}");
             host_ns.ok(&["ip", "link", "add", &br, "type", "bridge"]);
@@ -454,6 +455,15 @@ pub fn run_bench(a: &Args) -> Result<String> {
             nets.insert(net, json!(br));
         }
     }
+    (host_ns, nets)
+}
+
+/// Runs the benchmark and returns its Markdown section.
+pub fn run_bench(a: &Args) -> Result<String> {
+    l3agent_testkit::require_kernel();
+    let runs = a.runs.max(1);
+    let (host_ns, nets) = host_with_bridges("rhost", a.count);
+    let bridges = a.count.div_ceil(PER_BRIDGE);
     let state = std::env::temp_dir().join(format!("l3agent-bench-routers-{}", std::process::id()));
     let mut routers: Vec<Value> = (0..a.count).map(|i| router(i, a.fips)).collect();
     let doc = |routers: &[Value]| -> Result<HostConfig> {

@@ -43,6 +43,10 @@ pub enum ExecError {
     /// Backend detection refused the namespace.
     #[error("{0}")]
     Backend(String),
+    /// The kernel's answer to an nf_tables generation query made no sense (see
+    /// [`crate::generation`]).
+    #[error("nf_tables generation: {0}")]
+    Generation(String),
 }
 
 impl From<l3agent_netns::NetnsError> for ExecError {

@@ -10,21 +10,33 @@
 //! - [`lock`] serialises l3agent processes per namespace with `flock`.
 //! - [`manager`] keeps the committed state, plans incrementally and maps failures back to the
 //!   caller's rules.
+//! - [`generation`] asks nf_tables for its ruleset generation id over netlink (no process):
+//!   equal ids prove that nobody changed the rule set in between.
+//! - [`applied`] is the one-shot apply of a fresh process (`l3agent iptables apply`): a record
+//!   per namespace and wrap name of what was applied, at which generation, so that the next
+//!   process can skip reading the kernel when nothing changed since.
+//! - [`stats`] counts what this crate made the system do (saves, restores, lines, failures,
+//!   processes), per runner and per process, for metrics and tests.
 
+pub mod applied;
 pub mod backend;
 pub mod error;
+pub mod generation;
 pub mod lock;
 pub mod manager;
 pub mod runner;
+pub mod stats;
 
 pub use l3agent_netns as netns;
 pub use l3agent_process as process;
 
 pub use backend::{Backend, BackendChoice};
 pub use error::{ApplyError, ExecError, RestoreError, Rollback};
+pub use generation::{ruleset_generation, GenerationSocket};
 pub use manager::{ApplyReport, Counters, Manager};
 pub use netns::NetnsTarget;
 pub use runner::{ExecOptions, ProcessRunner, Runner};
+pub use stats::{Stats, StatsSnapshot};
 
 impl Manager<ProcessRunner> {
     /// A manager for `target`, with the backend settled (see [`backend`]).

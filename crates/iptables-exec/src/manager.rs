@@ -76,6 +76,9 @@ pub struct Manager<R: Runner = ProcessRunner> {
     /// Set by [`Manager::assume_empty`]: the kernel's rule set of the family is taken as empty
     /// instead of being read, until the next apply commits or fails.
     assumed_empty: [bool; 2],
+    /// Set by [`Manager::assume_state`]: the kernel's rule set of the family is known without
+    /// reading it; used like a read by the next plan or apply.
+    known: [Option<KernelState>; 2],
     deferred: u32,
 }
 
@@ -88,6 +91,7 @@ impl<R: Runner> Manager<R> {
             committed: [None, None],
             planned_read: [None, None],
             assumed_empty: [false, false],
+            known: [None, None],
             deferred: 0,
         }
     }
@@ -119,6 +123,49 @@ impl<R: Runner> Manager<R> {
         self.committed = [None, None];
         self.planned_read = [None, None];
         self.assumed_empty = [false, false];
+        self.known = [None, None];
+    }
+
+    /// The caller knows the kernel's rule set of `family` without reading it: `state` is what
+    /// an `iptables-save` would print now (e.g. a snapshot proven current by an unchanged
+    /// nf_tables generation, see [`crate::applied`]). The next [`Manager::plan`] and
+    /// [`Manager::apply`] compare everything against it, as after a read, without a save; after
+    /// a failed apply the kernel is read as usual, and [`Manager::refresh`] forgets it.
+    pub fn assume_state(&mut self, family: Family, state: KernelState) {
+        self.committed[family.index()] = None;
+        self.planned_read[family.index()] = None;
+        self.assumed_empty[family.index()] = false;
+        self.known[family.index()] = Some(state);
+    }
+
+    /// What the kernel holds for `family` as of the last successful apply (the committed
+    /// state the next apply plans from); `None` before one, and after a failure.
+    pub fn committed(&self, family: Family) -> Option<&KernelState> {
+        self.committed[family.index()].as_ref()
+    }
+
+    /// Ends the manager, keeping its runner (and with it a lock the runner holds): the model
+    /// and the committed state are freed on another thread, off the caller's path (a
+    /// one-shot process that is about to exit need not wait for 100,000 small frees).
+    pub fn into_runner(self) -> R
+    where
+        R: 'static,
+    {
+        let Manager {
+            model,
+            runner,
+            committed,
+            planned_read,
+            known,
+            ..
+        } = self;
+        drop_in_background((model, committed, planned_read, known));
+        runner
+    }
+
+    /// What this manager's runner made the system do (see [`crate::stats`]).
+    pub fn stats(&self) -> crate::stats::StatsSnapshot {
+        self.runner.stats()
     }
 
     /// The namespace was created a moment ago by the caller, who knows that nothing wrote
@@ -130,6 +177,7 @@ impl<R: Runner> Manager<R> {
         self.committed = [None, None];
         self.planned_read = [None, None];
         self.assumed_empty = [true, true];
+        self.known = [None, None];
     }
 
     /// Neutron's `defer_apply`: inside `f`, [`Manager::apply`] only records; one real apply
@@ -175,6 +223,9 @@ impl<R: Runner> Manager<R> {
             let (state, scope) = match &self.committed[family.index()] {
                 Some(c) => (c.clone(), Some(self.model.dirty(family).clone())),
                 None if self.assumed_empty[family.index()] => (KernelState::default(), None),
+                None if self.known[family.index()].is_some() => {
+                    (self.known[family.index()].clone().unwrap_or_default(), None)
+                }
                 None => match self.read(family)? {
                     Some(s) => {
                         self.planned_read[family.index()] = Some(s.clone());
@@ -238,6 +289,7 @@ impl<R: Runner> Manager<R> {
                 self.committed[f.index()].is_none()
                     && self.planned_read[f.index()].is_none()
                     && !self.assumed_empty[f.index()]
+                    && self.known[f.index()].is_none()
             })
             .collect();
         let mut prefetched: Vec<(Family, Result<String, ExecError>)> = if to_read.len() > 1 {
@@ -263,6 +315,10 @@ impl<R: Runner> Manager<R> {
                     // Known empty (see assume_empty): compared in full, nothing read.
                     self.assumed_empty[family.index()] = false;
                     (KernelState::default(), None)
+                }
+                None if self.known[family.index()].is_some() => {
+                    // Known without a read (see assume_state): compared in full.
+                    (self.known[family.index()].take().unwrap_or_default(), None)
                 }
                 None => {
                     report.read_kernel = true;

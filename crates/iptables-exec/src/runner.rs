@@ -4,6 +4,7 @@
 //! [`crate::Manager::with_runner`] to inject faults.
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use l3agent_iptables::{Family, Table};
@@ -12,6 +13,7 @@ use crate::backend::{decide, holds_rules, parse_version, Backend, BackendChoice}
 use crate::error::{sanitize, ExecError};
 use crate::lock::{NamespaceLock, LOCK_DIR};
 use crate::netns::{Netns, NetnsTarget};
+use crate::stats::{record, record_in, Stats, StatsSnapshot};
 use l3agent_process::{find_program, run, Output};
 
 /// A failed restore: exit code and message.
@@ -49,6 +51,10 @@ pub trait Runner {
     fn namespace_alive(&self) -> bool;
     /// For messages.
     fn label(&self) -> String;
+    /// What the runner made the system do (see [`crate::stats`]); a fake may count nothing.
+    fn stats(&self) -> StatsSnapshot {
+        StatsSnapshot::default()
+    }
 }
 
 /// Settings of [`ProcessRunner`].
@@ -81,6 +87,13 @@ pub struct ProcessRunner {
     netns: Netns,
     backend: Backend,
     options: ExecOptions,
+    stats: Stats,
+    /// What the backend detection's saves of the chosen backend printed, per family: the
+    /// first [`Runner::save`] of a family returns it instead of running the program again.
+    /// Kept only by [`ProcessRunner::open_locked`], whose lock was held since.
+    detected: Mutex<[Option<String>; 2]>,
+    /// The namespace lock, held for the runner's life (see [`ProcessRunner::open_locked`]).
+    held: Option<Arc<NamespaceLock>>,
 }
 
 fn check(out: Output, program: &str) -> Result<String, ExecError> {
@@ -103,25 +116,59 @@ impl ProcessRunner {
         options: ExecOptions,
     ) -> Result<ProcessRunner, ExecError> {
         let netns = Netns::open_target(target)?;
-        let mut holds = [false, false];
-        for (i, backend) in [Backend::Nft, Backend::Legacy].into_iter().enumerate() {
-            for family in Family::ALL {
-                let program = backend.program(family, "save");
-                let Ok(path) = find_program(&program) else {
-                    continue;
-                };
-                let out = run(&path, &[], None, Some(netns.fd()), options.timeout)?;
-                holds[i] |= out.success() && holds_rules(&out.stdout);
-            }
-        }
-        let system = system_backend().unwrap_or(Backend::Nft);
-        let backend = decide(choice, holds[0], holds[1], system, netns.label())?;
+        let stats = Stats::default();
+        let (backend, _) = detect(&netns, choice, &options, &stats)?;
+        Ok(ProcessRunner::assemble(netns, backend, options, stats))
+    }
+
+    /// [`ProcessRunner::open`] for a one-shot apply: takes the namespace lock first and holds
+    /// it for the runner's life ([`Runner::lock`] then only returns a token), so the saves
+    /// that detected the backend are as good as saves under the lock: the first
+    /// [`Runner::save`] of each family returns what the detection read instead of reading
+    /// again. (A long-lived manager must not use this: it would keep the lock.)
+    pub fn open_locked(
+        netns: Netns,
+        lock: Arc<NamespaceLock>,
+        choice: BackendChoice,
+        options: ExecOptions,
+    ) -> Result<ProcessRunner, ExecError> {
+        let stats = Stats::default();
+        let (backend, saves) = detect(&netns, choice, &options, &stats)?;
+        let mut r = ProcessRunner::assemble(netns, backend, options, stats);
+        r.detected = Mutex::new(saves);
+        r.held = Some(lock);
+        Ok(r)
+    }
+
+    /// A runner over a namespace already open, whose lock the caller holds (kept for the
+    /// runner's life), with the backend known by other means (an applied-state record proving
+    /// nothing changed, see [`crate::applied`]): no detection saves.
+    pub fn with_lock_held(
+        netns: Netns,
+        lock: Arc<NamespaceLock>,
+        backend: Backend,
+        options: ExecOptions,
+    ) -> Result<ProcessRunner, ExecError> {
         find_program(&backend.program(Family::V4, "restore"))?;
-        Ok(ProcessRunner {
+        let mut r = ProcessRunner::assemble(netns, backend, options, Stats::default());
+        r.held = Some(lock);
+        Ok(r)
+    }
+
+    fn assemble(
+        netns: Netns,
+        backend: Backend,
+        options: ExecOptions,
+        stats: Stats,
+    ) -> ProcessRunner {
+        ProcessRunner {
             netns,
             backend,
             options,
-        })
+            stats,
+            detected: Mutex::new([None, None]),
+            held: None,
+        }
     }
 
     /// Opens the namespace with a backend already settled, without the detection saves: for
@@ -134,11 +181,22 @@ impl ProcessRunner {
     ) -> Result<ProcessRunner, ExecError> {
         let netns = Netns::open_target(target)?;
         find_program(&backend.program(Family::V4, "restore"))?;
-        Ok(ProcessRunner {
+        Ok(ProcessRunner::assemble(
             netns,
             backend,
             options,
-        })
+            Stats::default(),
+        ))
+    }
+
+    /// The namespace.
+    pub fn netns(&self) -> &Netns {
+        &self.netns
+    }
+
+    /// What this runner made the system do (see [`crate::stats`]).
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
     }
 
     /// The backend in use.
@@ -155,6 +213,7 @@ impl ProcessRunner {
     ) -> Result<(String, Output), ExecError> {
         let program = self.backend.program(family, tool);
         let path = find_program(&program)?;
+        record_in(&self.stats, |s| &s.processes, 1);
         let out = run(
             &path,
             args,
@@ -166,9 +225,76 @@ impl ProcessRunner {
     }
 }
 
+/// Settles the backend of `netns` (see [`crate::backend`]): runs both backends' saves of both
+/// families at once and decides from what they hold. Returns the backend and what its saves
+/// printed, per family.
+fn detect(
+    netns: &Netns,
+    choice: BackendChoice,
+    options: &ExecOptions,
+    stats: &Stats,
+) -> Result<(Backend, [Option<String>; 2]), ExecError> {
+    let jobs: Vec<(Backend, Family)> = [Backend::Nft, Backend::Legacy]
+        .into_iter()
+        .flat_map(|b| Family::ALL.into_iter().map(move |f| (b, f)))
+        .collect();
+    let outputs: Vec<Option<Output>> = std::thread::scope(|s| {
+        let handles: Vec<_> = jobs
+            .iter()
+            .map(|&(backend, family)| {
+                s.spawn(move || -> Result<Option<Output>, ExecError> {
+                    let Ok(path) = find_program(&backend.program(family, "save")) else {
+                        return Ok(None);
+                    };
+                    record_in(stats, |s| &s.saves, 1);
+                    record_in(stats, |s| &s.processes, 1);
+                    Ok(Some(run(
+                        &path,
+                        &[],
+                        None,
+                        Some(netns.fd()),
+                        options.timeout,
+                    )?))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(ExecError::Backend("iptables-save thread panicked".into()))
+                })
+            })
+            .collect::<Result<Vec<_>, ExecError>>()
+    })?;
+    let mut holds = [false, false];
+    for ((backend, _), out) in jobs.iter().zip(&outputs) {
+        let i = usize::from(*backend == Backend::Legacy);
+        holds[i] |= out
+            .as_ref()
+            .is_some_and(|o| o.success() && holds_rules(&o.stdout));
+    }
+    // `iptables -V` (one more process) only when nothing else decides.
+    let system = if choice == BackendChoice::Auto && !holds[0] && !holds[1] {
+        system_backend().unwrap_or(Backend::Nft)
+    } else {
+        Backend::Nft
+    };
+    let backend = decide(choice, holds[0], holds[1], system, netns.label())?;
+    find_program(&backend.program(Family::V4, "restore"))?;
+    let mut saves = [None, None];
+    for ((b, family), out) in jobs.into_iter().zip(outputs) {
+        if b == backend {
+            saves[family.index()] = out.filter(Output::success).map(|o| o.stdout);
+        }
+    }
+    Ok((backend, saves))
+}
+
 /// The backend `iptables` points to on this host, from `iptables -V`.
 pub fn system_backend() -> Option<Backend> {
     let path = find_program("iptables").ok()?;
+    record(|s| &s.processes, 1);
     let out = run(&path, &["-V"], None, None, Duration::from_secs(30)).ok()?;
     parse_version(&out.stdout).map(|(_, b)| b)
 }
@@ -178,13 +304,21 @@ pub fn system_backend() -> Option<Backend> {
 pub fn random_fully_supported() -> bool {
     find_program("iptables")
         .ok()
-        .and_then(|p| run(&p, &["-V"], None, None, Duration::from_secs(30)).ok())
+        .and_then(|p| {
+            record(|s| &s.processes, 1);
+            run(&p, &["-V"], None, None, Duration::from_secs(30)).ok()
+        })
         .and_then(|o| parse_version(&o.stdout))
         .is_some_and(|(v, _)| v >= (1, 6, 0))
 }
 
 impl Runner for ProcessRunner {
     fn save(&self, family: Family) -> Result<String, ExecError> {
+        let kept = self.detected.lock().unwrap_or_else(|e| e.into_inner())[family.index()].take();
+        if let Some(text) = kept {
+            return Ok(text);
+        }
+        record_in(&self.stats, |s| &s.saves, 1);
         let (program, out) = self.run_tool(family, "save", &[], None)?;
         check(out, &program)
     }
@@ -212,17 +346,29 @@ impl Runner for ProcessRunner {
         input: &str,
     ) -> Result<(), Result<RestoreFailure, ExecError>> {
         let wait = self.options.xtables_wait.to_string();
-        let (_, out) = self
-            .run_tool(
-                family,
-                "restore",
-                &["--noflush", "-w", &wait],
-                Some(input.as_bytes()),
-            )
-            .map_err(Err)?;
+        record_in(&self.stats, |s| &s.restores, 1);
+        record_in(
+            &self.stats,
+            |s| &s.restore_lines,
+            input.lines().count() as u64,
+        );
+        let ran = self.run_tool(
+            family,
+            "restore",
+            &["--noflush", "-w", &wait],
+            Some(input.as_bytes()),
+        );
+        let out = match ran {
+            Ok((_, out)) => out,
+            Err(e) => {
+                record_in(&self.stats, |s| &s.restore_failures, 1);
+                return Err(Err(e));
+            }
+        };
         if out.success() {
             Ok(())
         } else {
+            record_in(&self.stats, |s| &s.restore_failures, 1);
             Err(Ok(RestoreFailure {
                 code: out.code,
                 stderr: sanitize(&out.stderr),
@@ -257,6 +403,9 @@ impl Runner for ProcessRunner {
     }
 
     fn lock(&self) -> Result<Box<dyn std::any::Any>, ExecError> {
+        if self.held.is_some() {
+            return Ok(Box::new(()));
+        }
         Ok(Box::new(NamespaceLock::acquire(
             &self.options.lock_dir,
             self.netns.id(),
@@ -270,5 +419,9 @@ impl Runner for ProcessRunner {
 
     fn label(&self) -> String {
         self.netns.label().to_owned()
+    }
+
+    fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
     }
 }

@@ -805,7 +805,8 @@ pub(crate) struct Parsed {
 struct Parser<'a> {
     field: &'a str,
     family: Family,
-    text: String,
+    /// The words as given, for error messages (rendered only when one is needed).
+    input: &'a [Token],
     /// Loaded matches and target, oldest first (`getopt` sees the newest options first).
     loaded: Vec<(&'static Module, bool)>,
     proto: Option<String>,
@@ -831,10 +832,17 @@ fn bare(value: impl Into<String>) -> Token {
 
 impl Parser<'_> {
     fn err(&self, reason: impl Into<String>) -> Error {
-        Error::invalid(self.field, &self.text, reason)
+        let text = self
+            .input
+            .iter()
+            .map(Token::render)
+            .collect::<Vec<_>>()
+            .join(" ");
+        Error::invalid(self.field, &text, reason)
     }
 
-    fn entries(&self) -> Vec<Entry> {
+    /// Every long option known now: iptables' own, then the loaded modules', newest first.
+    fn entries(&self) -> impl Iterator<Item = Entry> + '_ {
         let core = CORE_LONG.iter().map(|&(name, arg, c)| Entry {
             name,
             arg,
@@ -849,18 +857,17 @@ impl Parser<'_> {
                 ext: Some((m, o, is_target)),
             })
         });
-        core.chain(ext).collect()
+        core.chain(ext)
     }
 
     /// `getopt_long`'s lookup: an exact name wins (the first in table order), else a prefix
     /// shared only by options with the same identity.
     fn lookup(&self, name: &str) -> Lookup {
-        let entries = self.entries();
-        if let Some(e) = entries.iter().find(|e| e.name == name) {
-            return Lookup::Found(*e);
+        if let Some(e) = self.entries().find(|e| e.name == name) {
+            return Lookup::Found(e);
         }
-        let hits: Vec<&Entry> = entries
-            .iter()
+        let hits: Vec<Entry> = self
+            .entries()
             .filter(|e| e.name.starts_with(name))
             .collect();
         match hits.first() {
@@ -870,11 +877,11 @@ impl Parser<'_> {
                     .iter()
                     .all(|e| e.key == first.key && e.arg == first.arg) =>
             {
-                Lookup::Found(**first)
+                Lookup::Found(*first)
             }
             Some(_) => {
                 let mut names: Vec<&str> = Vec::new();
-                for e in hits {
+                for e in &hits {
                     if !names.contains(&e.name) {
                         names.push(e.name);
                     }
@@ -963,7 +970,7 @@ impl Parser<'_> {
                         }
                     }
                 };
-                let spelled = format!("--{name}");
+                let spelled = concat("--", name);
                 let value = match (entry.arg, inline) {
                     (Arg::No, Some(_)) => {
                         return Err(self.err(format!("option --{} takes no value", entry.name)))
@@ -983,7 +990,7 @@ impl Parser<'_> {
                         }
                     },
                 };
-                let opt = format!("--{}", entry.name);
+                let opt = concat("--", entry.name);
                 i = self.dispatch(&spelled, &opt, entry, value, neg, input, i)?;
                 neg = false;
                 continue;
@@ -1032,7 +1039,9 @@ impl Parser<'_> {
                     key: Key::Core(c),
                     ext: None,
                 };
-                let spelled = format!("-{c}");
+                let mut spelled = String::with_capacity(2);
+                spelled.push('-');
+                spelled.push(c);
                 i = self.dispatch(&spelled, &spelled, entry, value, neg, input, i)?;
                 neg = false;
                 if done {
@@ -1066,10 +1075,10 @@ impl Parser<'_> {
                 )));
             }
         }
-        let value_str = value.as_ref().map(|t| t.value.clone());
-        let mut words = Vec::new();
+        let value_str: Option<&str> = value.as_ref().map(|t| t.value.as_str());
+        // Words go straight to the output: an error discards the whole rule.
         if neg {
-            words.push(bare("!"));
+            self.out.push(bare("!"));
         }
         match entry.key {
             Key::Core(c) => {
@@ -1094,15 +1103,15 @@ impl Parser<'_> {
                 }
                 let v = value_str.unwrap_or_default();
                 if value.is_some() && v.starts_with('-') {
-                    return Err(self.err(format!("value {} of {opt} starts with '-'", quoted(&v))));
+                    return Err(self.err(format!("value {} of {opt} starts with '-'", quoted(v))));
                 }
                 match c {
                     's' | 'd' => {
-                        parse_addr(self.family, &v).map_err(|r| self.err(r))?;
+                        parse_addr(self.family, v).map_err(|r| self.err(r))?;
                     }
-                    'i' | 'o' => check_iface(&v).map_err(|r| self.err(r))?,
+                    'i' | 'o' => check_iface(v).map_err(|r| self.err(r))?,
                     'p' => {
-                        check_proto(&v).map_err(|r| self.err(r))?;
+                        check_proto(v).map_err(|r| self.err(r))?;
                         self.proto = Some(v.to_ascii_lowercase());
                     }
                     'f' if self.family == Family::V6 => {
@@ -1113,7 +1122,7 @@ impl Parser<'_> {
                         if neg {
                             return Err(self.err("'!' cannot negate -m (negate its options)"));
                         }
-                        let Some(m) = find_match(self.family, &v) else {
+                        let Some(m) = find_match(self.family, v) else {
                             return Err(self.err(format!(
                                 "match {} is not supported by l3agent (supported for {}: {})",
                                 quoted(&format!("-m {v}")),
@@ -1124,30 +1133,29 @@ impl Parser<'_> {
                         if !self.loaded.iter().any(|(l, t)| !t && l.name == m.name) {
                             self.loaded.push((m, false));
                         }
-                        words.push(bare(opt));
-                        words.push(bare(m.name));
-                        self.out.extend(words);
+                        self.out.push(bare(opt));
+                        self.out.push(bare(m.name));
                         return Ok(i);
                     }
                     'j' | 'g' => {
                         if neg {
                             return Err(self.err(format!("'!' cannot negate {opt}")));
                         }
-                        let module = (c == 'j').then(|| find_target(&v)).flatten();
+                        let module = (c == 'j').then(|| find_target(v)).flatten();
                         if let Some(m) = module {
                             self.loaded.push((m, true));
-                        } else if !is_jump_chain(&v) {
+                        } else if !is_jump_chain(v) {
                             return Err(self.err(format!(
                                 "{opt} {}: not a target l3agent supports ({}) nor a user chain \
                                  (a chain name of letters, digits, '_', '-' and '.' with a \
                                  lower-case letter or '-': iptables takes an upper-case name for \
                                  a target extension first)",
-                                quoted(&v),
+                                quoted(v),
                                 names(TARGETS, self.family)
                             )));
                         }
                         self.target_at = Some(self.out.len());
-                        self.target = Some(v);
+                        self.target = Some(v.to_owned());
                     }
                     _ => {}
                 }
@@ -1168,8 +1176,8 @@ impl Parser<'_> {
                         self.err(format!("{opt} ({} {}): {r}", kind(is_target), module.name))
                     })?;
                 }
-                words.push(bare(opt));
-                words.extend(value);
+                self.out.push(bare(opt));
+                self.out.extend(value);
                 if let Some(extra) = def.extra {
                     let next = input.get(i).map(|t| t.value.as_str());
                     match next {
@@ -1181,21 +1189,27 @@ impl Parser<'_> {
                                     module.name
                                 ))
                             })?;
-                            words.push(input[i].clone());
+                            self.out.push(input[i].clone());
                             i += 1;
                         }
                         _ => return Err(self.err(format!("option {opt} needs two values"))),
                     }
                 }
-                self.out.extend(words);
                 return Ok(i);
             }
         }
-        words.push(bare(opt));
-        words.extend(value);
-        self.out.extend(words);
+        self.out.push(bare(opt));
+        self.out.extend(value);
         Ok(i)
     }
+}
+
+/// `a` followed by `b`, without the formatting machinery (this is on every option's path).
+fn concat(a: &str, b: &str) -> String {
+    let mut s = String::with_capacity(a.len() + b.len());
+    s.push_str(a);
+    s.push_str(b);
+    s
 }
 
 fn kind(is_target: bool) -> &'static str {
@@ -1210,20 +1224,15 @@ fn kind(is_target: bool) -> &'static str {
 /// does, refuses what is not a safe rule specification, and returns the normalised words (see
 /// the module doc). `field` names the rule in errors.
 pub(crate) fn parse(field: &str, family: Family, input: &[Token]) -> Result<Parsed, Error> {
-    let text = input
-        .iter()
-        .map(Token::render)
-        .collect::<Vec<_>>()
-        .join(" ");
     let mut p = Parser {
         field,
         family,
-        text,
+        input,
         loaded: Vec::new(),
         proto: None,
         proto_used: false,
         seen: Vec::new(),
-        out: Vec::new(),
+        out: Vec::with_capacity(input.len() + 2),
         target_at: None,
         target: None,
     };

@@ -152,6 +152,9 @@ pub struct DesiredTable {
     pub release: BTreeSet<String>,
 }
 
+/// A rule resolved against the model: its kernel chain, the chain's kind, the rule.
+type Resolved = (String, ChainKind, DesiredRule);
+
 /// A rule to add or remove, as Neutron's `add_rule(chain, rule, wrap, top, tag, comment)`.
 #[derive(Debug, Clone, Copy)]
 pub struct RuleSpec<'a> {
@@ -215,6 +218,43 @@ impl IptablesModel {
         };
         m.install_defaults()?;
         Ok(m)
+    }
+
+    /// A SHA-256 digest of everything that decides what the kernel must hold for this model:
+    /// wrap name, options, and per family and table every chain (name, ownership) with its
+    /// rules as they will be written, and the shared chains being released. Two models with
+    /// the same digest plan the same against any kernel state; what the applied-state record
+    /// of a one-shot apply keeps to prove "this is what we applied".
+    pub fn digest(&self) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        let mut put = |b: &[u8]| {
+            h.update((b.len() as u64).to_le_bytes());
+            h.update(b);
+        };
+        put(b"l3agent-iptables-model-1");
+        put(self.wrap.as_str().as_bytes());
+        put(format!("{:?}", self.options).as_bytes());
+        for family in Family::ALL {
+            put(family.as_str().as_bytes());
+            for (table, t) in &self.tables[family.index()] {
+                put(table.as_str().as_bytes());
+                for (name, c) in &t.chains {
+                    put(name.as_bytes());
+                    put(format!("{:?} {} {}", c.kind, c.top.len(), c.bottom.len()).as_bytes());
+                    for r in c.rules() {
+                        put(r.spec.as_bytes());
+                        put(&r.hash.to_le_bytes());
+                        put(&[u8::from(r.marked)]);
+                    }
+                }
+                for name in &t.release {
+                    put(b"release");
+                    put(name.as_bytes());
+                }
+            }
+        }
+        h.finalize().into()
     }
 
     /// Whether `other` describes the same rules (wrap name, options, chains and rules),
@@ -484,7 +524,7 @@ impl IptablesModel {
         family: Family,
         table: Table,
         spec: &RuleSpec<'_>,
-    ) -> Result<(String, ChainKind, DesiredRule), Error> {
+    ) -> Result<Resolved, Error> {
         let full = self
             .kernel_chain(spec.chain, spec.wrap)
             .map_err(|e| rename(e, "chain"))?;
@@ -570,7 +610,12 @@ impl IptablesModel {
             .chain(marker.as_deref())
             .collect();
         let rule = DesiredRule {
-            spec: parsed.render(&comments),
+            // Without comments the rule is written as its identity.
+            spec: if comments.is_empty() {
+                identity
+            } else {
+                parsed.render(&comments)
+            },
             hash,
             marked,
             target: parsed.target.clone(),
@@ -593,7 +638,61 @@ impl IptablesModel {
         table: Table,
         spec: RuleSpec<'_>,
     ) -> Result<(), Error> {
-        let (full, kind, rule) = self.resolve_rule(family, table, &spec)?;
+        let resolved = self.resolve_rule(family, table, &spec)?;
+        self.insert_rule(family, table, &spec, resolved)
+    }
+
+    /// [`IptablesModel::add_rule`] for many rules of one table, in order, with one result per
+    /// rule. The same as adding them one by one, but many rules are read, checked and
+    /// canonicalised on several threads (that part depends only on the chains, which rules do
+    /// not change); they are then inserted in order.
+    pub fn add_rules(
+        &mut self,
+        family: Family,
+        table: Table,
+        specs: &[RuleSpec<'_>],
+    ) -> Vec<Result<(), Error>> {
+        /// Below this, one thread does it faster than starting others.
+        const PARALLEL_RULES: usize = 2048;
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(4);
+        let resolve = |chunk: &[RuleSpec<'_>]| -> Vec<Result<Resolved, Error>> {
+            chunk
+                .iter()
+                .map(|spec| self.resolve_rule(family, table, spec))
+                .collect()
+        };
+        let resolved: Vec<Result<Resolved, Error>> = if specs.len() >= PARALLEL_RULES && threads > 1
+        {
+            let size = specs.len().div_ceil(threads);
+            std::thread::scope(|s| {
+                let handles: Vec<_> = specs
+                    .chunks(size)
+                    .map(|chunk| s.spawn(move || resolve(chunk)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                    .collect()
+            })
+        } else {
+            resolve(specs)
+        };
+        specs
+            .iter()
+            .zip(resolved)
+            .map(|(spec, r)| self.insert_rule(family, table, spec, r?))
+            .collect()
+    }
+
+    fn insert_rule(
+        &mut self,
+        family: Family,
+        table: Table,
+        spec: &RuleSpec<'_>,
+        (full, kind, rule): Resolved,
+    ) -> Result<(), Error> {
         let t = self.table_mut(family, table)?;
         let chain = t
             .chains

@@ -314,6 +314,10 @@ pub(crate) fn is_invisible_format(c: char) -> bool {
 }
 
 fn unprintable(value: &str) -> Result<(), String> {
+    // Printable ASCII (the common case) has neither.
+    if value.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Ok(());
+    }
     if let Some(c) = value.chars().find(|c| c.is_control()) {
         return Err(format!("contains the control character U+{:04X}", c as u32));
     }

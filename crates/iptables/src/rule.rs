@@ -41,6 +41,14 @@ impl Token {
             self.value.clone()
         }
     }
+
+    fn render_into(&self, out: &mut String) {
+        if self.quoted || self.value.is_empty() {
+            out.push_str(&quote_comment(&self.value));
+        } else {
+            out.push_str(&self.value);
+        }
+    }
 }
 
 /// Splits rule text into tokens the way `iptables-restore` does: words separated by spaces, a
@@ -49,21 +57,21 @@ impl Token {
 /// characters (bidi overrides, zero-width characters, ...) anywhere in the text.
 pub fn tokenize(field: &str, text: &str) -> Result<Vec<Token>, Error> {
     reject_control(field, text)?;
-    let mut out = Vec::new();
-    let mut chars = text.chars().peekable();
+    let mut out = Vec::with_capacity(16);
+    let mut rest = text;
     loop {
-        while chars.peek() == Some(&' ') {
-            chars.next();
+        rest = rest.trim_start_matches(' ');
+        if rest.is_empty() {
+            break;
         }
-        let Some(&first) = chars.peek() else { break };
-        if first == '"' {
-            chars.next();
+        if let Some(quoted) = rest.strip_prefix('"') {
             let mut value = String::new();
-            let mut closed = false;
-            while let Some(c) = chars.next() {
+            let mut chars = quoted.char_indices();
+            let mut end = None;
+            while let Some((i, c)) = chars.next() {
                 match c {
                     '\\' => match chars.next() {
-                        Some(e @ ('"' | '\'' | '\\')) => value.push(e),
+                        Some((_, e @ ('"' | '\'' | '\\'))) => value.push(e),
                         _ => {
                             return Err(Error::invalid(
                                 field,
@@ -73,16 +81,17 @@ pub fn tokenize(field: &str, text: &str) -> Result<Vec<Token>, Error> {
                         }
                     },
                     '"' => {
-                        closed = true;
+                        end = Some(i + 1);
                         break;
                     }
                     c => value.push(c),
                 }
             }
-            if !closed {
+            let Some(end) = end else {
                 return Err(Error::invalid(field, text, "unbalanced double quote"));
-            }
-            if matches!(chars.peek(), Some(c) if *c != ' ') {
+            };
+            rest = &quoted[end..];
+            if !rest.is_empty() && !rest.starts_with(' ') {
                 return Err(Error::invalid(
                     field,
                     text,
@@ -94,25 +103,21 @@ pub fn tokenize(field: &str, text: &str) -> Result<Vec<Token>, Error> {
                 quoted: true,
             });
         } else {
-            let mut value = String::new();
-            while let Some(&c) = chars.peek() {
-                if c == ' ' {
-                    break;
-                }
-                if matches!(c, '"' | '\'' | '\\') {
-                    return Err(Error::invalid(
-                        field,
-                        text,
-                        format!("unexpected {c:?}: quote a whole word with double quotes"),
-                    ));
-                }
-                value.push(c);
-                chars.next();
+            // A bare word: up to the next space, as one slice (one allocation).
+            let end = rest.find(' ').unwrap_or(rest.len());
+            let word = &rest[..end];
+            if let Some(c) = word.chars().find(|c| matches!(c, '"' | '\'' | '\\')) {
+                return Err(Error::invalid(
+                    field,
+                    text,
+                    format!("unexpected {c:?}: quote a whole word with double quotes"),
+                ));
             }
             out.push(Token {
-                value,
+                value: word.to_owned(),
                 quoted: false,
             });
+            rest = &rest[end..];
         }
     }
     Ok(out)
@@ -131,10 +136,11 @@ pub struct ParsedRule {
     pub target: Option<String>,
 }
 
+/// The canonical text, split where comments go (before the target).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Canonical {
-    head: Vec<String>,
-    tail: Vec<String>,
+    head: String,
+    tail: String,
 }
 
 impl ParsedRule {
@@ -184,32 +190,55 @@ impl ParsedRule {
     /// (already validated) added as `-m comment` matches before the target, where both
     /// Neutron and `iptables-save` put them.
     pub fn render(&self, comments: &[&str]) -> String {
-        let comment_words = comments.iter().flat_map(|c| {
-            [
-                "-m".to_owned(),
-                "comment".to_owned(),
-                "--comment".to_owned(),
-                quote_comment(c),
-            ]
-        });
-        let words: Vec<String> = match &self.canonical {
-            Some(c) => c
-                .head
-                .iter()
-                .cloned()
-                .chain(comment_words)
-                .chain(c.tail.iter().cloned())
-                .collect(),
-            None => {
-                let rendered: Vec<String> = self.tokens.iter().map(Token::render).collect();
-                let at = self.target_at.unwrap_or(rendered.len());
-                let mut words = rendered[..at].to_vec();
-                words.extend(comment_words);
-                words.extend_from_slice(&rendered[at..]);
-                words
+        let mut out = String::with_capacity(
+            self.canonical
+                .as_ref()
+                .map_or(64, |c| c.head.len() + c.tail.len() + 2)
+                + comments.iter().map(|c| c.len() + 24).sum::<usize>(),
+        );
+        // Words separated by one space, as `join(" ")` would (a word may be empty).
+        let mut first = true;
+        let mut sep = |out: &mut String| {
+            if !std::mem::take(&mut first) {
+                out.push(' ');
             }
         };
-        words.join(" ")
+        let comment_words = |out: &mut String, sep: &mut dyn FnMut(&mut String)| {
+            for c in comments {
+                for w in ["-m", "comment", "--comment"] {
+                    sep(out);
+                    out.push_str(w);
+                }
+                sep(out);
+                out.push_str(&quote_comment(c));
+            }
+        };
+        match &self.canonical {
+            Some(c) => {
+                if !c.head.is_empty() {
+                    sep(&mut out);
+                    out.push_str(&c.head);
+                }
+                comment_words(&mut out, &mut sep);
+                if !c.tail.is_empty() {
+                    sep(&mut out);
+                    out.push_str(&c.tail);
+                }
+            }
+            None => {
+                let at = self.target_at.unwrap_or(self.tokens.len());
+                for t in &self.tokens[..at] {
+                    sep(&mut out);
+                    t.render_into(&mut out);
+                }
+                comment_words(&mut out, &mut sep);
+                for t in &self.tokens[at..] {
+                    sep(&mut out);
+                    t.render_into(&mut out);
+                }
+            }
+        }
+        out
     }
 }
 
@@ -255,7 +284,24 @@ fn canonical_proto(family: Family, value: &str) -> Option<Option<&'static str>> 
     }))
 }
 
+/// `prefix` followed by `rest`, without the formatting machinery.
+fn prefixed(prefix: &str, rest: &str) -> String {
+    let mut s = String::with_capacity(prefix.len() + rest.len());
+    s.push_str(prefix);
+    s.push_str(rest);
+    s
+}
+
 fn canonical_port(value: &str) -> Option<String> {
+    // A plain port as iptables prints it (no leading zero) is its own canonical form.
+    if !value.is_empty()
+        && value.len() <= 5
+        && value.bytes().all(|b| b.is_ascii_digit())
+        && (value == "0" || !value.starts_with('0'))
+        && value.parse::<u16>().is_ok()
+    {
+        return Some(value.to_owned());
+    }
     let num = |s: &str| -> Option<u16> {
         if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
             return None;
@@ -401,14 +447,14 @@ const SPORT: OptSpec = OptSpec {
     order: 0,
     args: 1,
     negatable: true,
-    canon: |_, v| canonical_port(first(v)?).map(|p| format!("--sport {p}")),
+    canon: |_, v| canonical_port(first(v)?).map(|p| prefixed("--sport ", &p)),
 };
 const DPORT: OptSpec = OptSpec {
     names: &["--dport", "--destination-port"],
     order: 1,
     args: 1,
     negatable: true,
-    canon: |_, v| canonical_port(first(v)?).map(|p| format!("--dport {p}")),
+    canon: |_, v| canonical_port(first(v)?).map(|p| prefixed("--dport ", &p)),
 };
 const TCP_OPTS: &[OptSpec] = &[
     SPORT,
@@ -693,7 +739,9 @@ fn canonicalize(family: Family, tokens: &[Token]) -> Option<Canonical> {
                 if block.opts.iter().any(|(o, _)| *o == spec.order) {
                     return None;
                 }
-                block.opts.push((spec.order, format!("{bang}{text}")));
+                block
+                    .opts
+                    .push((spec.order, if neg { prefixed("! ", &text) } else { text }));
                 i += 1 + spec.args as usize;
             }
             _ => return None,
@@ -703,19 +751,31 @@ fn canonicalize(family: Family, tokens: &[Token]) -> Option<Canonical> {
     if neg {
         return None;
     }
-    let mut head: Vec<String> = builtin.into_iter().flatten().collect();
+    let mut head = String::with_capacity(64);
+    let mut word = |w: &str| {
+        if !head.is_empty() {
+            head.push(' ');
+        }
+        head.push_str(w);
+    };
+    for b in builtin.iter().flatten() {
+        word(b);
+    }
     for mut m in matches {
         if m.opts.is_empty() {
             return None;
         }
         m.opts.sort_by_key(|(o, _)| *o);
-        head.push(format!("-m {}", m.name));
-        head.extend(m.opts.into_iter().map(|(_, t)| t));
+        word("-m");
+        word(&m.name);
+        for (_, t) in &m.opts {
+            word(t);
+        }
     }
     let tail = match target {
-        None if target_opts.is_empty() => Vec::new(),
+        None if target_opts.is_empty() => String::new(),
         None => return None,
-        Some((flag, name)) => vec![canonical_target(family, &flag, &name, &target_opts)?],
+        Some((flag, name)) => canonical_target(family, &flag, &name, &target_opts)?,
     };
     Some(Canonical { head, tail })
 }

@@ -1,7 +1,8 @@
 //! The rules file of `l3agent iptables apply`: the complete desired state of one wrap name, as
 //! YAML or JSON. Unknown fields are errors; every problem is reported with its path in the file.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 
 use serde::Deserialize;
 
@@ -245,36 +246,63 @@ fn load_table(
             );
         }
     }
-    let mut seen: BTreeMap<(String, bool, bool, String, Option<String>), usize> = BTreeMap::new();
+    // Duplicates (same chain, placement, comment and words) are reported, not collapsed:
+    // found through a hash of that identity, confirmed word by word.
+    let identity = |r: &RuleEntry| {
+        let mut h = std::hash::DefaultHasher::new();
+        (&r.chain, r.wrap, r.top, &r.comment).hash(&mut h);
+        for w in r.rule.split_whitespace() {
+            w.hash(&mut h);
+        }
+        h.finish()
+    };
+    let same = |a: &RuleEntry, b: &RuleEntry| {
+        a.chain == b.chain
+            && a.wrap == b.wrap
+            && a.top == b.top
+            && a.comment == b.comment
+            && a.rule.split_whitespace().eq(b.rule.split_whitespace())
+    };
+    // Problems by rule index, reported in file order.
+    let mut found: Vec<(usize, Error)> = Vec::new();
+    let mut seen: HashMap<u64, Vec<usize>> = HashMap::with_capacity(t.rules.len());
+    let mut specs = Vec::with_capacity(t.rules.len());
+    let mut index = Vec::with_capacity(t.rules.len());
     for (i, r) in t.rules.iter().enumerate() {
-        let at = format!("{path}.rules[{i}]");
-        let spec = RuleSpec {
+        let earlier = seen.entry(identity(r)).or_default();
+        if let Some(&first) = earlier.iter().find(|&&j| same(&t.rules[j], r)) {
+            found.push((
+                i,
+                Error::invalid(
+                    &format!("{path}.rules[{i}]"),
+                    &r.rule,
+                    format!("duplicate of {path}.rules[{first}]"),
+                ),
+            ));
+            continue;
+        }
+        earlier.push(i);
+        specs.push(RuleSpec {
             chain: &r.chain,
             rule: &r.rule,
             wrap: r.wrap,
             top: r.top,
             tag: r.tag.as_deref(),
             comment: r.comment.as_deref(),
-        };
-        let key = (
-            r.chain.clone(),
-            r.wrap,
-            r.top,
-            r.rule.split_whitespace().collect::<Vec<_>>().join(" "),
-            r.comment.clone(),
-        );
-        if let Some(first) = seen.insert(key, i) {
-            errors.push(Error::invalid(
-                &at,
-                &r.rule,
-                format!("duplicate of {path}.rules[{first}]"),
-            ));
-            continue;
-        }
-        if let Err(e) = model.add_rule(family, table, spec) {
-            errors.push(e.within(&at));
+        });
+        index.push(i);
+    }
+    for (result, i) in model
+        .add_rules(family, table, &specs)
+        .into_iter()
+        .zip(index)
+    {
+        if let Err(e) = result {
+            found.push((i, e.within(&format!("{path}.rules[{i}]"))));
         }
     }
+    found.sort_by_key(|(i, _)| *i);
+    errors.extend(found.into_iter().map(|(_, e)| e));
 }
 
 impl Error {

@@ -370,6 +370,25 @@ fn the_agent_converges_follows_edits_and_sighup_refuses_bad_configs_repairs_drif
         || status(&socket).is_some_and(|v| v["drift_repairs"].as_u64() >= Some(1)),
     );
 
+    let ns_name = router_ns();
+    // 5b. iptables drift: a floating IP's DNAT rule deleted by another program is seen
+    //     (the namespace's nf_tables generation moved) and restored within a refresh.
+    let dnat =
+        "-A neutron-l3-agent-PREROUTING -d 203.0.113.9/32 -j DNAT --to-destination 192.0.2.11";
+    assert!(nat_rules().contains(dnat), "{}", nat_rules());
+    let mut delete = vec![
+        "ip", "netns", "exec", &ns_name, "iptables", "-t", "nat", "-D",
+    ];
+    delete.extend(dnat.split(' ').skip(1));
+    ok(&delete);
+    assert!(!nat_rules().contains(dnat));
+    wait_for(
+        &mut d,
+        "the deleted rule restored",
+        Duration::from_secs(30),
+        || nat_rules().contains(dnat),
+    );
+
     // 6. Metrics and readiness, inside the host namespace.
     let addr = status(&socket).unwrap()["metrics_listen"]
         .as_str()
@@ -380,6 +399,8 @@ fn the_agent_converges_follows_edits_and_sighup_refuses_bad_configs_repairs_drif
     let metrics = http_get(&t, &addr, "/metrics");
     for line in [
         "l3agent_drift_repairs_total{kind=\"address\"}",
+        "l3agent_drift_repairs_total{kind=\"iptables\"}",
+        "l3agent_config_loads_total{result=\"invalid\"} 1",
         "l3agent_routers{state=\"converged\"} 1",
         "l3agent_floating_ips{state=\"active\"} 2",
         "l3agent_queue_depth ",
@@ -387,6 +408,34 @@ fn the_agent_converges_follows_edits_and_sighup_refuses_bad_configs_repairs_drif
     ] {
         assert!(metrics.contains(line), "missing {line:?} in\n{metrics}");
     }
+
+    let value = |metrics: &str, name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+    };
+    for name in [
+        "l3agent_iptables_restore_total",
+        "l3agent_iptables_restore_lines_total",
+        "l3agent_iptables_save_total",
+        "l3agent_iptables_rules",
+        "l3agent_iptables_chains",
+        "l3agent_process_spawns_total",
+    ] {
+        assert!(value(&metrics, name) > 0, "{name} is 0:\n{metrics}");
+    }
+    // Refreshes of converged routers start no process: on nf_tables the generation id
+    // proves the rules unchanged (this host's iptables is the nft one).
+    let spawned = value(&metrics, "l3agent_process_spawns_total");
+    std::thread::sleep(Duration::from_secs(5));
+    let later = http_get(&t, &addr, "/metrics");
+    assert_eq!(
+        value(&later, "l3agent_process_spawns_total"),
+        spawned,
+        "processes started by refreshes with nothing to repair\n{}",
+        d.log()
+    );
 
     // 7. SIGTERM: exit 0 within 10 s; the router stays.
     d.signal(Signal::SIGTERM);

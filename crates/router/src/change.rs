@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use l3agent_rtnl::route::{Protocol, Route, MAIN_TABLE};
 use l3agent_rtnl::rule::Rule;
 use l3agent_rtnl::sysctl::Sysctl;
-use l3agent_types::{IfName, MacAddr, NetnsName};
+use l3agent_types::{IfName, MacAddr, NetnsName, PortId};
 use serde::{Serialize, Serializer};
 
 use crate::spec::Role;
@@ -71,6 +71,48 @@ pub enum Change {
         /// MAC of the router end.
         mac: Option<MacAddr>,
         /// Addresses of the router end.
+        addresses: Vec<IpNet>,
+        /// What the port does.
+        role: Role,
+    },
+    /// The OVS internal port of a router port, as Neutron's `OVSInterfaceDriver` plugs it:
+    /// `ovs-vsctl --may-exist add-port BRIDGE PORT -- set Interface PORT type=internal
+    /// external_ids:iface-id=ID external_ids:iface-status=active external_ids:attached-mac=MAC`.
+    /// Created in the dead VLAN (the L2 agent wires it), or repaired in place (its device, its
+    /// ofport and its VLAN tag stay). Consecutive OVS port changes are applied in ONE OVSDB
+    /// transaction.
+    PlugOvsPort {
+        /// The integration bridge.
+        bridge: IfName,
+        /// The port (and device) name.
+        port: IfName,
+        /// The Neutron port (`iface-id`).
+        port_id: PortId,
+        /// The port's MAC (`attached-mac`).
+        mac: MacAddr,
+    },
+    /// `ovs-vsctl --if-exists del-port BRIDGE PORT`: its device goes with it, in whatever
+    /// namespace it is.
+    UnplugOvsPort {
+        /// The integration bridge.
+        bridge: IfName,
+        /// The port.
+        port: IfName,
+    },
+    /// The device of a plugged OVS internal port, moved from the host namespace into the
+    /// router's and configured there: `ip link set DEV netns NS`, then inside `ip link set DEV
+    /// address MAC mtu M up` and the addresses (the MTU is set with rtnetlink: OVS's
+    /// `mtu_request` does not reach a device in another namespace on every datapath).
+    AttachOvsDevice {
+        /// Namespace.
+        ns: NetnsName,
+        /// Device.
+        dev: IfName,
+        /// MTU.
+        mtu: u32,
+        /// MAC.
+        mac: Option<MacAddr>,
+        /// Addresses.
         addresses: Vec<IpNet>,
         /// What the port does.
         role: Role,
@@ -237,8 +279,12 @@ impl Change {
     /// The namespace it acts in (`None`: the host namespace).
     pub fn namespace(&self) -> Option<&NetnsName> {
         match self {
-            Change::SetHostEnd { .. } | Change::DeleteHostEnd { .. } => None,
-            Change::CreateNamespace { ns }
+            Change::SetHostEnd { .. }
+            | Change::DeleteHostEnd { .. }
+            | Change::PlugOvsPort { .. }
+            | Change::UnplugOvsPort { .. } => None,
+            Change::AttachOvsDevice { ns, .. }
+            | Change::CreateNamespace { ns }
             | Change::DeleteNamespace { ns }
             | Change::SetSysctl { ns, .. }
             | Change::CreatePort { ns, .. }
@@ -260,32 +306,38 @@ impl Change {
     }
 
     /// Execution order within one namespace's changes: namespace, namespace-wide sysctls,
-    /// stale devices out, devices in and fixed, device sysctls, addresses, routes, rules,
-    /// neighbours, then the NAT rules, and only then floating IP addresses (a floating IP
-    /// never answers before its DNAT exists), removals, conntrack cleanup, announcements.
+    /// OVS ports out (before their devices: a port whose device is gone could no longer be
+    /// found), stale devices out, OVS ports in (all in one transaction), devices in and fixed,
+    /// device sysctls, addresses, routes, rules, neighbours, then the NAT rules, and only then
+    /// floating IP addresses (a floating IP never answers before its DNAT exists), removals,
+    /// conntrack cleanup, announcements.
     pub fn rank(&self) -> u8 {
         match self {
             Change::CreateNamespace { .. } => 0,
             Change::SetSysctl { key, .. } if key.device().is_none() => 1,
-            Change::DeleteDevice { .. } | Change::DeleteHostEnd { .. } => 2,
-            Change::CreatePort { .. } | Change::CreateLink { .. } => 3,
-            Change::SetDevice { .. } | Change::SetHostEnd { .. } => 4,
-            Change::SetSysctl { .. } => 5,
+            Change::UnplugOvsPort { .. } => 2,
+            Change::DeleteDevice { .. } | Change::DeleteHostEnd { .. } => 3,
+            Change::PlugOvsPort { .. } => 4,
+            Change::CreatePort { .. }
+            | Change::CreateLink { .. }
+            | Change::AttachOvsDevice { .. } => 5,
+            Change::SetDevice { .. } | Change::SetHostEnd { .. } => 6,
+            Change::SetSysctl { .. } => 7,
             Change::AddAddress {
                 floating: false, ..
-            } => 6,
-            Change::ReplaceRoute { .. } => 7,
-            Change::AddRule { .. } => 8,
-            Change::SetNeighbour { .. } => 9,
-            Change::Iptables { .. } => 10,
-            Change::AddAddress { floating: true, .. } => 11,
-            Change::DeleteAddress { .. } => 12,
-            Change::DeleteRoute { .. } => 13,
-            Change::DeleteRule { .. } => 14,
-            Change::DeleteNeighbour { .. } => 15,
-            Change::FlushConntrack { .. } => 16,
-            Change::DeleteNamespace { .. } => 17,
-            Change::Announce { .. } => 18,
+            } => 8,
+            Change::ReplaceRoute { .. } => 9,
+            Change::AddRule { .. } => 10,
+            Change::SetNeighbour { .. } => 11,
+            Change::Iptables { .. } => 12,
+            Change::AddAddress { floating: true, .. } => 13,
+            Change::DeleteAddress { .. } => 14,
+            Change::DeleteRoute { .. } => 15,
+            Change::DeleteRule { .. } => 16,
+            Change::DeleteNeighbour { .. } => 17,
+            Change::FlushConntrack { .. } => 18,
+            Change::DeleteNamespace { .. } => 19,
+            Change::Announce { .. } => 20,
         }
     }
 
@@ -294,7 +346,9 @@ impl Change {
         match self {
             Change::CreateNamespace { .. } | Change::DeleteNamespace { .. } => "namespace",
             Change::SetSysctl { .. } => "sysctl",
+            Change::PlugOvsPort { .. } | Change::UnplugOvsPort { .. } => "ovs-port",
             Change::CreatePort { .. }
+            | Change::AttachOvsDevice { .. }
             | Change::CreateLink { .. }
             | Change::DeleteDevice { .. }
             | Change::DeleteHostEnd { .. }
@@ -353,6 +407,41 @@ impl fmt::Display for Change {
                 if let Some(m) = mac {
                     write!(f, " address {m}")?;
                 }
+                if !addresses.is_empty() {
+                    write!(f, " with {}", join(addresses))?;
+                }
+                Ok(())
+            }
+            Change::PlugOvsPort {
+                bridge,
+                port,
+                port_id,
+                mac,
+            } => write!(
+                f,
+                "host: ovs-vsctl --may-exist add-port {bridge} {port} -- set Interface {port} \
+                 type=internal external_ids:iface-id={port_id} external_ids:iface-status=active \
+                 external_ids:attached-mac={mac}"
+            ),
+            Change::UnplugOvsPort { bridge, port } => {
+                write!(f, "host: ovs-vsctl --if-exists del-port {bridge} {port}")
+            }
+            Change::AttachOvsDevice {
+                ns,
+                dev,
+                mtu,
+                mac,
+                addresses,
+                ..
+            } => {
+                write!(
+                    f,
+                    "{ns}: ip link set {dev} netns {ns} (from the host); ip link set {dev}"
+                )?;
+                if let Some(m) = mac {
+                    write!(f, " address {m}")?;
+                }
+                write!(f, " mtu {mtu} up")?;
                 if !addresses.is_empty() {
                     write!(f, " with {}", join(addresses))?;
                 }

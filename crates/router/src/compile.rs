@@ -34,7 +34,7 @@ use l3agent_rtnl::sysctl::{Scope, Sysctl};
 use l3agent_types::{IfName, MacAddr, NetnsName, NetworkId, PortId, RouterId};
 
 use crate::alloc::LinkLocalPool;
-use crate::config::{AgentMode, Fip, HostConfig, Port, Router};
+use crate::config::{AgentMode, Fip, HostConfig, InterfaceDriver, Port, Router};
 use crate::spec::{names, Device, DeviceKind, HostSpec, NsKind, NsSpec, Role};
 
 /// Neutron's L3 agent wrap name: our iptables chains are `neutron-l3-agent-*`.
@@ -155,7 +155,10 @@ fn link_end(
 /// [`needs`]`(cfg)` and its facts. A DVR router whose allocation is missing is not compiled:
 /// it is listed in [`HostSpec::failed`] with the reason (never a panic).
 pub fn compile(cfg: &HostConfig, alloc: &Allocations, facts: &HostFacts) -> HostSpec {
-    let mut spec = HostSpec::default();
+    let mut spec = HostSpec {
+        ovs: cfg.agent.ovs.clone(),
+        ..HostSpec::default()
+    };
     let mut routers: Vec<&Router> = cfg.routers.iter().filter(|r| r.admin_state_up).collect();
     routers.sort_by(|a, b| a.id.cmp(&b.id));
     let cx = Cx { cfg, alloc, facts };
@@ -390,13 +393,20 @@ fn base_ns(kind: NsKind, owner: Option<RouterId>) -> NsSpec {
     ns
 }
 
-/// A router port: a veth whose host end is on its network's bridge, with the port's MTU, MAC
-/// and fixed IPs (D-07, D-08).
+/// A router port, with the port's MTU, MAC and fixed IPs (D-07, D-08): a veth whose host end
+/// is on its network's bridge (`linuxbridge`), or an OVS internal port on the integration
+/// bridge (`openvswitch`).
 fn port_device(p: &Port, role: Role) -> Device {
     Device {
-        kind: DeviceKind::Port {
-            host_end: p.host_dev.clone(),
-            bridge: p.bridge.clone(),
+        kind: match p.driver {
+            InterfaceDriver::Linuxbridge => DeviceKind::Port {
+                host_end: p.host_dev.clone(),
+                bridge: p.bridge.clone(),
+            },
+            InterfaceDriver::Openvswitch => DeviceKind::OvsPort {
+                bridge: p.bridge.clone(),
+                port_id: p.id.clone(),
+            },
         },
         role,
         mtu: Some(p.mtu),

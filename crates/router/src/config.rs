@@ -10,6 +10,11 @@
 //! router, `tap` host ends on the host, `rfp-`/`fpr-` between DVR routers), one FIP agent
 //! gateway port per external network, a floating IP in one router only, an extra route listed
 //! twice, and a distributed router on a `legacy` agent (D-01).
+//!
+//! The interface driver (`agent.interface_driver`): `linuxbridge` (default) needs a bridge per
+//! network in `agent.bridges`; `openvswitch` puts every port on `agent.integration_bridge`
+//! (default `br-int`) through the OVSDB at `agent.ovsdb` (`unix:PATH`, default
+//! `unix:/run/openvswitch/db.sock`). The settings of the driver not chosen are refused.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -46,6 +51,29 @@ pub enum AgentMode {
     DvrSnat,
 }
 
+/// How router ports are plugged (Neutron's `interface_driver`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InterfaceDriver {
+    /// A veth whose host end is enslaved to the Linux bridge of the port's network
+    /// (`agent.bridges`): for standalone use.
+    #[default]
+    Linuxbridge,
+    /// Neutron's `OVSInterfaceDriver`: an OVS internal port on the integration bridge, with
+    /// the `external_ids` neutron-openvswitch-agent wires it by, moved into the router's
+    /// namespace.
+    Openvswitch,
+}
+
+/// `agent.integration_bridge` when none is given (Neutron's `[OVS] integration_bridge`).
+pub const DEFAULT_INTEGRATION_BRIDGE: &str = "br-int";
+
+/// `agent.ovsdb` when none is given: ovsdb-server's socket where Open vSwitch packages put it.
+pub const DEFAULT_OVSDB: &str = "unix:/run/openvswitch/db.sock";
+
+/// The longest unix socket path (`sun_path` holds 108 bytes with the terminating NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
 /// `agent:` as written.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -56,9 +84,19 @@ pub struct AgentDoc {
     pub host: String,
     /// Where allocator and state files live.
     pub state_path: PathBuf,
-    /// Network id → Linux bridge in l3agent's own namespace.
+    /// Network id → Linux bridge in l3agent's own namespace (`linuxbridge` driver only).
     #[serde(default)]
     pub bridges: BTreeMap<String, String>,
+    /// `linuxbridge` (absent) or `openvswitch`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface_driver: Option<InterfaceDriver>,
+    /// The OVS bridge every port goes on (`openvswitch` only; default `br-int`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub integration_bridge: Option<String>,
+    /// ovsdb-server's socket as `unix:PATH` (`openvswitch` only; default
+    /// `unix:/run/openvswitch/db.sock`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ovsdb: Option<String>,
 }
 
 /// The whole file as written.
@@ -262,12 +300,15 @@ pub struct Port {
     /// dict's `address_scopes` (absent: both `None`). Drives the address-scope marks
     /// (NEUTRON-OPS §4, D-42) and the DVR fast path (D-23).
     pub address_scopes: BTreeMap<u8, Option<String>>,
-    /// Device in the router-side namespace (`qr-`, `qg-`, `sg-`, `fg-` + id, 14 chars).
+    /// Device in the router-side namespace (`qr-`, `qg-`, `sg-`, `fg-` + id, 14 chars); with
+    /// the `openvswitch` driver also the name of its OVS port.
     pub dev: IfName,
-    /// Host end of the veth (`tap` + id, 14 chars), on `bridge`.
+    /// Host end of the veth (`tap` + id, 14 chars), on `bridge` (`linuxbridge` driver).
     pub host_dev: IfName,
-    /// The bridge of its network.
+    /// The bridge of its network (`linuxbridge`), or the integration bridge (`openvswitch`).
     pub bridge: IfName,
+    /// How it is plugged.
+    pub driver: InterfaceDriver,
 }
 
 impl Port {
@@ -372,8 +413,21 @@ pub struct Agent {
     pub host: String,
     /// State directory.
     pub state_path: PathBuf,
-    /// Network id → bridge.
+    /// Network id → bridge (`linuxbridge` driver; empty with `openvswitch`).
     pub bridges: BTreeMap<NetworkId, IfName>,
+    /// How router ports are plugged.
+    pub interface_driver: InterfaceDriver,
+    /// The integration bridge and its database (`Some` exactly with `openvswitch`).
+    pub ovs: Option<IntegrationBridge>,
+}
+
+/// Where `openvswitch` plugs router ports: an OVS bridge and the ovsdb-server that holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IntegrationBridge {
+    /// The bridge (`br-int`).
+    pub bridge: IfName,
+    /// ovsdb-server's unix socket (`/run/openvswitch/db.sock`).
+    pub db: PathBuf,
 }
 
 impl Agent {
@@ -568,10 +622,16 @@ fn port(doc: &PortDoc, path: &str, prefix: &str, agent: &Agent, p: &mut Problems
             format!("{mtu} is below 1280, the IPv6 minimum, on a port with an IPv6 subnet"),
         );
     }
-    let bridge = network_id
-        .as_ref()
-        .and_then(|n| agent.bridges.get(n).cloned());
-    if network_id.is_some() && bridge.is_none() {
+    let bridge = match &agent.ovs {
+        Some(ovs) => Some(ovs.bridge.clone()),
+        None => network_id
+            .as_ref()
+            .and_then(|n| agent.bridges.get(n).cloned()),
+    };
+    if network_id.is_some()
+        && bridge.is_none()
+        && agent.interface_driver == InterfaceDriver::Linuxbridge
+    {
         p.add(
             &format!("{path}.network_id"),
             format!(
@@ -699,6 +759,7 @@ fn port(doc: &PortDoc, path: &str, prefix: &str, agent: &Agent, p: &mut Problems
         extra_subnets,
         address_scopes,
         bridge: bridge?,
+        driver: agent.interface_driver,
     })
 }
 
@@ -1121,7 +1182,93 @@ fn across_routers(routers: &[(String, &Router)], agent: &Agent, p: &mut Problems
     }
 }
 
+/// `agent.ovsdb`: `unix:PATH` with PATH absolute, normalised, printable and short enough for
+/// a unix socket. `tcp:` and `ssl:` remotes are refused: l3agent talks to the local
+/// ovsdb-server only (as the L2 agent on the same host does).
+fn ovsdb_socket(value: &str) -> Result<PathBuf, String> {
+    let Some(path) = value.strip_prefix("unix:") else {
+        let kind = value.split_once(':').map_or("", |(k, _)| k);
+        return Err(
+            if matches!(kind, "tcp" | "ssl" | "ptcp" | "pssl" | "punix") {
+                format!(
+                    "{}: only unix:PATH is supported (the local ovsdb-server's socket)",
+                    Echo(value)
+                )
+            } else {
+                format!("{} is not unix:PATH (e.g. {DEFAULT_OVSDB})", Echo(value))
+            },
+        );
+    };
+    let path = PathBuf::from(path);
+    state_path(&path).map_err(|why| format!("socket {why}"))?;
+    if path.as_os_str().len() > MAX_SOCKET_PATH {
+        return Err(format!(
+            "socket path {} is {} bytes long: a unix socket path holds at most {MAX_SOCKET_PATH}",
+            Echo(&path.display().to_string()),
+            path.as_os_str().len()
+        ));
+    }
+    Ok(path)
+}
+
 impl ConfigDoc {
+    /// The `openvswitch` settings, validated (`None` with `linuxbridge`). An invalid field is
+    /// recorded as a problem and stands in as its default, so that the routers are still
+    /// checked (and not refused again for a bridge they lack). The fields of the other driver
+    /// are refused rather than ignored: a config that names both says two things.
+    fn integration_bridge(
+        &self,
+        driver: InterfaceDriver,
+        p: &mut Problems,
+    ) -> Option<IntegrationBridge> {
+        let a = &self.agent;
+        match driver {
+            InterfaceDriver::Linuxbridge => {
+                for (field, set) in [
+                    ("integration_bridge", a.integration_bridge.is_some()),
+                    ("ovsdb", a.ovsdb.is_some()),
+                ] {
+                    if set {
+                        p.add(
+                            &format!("agent.{field}"),
+                            "is only used with interface_driver: openvswitch (the driver is \
+                             linuxbridge)",
+                        );
+                    }
+                }
+                None
+            }
+            InterfaceDriver::Openvswitch => {
+                if !a.bridges.is_empty() {
+                    p.add(
+                        "agent.bridges",
+                        "is only used with interface_driver: linuxbridge (with openvswitch \
+                         every port goes on agent.integration_bridge)",
+                    );
+                }
+                let default_bridge = || {
+                    IfName::new("agent.integration_bridge", DEFAULT_INTEGRATION_BRIDGE)
+                        .expect("a valid literal name")
+                };
+                let bridge = p
+                    .check(IfName::new(
+                        "agent.integration_bridge",
+                        a.integration_bridge
+                            .as_deref()
+                            .unwrap_or(DEFAULT_INTEGRATION_BRIDGE),
+                    ))
+                    .unwrap_or_else(default_bridge);
+                let db = ovsdb_socket(a.ovsdb.as_deref().unwrap_or(DEFAULT_OVSDB)).unwrap_or_else(
+                    |why| {
+                        p.add("agent.ovsdb", why);
+                        PathBuf::from(&DEFAULT_OVSDB["unix:".len()..])
+                    },
+                );
+                Some(IntegrationBridge { bridge, db })
+            }
+        }
+    }
+
     /// Validates everything; all problems are returned, each with its path.
     pub fn validate(&self) -> Result<HostConfig, Vec<ConfigError>> {
         let mut p = Problems::default();
@@ -1140,11 +1287,15 @@ impl ConfigDoc {
                 bridges.insert(net, br);
             }
         }
+        let interface_driver = self.agent.interface_driver.unwrap_or_default();
+        let ovs = self.integration_bridge(interface_driver, &mut p);
         let agent = Agent {
             mode: self.agent.mode,
             host: self.agent.host.clone(),
             state_path: self.agent.state_path.clone(),
             bridges,
+            interface_driver,
+            ovs,
         };
         let mut routers = Vec::new();
         let mut paths = Vec::new();
@@ -1623,6 +1774,110 @@ mod tests {
             assert!(
                 text.iter().any(|t| t.starts_with(expect)),
                 "{class}: missing {expect:?} in {text:#?}"
+            );
+        }
+    }
+
+    /// An `agent` section with the `openvswitch` driver and `extra` merged in.
+    fn ovs_doc(extra: serde_json::Value) -> serde_json::Value {
+        let mut agent = serde_json::json!({"mode": "legacy", "host": "host-a",
+            "state_path": "/tmp/l3agent-test", "interface_driver": "openvswitch"});
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            agent[k] = v.clone();
+        }
+        serde_json::json!({"agent": agent, "routers": [legacy_example()]})
+    }
+
+    fn validate_value(v: serde_json::Value) -> Result<HostConfig, Vec<ConfigError>> {
+        serde_json::from_value::<ConfigDoc>(v)
+            .map_err(|e| {
+                vec![ConfigError {
+                    path: "file".into(),
+                    message: e.to_string(),
+                }]
+            })?
+            .validate()
+    }
+
+    #[test]
+    fn the_openvswitch_driver_needs_no_bridges_and_plugs_every_port_on_the_integration_bridge() {
+        let cfg = validate_value(ovs_doc(serde_json::json!({}))).unwrap();
+        assert_eq!(cfg.agent.interface_driver, InterfaceDriver::Openvswitch);
+        let ovs = cfg.agent.ovs.clone().unwrap();
+        assert_eq!(ovs.bridge.as_str(), "br-int");
+        assert_eq!(ovs.db, PathBuf::from("/run/openvswitch/db.sock"));
+        let r = &cfg.routers[0];
+        for p in r.interfaces.iter().chain(r.gw_port.as_ref()) {
+            assert_eq!(p.bridge.as_str(), "br-int", "{}", p.dev);
+            assert_eq!(p.driver, InterfaceDriver::Openvswitch);
+        }
+        let cfg = validate_value(ovs_doc(serde_json::json!({
+            "integration_bridge": "br-int2", "ovsdb": "unix:/var/run/ovs/db.sock"})))
+        .unwrap();
+        let ovs = cfg.agent.ovs.unwrap();
+        assert_eq!(
+            (ovs.bridge.as_str(), ovs.db.to_str().unwrap()),
+            ("br-int2", "/var/run/ovs/db.sock")
+        );
+        // The default driver is linuxbridge, and a config that does not name one is written
+        // back (the "last applied" record) exactly as before.
+        let cfg = load(&legacy_example().to_string()).unwrap();
+        assert_eq!(cfg.agent.interface_driver, InterfaceDriver::Linuxbridge);
+        assert!(cfg.agent.ovs.is_none());
+        assert!(cfg.routers[0].interfaces[0].driver == InterfaceDriver::Linuxbridge);
+        let written = serde_json::to_value(&cfg.doc.agent).unwrap();
+        for key in ["interface_driver", "integration_bridge", "ovsdb"] {
+            assert!(written.get(key).is_none(), "{key} in {written}");
+        }
+    }
+
+    /// One row per mistake in the `openvswitch` settings: the path and the start of the
+    /// message (and nothing is accepted).
+    #[test]
+    fn bad_openvswitch_settings_are_refused_by_path() {
+        let long = format!("unix:/{}", "d".repeat(110));
+        let bridges = serde_json::json!({"90e4912c-0eb8-4be4-a793-e6a3bba6ae8b": "br-t1",
+            "c6910e18-fb1f-4988-9af4-211a8c2e2926": "br-t2", "65566f91-133a-44ff-87f5-ecffc1193d3d": "br-ex"});
+        let rows: &[(&str, serde_json::Value, &str)] = &[
+            ("a TCP remote", serde_json::json!({"ovsdb": "tcp:127.0.0.1:6640"}),
+             "agent.ovsdb: \"tcp:127.0.0.1:6640\": only unix:PATH is supported"),
+            ("an SSL remote", serde_json::json!({"ovsdb": "ssl:192.0.2.1:6640"}),
+             "agent.ovsdb: \"ssl:192.0.2.1:6640\": only unix:PATH is supported"),
+            ("a bare path", serde_json::json!({"ovsdb": "/run/openvswitch/db.sock"}),
+             "agent.ovsdb: \"/run/openvswitch/db.sock\" is not unix:PATH"),
+            ("a relative socket", serde_json::json!({"ovsdb": "unix:run/db.sock"}),
+             "agent.ovsdb: socket \"run/db.sock\" must be an absolute path"),
+            ("a socket path with ..", serde_json::json!({"ovsdb": "unix:/run/../db.sock"}),
+             "agent.ovsdb: socket \"/run/../db.sock\" is not normalised"),
+            ("a socket path with a control character", serde_json::json!({"ovsdb": "unix:/run/db\n.sock"}),
+             "agent.ovsdb: socket \"/run/db\\n.sock\" holds a control or format character"),
+            ("a socket path too long for sun_path", serde_json::json!({"ovsdb": long}),
+             "agent.ovsdb: socket path \"/ddd"),
+            ("an empty socket", serde_json::json!({"ovsdb": "unix:"}),
+             "agent.ovsdb: socket \"\" must be an absolute path"),
+            ("a bridge name with a space", serde_json::json!({"integration_bridge": "br int"}),
+             "agent.integration_bridge: invalid value \"br int\""),
+            ("a bridge name too long", serde_json::json!({"integration_bridge": "br-integration-1"}),
+             "agent.integration_bridge: invalid value \"br-integration-1\": must be 1 to 15 characters"),
+            ("Linux bridges with openvswitch", serde_json::json!({"bridges": {"65566f91-133a-44ff-87f5-ecffc1193d3d": "br-ex"}}),
+             "agent.bridges: is only used with interface_driver: linuxbridge"),
+            ("integration_bridge with linuxbridge", serde_json::json!({"interface_driver": "linuxbridge", "integration_bridge": "br-int", "bridges": bridges}),
+             "agent.integration_bridge: is only used with interface_driver: openvswitch"),
+            ("ovsdb without a driver", serde_json::json!({"interface_driver": null, "ovsdb": "unix:/run/openvswitch/db.sock", "bridges": bridges}),
+             "agent.ovsdb: is only used with interface_driver: openvswitch"),
+            ("an unknown driver", serde_json::json!({"interface_driver": "ovs"}),
+             "unknown variant `ovs`, expected `linuxbridge` or `openvswitch`"),
+        ];
+        for (class, extra, expect) in rows {
+            let text = errors(validate_value(ovs_doc(extra.clone())));
+            assert!(
+                text.iter().any(|t| t.contains(expect)),
+                "{class}: missing {expect:?} in {text:#?}"
+            );
+            // The agent's problem only: no knock-on error about the routers' ports.
+            assert!(
+                !text.iter().any(|t| t.starts_with("routers[")),
+                "{class}: {text:#?}"
             );
         }
     }

@@ -14,9 +14,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+use l3agent_ovsdb::PortRecord;
 use l3agent_rtnl::port::VethPort;
 use l3agent_rtnl::route::Route;
-use l3agent_types::{IfName, NetnsName};
+use l3agent_types::{IfName, MacAddr, NetnsName};
 
 use crate::change::Change;
 use crate::observe::ObservedNs;
@@ -70,7 +71,8 @@ pub fn diff(host: &HostSpec, name: &NetnsName, observed: &ObservedNs) -> Vec<Cha
     if !observed.exists {
         out.push(Change::CreateNamespace { ns: ns.clone() });
     }
-    let deleted = devices(spec, &ns, observed, &mut out);
+    let ovs_bridge = host.ovs.as_ref().map(|o| &o.bridge);
+    let deleted = devices(spec, &ns, observed, ovs_bridge, &mut out);
     let unknown = !observed.exists || observed.fresh;
     for (key, value) in &spec.sysctls {
         let have = if unknown {
@@ -154,6 +156,7 @@ fn devices(
     spec: &NsSpec,
     ns: &NetnsName,
     observed: &ObservedNs,
+    ovs_bridge: Option<&IfName>,
     out: &mut Vec<Change>,
 ) -> BTreeSet<String> {
     let mut deleted = BTreeSet::new();
@@ -161,6 +164,14 @@ fn devices(
         names::owned_device(n) && !spec.devices.keys().any(|k| k.as_str() == n.as_str())
     }) {
         if let Ok(dev) = IfName::new("device", name) {
+            // An OVS port goes first (its device with it): were the device deleted first and
+            // the port's removal then failed, nothing would name the port any more.
+            if let (Some(bridge), Some(Some(_))) = (ovs_bridge, observed.ovs_ports.get(name)) {
+                out.push(Change::UnplugOvsPort {
+                    bridge: bridge.clone(),
+                    port: dev.clone(),
+                });
+            }
             out.push(Change::DeleteDevice {
                 ns: ns.clone(),
                 dev,
@@ -224,6 +235,12 @@ fn devices(
                             up: !end.up,
                         });
                     }
+                }
+            }
+            DeviceKind::OvsPort { bridge, port_id } => {
+                created = ovs_port(ns, name, want, (bridge, port_id), observed, out);
+                if created && have.is_some() {
+                    deleted.insert(name.to_string());
                 }
             }
             DeviceKind::Link {
@@ -291,6 +308,83 @@ fn devices(
         }
     }
     deleted
+}
+
+/// An OVS port device: its port on the bridge (created, repaired in place, or replaced when
+/// its device is gone), then its device (moved in from the host namespace and configured).
+/// Returns whether the device is (re)made, i.e. attached by these changes.
+fn ovs_port(
+    ns: &NetnsName,
+    name: &IfName,
+    want: &Device,
+    (bridge, port_id): (&IfName, &l3agent_types::PortId),
+    observed: &ObservedNs,
+    out: &mut Vec<Change>,
+) -> bool {
+    let have = observed.devices.get(name.as_str());
+    let whole = have.is_some_and(|h| crate::observe::ovs_device_kind(h.kind.as_deref()));
+    let record = observed.ovs_ports.get(name.as_str()).cloned().flatten();
+    let in_host = observed.ovs_in_host.contains(name.as_str());
+    // (Compile always gives a port's device the port's MAC: `attached-mac`.)
+    let plug = || Change::PlugOvsPort {
+        bridge: bridge.clone(),
+        port: name.clone(),
+        port_id: port_id.clone(),
+        mac: want.mac.unwrap_or(MacAddr::new([0; 6])),
+    };
+    let drifted = |r: &PortRecord| {
+        want.mac.is_none_or(|mac| {
+            !l3agent_ovsdb::InternalPort::neutron(name.clone(), port_id, mac)
+                .drift(r)
+                .is_empty()
+        })
+    };
+    match (&record, whole) {
+        // In place: the port is on the bridge and its device is here.
+        (Some(r), true) => {
+            if drifted(r) {
+                out.push(plug());
+            }
+            return false;
+        }
+        // A device of the name that is not the port's (another kind, or the port was
+        // removed from the bridge and the device survived): replaced.
+        (_, _) if have.is_some() => {
+            out.push(Change::DeleteDevice {
+                ns: ns.clone(),
+                dev: name.clone(),
+                role: Some(want.role),
+            });
+        }
+        _ => {}
+    }
+    match record {
+        // Plugged, its device waiting in the host namespace (an attach cut short).
+        Some(r) if in_host => {
+            if drifted(&r) {
+                out.push(plug());
+            }
+        }
+        // On the bridge, but its device is gone (it died with a deleted namespace): the port
+        // is made anew, as Neutron's `replace_port` does, so that OVS makes a new device.
+        Some(_) => {
+            out.push(Change::UnplugOvsPort {
+                bridge: bridge.clone(),
+                port: name.clone(),
+            });
+            out.push(plug());
+        }
+        None => out.push(plug()),
+    }
+    out.push(Change::AttachOvsDevice {
+        ns: ns.clone(),
+        dev: name.clone(),
+        mtu: want.mtu.unwrap_or(1500),
+        mac: want.mac,
+        addresses: fixed_addresses(want),
+        role: want.role,
+    });
+    true
 }
 
 fn fixed_addresses(d: &Device) -> Vec<IpNet> {
@@ -372,6 +466,12 @@ fn side_effects(
     for c in out.iter() {
         match c {
             Change::CreatePort {
+                dev,
+                addresses,
+                role,
+                ..
+            }
+            | Change::AttachOvsDevice {
                 dev,
                 addresses,
                 role,

@@ -35,6 +35,14 @@ pub enum RouterError {
         /// All errors.
         errors: l3agent_rtnl::ErrorList,
     },
+    /// Open vSwitch's database refused or could not be reached (`openvswitch` driver).
+    #[error("router {router}: OVSDB: {source}")]
+    Ovs {
+        /// Router id (or `host`).
+        router: String,
+        /// Cause.
+        source: l3agent_ovsdb::OvsdbError,
+    },
     /// An allocator failed.
     #[error("router {router}: {source}")]
     Alloc {

@@ -1,32 +1,114 @@
 //! Execute: runs [`Change`]s, in the order given, over the [`Kernel`] and [`Firewall`] traits.
 //! The first failure stops the namespace's changes (the next apply diffs again and goes on
-//! from what is there); announcements never fail a router.
+//! from what is there); announcements never fail a router. Consecutive OVS port changes of
+//! one kind and bridge (all the plugs of a namespace, all its unplugs) are applied as one
+//! OVSDB change set, in one transaction.
 
-use l3agent_types::NetnsName;
+use l3agent_ovsdb::{ChangeSet, InternalPort, OvsdbError};
+use l3agent_types::{IfName, NetnsName};
 use tracing::{debug, warn};
 
 use crate::change::Change;
 use crate::diff::veth_port;
 use crate::error::RouterError;
-use crate::kernel::{Firewall, Kernel, LinkPair};
+use crate::kernel::{Firewall, Kernel, LinkPair, OvsDevice};
 use crate::spec::HostSpec;
 
 /// Runs `changes` (made by [`crate::diff::diff`] for `host`). Returns how many ran; on error,
-/// the error of the change that failed.
+/// the error of the change that failed (for an OVS transaction, of its changes).
 pub fn execute(
     kernel: &mut dyn Kernel,
     firewall: &mut dyn Firewall,
     host: &HostSpec,
     changes: &[Change],
 ) -> Result<usize, RouterError> {
-    for c in changes {
+    let mut i = 0;
+    while i < changes.len() {
+        let c = &changes[i];
+        if ovs_port_change(c).is_some() {
+            let batch = ovs_batch(&changes[i..]);
+            debug!(changes = batch.len(), "executing one OVSDB transaction");
+            apply_ovs(kernel, host, batch).map_err(|e| RouterError::Change {
+                change: batch
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                source: Box::new(e),
+            })?;
+            i += batch.len();
+            continue;
+        }
         debug!(change = %c, "executing");
         run(kernel, firewall, host, c).map_err(|e| RouterError::Change {
             change: c.to_string(),
             source: Box::new(e),
         })?;
+        i += 1;
     }
     Ok(changes.len())
+}
+
+/// For an OVS port change: whether it plugs, and its bridge and port.
+fn ovs_port_change(c: &Change) -> Option<(bool, &IfName, &IfName)> {
+    match c {
+        Change::PlugOvsPort { bridge, port, .. } => Some((true, bridge, port)),
+        Change::UnplugOvsPort { bridge, port } => Some((false, bridge, port)),
+        _ => None,
+    }
+}
+
+/// The longest run at the start of `changes` of OVS port changes that go in one change set:
+/// the same kind, the same bridge, each name once.
+fn ovs_batch(changes: &[Change]) -> &[Change] {
+    let Some((plug, bridge, _)) = changes.first().and_then(ovs_port_change) else {
+        return &changes[..0];
+    };
+    let mut names = std::collections::BTreeSet::new();
+    let n = changes
+        .iter()
+        .take_while(|c| {
+            ovs_port_change(c)
+                .is_some_and(|(p, b, port)| p == plug && b == bridge && names.insert(port.clone()))
+        })
+        .count();
+    &changes[..n]
+}
+
+/// One OVSDB transaction for `batch` (see [`ovs_batch`]). A port found on another bridge is
+/// moved, as Neutron's `replace_port` (which deletes the name wherever it is) would.
+fn apply_ovs(
+    kernel: &mut dyn Kernel,
+    host: &HostSpec,
+    batch: &[Change],
+) -> Result<(), RouterError> {
+    let ovs_error = |source| RouterError::Ovs {
+        router: "host".into(),
+        source,
+    };
+    let Some(ovs) = &host.ovs else {
+        return Err(ovs_error(OvsdbError::Protocol(
+            "an OVS port change, but the interface driver is not openvswitch".into(),
+        )));
+    };
+    let Some((_, bridge, _)) = batch.first().and_then(ovs_port_change) else {
+        return Ok(());
+    };
+    let mut set = ChangeSet::new(bridge.clone());
+    set.move_from_other_bridges(true);
+    for c in batch {
+        match c {
+            Change::PlugOvsPort {
+                port, port_id, mac, ..
+            } => set.plug(InternalPort::neutron(port.clone(), port_id, *mac)),
+            Change::UnplugOvsPort { port, .. } => set.unplug(port.clone()),
+            _ => continue,
+        }
+        .map_err(ovs_error)?;
+    }
+    let applied = kernel.ovs_apply(&ovs.db, &set).map_err(ovs_error)?;
+    debug!(bridge = %bridge, changed = applied.changes.len(), attempts = applied.attempts, "OVSDB transaction done");
+    Ok(())
 }
 
 fn label(ns: Option<&NetnsName>) -> String {
@@ -59,6 +141,29 @@ fn run(
         Change::CreatePort { ns, .. } => {
             let port = veth_port(c).expect("a CreatePort change");
             kernel.create_port(ns, &port).map_err(plumbing)?;
+        }
+        Change::PlugOvsPort { .. } | Change::UnplugOvsPort { .. } => {
+            apply_ovs(kernel, host, std::slice::from_ref(c))?;
+        }
+        Change::AttachOvsDevice {
+            ns,
+            dev,
+            mtu,
+            mac,
+            addresses,
+            ..
+        } => {
+            kernel
+                .attach_ovs_device(
+                    ns,
+                    &OvsDevice {
+                        name: dev.clone(),
+                        mtu: *mtu,
+                        mac: *mac,
+                        addresses: addresses.clone(),
+                    },
+                )
+                .map_err(plumbing)?;
         }
         Change::CreateLink {
             ns,

@@ -4,6 +4,11 @@
 //! line and failing the first operation whose line contains [`World::fail_on`]. Passed to the
 //! reconciler through the same constructor parameter as the real implementations, so every
 //! change kind and failure path is tested without root.
+//!
+//! Open vSwitch (`openvswitch` driver) is [`l3agent_ovsdb::fake::FakeOvs`] inside the world,
+//! with ovs-vswitchd's part played here: plugging a port makes its device (a `tun` link) in
+//! the host namespace, unplugging removes the device wherever it is, and a device that dies
+//! with its namespace leaves the port behind, as on a real host.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -13,6 +18,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use ipnet::IpNet;
 use l3agent_iptables::{Family, IptablesModel};
 use l3agent_iptables_exec::ApplyError;
+use l3agent_ovsdb::fake::FakeOvs;
+use l3agent_ovsdb::{Applied, ChangeSet, OvsPorts, OvsdbError, PortChange, PortRecord};
 use l3agent_rtnl::addr::Address;
 use l3agent_rtnl::link::Link;
 use l3agent_rtnl::neigh::Neighbour;
@@ -23,9 +30,10 @@ use l3agent_rtnl::rule::Rule;
 use l3agent_rtnl::sysctl::Sysctl;
 use l3agent_rtnl::Error;
 use l3agent_types::{IfName, NetnsName};
+use std::path::Path;
 
 use crate::host::Sides;
-use crate::kernel::{Firewall, Kernel, LinkPair, Netlink};
+use crate::kernel::{Firewall, Kernel, LinkPair, Netlink, OvsDevice};
 
 /// One fake link.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +86,12 @@ pub struct World {
     pub fail_on: Option<String>,
     /// This "process" runs in a private mount namespace (as under `ip netns exec`).
     pub private_mounts: bool,
+    /// Open vSwitch's database: bridges and their ports.
+    pub ovs: FakeOvs,
+    /// ovsdb-server does not answer: every OVSDB call fails to connect.
+    pub ovsdb_down: bool,
+    /// How many times a bridge's ports were read ([`Kernel::ovs_ports`]).
+    pub ovs_reads: usize,
     next_index: u32,
 }
 
@@ -101,6 +115,25 @@ impl World {
             );
         }
         w
+    }
+
+    /// A host with these OVS bridges (and no Linux bridge).
+    pub fn with_ovs(bridges: &[&str]) -> World {
+        World {
+            ovs: FakeOvs::with_bridges(bridges),
+            ..World::default()
+        }
+    }
+
+    /// Where a device of this name is: the host (`Some(None)`) or a namespace.
+    fn find_link(&self, name: &str) -> Option<Option<NetnsName>> {
+        if self.host.links.contains_key(name) {
+            return Some(None);
+        }
+        self.namespaces
+            .iter()
+            .find(|(_, n)| n.links.contains_key(name))
+            .map(|(ns, _)| Some(ns.clone()))
     }
 
     fn index(&mut self) -> u32 {
@@ -713,6 +746,116 @@ impl Kernel for FakeKernel {
     }
 
     fn settle(&mut self, _: std::time::Duration) {}
+
+    fn ovs_bridge_exists(&mut self, db: &Path, bridge: &IfName) -> Result<bool, OvsdbError> {
+        let mut w = self.world();
+        ovsdb_up(&w, db)?;
+        w.ovs.bridge_exists(bridge)
+    }
+
+    fn ovs_ports(&mut self, db: &Path, bridge: &IfName) -> Result<Vec<PortRecord>, OvsdbError> {
+        let mut w = self.world();
+        ovsdb_up(&w, db)?;
+        w.ovs_reads += 1;
+        w.ovs.ports(bridge)
+    }
+
+    fn ovs_apply(&mut self, db: &Path, changes: &ChangeSet) -> Result<Applied, OvsdbError> {
+        let mut w = self.world();
+        ovsdb_up(&w, db)?;
+        let what: Vec<String> = changes
+            .changes()
+            .map(|c| match c {
+                l3agent_ovsdb::PortChangeRequest::Plug(p) => format!("plug {}", p.name),
+                l3agent_ovsdb::PortChangeRequest::Unplug(n) => format!("unplug {n}"),
+            })
+            .collect();
+        w.op(format!(
+            "ovsdb {}: transact {}",
+            changes.bridge(),
+            what.join(", ")
+        ))
+        .map_err(|e| OvsdbError::Protocol(e.to_string()))?;
+        let applied = w.ovs.apply(changes)?;
+        // ovs-vswitchd's part.
+        for c in &applied.changes {
+            match c {
+                PortChange::Created { port } | PortChange::Moved { port, .. } => {
+                    if w.find_link(port.as_str()).is_none() {
+                        let index = w.index();
+                        w.host.links.insert(
+                            port.to_string(),
+                            FakeLink {
+                                index,
+                                kind: Some("tun".into()),
+                                mtu: 1500,
+                                mac: Some([0x02, 0, 0, 0, 0xff, 0xfe]),
+                                up: false,
+                                master: None,
+                                peer: None,
+                            },
+                        );
+                    }
+                }
+                PortChange::Deleted { port } => {
+                    let mut found = Vec::new();
+                    if w.host.links.contains_key(port.as_str()) {
+                        found.push(None);
+                    }
+                    for (ns, n) in &w.namespaces {
+                        if n.links
+                            .get(port.as_str())
+                            .is_some_and(|l| l.kind.as_deref() == Some("tun"))
+                        {
+                            found.push(Some(ns.clone()));
+                        }
+                    }
+                    for ns in found {
+                        let _ = w.delete_link(ns.as_ref(), port.as_str());
+                    }
+                }
+                PortChange::Updated { .. } => {}
+            }
+        }
+        Ok(applied)
+    }
+
+    fn attach_ovs_device(&mut self, ns: &NetnsName, dev: &OvsDevice) -> Result<(), Error> {
+        {
+            let mut w = self.world();
+            w.op(format!("{ns}: ip link set {} netns {ns}", dev.name))?;
+            if !w.ns(Some(ns))?.links.contains_key(dev.name.as_str()) {
+                let link = w
+                    .host
+                    .links
+                    .remove(dev.name.as_str())
+                    .ok_or_else(|| no_device(&dev.name, "host"))?;
+                w.host.addresses.retain(|(d, _)| d != dev.name.as_str());
+                w.ns(Some(ns))?.links.insert(dev.name.to_string(), link);
+            }
+        }
+        let n = self.netlink(Some(ns))?;
+        if let Some(m) = dev.mac {
+            n.set_mac(&dev.name, m.octets())?;
+        }
+        n.set_mtu(&dev.name, dev.mtu)?;
+        n.set_up(&dev.name, true)?;
+        for a in &dev.addresses {
+            n.add_address(&dev.name, *a, true)?;
+        }
+        Ok(())
+    }
+}
+
+/// The error of a call to an ovsdb-server that does not answer.
+fn ovsdb_up(w: &World, db: &Path) -> Result<(), OvsdbError> {
+    if w.ovsdb_down {
+        return Err(OvsdbError::Connect {
+            path: db.to_path_buf(),
+            source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        });
+    }
+    Ok(())
 }
 
 /// [`Firewall`] over a [`World`]: a namespace's rules per family are the restore text of the

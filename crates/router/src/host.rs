@@ -3,6 +3,8 @@
 //! execute the diff.
 //!
 //! Order of an apply (a `plan` lists the same changes in the same order without making them):
+//! 0. with the `openvswitch` interface driver, the integration bridge's ports are read, once
+//!    for all routers (observe compares each router's OVS ports with this picture);
 //! 1. the namespaces the spec wants are recorded in the state directory, and the routers
 //!    whose dict changed lose their "applied" fingerprint, then the namespaces are created
 //!    (so after a SIGKILL anywhere, the records name every namespace that may exist and no
@@ -12,7 +14,8 @@
 //!    one netlink socket per namespace each; one failing router never stops the others, and a
 //!    router that fails in namespaces this run created has them removed again;
 //! 4. namespaces l3agent made that nobody wants any more are deleted (their devices, and the
-//!    host ends of their veths, go with them in one step).
+//!    host ends of their veths, go with them in one step; with `openvswitch`, the OVS ports of
+//!    their devices are unplugged first, in one transaction).
 //!
 //! Only a namespace that is l3agent's by exact name ([`names::parse_ns`]) is ever deleted,
 //! whatever the records say; a leftover at such a name that is not a namespace (a plain file
@@ -29,20 +32,21 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use l3agent_types::{NetnsName, RouterId};
+use l3agent_ovsdb::OvsdbError;
+use l3agent_types::{IfName, NetnsName, RouterId};
 use serde::Serialize;
 use tracing::{info, warn};
 
 use crate::change::Change;
 use crate::compile::{self, HostFacts};
-use crate::config::HostConfig;
+use crate::config::{ConfigDoc, HostConfig, IntegrationBridge, InterfaceDriver};
 use crate::diff::diff;
 use crate::error::RouterError;
 use crate::exec::execute;
 use crate::kernel::{Firewall, Kernel};
-use crate::observe::observe;
+use crate::observe::{observe, BridgePorts};
 use crate::records::{self, Records, State};
-use crate::spec::{names, HostSpec, NsKind};
+use crate::spec::{names, DeviceKind, HostSpec, NsKind};
 
 /// What happened to one router (or shared `fip-` namespace).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -185,6 +189,7 @@ fn converge_unit(
     spec: &HostSpec,
     names: &[NetnsName],
     fresh: &BTreeSet<NetnsName>,
+    bridge: Option<&BridgePorts>,
     execute_it: bool,
 ) -> (Vec<Change>, Option<RouterError>) {
     let (kernel, firewall) = sides;
@@ -196,6 +201,7 @@ fn converge_unit(
             ns,
             spec.namespaces.get(ns),
             fresh.contains(ns),
+            bridge,
         ) {
             Ok(o) => o,
             Err(e) => return (all, Some(e)),
@@ -306,6 +312,12 @@ fn run(
 ) -> Result<HostReport, HostError> {
     let stop = &opts.stop;
     let mut sides = make()?;
+    // The integration bridge's ports, read once for every router of this run.
+    let bridge = match &spec.ovs {
+        Some(ovs) => Some(read_bridge(sides.0.as_mut(), ovs)?),
+        None => None,
+    };
+    let bridge = bridge.as_ref();
     let mut report = HostReport::default();
     let mut pre: BTreeMap<String, Vec<Change>> = BTreeMap::new();
     let mut fresh = BTreeSet::new();
@@ -347,6 +359,7 @@ fn run(
             spec,
             std::slice::from_ref(ns),
             &fresh,
+            bridge,
             execute_it,
         );
         let mut all = pre.remove(ns.as_str()).unwrap_or_default();
@@ -393,7 +406,8 @@ fn run(
                         });
                         continue;
                     }
-                    let (more, error) = converge_unit(&mut sides, spec, names, &fresh, execute_it);
+                    let (more, error) =
+                        converge_unit(&mut sides, spec, names, &fresh, bridge, execute_it);
                     changes.extend(more);
                     if error.is_some() && execute_it {
                         undo.lock()
@@ -412,9 +426,20 @@ fn run(
         return Err(e.into());
     }
     report.routers.extend(results.into_inner().expect("lock"));
-    // A router that failed in namespaces this run created has them removed again.
+    // A router that failed in namespaces this run created has them removed again (with the
+    // OVS ports it may have plugged for them).
     for ns in undo.into_inner().expect("lock") {
-        if let Err(e) = sides.0.delete_namespace(&ns) {
+        let plugged: Vec<IfName> = spec
+            .namespaces
+            .get(&ns)
+            .into_iter()
+            .flat_map(|s| &s.devices)
+            .filter(|(_, d)| matches!(d.kind, DeviceKind::OvsPort { .. }))
+            .map(|(n, _)| n.clone())
+            .collect();
+        let ovs = spec.ovs.as_ref().map(|o| (o, None));
+        let changes = removal(sides.0.as_mut(), ovs, &ns, &plugged);
+        if let Err(e) = execute(sides.0.as_mut(), sides.1.as_mut(), spec, &changes) {
             warn!(%ns, error = %e, "could not remove the namespace of a failed router");
         }
         sides.1.forget(&ns);
@@ -448,18 +473,14 @@ fn run(
                 removed.entry(owner).or_default();
                 continue;
             }
-            let c = Change::DeleteNamespace { ns: ns.clone() };
+            let ovs = spec.ovs.as_ref().map(|o| (o, bridge));
+            let changes = removal(sides.0.as_mut(), ovs, ns, &[]);
             if execute_it {
-                if let Err(e) = execute(
-                    sides.0.as_mut(),
-                    sides.1.as_mut(),
-                    spec,
-                    std::slice::from_ref(&c),
-                ) {
+                if let Err(e) = execute(sides.0.as_mut(), sides.1.as_mut(), spec, &changes) {
                     errors.insert(owner.clone(), e);
                 }
             }
-            removed.entry(owner).or_default().push(c);
+            removed.entry(owner).or_default().extend(changes);
         }
         for (owner, changes) in removed {
             let error = errors.remove(&owner);
@@ -484,6 +505,66 @@ fn run(
     Ok(report)
 }
 
+/// Reads the integration bridge's ports (once per run). Unreachable, or no such bridge: the
+/// host does not fit the config (nothing has been changed yet).
+fn read_bridge(kernel: &mut dyn Kernel, ovs: &IntegrationBridge) -> Result<BridgePorts, HostError> {
+    kernel
+        .ovs_ports(&ovs.db, &ovs.bridge)
+        .map(BridgePorts::new)
+        .map_err(|e| HostError::Host(vec![ovs_problem(ovs, &e)]))
+}
+
+/// An OVSDB error as a problem of the config's field: `agent.integration_bridge` for a
+/// missing bridge, `agent.ovsdb` (the message names the socket) for everything else.
+fn ovs_problem(ovs: &IntegrationBridge, e: &OvsdbError) -> String {
+    match e {
+        OvsdbError::NoBridge { .. } => format!(
+            "agent.integration_bridge: bridge {} does not exist in the OVSDB at {}",
+            ovs.bridge,
+            ovs.db.display()
+        ),
+        other => format!("agent.ovsdb: {other}"),
+    }
+}
+
+/// The changes that remove namespace `ns`: with `openvswitch`, first the OVS ports of its
+/// devices, in one transaction (their devices go with them; were the namespace deleted first,
+/// its devices would die with it and nothing would name their ports any more), then the
+/// namespace. The ports are its OVS devices that are on the bridge (`bridge` read this run;
+/// `None`: all of its OVS devices, unplugging one that is not there being a no-op) and `also`.
+fn removal(
+    kernel: &mut dyn Kernel,
+    ovs: Option<(&IntegrationBridge, Option<&BridgePorts>)>,
+    ns: &NetnsName,
+    also: &[IfName],
+) -> Vec<Change> {
+    let mut out = Vec::new();
+    if let Some((ovs, bridge)) = ovs {
+        let mut ports: BTreeSet<IfName> = also.iter().cloned().collect();
+        if kernel.namespace_exists(ns) {
+            if let Ok(links) = kernel.netlink(Some(ns)).and_then(|n| n.links()) {
+                for l in links {
+                    let on_bridge = bridge.is_none_or(|b| b.ports.contains_key(&l.name));
+                    if names::owned_device(&l.name)
+                        && crate::observe::ovs_device_kind(l.kind.as_deref())
+                        && on_bridge
+                    {
+                        if let Ok(n) = IfName::new("device", &l.name) {
+                            ports.insert(n);
+                        }
+                    }
+                }
+            }
+        }
+        out.extend(ports.into_iter().map(|port| Change::UnplugOvsPort {
+            bridge: ovs.bridge.clone(),
+            port,
+        }));
+    }
+    out.push(Change::DeleteNamespace { ns: ns.clone() });
+    out
+}
+
 /// The routers compile could not build, as failed results.
 fn not_compiled(spec: &HostSpec) -> impl Iterator<Item = RouterResult> + '_ {
     spec.failed.iter().map(|(id, why)| RouterResult {
@@ -494,27 +575,82 @@ fn not_compiled(spec: &HostSpec) -> impl Iterator<Item = RouterResult> + '_ {
     })
 }
 
-/// Compiles `cfg` with allocations from the state directory; `persist` saves new ones.
+/// Compiles `cfg` with allocations from the state directory; `persist` saves new ones. The
+/// allocations (and the needs returned, which garbage collection keeps) are always those of
+/// the whole config; with `only`, only those routers are compiled.
 fn compile_host(
     state: &State,
     cfg: &HostConfig,
     facts: &HostFacts,
     persist: bool,
+    only: Option<&BTreeSet<RouterId>>,
 ) -> Result<(HostSpec, compile::Needs), HostError> {
     let needs = compile::needs(cfg);
     let alloc = records::allocate(state, &needs, persist)?;
-    Ok((compile::compile(cfg, &alloc, facts), needs))
+    let spec = match only {
+        None => compile::compile(cfg, &alloc, facts),
+        Some(only) => {
+            let narrowed = HostConfig {
+                agent: cfg.agent.clone(),
+                routers: cfg
+                    .routers
+                    .iter()
+                    .filter(|r| only.contains(&r.id))
+                    .cloned()
+                    .collect(),
+                doc: ConfigDoc {
+                    agent: cfg.doc.agent.clone(),
+                    routers: Vec::new(),
+                },
+            };
+            compile::compile(&narrowed, &alloc, facts)
+        }
+    };
+    Ok((spec, needs))
+}
+
+/// The routers an apply with `only` may compile alone: none when a namespace is shared
+/// between routers (a DVR host's `fip-` namespaces hold every distributed router's floating
+/// IPs of their network, and an apply removes the `fip-` namespaces its spec lacks), so the
+/// whole host is compiled there; on a host of legacy and HA routers, each router's
+/// namespaces are its own and compiling one router is enough to converge it.
+fn narrowable<'a>(
+    cfg: &HostConfig,
+    records: &Records,
+    only: Option<&'a BTreeSet<RouterId>>,
+) -> Option<&'a BTreeSet<RouterId>> {
+    let shared = cfg.routers.iter().any(|r| r.distributed)
+        || records
+            .namespaces
+            .iter()
+            .any(|n| matches!(names::parse_ns(n.as_str()), Some((NsKind::Fip, _))));
+    only.filter(|_| !shared)
 }
 
 /// What `cfg` takes for granted about the host, checked before the first change (of the
 /// kernel and of the state directory): namespaces created now outlive this process, and every
 /// bridge a router port plugs into exists and is a bridge (plugging into anything else would
-/// fail half-way, after the router's old port was gone).
+/// fail half-way, after the router's old port was gone); with `openvswitch`, the OVSDB
+/// answers and holds the integration bridge.
 pub fn preflight(cfg: &HostConfig, make: Factory<'_>) -> Result<(), HostError> {
     let (mut kernel, _) = make()?;
     let mut problems = Vec::new();
     if let Err(why) = kernel.namespaces_outlive_us() {
         problems.push(why);
+    }
+    // `openvswitch`: every port goes on the integration bridge, which must be in the OVSDB
+    // (and the OVSDB reachable).
+    if let Some(ovs) = &cfg.agent.ovs {
+        match kernel.ovs_bridge_exists(&ovs.db, &ovs.bridge) {
+            Ok(true) => {}
+            Ok(false) => problems.push(ovs_problem(
+                ovs,
+                &OvsdbError::NoBridge {
+                    bridge: ovs.bridge.to_string(),
+                },
+            )),
+            Err(e) => problems.push(ovs_problem(ovs, &e)),
+        }
     }
     let used: BTreeSet<(&l3agent_types::NetworkId, &l3agent_types::IfName)> = cfg
         .routers
@@ -526,6 +662,7 @@ pub fn preflight(cfg: &HostConfig, make: Factory<'_>) -> Result<(), HostError> {
                 .chain(&r.fip_agent_interfaces)
                 .chain(r.gw_port.as_ref())
         })
+        .filter(|p| p.driver == InterfaceDriver::Linuxbridge)
         .map(|p| (&p.network_id, &p.bridge))
         .collect();
     let host = kernel
@@ -564,7 +701,8 @@ pub fn apply(
     preflight(cfg, make)?;
     let state = State::open(&cfg.agent.state_path, &opts.stop)?;
     let mut records = load_records(&state, make)?;
-    let (spec, needs) = compile_host(&state, cfg, &opts.facts, true)?;
+    let narrow = narrowable(cfg, &records, opts.only.as_ref());
+    let (spec, needs) = compile_host(&state, cfg, &opts.facts, true, narrow)?;
     // Routers outside `only`: skipped like trusted ones, and left out of the report.
     let excluded: BTreeSet<RouterId> = match &opts.only {
         Some(only) => cfg
@@ -643,7 +781,7 @@ pub fn apply(
         cfg.routers.iter().any(|r| r.id.as_str() == id) && !removed.contains(id.as_str())
     });
     state.save_records(&records)?;
-    state.save_applied(cfg, &opts.facts)?;
+    state.save_applied(cfg, &opts.facts, opts.only.as_ref())?;
     if !report.interrupted {
         records::collect_garbage(&state, &needs)?;
     }
@@ -665,7 +803,7 @@ pub fn plan(
     preflight(cfg, make)?;
     let state = State::inspect(&cfg.agent.state_path)?;
     let records = load_records(&state, make)?;
-    let (spec, _) = compile_host(&state, cfg, facts, false)?;
+    let (spec, _) = compile_host(&state, cfg, facts, false, None)?;
     let opts = ApplyOptions::new(facts.clone(), Arc::new(AtomicBool::new(false)));
     let mut report = run(
         &spec,
@@ -712,7 +850,7 @@ pub fn status(state_path: &Path, make: Factory<'_>) -> Result<Vec<RouterHealth>,
         return Ok(Vec::new());
     };
     let records = load_records(&state, make)?;
-    let (spec, _) = compile_host(&state, &cfg, &facts, false)?;
+    let (spec, _) = compile_host(&state, &cfg, &facts, false, None)?;
     let opts = ApplyOptions::new(facts, Arc::new(AtomicBool::new(false)));
     let report = run(
         &spec,
@@ -780,7 +918,24 @@ pub fn destroy(
     }
     targets.retain(ours);
     let mut by_owner: BTreeMap<String, (Vec<Change>, Vec<String>)> = BTreeMap::new();
-    let empty = HostSpec::default();
+    // With `openvswitch` (of the config given, else of the last apply), the ports of the
+    // namespaces' devices are unplugged first. The bridge's ports cannot be read: every OVS
+    // device's port is unplugged, which fails the same way, and the namespace is kept.
+    let ovs = match cfg {
+        Some(c) => c.agent.ovs.clone(),
+        None => state
+            .last_applied()
+            .ok()
+            .flatten()
+            .and_then(|(c, _)| c.agent.ovs),
+    };
+    let bridge = ovs
+        .as_ref()
+        .and_then(|o| read_bridge(sides.0.as_mut(), o).ok());
+    let empty = HostSpec {
+        ovs: ovs.clone(),
+        ..HostSpec::default()
+    };
     for ns in &targets {
         let entry = by_owner.entry(owner_of(ns)).or_default();
         if !sides.0.namespace_exists(ns) {
@@ -788,16 +943,16 @@ pub fn destroy(
             records.namespaces.remove(ns);
             continue;
         }
-        let c = Change::DeleteNamespace { ns: ns.clone() };
-        match execute(
+        let changes = removal(
             sides.0.as_mut(),
-            sides.1.as_mut(),
-            &empty,
-            std::slice::from_ref(&c),
-        ) {
+            ovs.as_ref().map(|o| (o, bridge.as_ref())),
+            ns,
+            &[],
+        );
+        match execute(sides.0.as_mut(), sides.1.as_mut(), &empty, &changes) {
             Ok(_) => {
                 records.namespaces.remove(ns);
-                entry.0.push(c);
+                entry.0.extend(changes);
             }
             Err(e) => entry.1.push(e.to_string()),
         }

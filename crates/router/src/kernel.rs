@@ -1,5 +1,6 @@
 //! The side effects of the router reconciler, behind two traits passed in by constructor:
-//! [`Kernel`] (namespaces, rtnetlink, sysctls, conntrack, announcements) and [`Firewall`]
+//! [`Kernel`] (namespaces, rtnetlink, sysctls, conntrack, announcements, and for the
+//! `openvswitch` interface driver the OVSDB of the integration bridge) and [`Firewall`]
 //! (iptables per namespace). [`RealKernel`] and [`Managers`] do it for real; the tests use the
 //! recording fakes of [`crate::fake`].
 
@@ -7,12 +8,17 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::IpAddr;
 use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use ipnet::IpNet;
 
 use l3agent_iptables::{Family, IptablesModel};
 use l3agent_iptables_exec::{
-    ApplyError, Backend, ExecOptions, Manager, NetnsTarget, ProcessRunner,
+    ApplyError, Backend, ExecOptions, GenerationSocket, Manager, NetnsTarget, ProcessRunner,
 };
+use l3agent_ovsdb::{Applied, ChangeSet, Ovsdb, OvsdbError, PortRecord};
 use l3agent_rtnl::announce::Announcer;
 use l3agent_rtnl::port::{create_veth_port, VethPort};
 use l3agent_rtnl::prelude::*;
@@ -45,6 +51,23 @@ pub struct LinkPair {
     pub mtu: Option<u32>,
 }
 
+/// The device of a plugged OVS internal port, as it is configured in a router namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OvsDevice {
+    /// Its name (the OVS port's).
+    pub name: IfName,
+    /// MTU, set inside the namespace.
+    pub mtu: u32,
+    /// MAC (Neutron's port MAC).
+    pub mac: Option<MacAddr>,
+    /// Addresses.
+    pub addresses: Vec<IpNet>,
+}
+
+/// How long one OVSDB request may take, and how long an apply waits for ovs-vswitchd to
+/// make the devices it plugged.
+pub const OVSDB_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Everything the reconciler does to the kernel besides iptables.
 pub trait Kernel {
     /// `ip netns list` contains `ns`.
@@ -74,6 +97,17 @@ pub trait Kernel {
     /// Whether namespaces created by this process outlive it (not under `ip netns exec`):
     /// `Err` with the reason and what to do instead.
     fn namespaces_outlive_us(&mut self) -> Result<(), String>;
+    /// `ovs-vsctl --db=unix:DB br-exists BRIDGE` (`openvswitch` driver).
+    fn ovs_bridge_exists(&mut self, db: &Path, bridge: &IfName) -> Result<bool, OvsdbError>;
+    /// `ovs-vsctl --db=unix:DB list-ports BRIDGE`, with each port's Interface row.
+    fn ovs_ports(&mut self, db: &Path, bridge: &IfName) -> Result<Vec<PortRecord>, OvsdbError>;
+    /// Plugs and unplugs OVS internal ports in ONE transaction, and waits until ovs-vswitchd
+    /// has applied it (the devices of plugged ports exist in the host namespace, those of
+    /// unplugged ones are gone, wherever they were).
+    fn ovs_apply(&mut self, db: &Path, changes: &ChangeSet) -> Result<Applied, OvsdbError>;
+    /// Moves the device of a plugged OVS port from the host namespace into `ns` (unless it is
+    /// there already) and configures it there: MAC, MTU, up, addresses.
+    fn attach_ovs_device(&mut self, ns: &NetnsName, dev: &OvsDevice) -> Result<(), Error>;
 }
 
 /// The kernel, for real: one netlink socket per namespace, opened on first use and kept.
@@ -93,6 +127,9 @@ pub struct RealKernel {
     announcer: Announcer,
     /// Host ends of the ports of namespaces deleted, until they are seen gone.
     dying: Vec<IfName>,
+    /// The OVSDB client (`openvswitch` driver), for the socket it was made for; connected on
+    /// first use.
+    ovsdb: Option<(PathBuf, Ovsdb)>,
 }
 
 /// A sysctl's path split into the directory opened inside the namespace (its first two
@@ -116,7 +153,16 @@ impl RealKernel {
             sysctl_dirs: HashMap::new(),
             announcer,
             dying: Vec::new(),
+            ovsdb: None,
         })
+    }
+
+    /// The OVSDB client for `db` (made on first use, or anew for another socket).
+    fn ovsdb(&mut self, db: &Path) -> &mut Ovsdb {
+        if self.ovsdb.as_ref().is_none_or(|(p, _)| p != db) {
+            self.ovsdb = Some((db.to_path_buf(), Ovsdb::new(db, OVSDB_TIMEOUT)));
+        }
+        &mut self.ovsdb.as_mut().expect("set above").1
     }
 
     fn entry(&mut self, ns: &NetnsName) -> Result<&mut (Netns, Rtnl), Error> {
@@ -323,6 +369,42 @@ impl Kernel for RealKernel {
             .announce(Some(ns.clone()), dev.clone(), addrs.to_vec());
     }
 
+    fn ovs_bridge_exists(&mut self, db: &Path, bridge: &IfName) -> Result<bool, OvsdbError> {
+        self.ovsdb(db).bridge_exists(bridge)
+    }
+
+    fn ovs_ports(&mut self, db: &Path, bridge: &IfName) -> Result<Vec<PortRecord>, OvsdbError> {
+        self.ovsdb(db).ports(bridge)
+    }
+
+    fn ovs_apply(&mut self, db: &Path, changes: &ChangeSet) -> Result<Applied, OvsdbError> {
+        self.ovsdb(db).apply(changes)
+    }
+
+    fn attach_ovs_device(&mut self, ns: &NetnsName, dev: &OvsDevice) -> Result<(), Error> {
+        self.entry(ns)?;
+        let (n, r) = self.open.get_mut(ns).expect("opened above");
+        if r.link(&dev.name)?.is_none() {
+            if self.host.link(&dev.name)?.is_none() {
+                return Err(Error::NoDevice {
+                    what: format!("moving the device of OVS port {} to {ns}", dev.name),
+                    netns: self.host.netns().to_owned(),
+                    device: dev.name.to_string(),
+                });
+            }
+            self.host.move_to(&dev.name, n.fd(), ns.as_str())?;
+        }
+        if let Some(m) = dev.mac {
+            r.set_mac(&dev.name, m.octets())?;
+        }
+        r.set_mtu(&dev.name, dev.mtu)?;
+        r.set_up(&dev.name, true)?;
+        for a in &dev.addresses {
+            r.add_address(&dev.name, *a, true)?;
+        }
+        Ok(())
+    }
+
     fn settle(&mut self, timeout: std::time::Duration) {
         let deadline = std::time::Instant::now() + timeout;
         while !self.dying.is_empty() && std::time::Instant::now() < deadline {
@@ -363,7 +445,51 @@ pub trait Firewall {
 }
 
 /// One namespace's manager, shared by the clones of [`Managers`].
-type Shared = Arc<Mutex<Manager<ProcessRunner>>>;
+type Shared = Arc<Mutex<Entry>>;
+
+/// A manager, and what proves its knowledge of the kernel still holds.
+#[derive(Debug)]
+struct Entry {
+    m: Manager<ProcessRunner>,
+    /// nf_tables only: a socket asking the namespace's ruleset generation.
+    gen: Option<GenerationSocket>,
+    /// The generation at which what `m` knows was true (`None`: unknown).
+    seen: Option<u32>,
+}
+
+impl Entry {
+    fn generation(&self) -> Option<u32> {
+        self.gen.as_ref().and_then(|g| g.query().ok())
+    }
+
+    /// After a step that started at generation `before` and made `ours` commits: what the
+    /// manager knows holds at the generation now if nobody else wrote meanwhile.
+    fn settle(&mut self, before: Option<u32>, ours: u32) {
+        let now = self.generation();
+        self.seen = match (before, now) {
+            (Some(b), Some(n)) if n == b.wrapping_add(ours) => Some(n),
+            _ => None,
+        };
+    }
+
+    fn refresh(&mut self) {
+        self.m.refresh();
+        self.seen = None;
+    }
+
+    /// Before a plan or an apply: on nf_tables, a manager that cannot prove its knowledge
+    /// (the generation moved since it last saw the rules: another writer; a step failed)
+    /// reads the kernel again: one `NFT_MSG_GETGEN`, no process, re-checks every namespace
+    /// an event touches. Returns the generation the step starts from. Without a generation
+    /// (legacy), what the manager knows is trusted until the next drift check.
+    fn prepare(&mut self) -> Option<u32> {
+        let now = self.generation();
+        if self.gen.is_some() && (self.seen.is_none() || now != self.seen) {
+            self.refresh();
+        }
+        now
+    }
+}
 
 /// Long-lived iptables [`Manager`]s, one per namespace. Clones share them: the agent gives
 /// each apply worker a clone of one `Managers`, so that what a manager knows of its
@@ -382,7 +508,7 @@ fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// A namespace's manager, locked. A worker that panicked mid-apply left a manager whose
 /// committed state may be wrong: it reads the kernel again.
-fn use_manager(m: &Shared) -> MutexGuard<'_, Manager<ProcessRunner>> {
+fn use_manager(m: &Shared) -> MutexGuard<'_, Entry> {
     m.lock().unwrap_or_else(|e| {
         m.clear_poison();
         let mut g = e.into_inner();
@@ -405,6 +531,31 @@ impl Managers {
         locked(&self.managers).keys().cloned().collect()
     }
 
+    /// Chains and rules of the models the managers hold, over all namespaces and families
+    /// (the `l3agent_iptables_chains` and `_rules` gauges).
+    pub fn owned(&self) -> (u64, u64) {
+        let all: Vec<Shared> = locked(&self.managers).values().cloned().collect();
+        let (mut chains, mut rules) = (0u64, 0u64);
+        for m in all {
+            let m = use_manager(&m);
+            let model = m.m.model();
+            for family in model.families() {
+                for table in model.tables_of(family) {
+                    for chain in model
+                        .table(family, table)
+                        .map(|t| t.chains.values())
+                        .into_iter()
+                        .flatten()
+                    {
+                        chains += 1;
+                        rules += chain.rules().count() as u64;
+                    }
+                }
+            }
+        }
+        (chains, rules)
+    }
+
     /// The manager of `ns` (made on first use), holding `model`.
     fn manager(&self, ns: &NetnsName, model: &IptablesModel) -> Result<Shared, ApplyError> {
         let existing = locked(&self.managers).get(ns).cloned();
@@ -414,7 +565,18 @@ impl Managers {
                 let target = NetnsTarget::Named(ns.clone());
                 let runner =
                     ProcessRunner::open_assuming(&target, self.backend, ExecOptions::default())?;
-                let made = Arc::new(Mutex::new(Manager::with_runner(model.clone(), runner)));
+                // Without a generation socket every drift check reads the kernel.
+                let gen = match self.backend {
+                    Backend::Nft => l3agent_rtnl::Netns::open(ns)
+                        .ok()
+                        .and_then(|n| GenerationSocket::open(Some(&n)).ok()),
+                    Backend::Legacy => None,
+                };
+                let made = Arc::new(Mutex::new(Entry {
+                    m: Manager::with_runner(model.clone(), runner),
+                    gen,
+                    seen: None,
+                }));
                 locked(&self.managers)
                     .entry(ns.clone())
                     .or_insert(made)
@@ -422,12 +584,29 @@ impl Managers {
             }
         };
         {
-            let mut m = use_manager(&shared);
-            if !m.model().same_rules(model) {
-                m.set_model(model.clone());
+            let mut e = use_manager(&shared);
+            if !e.m.model().same_rules(model) {
+                e.m.set_model(model.clone());
             }
         }
         Ok(shared)
+    }
+
+    /// Before a drift check: every manager whose namespace's rules may have changed since it
+    /// last read or wrote them forgets what it knows (its next plan reads the kernel); on
+    /// nf_tables, one whose namespace's ruleset generation is still the one it saw keeps it,
+    /// and its check starts no process. Returns how many forgot.
+    pub fn refresh_changed(&self) -> usize {
+        let all: Vec<Shared> = locked(&self.managers).values().cloned().collect();
+        let mut forgot = 0;
+        for shared in all {
+            let mut e = use_manager(&shared);
+            if e.seen.is_none() || e.generation() != e.seen {
+                e.refresh();
+                forgot += 1;
+            }
+        }
+        forgot
     }
 }
 
@@ -452,9 +631,12 @@ impl Firewall for Managers {
             // the apply that follows sends exactly this plan without reading the kernel first.
             locked(&self.managers).remove(ns);
             if let Ok(m) = self.manager(ns, model) {
-                let mut m = use_manager(&m);
-                m.assume_empty();
-                return Ok(lines(m.plan()?));
+                let mut e = use_manager(&m);
+                e.m.assume_empty();
+                let before = e.generation();
+                let plans = e.m.plan()?;
+                e.settle(before, 0);
+                return Ok(lines(plans));
             }
             return Ok(Family::ALL
                 .into_iter()
@@ -464,7 +646,16 @@ impl Firewall for Managers {
                 .collect());
         }
         let m = self.manager(ns, model)?;
-        let plans = use_manager(&m).plan()?;
+        let mut e = use_manager(&m);
+        let before = e.prepare();
+        let plans = match e.m.plan() {
+            Ok(p) => p,
+            Err(err) => {
+                e.seen = None;
+                return Err(err);
+            }
+        };
+        e.settle(before, 0);
         Ok(lines(plans))
     }
 
@@ -474,7 +665,18 @@ impl Firewall for Managers {
         model: &IptablesModel,
     ) -> Result<Vec<(Family, Vec<String>)>, ApplyError> {
         let m = self.manager(ns, model)?;
-        let report = use_manager(&m).apply()?;
+        let mut e = use_manager(&m);
+        let before = e.prepare();
+        let report = match e.m.apply() {
+            Ok(r) => r,
+            Err(err) => {
+                e.seen = None;
+                return Err(err);
+            }
+        };
+        // One commit per family restored (iptables-nft-restore commits its input as one
+        // batch); any other count means another writer too, and the next check reads.
+        e.settle(before, u32::try_from(report.sent.len()).unwrap_or(u32::MAX));
         Ok(report
             .sent
             .into_iter()

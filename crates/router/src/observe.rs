@@ -1,7 +1,9 @@
 //! Observe: what one of l3agent's namespaces holds now, in the shape of
 //! [`crate::spec::NsSpec`]: netlink dumps (links, addresses, routes of every table, rules,
 //! permanent neighbours), the sysctls the spec names, the host ends of its ports, and the
-//! iptables input a [`Firewall`] would send. Only what l3agent owns is kept: routes the kernel
+//! iptables input a [`Firewall`] would send, and with the `openvswitch` interface driver the
+//! integration bridge's records of its ports (from [`BridgePorts`], read once per apply, not
+//! per namespace). Only what l3agent owns is kept: routes the kernel
 //! installed itself (`proto kernel`, `ra`, `redirect`), the three default policy rules and IPv6
 //! link-local addresses are left out.
 
@@ -10,6 +12,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use l3agent_iptables::Family;
+use l3agent_ovsdb::PortRecord;
 use l3agent_rtnl::route::{Protocol, Route};
 use l3agent_rtnl::rule::Rule;
 use l3agent_rtnl::sysctl::Sysctl;
@@ -45,6 +48,31 @@ pub struct ObservedHostEnd {
     pub up: bool,
 }
 
+/// The integration bridge's ports by name, as read once at the start of a `plan`, `apply` or
+/// `status` (`ovs-vsctl list-ports BRIDGE` with their Interface rows). Each router's ports
+/// are its own (names derive from port ids), so one picture taken before anything changes is
+/// right for every router the run converges.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BridgePorts {
+    /// Port name → record.
+    pub ports: BTreeMap<String, PortRecord>,
+}
+
+impl BridgePorts {
+    /// From [`l3agent_ovsdb::OvsPorts::ports`].
+    pub fn new(records: Vec<PortRecord>) -> BridgePorts {
+        BridgePorts {
+            ports: records.into_iter().map(|r| (r.name.clone(), r)).collect(),
+        }
+    }
+}
+
+/// Whether a link is the device of an OVS internal port: a tap device on the userspace
+/// datapath (`tun`), an `openvswitch` internal device on the kernel's.
+pub fn ovs_device_kind(kind: Option<&str>) -> bool {
+    matches!(kind, Some("tun" | "openvswitch"))
+}
+
 /// What a namespace holds.
 #[derive(Debug, Clone, Default)]
 pub struct ObservedNs {
@@ -68,6 +96,12 @@ pub struct ObservedNs {
     pub host_ends: BTreeMap<IfName, Option<ObservedHostEnd>>,
     /// The `iptables-restore` input, per family, that would make the rules right.
     pub iptables: Vec<(Family, Vec<String>)>,
+    /// With `openvswitch`: the integration bridge's record of each OVS port this namespace
+    /// should have (the spec's), and of each device l3agent owns here that is a port on the
+    /// bridge; `None`: not on the bridge.
+    pub ovs_ports: BTreeMap<String, Option<PortRecord>>,
+    /// The spec's OVS port devices found in the host namespace (plugged, not moved in yet).
+    pub ovs_in_host: BTreeSet<String>,
 }
 
 /// Whether a route was installed by the kernel itself (connected, RA, redirect).
@@ -104,13 +138,15 @@ fn link_local(n: &IpNet) -> bool {
 }
 
 /// Reads namespace `ns` for `spec` (`None`: the namespace is not wanted; only its existence
-/// matters). `fresh`: this run created it.
+/// matters). `fresh`: this run created it. `bridge`: the integration bridge's ports, read
+/// once by the caller (`openvswitch` driver).
 pub fn observe(
     kernel: &mut dyn Kernel,
     firewall: &mut dyn Firewall,
     ns: &NetnsName,
     spec: Option<&NsSpec>,
     fresh: bool,
+    bridge: Option<&BridgePorts>,
 ) -> Result<ObservedNs, RouterError> {
     let plumbing = |source| RouterError::Plumbing {
         router: ns.to_string(),
@@ -174,7 +210,14 @@ pub fn observe(
             out.host_ends.insert(h.clone(), end);
         }
     }
+    let ovs_devices: Vec<&IfName> = spec
+        .devices
+        .iter()
+        .filter(|(_, d)| matches!(d.kind, DeviceKind::OvsPort { .. }))
+        .map(|(n, _)| n)
+        .collect();
     if !out.exists {
+        observe_ovs(kernel, &mut out, &ovs_devices, bridge, ns)?;
         out.iptables =
             firewall
                 .plan(ns, &spec.iptables, false)
@@ -204,6 +247,8 @@ pub fn observe(
             },
         );
     }
+    observe_ovs(kernel, &mut out, &ovs_devices, bridge, ns)?;
+    let nl = kernel.netlink(Some(ns)).map_err(plumbing)?;
     for ipv6 in [false, true] {
         out.routes.extend(
             nl.all_routes(ipv6)
@@ -244,4 +289,54 @@ pub fn observe(
             source,
         })?;
     Ok(out)
+}
+
+/// The OVS side of a namespace: the bridge's records of the spec's OVS port devices and of
+/// the owned devices found there, and which of the spec's devices wait in the host namespace
+/// (looked up by name, and only for a device missing from `ns`: nothing is read in the steady
+/// state).
+fn observe_ovs(
+    kernel: &mut dyn Kernel,
+    out: &mut ObservedNs,
+    wanted: &[&IfName],
+    bridge: Option<&BridgePorts>,
+    ns: &NetnsName,
+) -> Result<(), RouterError> {
+    let Some(bridge) = bridge else {
+        return Ok(());
+    };
+    for (name, d) in &out.devices {
+        if crate::spec::names::owned_device(name) && ovs_device_kind(d.kind.as_deref()) {
+            if let Some(r) = bridge.ports.get(name) {
+                out.ovs_ports.insert(name.clone(), Some(r.clone()));
+            }
+        }
+    }
+    let missing: Vec<&IfName> = wanted
+        .iter()
+        .copied()
+        .filter(|n| !out.devices.contains_key(n.as_str()))
+        .collect();
+    for name in wanted {
+        out.ovs_ports
+            .insert(name.to_string(), bridge.ports.get(name.as_str()).cloned());
+    }
+    if !missing.is_empty() {
+        let host = kernel
+            .netlink(None)
+            .map_err(|source| RouterError::Plumbing {
+                router: ns.to_string(),
+                source,
+            })?;
+        for name in missing {
+            let found = host.link(name).map_err(|source| RouterError::Plumbing {
+                router: ns.to_string(),
+                source,
+            })?;
+            if found.is_some() {
+                out.ovs_in_host.insert(name.to_string());
+            }
+        }
+    }
+    Ok(())
 }

@@ -147,6 +147,20 @@ impl State {
         }
     }
 
+    /// Writes `value` unless the record already holds exactly it (most applies change no
+    /// agent section): no write, no fsync.
+    fn write_if_changed<T: serde::Serialize>(&self, rel: &str, value: &T) -> Result<(), HostError> {
+        let same = self
+            .read_json::<serde_json::Value>(rel)
+            .ok()
+            .flatten()
+            .is_some_and(|old| serde_json::to_value(value).ok() == Some(old));
+        if !same {
+            self.dir()?.write_json(rel, value)?;
+        }
+        Ok(())
+    }
+
     fn list(&self, sub: &str) -> Result<Vec<String>, StateError> {
         match &self.dir {
             Some(d) => d.list(sub),
@@ -210,16 +224,28 @@ impl State {
     }
 
     /// Saves `records.json`.
+    ///
+    /// Not fsynced ([`l3agent_state::StateDir::write_volatile`]): the records describe
+    /// namespaces, which a power loss erases with the records' worth, and a record garbled by
+    /// one is rebuilt conservatively ([`State::records`]: no router trusted). Every apply
+    /// writes them before its first kernel change: an fsync there is milliseconds added to
+    /// every event of the agent.
     pub fn save_records(&self, r: &Records) -> Result<(), HostError> {
-        Ok(self.dir()?.write_json(RECORDS, r)?)
+        Ok(self.dir()?.write_json_volatile(RECORDS, r)?)
     }
 
     /// Saves what was applied: the agent section, the facts, and every router whose record
     /// is missing or whose dict changed; removes the records of routers no longer there.
-    pub fn save_applied(&self, cfg: &HostConfig, facts: &HostFacts) -> Result<(), HostError> {
-        self.dir()?
-            .write_json("applied/agent.json", &cfg.doc.agent)?;
-        self.dir()?.write_json(
+    /// With `only`, the routers outside it were not applied: a record they have stays as it
+    /// is (not even read; at 1,000 routers that is most of an agent event's writing).
+    pub fn save_applied(
+        &self,
+        cfg: &HostConfig,
+        facts: &HostFacts,
+        only: Option<&BTreeSet<RouterId>>,
+    ) -> Result<(), HostError> {
+        self.write_if_changed("applied/agent.json", &cfg.doc.agent)?;
+        self.write_if_changed(
             "applied/facts.json",
             &Facts {
                 random_fully: facts.random_fully,
@@ -230,6 +256,11 @@ impl State {
         for r in &cfg.doc.routers {
             let file = format!("router-{}.json", r.id);
             let name = format!("applied/{file}");
+            let outside = only.is_some_and(|o| !o.iter().any(|id| id.as_str() == r.id));
+            if outside && present.contains(&file) {
+                keep.insert(file);
+                continue;
+            }
             let same = self
                 .read_json::<RouterDoc>(&name)
                 .ok()

@@ -16,8 +16,10 @@ use l3agent_iptables::{Family, IptablesModel};
 use l3agent_rtnl::route::Route;
 use l3agent_rtnl::rule::Rule;
 use l3agent_rtnl::sysctl::Sysctl;
-use l3agent_types::{IfName, MacAddr, NetnsName, NetworkId, RouterId};
+use l3agent_types::{IfName, MacAddr, NetnsName, NetworkId, PortId, RouterId};
 use serde::Serialize;
+
+use crate::config::IntegrationBridge;
 
 /// What a namespace is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -80,6 +82,16 @@ pub enum DeviceKind {
         host_end: IfName,
         /// The bridge of its network, in the host namespace.
         bridge: IfName,
+    },
+    /// A router port on Open vSwitch (Neutron's `OVSInterfaceDriver`): an internal port of the
+    /// device's name on the integration bridge `bridge`, whose Interface carries
+    /// `external_ids` `iface-id=<port_id>`, `iface-status=active`, `attached-mac=<mac>`; its
+    /// device appears in the host namespace and is moved into the router's.
+    OvsPort {
+        /// The integration bridge.
+        bridge: IfName,
+        /// The Neutron port (`iface-id`).
+        port_id: PortId,
     },
     /// A veth between two of l3agent's namespaces (rfp- ↔ fpr-). The side with `creator`
     /// makes the pair; the other side only converges its own end's addresses.
@@ -168,6 +180,9 @@ impl NsSpec {
                 DeviceKind::Port { host_end, bridge } => {
                     let _ = write!(out, " port host_end={host_end} bridge={bridge}");
                 }
+                DeviceKind::OvsPort { bridge, port_id } => {
+                    let _ = write!(out, " ovs_port bridge={bridge} iface-id={port_id}");
+                }
                 DeviceKind::Link {
                     peer,
                     peer_ns,
@@ -220,6 +235,10 @@ pub struct HostSpec {
     /// Routers that could not be compiled (e.g. a DVR router without an allocation), with why:
     /// they are reported as failed and left as they are.
     pub failed: BTreeMap<RouterId, String>,
+    /// With the `openvswitch` interface driver: the integration bridge and its OVSDB, where
+    /// the [`DeviceKind::OvsPort`] devices are plugged (and the ports of removed routers
+    /// unplugged).
+    pub ovs: Option<IntegrationBridge>,
 }
 
 impl HostSpec {

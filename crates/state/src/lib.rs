@@ -243,6 +243,19 @@ impl StateDir {
     /// directory. Needs the lock. On failure the old record is untouched and no temporary
     /// remains.
     pub fn write(&self, rel: &str, bytes: &[u8]) -> Result<(), StateError> {
+        self.replace(rel, bytes, true)
+    }
+
+    /// [`StateDir::write`] without the fsyncs: atomic against a crash of the process (the
+    /// rename), not against a power loss, after which the record may be old, empty or
+    /// garbled. For records whose loss the caller recovers from (by rebuilding them) and that
+    /// describe what a reboot erases anyway (namespaces, links): an fsync costs milliseconds
+    /// on every change, which the agent pays between an event and the kernel.
+    pub fn write_volatile(&self, rel: &str, bytes: &[u8]) -> Result<(), StateError> {
+        self.replace(rel, bytes, false)
+    }
+
+    fn replace(&self, rel: &str, bytes: &[u8], durable: bool) -> Result<(), StateError> {
         let name = Rel::parse(rel)?;
         self.require_lock("writing", rel)?;
         let dir = self.ensure_dir(name.sub, rel)?;
@@ -253,25 +266,40 @@ impl StateDir {
             source,
         };
         let (tmp, file) = self.create_temp(&dir, name.file).map_err(io)?;
-        if let Err(e) = fill_and_rename(file, bytes, &tmp, &target) {
+        if let Err(e) = fill_and_rename(file, bytes, &tmp, &target, durable) {
             if let Err(re) = fs::remove_file(&tmp) {
                 tracing::debug!(path = %tmp.display(), error = %re, "removing temporary file");
             }
             return Err(io(e));
         }
-        sync_dir(&dir).map_err(io)?;
-        tracing::debug!(path = %target.display(), bytes = bytes.len(), "wrote state record");
+        if durable {
+            sync_dir(&dir).map_err(io)?;
+        }
+        tracing::debug!(path = %target.display(), bytes = bytes.len(), durable, "wrote state record");
         Ok(())
     }
 
     /// Writes `value` as a JSON record (compact, one line) with [`StateDir::write`].
     pub fn write_json<T: serde::Serialize>(&self, rel: &str, value: &T) -> Result<(), StateError> {
+        self.write(rel, &self.encode(rel, value)?)
+    }
+
+    /// Writes `value` as a JSON record with [`StateDir::write_volatile`].
+    pub fn write_json_volatile<T: serde::Serialize>(
+        &self,
+        rel: &str,
+        value: &T,
+    ) -> Result<(), StateError> {
+        self.write_volatile(rel, &self.encode(rel, value)?)
+    }
+
+    fn encode<T: serde::Serialize>(&self, rel: &str, value: &T) -> Result<Vec<u8>, StateError> {
         let mut bytes = serde_json::to_vec(value).map_err(|e| StateError::Encode {
             path: self.path.join(rel),
             reason: e.to_string(),
         })?;
         bytes.push(b'\n');
-        self.write(rel, &bytes)
+        Ok(bytes)
     }
 
     /// Removes a record; `false` if it did not exist. Needs the lock.
@@ -586,10 +614,18 @@ fn entries(dir: &Path, what: &'static str) -> Result<Vec<(String, Kind)>, StateE
     Ok(out)
 }
 
-/// Writes, fsyncs and renames a temporary file over its target.
-fn fill_and_rename(mut file: File, bytes: &[u8], tmp: &Path, target: &Path) -> std::io::Result<()> {
+/// Writes, fsyncs (if `durable`) and renames a temporary file over its target.
+fn fill_and_rename(
+    mut file: File,
+    bytes: &[u8],
+    tmp: &Path,
+    target: &Path,
+    durable: bool,
+) -> std::io::Result<()> {
     file.write_all(bytes)?;
-    file.sync_all()?;
+    if durable {
+        file.sync_all()?;
+    }
     drop(file);
     fs::rename(tmp, target)
 }

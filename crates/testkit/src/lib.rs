@@ -5,6 +5,7 @@
 //! code under test never does.
 #![allow(clippy::disallowed_methods)] // fixtures spawn `ip`/`iptables` to set up and inspect
 
+pub mod neutron_api;
 pub mod service;
 
 use std::io::Write;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::Args;
 use l3agent_agent::daemon::{self, DaemonOptions, Loader, SidesFactory};
 use l3agent_agent::Notifier;
-use l3agent_router::kernel::{Firewall, Managers};
+use l3agent_router::kernel::Managers;
 
 use super::{load_host_config, sides, Failure, Sides};
 
@@ -68,11 +68,19 @@ pub fn run(a: AgentArgs) -> Result<(), Failure> {
     // One set of iptables managers for the agent's life: an event sends only what changed.
     let managers = Managers::new(backend);
     let forget = managers.clone();
+    let owned = managers.clone();
     // The error type is the router crate's (`host::Factory`'s), not ours to shrink.
     #[allow(clippy::result_large_err)]
     let make =
         SidesFactory::new(move || l3agent_router::host::real_sides_with(&managers, &announcer)())
-            .forgetting(move || forget.clone().refresh());
+            .forgetting(move || {
+                let forgot = forget.refresh_changed();
+                tracing::debug!(
+                    forgot,
+                    "iptables managers that read the kernel at this refresh"
+                );
+            })
+            .owning(move || owned.owned());
     let notifier = Notifier::from_env().map_err(|e| Failure::failed(format!("sd_notify: {e}")))?;
     daemon::run(opts, initial, load, make, notifier, stop)
         .map_err(|e| Failure::failed(format!("agent: {e}")))

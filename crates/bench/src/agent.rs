@@ -1,0 +1,504 @@
+//! `l3agent-bench agent` (issue 11): the long-running agent (`l3agent agent`, the release
+//! binary, a process of its own) holding `count` legacy routers with `fips` floating IPs each,
+//! from inside a throwaway host namespace:
+//!
+//! - **cold start to ready**: from the process start on an empty host to `ready` on the
+//!   control socket (every router converged);
+//! - **event to kernel**: `events` times, one floating IP added to one router by an atomic
+//!   rename of the config file; the time from the rename until both the address and a rule
+//!   change are in the kernel (polled over netlink in the router namespace: its addresses and
+//!   its nf_tables ruleset generation, every 200 µs), the DNAT rule then checked with
+//!   `iptables-save -t nat`; p50 and p99;
+//! - its **floor**, measured in the same run: one `iptables-restore --noflush` of the same three
+//!   rules (DNAT in PREROUTING and OUTPUT, SNAT in float-snat) into the same chains plus one
+//!   address add over rtnetlink, in a namespace of its own: what any agent must at least do;
+//! - **idle**: CPU and resident memory of the agent process over `idle_secs` with nothing
+//!   changing (the refresh interval is longer than the window), and the processes it started
+//!   meanwhile (`l3agent_process_spawns_total` on its `/metrics`);
+//! - **restart**: SIGTERM, then a new process on the converged host: time to `ready`, and the
+//!   routers it changed (none expected).
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args as ClapArgs;
+use l3agent_netns::NetnsError;
+use l3agent_rtnl::prelude::*;
+use l3agent_rtnl::{Netns, Rtnl};
+use l3agent_testkit::TestNs;
+use l3agent_types::{IfName, NetnsName};
+use serde_json::{json, Value};
+
+use crate::routers::{fip, host_with_bridges, router};
+
+/// Arguments of `l3agent-bench agent`.
+#[derive(Debug, ClapArgs)]
+pub struct Args {
+    /// Routers.
+    #[arg(long, default_value_t = 1000)]
+    count: usize,
+    /// Floating IPs per router.
+    #[arg(long, default_value_t = 10)]
+    fips: usize,
+    /// Floating IP additions timed, one router each.
+    #[arg(long, default_value_t = 50)]
+    events: usize,
+    /// Seconds of the idle window.
+    #[arg(long, default_value_t = 30)]
+    idle_secs: u64,
+    /// The l3agent binary (default: `l3agent` beside this one).
+    #[arg(long)]
+    l3agent: Option<PathBuf>,
+    /// Keep the work directory (the agents' logs; run with L3AGENT_LOG=debug to see each
+    /// step of an event) and print where it is.
+    #[arg(long)]
+    keep: bool,
+}
+
+/// The agent process; killed if the benchmark fails while it runs.
+struct Agent {
+    child: Option<Child>,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Agent {
+    fn start(bin: &Path, host: &TestNs, config: &Path, dir: &Path, log: &str) -> Result<Agent> {
+        let socket = dir.join("run").join("control.sock");
+        let log = dir.join(log);
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", host.name))
+            .arg(bin)
+            .args(["agent", "--config"])
+            .arg(config)
+            // Longer than the benchmark: the idle window sees no refresh.
+            .args([
+                "--resync-interval",
+                "3600",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--control-socket")
+            .arg(&socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("starting l3agent agent")?;
+        Ok(Agent {
+            child: Some(child),
+            socket,
+            log,
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    fn status(&self) -> Option<Value> {
+        l3agent_agent::control::client::query(
+            &self.socket,
+            &l3agent_agent::Request::Status { router: None },
+            Duration::from_secs(10),
+        )
+        .ok()
+    }
+
+    /// Waits (at most `within`) until the agent is ready.
+    fn ready(&mut self, within: Duration) -> Result<Value> {
+        let t = Instant::now();
+        while t.elapsed() < within {
+            if let Some(Ok(Some(st))) = self.child.as_mut().map(Child::try_wait) {
+                bail!("the agent exited ({st}):\n{}", self.log_tail());
+            }
+            if let Some(v) = self.status().filter(|v| v["ready"] == true) {
+                return Ok(v);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!(
+            "the agent was not ready within {within:?}:\n{}",
+            self.log_tail()
+        )
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// SIGTERM, and the wait for the exit (at most 60 s).
+    fn stop(&mut self) -> Result<Duration> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(Duration::ZERO);
+        };
+        let t = Instant::now();
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+        while t.elapsed() < Duration::from_secs(60) {
+            if let Some(st) = child.try_wait()? {
+                if !st.success() {
+                    bail!("the agent exited with {st}:\n{}", self.log_tail());
+                }
+                return Ok(t.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        bail!("the agent did not stop within 60 s")
+    }
+
+    /// One GET of its metrics, inside the host namespace.
+    fn metrics(&self, host: &TestNs) -> Result<String> {
+        let addr = self
+            .status()
+            .and_then(|v| v["metrics_listen"].as_str().map(str::to_owned))
+            .context("no metrics address")?;
+        host.inside(move || -> Result<String> {
+            let mut s = std::net::TcpStream::connect(&addr)?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            write!(
+                s,
+                "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            )?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out)
+        })
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A counter's value in a Prometheus text exposition.
+fn counter(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// User + system CPU seconds of process `pid` so far.
+fn cpu_of(pid: u32) -> Result<f64> {
+    cpu_of_path(&format!("/proc/{pid}/stat"))
+}
+
+/// User + system CPU seconds in a `/proc/.../stat` file.
+fn cpu_of_path(path: &str) -> Result<f64> {
+    let stat = std::fs::read_to_string(path)?;
+    // Fields after the command name (which may hold spaces) start at ") ".
+    let rest = stat.rsplit_once(") ").context("/proc/PID/stat")?.1;
+    let f: Vec<&str> = rest.split(' ').collect();
+    // utime and stime are fields 14 and 15 of stat: 12 and 13 after the name.
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok((f[11].parse::<f64>()? + f[12].parse::<f64>()?) / hz)
+}
+
+/// CPU seconds per thread name of process `pid` so far.
+fn cpu_by_thread(pid: u32) -> Result<std::collections::BTreeMap<String, f64>> {
+    let mut out = std::collections::BTreeMap::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let tid: u32 = task?.file_name().to_string_lossy().parse()?;
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        let cpu = cpu_of_path(&format!("/proc/{pid}/task/{tid}/stat")).unwrap_or(0.0);
+        *out.entry(comm).or_insert(0.0) += cpu;
+    }
+    Ok(out)
+}
+
+/// `VmRSS` and `VmHWM` of `pid`, in MiB.
+fn rss_of(pid: u32) -> Result<(f64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib = |key: &str| -> f64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    Ok((kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0))
+}
+
+/// The `q`-quantile of `v` (sorted in place), nearest rank.
+fn quantile(v: &mut [f64], q: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    v[rank - 1]
+}
+
+fn write_config(path: &Path, agent: &Value, routers: &[Value]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(
+        &tmp,
+        json!({"agent": agent, "routers": routers}).to_string(),
+    )?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// Runs `iptables-save -t nat` in `ns` (a thread inside it starts the process).
+fn nat_rules(ns: &Netns) -> Result<String> {
+    let out = inside(ns, || {
+        Ok(Command::new("iptables-save").args(["-t", "nat"]).output()?)
+    })?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs `f` on a thread inside `ns`.
+fn inside<T: Send>(ns: &Netns, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    ns.run::<_, NetnsError>(f)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+}
+
+/// One floating IP's rules as l3agent writes them for a legacy router (iptables-save form).
+fn fip_rules(fip: &str, fixed: &str) -> [String; 3] {
+    [
+        format!("-A neutron-l3-agent-PREROUTING -d {fip}/32 -j DNAT --to-destination {fixed}"),
+        format!("-A neutron-l3-agent-OUTPUT -d {fip}/32 -j DNAT --to-destination {fixed}"),
+        format!("-A neutron-l3-agent-float-snat -s {fixed}/32 -j SNAT --to-source {fip}"),
+    ]
+}
+
+/// The floor of one event, `n` times: one `iptables-restore --noflush` of a floating IP's three
+/// rules plus one address add, in a namespace of their own. Seconds each.
+fn floor(n: usize) -> Result<Vec<f64>> {
+    let ns = TestNs::new("afloor");
+    ns.ok(&[
+        "ip", "link", "add", "qg-floor", "type", "veth", "peer", "name", "qg-peer",
+    ]);
+    ns.ok(&["ip", "link", "set", "qg-floor", "up"]);
+    ns.restore(
+        "nft",
+        false,
+        "*nat\n:neutron-l3-agent-PREROUTING - [0:0]\n:neutron-l3-agent-OUTPUT - [0:0]\n\
+         :neutron-l3-agent-float-snat - [0:0]\nCOMMIT\n",
+    );
+    let netns = ns.open();
+    let dev = IfName::new("dev", "qg-floor").map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut rtnl = Rtnl::open(&netns).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut took = Vec::with_capacity(n);
+    for e in 0..n {
+        let addr = fip(1_000_000 + e, 0, 1);
+        let input = format!(
+            "*nat\n{}\nCOMMIT\n",
+            fip_rules(&addr, &format!("192.0.2.{}", 100 + e % 100)).join("\n")
+        );
+        let t = Instant::now();
+        let ok = inside(&netns, || {
+            let mut child = Command::new("iptables-nft-restore")
+                .arg("--noflush")
+                .stdin(Stdio::piped())
+                .spawn()?;
+            child
+                .stdin
+                .take()
+                .context("piped")?
+                .write_all(input.as_bytes())?;
+            Ok(child.wait()?.success())
+        })?;
+        rtnl.add_address(&dev, format!("{addr}/32").parse()?, false)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        took.push(t.elapsed().as_secs_f64());
+        if !ok {
+            bail!("the floor's iptables-restore failed");
+        }
+    }
+    Ok(took)
+}
+
+/// Runs the benchmark and returns its Markdown section.
+pub fn run_bench(a: &Args) -> Result<String> {
+    l3agent_testkit::require_kernel();
+    let bin = match &a.l3agent {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("l3agent"),
+    };
+    if !bin.exists() {
+        bail!(
+            "{}: no such binary (build it: cargo build --release -p l3agent)",
+            bin.display()
+        );
+    }
+    let (host, nets) = host_with_bridges("ahost", a.count);
+    let dir = std::env::temp_dir().join(format!("l3agent-bench-agent-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("etc"))?;
+    let config = dir.join("etc").join("host.json");
+    let agent_section = json!({"mode": "legacy", "host": "bench", "state_path": dir.join("state"), "bridges": nets});
+    let mut routers: Vec<Value> = (0..a.count).map(|i| router(i, a.fips)).collect();
+    write_config(&config, &agent_section, &routers)?;
+    let result = (|| -> Result<String> {
+        // Cold start.
+        let t = Instant::now();
+        let mut agent = Agent::start(&bin, &host, &config, &dir, "agent-1.log")?;
+        agent.ready(Duration::from_secs(1800))?;
+        let cold = t.elapsed().as_secs_f64();
+        // Let the cold start's announcements finish (3 rounds, 2 s apart).
+        std::thread::sleep(Duration::from_secs(7));
+
+        // Events.
+        let mut events = Vec::with_capacity(a.events);
+        for e in 0..a.events {
+            let i = (e * 7919) % a.count;
+            let addr = fip(a.count + e, 0, a.fips);
+            let fixed = format!("192.0.2.{}", 100 + e % 100);
+            routers[i]["_floatingips"]
+                .as_array_mut()
+                .context("list")?
+                .push(json!({"id": format!("bench-{e}"), "floating_ip_address": addr, "fixed_ip_address": fixed}));
+            let id = routers[i]["id"].as_str().context("id")?.to_owned();
+            let ns = Netns::open(
+                &NetnsName::new("ns", &format!("qrouter-{id}"))
+                    .map_err(|e| anyhow::anyhow!("{e}"))?,
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let mut rtnl = Rtnl::open(&ns).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let want: std::net::IpAddr = addr.parse()?;
+            let dnat = fip_rules(&addr, &fixed)[0].clone();
+            // The ruleset generation moves with any rule change in the namespace (the event
+            // is the only writer there): polled over netlink like the address, so that the
+            // polling costs no process; the rule itself is checked once both are seen.
+            let gen = l3agent_iptables_exec::GenerationSocket::open(Some(&ns))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let gen0 = gen.query().map_err(|e| anyhow::anyhow!("{e}"))?;
+            write_config(&config, &agent_section, &routers)?;
+            let t = Instant::now();
+            let deadline = Duration::from_secs(60);
+            let (mut addr_at, mut rule_at) = (None, None);
+            while addr_at.is_none() || rule_at.is_none() {
+                if addr_at.is_none()
+                    && rtnl
+                        .addresses(None)
+                        .map_err(|e| anyhow::anyhow!("{e}"))?
+                        .iter()
+                        .any(|x| x.net.addr() == want)
+                {
+                    addr_at = Some(t.elapsed());
+                }
+                if rule_at.is_none() && gen.query().map_err(|e| anyhow::anyhow!("{e}"))? != gen0 {
+                    rule_at = Some(t.elapsed());
+                }
+                if t.elapsed() > deadline {
+                    bail!(
+                        "event {e}: {addr} not in the kernel after {deadline:?}:\n{}",
+                        agent.log_tail()
+                    );
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            if !nat_rules(&ns)?.contains(&dnat) {
+                bail!("event {e}: the rules changed but hold no {dnat:?}");
+            }
+            events.push(addr_at.max(rule_at).unwrap_or_default().as_secs_f64());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let mut floors = floor(a.events)?;
+
+        // Idle.
+        std::thread::sleep(Duration::from_secs(7));
+        let pid = agent.pid();
+        let spawns_before = counter(&agent.metrics(&host)?, "l3agent_process_spawns_total");
+        let cpu0 = cpu_of(pid)?;
+        let threads0 = cpu_by_thread(pid)?;
+        let t = Instant::now();
+        std::thread::sleep(Duration::from_secs(a.idle_secs));
+        let idle_cpu = (cpu_of(pid)? - cpu0) / t.elapsed().as_secs_f64();
+        let busiest: Vec<String> = cpu_by_thread(pid)?
+            .into_iter()
+            .map(|(name, c)| {
+                (
+                    name.clone(),
+                    c - threads0.get(&name).copied().unwrap_or(0.0),
+                )
+            })
+            .filter(|(_, c)| *c > 0.0)
+            .map(|(name, c)| format!("{name} {:.1}%", 100.0 * c / t.elapsed().as_secs_f64()))
+            .collect();
+        let spawns_after = counter(&agent.metrics(&host)?, "l3agent_process_spawns_total");
+        let (rss, hwm) = rss_of(pid)?;
+
+        // Restart.
+        let stopped = agent.stop()?.as_secs_f64();
+        let t = Instant::now();
+        let mut agent = Agent::start(&bin, &host, &config, &dir, "agent-2.log")?;
+        let v = agent.ready(Duration::from_secs(1800))?;
+        let restart = t.elapsed().as_secs_f64();
+        let changed = v["routers"].as_array().map_or(0, |r| {
+            r.iter().filter(|r| !r["last_change"].is_null()).count()
+        });
+        let listed = v["routers"].as_array().map_or(0, Vec::len);
+        agent.stop()?;
+
+        let ms = |s: f64| s * 1000.0;
+        let (p50, p99) = (quantile(&mut events, 0.5), quantile(&mut events, 0.99));
+        let (f50, f99) = (quantile(&mut floors, 0.5), quantile(&mut floors, 0.99));
+        let spawns = match (spawns_before, spawns_after) {
+            (Some(b), Some(a)) => format!("{}", a - b),
+            _ => "not exported".into(),
+        };
+        Ok(format!(
+            "## Agent: {count} legacy routers with {fips} floating IPs each\n\n\
+             `l3agent agent` (release build, its own process) in a throwaway host namespace, the config a JSON file \
+             replaced by atomic rename for each event. Event to kernel: from the rename until the new floating IP's \
+             address and a rule change are both in the kernel (polled every 200 µs over netlink in the router namespace: \
+             its addresses and its nf_tables ruleset generation; the DNAT rule then checked with `iptables-save`); \
+             {n} events, one router each. \
+             Floor: one `iptables-restore --noflush` of the same three rules plus one address add over rtnetlink, \
+             in a namespace of its own, {n} times in the same run.\n\n\
+             | measure | value | floor | ratio |\n|---|---:|---:|---:|\n\
+             | event to kernel, p50 | {p50:.1} ms | {f50:.1} ms | {r50:.2}x |\n\
+             | event to kernel, p99 | {p99:.1} ms | {f99:.1} ms | {r99:.2}x |\n\
+             | cold start to ready (empty host) | {cold:.1} s | | |\n\
+             | idle CPU over {idle} s | {cpu:.2}% of a core ({busiest}) | | |\n\
+             | processes started while idle | {spawns} | | |\n\
+             | resident memory (RSS / peak) | {rss:.1} / {hwm:.1} MiB | | |\n\
+             | SIGTERM to exit | {stopped:.2} s | | |\n\
+             | restart to ready (converged host) | {restart:.2} s | | |\n\
+             | routers changed by the restart | {changed} of {listed} | | |\n",
+            count = a.count,
+            fips = a.fips,
+            n = a.events,
+            p50 = ms(p50),
+            p99 = ms(p99),
+            f50 = ms(f50),
+            f99 = ms(f99),
+            r50 = p50 / f50,
+            r99 = p99 / f99,
+            idle = a.idle_secs,
+            cpu = idle_cpu * 100.0,
+            busiest = if busiest.is_empty() { "no thread ran".into() } else { busiest.join(", ") },
+        ))
+    })();
+    // The routers go, whatever happened: `l3agent destroy` of the config.
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", host.name))
+        .arg(&bin)
+        .arg("destroy")
+        .arg(&config)
+        .output();
+    if !matches!(&out, Ok(o) if o.status.success()) {
+        eprintln!("l3agent destroy after the benchmark: {out:?}");
+    }
+    if a.keep {
+        eprintln!("kept {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    result
+}
