@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The benchmark command of the README: l3agent vs Neutron's IptablesManager vs raw iptables, in
-# one run (several minutes). Installs system packages if missing, makes a virtualenv with
+# The benchmark command of the README: l3agent (a long-lived manager, and `l3agent iptables
+# apply` as a fresh process per step) vs Neutron's IptablesManager vs raw iptables, in one run
+# (several minutes). Installs system packages if missing, makes a virtualenv with
 # Neutron from PyPI under target/neutron-venv (once), builds in release mode, runs, and writes
 # BENCHMARKS.md and target/bench/{iptables,plumbing}.json. Then it runs the kernel-plumbing
 # comparison (l3agent in-process vs `ip` per operation vs `ip -batch`) and appends it. Needs root. Extra arguments go to the harness,
@@ -17,7 +18,8 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import neutron' 2>/de
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q 'neutron==29.0.0'
 fi
-cargo build --release -q -p l3agent-bench
+# The harness, and the l3agent binary its cli contender runs as a fresh process per step.
+cargo build --release -q -p l3agent-bench -p l3agent
 target/release/l3agent-bench iptables --python "$venv/bin/python" "$@"
 # The kernel-plumbing comparison (issue 4) and the router benchmark (issues 5 and 9: 1,000 legacy
 # routers x 10 floating IPs, the no-op apply beside its floor, 3 runs; a few minutes, most of it the

@@ -572,6 +572,15 @@ mod tests {
     }
 
     #[test]
+    fn the_operator_docs_hold_the_metric_table() {
+        let docs = include_str!("../../../docs/agent.md");
+        assert!(
+            docs.contains(METRICS_DOC.trim_end()),
+            "docs/agent.md's metric table differs from METRICS_DOC"
+        );
+    }
+
+    #[test]
     fn every_registered_metric_is_documented_and_every_documented_metric_is_registered() {
         let text = populated().encode(Format::Prometheus).unwrap();
         let declared = declared(&text);

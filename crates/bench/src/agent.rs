@@ -222,6 +222,27 @@ fn cpu_by_thread(pid: u32) -> Result<std::collections::BTreeMap<String, f64>> {
     Ok(out)
 }
 
+/// Waits until no thread of `pid` used more than 1% of a core for two seconds in a row (at
+/// most `within`); returns how long that took.
+fn settled(pid: u32, within: Duration) -> Result<f64> {
+    let t = Instant::now();
+    let mut quiet = 0;
+    let mut last = cpu_by_thread(pid)?;
+    while t.elapsed() < within {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = cpu_by_thread(pid)?;
+        let busy = now
+            .iter()
+            .any(|(name, c)| c - last.get(name).copied().unwrap_or(0.0) > 0.01);
+        last = now;
+        quiet = if busy { 0 } else { quiet + 1 };
+        if quiet >= 2 {
+            return Ok(t.elapsed().as_secs_f64());
+        }
+    }
+    bail!("the agent was still busy {within:?} after ready")
+}
+
 /// `VmRSS` and `VmHWM` of `pid`, in MiB.
 fn rss_of(pid: u32) -> Result<(f64, f64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -349,8 +370,9 @@ pub fn run_bench(a: &Args) -> Result<String> {
         let mut agent = Agent::start(&bin, &host, &config, &dir, "agent-1.log")?;
         agent.ready(Duration::from_secs(1800))?;
         let cold = t.elapsed().as_secs_f64();
-        // Let the cold start's announcements finish (3 rounds, 2 s apart).
-        std::thread::sleep(Duration::from_secs(7));
+        // The cold start's announcements (3 rounds, 2 s apart, per address) go on after
+        // `ready`: the events and the idle window are measured once they are done.
+        let announced = settled(agent.pid(), Duration::from_secs(600))?;
 
         // Events.
         let mut events = Vec::with_capacity(a.events);
@@ -411,7 +433,7 @@ pub fn run_bench(a: &Args) -> Result<String> {
         let mut floors = floor(a.events)?;
 
         // Idle.
-        std::thread::sleep(Duration::from_secs(7));
+        settled(agent.pid(), Duration::from_secs(120))?;
         let pid = agent.pid();
         let spawns_before = counter(&agent.metrics(&host)?, "l3agent_process_spawns_total");
         let cpu0 = cpu_of(pid)?;
@@ -465,6 +487,7 @@ pub fn run_bench(a: &Args) -> Result<String> {
              | event to kernel, p50 | {p50:.1} ms | {f50:.1} ms | {r50:.2}x |\n\
              | event to kernel, p99 | {p99:.1} ms | {f99:.1} ms | {r99:.2}x |\n\
              | cold start to ready (empty host) | {cold:.1} s | | |\n\
+             | – its announcements (3 rounds per address) done | {announced:.1} s after ready | | |\n\
              | idle CPU over {idle} s | {cpu:.2}% of a core ({busiest}) | | |\n\
              | processes started while idle | {spawns} | | |\n\
              | resident memory (RSS / peak) | {rss:.1} / {hwm:.1} MiB | | |\n\

@@ -10,6 +10,8 @@
 //! Contenders:
 //! - l3agent: one long-lived `Manager` (a worker process of this binary, so its peak RSS is its
 //!   own);
+//! - cli: `l3agent iptables apply --rules FILE` as a fresh process per step (issue 14; a
+//!   worker of this binary spawns it, so `ru_maxrss` is the CLI's own peak);
 //! - raw: `iptables-restore --noflush` of exactly the needed lines, nothing else (the floor);
 //! - neutron: Neutron's own IptablesManager from PyPI, driven by bench/neutron_driver.py in a
 //!   virtualenv (privilege escalation bypassed, nothing else).

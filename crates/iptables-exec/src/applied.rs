@@ -158,6 +158,16 @@ impl AppliedRecord {
     /// Parses a record; `Err` says what is wrong (the caller then reads the kernel). The rule
     /// sets are checked against their digests.
     pub fn parse(bytes: &[u8]) -> Result<AppliedRecord, String> {
+        Self::parse_if(bytes, |_| true)
+            .map(|r| r.expect("a record the filter keeps"))
+    }
+
+    /// [`AppliedRecord::parse`] of the records whose stamp `keep` accepts (`Ok(None)` for the
+    /// others, without reading their rule sets).
+    pub fn parse_if(
+        bytes: &[u8],
+        keep: impl Fn(&KernelStamp) -> bool,
+    ) -> Result<Option<AppliedRecord>, String> {
         let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8".to_owned())?;
         let mut rest = text;
         let mut line = || -> Result<&str, String> {
@@ -183,6 +193,14 @@ impl AppliedRecord {
             "legacy" => Backend::Legacy,
             other => return Err(format!("bad backend {other:?}")),
         };
+        let stamp = KernelStamp {
+            boot_id,
+            netns_cookie,
+            generation,
+        };
+        if !keep(&stamp) {
+            return Ok(None);
+        }
         let wrap = field("wrap")?;
         let opt = |v: String| (v != "-").then_some(v);
         let netns_name = opt(field("netns")?);
@@ -216,19 +234,15 @@ impl AppliedRecord {
             families.push((family, save.to_owned()));
             rest = after;
         }
-        Ok(AppliedRecord {
-            stamp: KernelStamp {
-                boot_id,
-                netns_cookie,
-                generation,
-            },
+        Ok(Some(AppliedRecord {
+            stamp,
             backend,
             wrap,
             netns_name,
             input_digest,
             model_digest,
             families,
-        })
+        }))
     }
 }
 
@@ -240,6 +254,15 @@ pub fn record_path(dir: &Path, id: NsId, wrap: &str) -> PathBuf {
 /// Every record of namespace `id` in `dir` (one per wrap name applied there), readable and
 /// well-formed; anything else is skipped.
 pub fn records_of(dir: &Path, id: NsId) -> Vec<AppliedRecord> {
+    records_where(dir, id, |_| true)
+}
+
+/// [`records_of`] with a stamp `keep` accepts (the others are not read past their header).
+pub fn records_where(
+    dir: &Path,
+    id: NsId,
+    keep: impl Fn(&KernelStamp) -> bool,
+) -> Vec<AppliedRecord> {
     let prefix = format!("{id}.");
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
@@ -253,8 +276,8 @@ pub fn records_of(dir: &Path, id: NsId) -> Vec<AppliedRecord> {
         })
         .filter_map(|e| {
             let bytes = std::fs::read(e.path()).ok()?;
-            match AppliedRecord::parse(&bytes) {
-                Ok(r) => Some(r),
+            match AppliedRecord::parse_if(&bytes, &keep) {
+                Ok(r) => r,
                 Err(why) => {
                     debug!(path = %e.path().display(), %why, "ignoring an applied-state record");
                     None
@@ -433,9 +456,9 @@ impl OneShot {
         };
         let before = socket.as_ref().and_then(|s| stamp(s).ok());
         let mut current: Vec<AppliedRecord> = match &before {
-            Some(now) => records_of(dir, netns.id())
+            Some(now) => records_where(dir, netns.id(), |s| s == now)
                 .into_iter()
-                .filter(|r| &r.stamp == now && r.backend == Backend::Nft)
+                .filter(|r| r.backend == Backend::Nft)
                 .collect(),
             None => Vec::new(),
         };
@@ -465,6 +488,12 @@ impl OneShot {
     /// The nf_tables generation when the apply began (`None`: no nf_tables here).
     pub fn generation(&self) -> Option<u32> {
         self.before.as_ref().map(|s| s.generation)
+    }
+
+    /// Whether [`OneShot::read`] will run `iptables-save` (no current record): a process on
+    /// the caller's cores until it is done.
+    pub fn will_save(&self) -> bool {
+        self.current.is_empty()
     }
 
     /// Whether the kernel provably holds what `input_digest` (see [`input_digest`]) made the
@@ -570,12 +599,24 @@ impl OneShot {
     /// records the result for the next process when this apply was provably the only writer.
     /// `input_digest` (see [`input_digest`]) is recorded with it.
     pub fn apply(
-        mut self,
+        self,
         model: IptablesModel,
         input_digest: Option<&str>,
     ) -> Result<OneShotReport, ApplyError> {
+        let digest = model.digest();
+        self.apply_digested(model, digest, input_digest)
+    }
+
+    /// [`OneShot::apply`] with the model's [`IptablesModel::digest`] computed by the caller
+    /// (e.g. on the thread that built the model, while the kernel was being read).
+    pub fn apply_digested(
+        mut self,
+        model: IptablesModel,
+        model_digest: [u8; 32],
+        input_digest: Option<&str>,
+    ) -> Result<OneShotReport, ApplyError> {
         let wrap = model.wrap().as_str().to_owned();
-        let model_digest = hex(&model.digest());
+        let model_digest = hex(&model_digest);
         if let Some(r) = self.converged(&wrap, &model_digest) {
             // The same model in another form (the input changed, not what it means): nothing to
             // do; the record learns the new input.

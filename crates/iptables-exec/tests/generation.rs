@@ -93,7 +93,10 @@ fn the_counters_count_saves_restores_lines_failures_and_processes() {
     )
     .unwrap();
     let opened = m.stats();
-    assert_eq!(opened.saves, 4, "backend detection: two backends, two families");
+    assert_eq!(
+        opened.saves, 4,
+        "backend detection: two backends, two families"
+    );
     assert_eq!(opened.processes, 4);
     let r = m.apply().unwrap();
     let first = m.stats().since(&opened);

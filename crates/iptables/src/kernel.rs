@@ -252,19 +252,35 @@ impl KernelState {
 
     /// Renders the state as `iptables-save` would print it (tables in name order).
     pub fn to_save(&self) -> String {
-        let mut out = String::new();
+        let size: usize = self
+            .tables
+            .values()
+            .flat_map(|t| t.chains())
+            .map(|c| {
+                c.name.len() * (c.rules.len() + 1)
+                    + c.rules.iter().map(|r| r.spec.len() + 5).sum::<usize>()
+                    + 16
+            })
+            .sum();
+        let mut out = String::with_capacity(size + 64);
         for (table, t) in &self.tables {
-            out.push_str(&format!("*{table}\n"));
+            out.push('*');
+            out.push_str(table.as_str());
+            out.push('\n');
             for c in t.chains() {
-                out.push_str(&format!(
-                    ":{} {} [0:0]\n",
-                    c.name,
-                    c.policy.as_deref().unwrap_or("-")
-                ));
+                out.push(':');
+                out.push_str(&c.name);
+                out.push(' ');
+                out.push_str(c.policy.as_deref().unwrap_or("-"));
+                out.push_str(" [0:0]\n");
             }
             for c in t.chains() {
                 for r in &c.rules {
-                    out.push_str(&Op::Append(c.name.clone(), r.spec.clone()).render());
+                    // As Op::Append renders it.
+                    out.push_str("-A ");
+                    out.push_str(&c.name);
+                    out.push_str(sep(&r.spec));
+                    out.push_str(&r.spec);
                     out.push('\n');
                 }
             }

@@ -155,6 +155,13 @@ pub struct DesiredTable {
 /// A rule resolved against the model: its kernel chain, the chain's kind, the rule.
 type Resolved = (String, ChainKind, DesiredRule);
 
+/// How many threads [`IptablesModel::add_rules`] uses: the cores, at most 4.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(4)
+}
+
 /// A rule to add or remove, as Neutron's `add_rule(chain, rule, wrap, top, tag, comment)`.
 #[derive(Debug, Clone, Copy)]
 pub struct RuleSpec<'a> {
@@ -652,11 +659,20 @@ impl IptablesModel {
         table: Table,
         specs: &[RuleSpec<'_>],
     ) -> Vec<Result<(), Error>> {
+        self.add_rules_on(family, table, specs, default_threads())
+    }
+
+    /// [`IptablesModel::add_rules`] on at most `threads` threads (for a caller that knows the
+    /// other cores are busy, e.g. with an `iptables-save` it waits for anyway).
+    pub fn add_rules_on(
+        &mut self,
+        family: Family,
+        table: Table,
+        specs: &[RuleSpec<'_>],
+        threads: usize,
+    ) -> Vec<Result<(), Error>> {
         /// Below this, one thread does it faster than starting others.
         const PARALLEL_RULES: usize = 2048;
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(4);
         let resolve = |chunk: &[RuleSpec<'_>]| -> Vec<Result<Resolved, Error>> {
             chunk
                 .iter()

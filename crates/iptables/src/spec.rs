@@ -132,6 +132,11 @@ pub struct RuleEntry {
 impl RulesFile {
     /// Builds the model, or every problem found (each with its path in the file).
     pub fn into_model(self) -> Result<IptablesModel, Vec<Error>> {
+        self.into_model_on(crate::model::default_threads())
+    }
+
+    /// [`RulesFile::into_model`] reading the rules on at most `threads` threads.
+    pub fn into_model_on(self, threads: usize) -> Result<IptablesModel, Vec<Error>> {
         let mut errors = Vec::new();
         let rules = [&self.ipv4, &self.ipv6]
             .iter()
@@ -214,7 +219,7 @@ impl RulesFile {
                     ));
                     continue;
                 }
-                load_table(&mut model, family, table, t, &path, &mut errors);
+                load_table(&mut model, family, table, t, &path, threads, &mut errors);
             }
         }
         if errors.is_empty() {
@@ -231,6 +236,7 @@ fn load_table(
     table: Table,
     t: &TableSpec,
     path: &str,
+    threads: usize,
     errors: &mut Vec<Error>,
 ) {
     for (i, c) in t.chains.iter().enumerate() {
@@ -293,7 +299,7 @@ fn load_table(
         index.push(i);
     }
     for (result, i) in model
-        .add_rules(family, table, &specs)
+        .add_rules_on(family, table, &specs, threads)
         .into_iter()
         .zip(index)
     {

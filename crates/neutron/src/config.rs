@@ -488,6 +488,12 @@ pub struct NeutronAgentConfig {
     pub interface_driver: InterfaceDriver,
     /// `[OVS] integration_bridge` (default `br-int`).
     pub integration_bridge: IfName,
+    /// `[OVS] ovsdb_connection` as `unix:PATH` (default [`DEFAULT_OVSDB_CONNECTION`]; a TCP
+    /// or SSL remote is refused: router ports are plugged through the local ovsdb-server).
+    pub ovsdb_connection: String,
+    /// `[DEFAULT] periodic_interval` (default 40 s): how often a full sync that failed is
+    /// tried again (Neutron's `periodic_sync_routers_task`).
+    pub periodic_interval: Duration,
     /// `[AGENT] report_interval` (default 30 s; 0: no state reports).
     pub report_interval: Option<Duration>,
     /// `[AGENT] availability_zone` (default `nova`).
@@ -509,6 +515,10 @@ pub struct NeutronAgentConfig {
     /// `[oslo_messaging_rabbit]`.
     pub rabbit: RabbitOptions,
 }
+
+/// `[OVS] ovsdb_connection` when none is set: ovsdb-server's socket where Open vSwitch
+/// packages put it (Neutron's own default is a build-time path, `/usr/local/var/run/...`).
+pub const DEFAULT_OVSDB_CONNECTION: &str = "unix:/run/openvswitch/db.sock";
 
 /// The machine's host name (`gethostname`), neutron's default `host`.
 pub fn hostname() -> String {
@@ -861,6 +871,24 @@ impl NeutronAgentConfig {
                 .map_err(|e| r.bad(&raw, section, key, e.reason))?,
         };
 
+        let ovsdb_connection = match r.raw("OVS", "ovsdb_connection") {
+            None => DEFAULT_OVSDB_CONNECTION.to_owned(),
+            Some(raw) => {
+                let v = raw.value.trim();
+                match v.strip_prefix("unix:") {
+                    Some(path) if path.starts_with('/') => v.to_owned(),
+                    _ => return Err(r.bad(
+                        &raw,
+                        "OVS",
+                        "ovsdb_connection",
+                        "only unix:/ABSOLUTE/PATH is supported (the local ovsdb-server's socket)",
+                    )),
+                }
+            }
+        };
+        let periodic_interval: u32 = r.int(d, "periodic_interval", 40, "a number of seconds")?;
+        let periodic_interval = Duration::from_secs(u64::from(periodic_interval.max(1)));
+
         let report_interval = r.seconds_f64("AGENT", "report_interval", 30.0)?;
         let report_interval =
             (report_interval > 0.0).then(|| Duration::from_secs_f64(report_interval));
@@ -923,6 +951,8 @@ impl NeutronAgentConfig {
             agent_mode,
             interface_driver,
             integration_bridge,
+            ovsdb_connection,
+            periodic_interval,
             report_interval,
             availability_zone,
             log_agent_heartbeats,
@@ -1198,6 +1228,8 @@ mod tests {
         assert_eq!(c.state_path, PathBuf::from("/var/lib/neutron"));
         assert_eq!(c.agent_mode, AgentMode::Legacy);
         assert_eq!(c.integration_bridge.as_str(), "br-int");
+        assert_eq!(c.ovsdb_connection, "unix:/run/openvswitch/db.sock");
+        assert_eq!(c.periodic_interval, Duration::from_secs(40));
         assert_eq!(c.report_interval, Some(Duration::from_secs(30)));
         assert_eq!(c.availability_zone, "nova");
         assert!(c.handle_internal_only_routers);
@@ -1235,10 +1267,14 @@ mod tests {
                 "[DEFAULT]\nhost = b\ninterface_driver = neutron.agent.linux.interface.OVSInterfaceDriver\n\
                  agent_mode = dvr_snat\nhandle_internal_only_routers = OFF\n\
                  ha_confs_path = ${state_path}/ha\nha_vrrp_auth_type = AH\nha_vrrp_auth_password = s3cr$$t\n\
-                 [agent]\navailability_zone = az1\nreport_interval = 0\n[OVS]\nintegration_bridge = br-x\n",
+                 periodic_interval = 7\n\
+                 [agent]\navailability_zone = az1\nreport_interval = 0\n[OVS]\nintegration_bridge = br-x\n\
+                 ovsdb_connection = unix:$state_path/db.sock\n",
             ),
         ])
         .unwrap();
+        assert_eq!(c.ovsdb_connection, "unix:/srv/n/db.sock");
+        assert_eq!(c.periodic_interval, Duration::from_secs(7));
         assert_eq!(c.host, "b");
         assert_eq!(c.state_path, PathBuf::from("/srv/n"));
         assert_eq!(c.agent_mode, AgentMode::DvrSnat);
@@ -1391,6 +1427,10 @@ mod tests {
             (
                 "[DEFAULT]\ninterface_driver = openvswitch\nmetadata_port = 70000\n",
                 "l3.ini:3: [DEFAULT] metadata_port = \"70000\": not a port number",
+            ),
+            (
+                "[DEFAULT]\ninterface_driver = openvswitch\n[OVS]\novsdb_connection = tcp:127.0.0.1:6640\n",
+                "l3.ini:4: [OVS] ovsdb_connection = \"tcp:127.0.0.1:6640\": only unix:",
             ),
             (
                 "[DEFAULT]\ninterface_driver = openvswitch\n[OVS]\nintegration_bridge = br/int\n",

@@ -20,6 +20,7 @@
 pub mod amqp;
 pub mod config;
 pub mod error;
+pub mod front;
 pub mod ini;
 pub mod l3;
 pub mod wire;
@@ -27,6 +28,7 @@ pub mod wire;
 pub use amqp::{ConnectionState, Handler, RpcServer, Transport, TransportOptions};
 pub use config::{NeutronAgentConfig, Secret, TransportUrl};
 pub use error::{NeutronError, OptionError, Origin};
+pub use front::{Front, FrontError, FrontOptions, Started};
 pub use l3::{
     AgentRpcServer, AgentState, AgentStatus, ArpEntry, FipStatus, HaState, Notification, PluginApi,
     RouterCounts,

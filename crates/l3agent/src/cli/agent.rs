@@ -1,10 +1,15 @@
 //! `l3agent agent`: the long-running daemon. Thin: it reads the flags and the config, wires
-//! the real side effects, and hands over to [`l3agent_agent::daemon::run`].
+//! the real side effects, and hands over to [`l3agent_agent::daemon::run`]. With
+//! `--config-file` (Neutron's INI files) the desired state comes from neutron-server over
+//! RabbitMQ instead ([`l3agent_neutron::front`], [`l3agent_agent::daemon::run_fed`]).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+
+use l3agent_neutron::front::{self, Front, FrontError, FrontOptions};
+use l3agent_neutron::{NeutronAgentConfig, Transport, TransportOptions};
 
 use clap::Args;
 use l3agent_agent::daemon::{self, DaemonOptions, Loader, SidesFactory};
@@ -18,8 +23,19 @@ use super::{load_host_config, sides, Failure, Sides};
 pub struct AgentArgs {
     /// Host config (YAML, or JSON if it ends in .json), as for apply. Watched: a saved or
     /// replaced file is reloaded (SIGHUP too); an invalid one is logged and ignored.
-    #[arg(long, value_name = "FILE")]
-    config: PathBuf,
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "config_file",
+        conflicts_with = "config_file"
+    )]
+    config: Option<PathBuf>,
+    /// Neutron's config files instead (repeatable, later ones override earlier ones, as
+    /// neutron-l3-agent reads them: `--config-file /etc/neutron/neutron.conf --config-file
+    /// /etc/neutron/l3_agent.ini`): the agent registers with neutron-server over RabbitMQ
+    /// and takes its routers from there.
+    #[arg(long = "config-file", value_name = "FILE")]
+    config_file: Vec<PathBuf>,
     /// Seconds between full drift checks (every router diffed against the kernel, drift
     /// repaired and counted).
     #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
@@ -48,24 +64,12 @@ fn metrics_listen(v: &str) -> Result<Option<SocketAddr>, Failure> {
     })
 }
 
-/// Runs the agent until SIGTERM/SIGINT. Exit status: 0 stopped cleanly, 1 could not start
-/// (a socket, the watch) or failed while running, 2 invalid config at start.
-pub fn run(a: AgentArgs) -> Result<(), Failure> {
-    let initial = load_host_config(&a.config)?;
-    let mut opts = DaemonOptions::new(&a.config, Default::default());
-    opts.metrics_listen = metrics_listen(&a.metrics_listen)?;
-    opts.control_socket = (a.control_socket != "none").then(|| PathBuf::from(&a.control_socket));
-    opts.resync_interval = Duration::from_secs(a.resync_interval);
-    opts.apply_workers = a.workers.clamp(1, 16);
-    let Sides {
-        stop,
-        facts,
-        backend,
-        announcer,
-    } = sides()?;
-    opts.facts = facts;
-    let load: Arc<Loader> = Arc::new(|p: &Path| load_host_config(p).map_err(|f| f.message.clone()));
-    // One set of iptables managers for the agent's life: an event sends only what changed.
+/// One set of iptables managers for the agent's life (an event sends only what changed),
+/// forgotten before each full drift check.
+fn sides_factory(
+    backend: l3agent_iptables_exec::Backend,
+    announcer: l3agent_rtnl::announce::Announcer,
+) -> SidesFactory {
     let managers = Managers::new(backend);
     let forget = managers.clone();
     let owned = managers.clone();
@@ -81,7 +85,88 @@ pub fn run(a: AgentArgs) -> Result<(), Failure> {
                 );
             })
             .owning(move || owned.owned());
+    make
+}
+
+fn daemon_options(a: &AgentArgs, path: &Path) -> Result<DaemonOptions, Failure> {
+    let mut opts = DaemonOptions::new(path, Default::default());
+    opts.metrics_listen = metrics_listen(&a.metrics_listen)?;
+    opts.control_socket = (a.control_socket != "none").then(|| PathBuf::from(&a.control_socket));
+    opts.resync_interval = Duration::from_secs(a.resync_interval);
+    opts.apply_workers = a.workers.clamp(1, 16);
+    Ok(opts)
+}
+
+/// Runs the agent until SIGTERM/SIGINT. Exit status: 0 stopped cleanly, 1 could not start
+/// (a socket, the watch) or failed while running, 2 invalid config at start.
+pub fn run(a: AgentArgs) -> Result<(), Failure> {
+    let Some(config) = a.config.clone() else {
+        return run_neutron(a);
+    };
+    let initial = load_host_config(&config)?;
+    let mut opts = daemon_options(&a, &config)?;
+    let Sides {
+        stop,
+        facts,
+        backend,
+        announcer,
+    } = sides()?;
+    opts.facts = facts;
+    let load: Arc<Loader> = Arc::new(|p: &Path| load_host_config(p).map_err(|f| f.message.clone()));
+    let make = sides_factory(backend, announcer);
     let notifier = Notifier::from_env().map_err(|e| Failure::failed(format!("sd_notify: {e}")))?;
     daemon::run(opts, initial, load, make, notifier, stop)
         .map_err(|e| Failure::failed(format!("agent: {e}")))
+}
+
+/// The drop-in for neutron-l3-agent: Neutron's INI files, the RPC front end, the daemon.
+fn run_neutron(a: AgentArgs) -> Result<(), Failure> {
+    let cfg =
+        NeutronAgentConfig::load(&a.config_file).map_err(|e| Failure::invalid(e.to_string()))?;
+    // Refused here (exit 2) rather than after connecting.
+    front::agent_doc(&cfg).map_err(|e| Failure::invalid(e.to_string()))?;
+    if cfg.enable_metadata_proxy {
+        tracing::warn!("enable_metadata_proxy: the metadata proxy is not implemented yet (issue #13): instances get no metadata through this agent");
+    }
+    let first = a.config_file[0].clone();
+    let mut opts = daemon_options(&a, &first)?;
+    let Sides {
+        stop,
+        facts,
+        backend,
+        announcer,
+    } = sides()?;
+    opts.facts = facts;
+    tracing::info!(
+        host = %cfg.host,
+        broker = %cfg.transport_url,
+        state_path = %front::state_dir(&cfg).display(),
+        "starting as neutron-l3-agent"
+    );
+    let transport = Transport::start(TransportOptions::from_config(&cfg));
+    let started = match Front::start(&cfg, &transport, FrontOptions::from_config(&cfg), &stop) {
+        Ok(s) => s,
+        Err(FrontError::Stopped) => {
+            transport.close(Duration::from_secs(5));
+            return Ok(());
+        }
+        Err(e @ FrontError::Config(_)) => return Err(Failure::invalid(e.to_string())),
+        Err(e) => return Err(Failure::failed(format!("neutron front end: {e}"))),
+    };
+    let make = sides_factory(backend, announcer);
+    let notifier = Notifier::from_env().map_err(|e| Failure::failed(format!("sd_notify: {e}")))?;
+    let load: Arc<Loader> =
+        Arc::new(|_: &Path| Err("the state comes from neutron-server, not a file".to_owned()));
+    let result = daemon::run_fed(
+        opts,
+        started.initial,
+        load,
+        make,
+        notifier,
+        stop,
+        Some(started.feed),
+    );
+    started.front.stop();
+    transport.close(Duration::from_secs(5));
+    result.map_err(|e| Failure::failed(format!("agent: {e}")))
 }
