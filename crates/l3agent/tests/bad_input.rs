@@ -289,7 +289,42 @@ fn every_class_of_bad_input_exits_2_names_the_field_and_changes_nothing() {
         &[],
         "agent.host: \"host-a\\nfake log line\"",
     );
-    assert_eq!(cases, 22);
+    run(
+        "unknown interface driver",
+        edit(&t, |v| v["agent"]["interface_driver"] = "ovs".into()),
+        &[],
+        "agent.interface_driver: unknown variant `ovs`, expected `linuxbridge` or `openvswitch`",
+    );
+    run(
+        "Linux bridges with openvswitch",
+        edit(&t, |v| v["agent"]["interface_driver"] = "openvswitch".into()),
+        &[],
+        "agent.bridges: is only used with interface_driver: linuxbridge",
+    );
+    run(
+        "integration_bridge with linuxbridge",
+        edit(&t, |v| v["agent"]["integration_bridge"] = "br-int".into()),
+        &[],
+        "agent.integration_bridge: is only used with interface_driver: openvswitch",
+    );
+    let ovs = |v: &mut Value, db: &str| {
+        v["agent"]["interface_driver"] = "openvswitch".into();
+        v["agent"].as_object_mut().unwrap().remove("bridges");
+        v["agent"]["ovsdb"] = db.into();
+    };
+    run(
+        "OVSDB over TCP",
+        edit(&t, |v| ovs(v, "tcp:127.0.0.1:6640")),
+        &[],
+        "agent.ovsdb: \"tcp:127.0.0.1:6640\": only unix:PATH is supported",
+    );
+    run(
+        "unreachable OVSDB",
+        edit(&t, |v| ovs(v, "unix:/nonexistent/l3agent/db.sock")),
+        &[],
+        "agent.ovsdb: connecting to ovsdb-server at /nonexistent/l3agent/db.sock",
+    );
+    assert_eq!(cases, 27);
 }
 
 /// Under `ip netns exec` (a private mount namespace) the namespaces l3agent creates would
