@@ -13,33 +13,11 @@ use l3agent_ovsdb::{
     ChangeSet, ExternalIds, InternalPort, MtuRequest, Ovsdb, OvsdbError, PortChange, PortRecord,
 };
 use l3agent_testkit::service::Service;
-use l3agent_testkit::{ok, sh, unique, TestNs};
+use l3agent_testkit::{ok, sh, TempDir, TestNs};
 use l3agent_types::{IfName, MacAddr, PortId};
 use serde_json::{json, Value};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A directory under /tmp, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let p = PathBuf::from(format!(
-            "/tmp/l3t-ovsdb-{}-{}-{tag}",
-            std::process::id(),
-            unique()
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// OVS running in a test namespace. Fields drop in order: the daemons stop, then the namespace
 /// (and every tap device still in it) goes, then the directory.

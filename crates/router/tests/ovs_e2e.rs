@@ -23,7 +23,7 @@ use l3agent_router::config::{ConfigDoc, HostConfig};
 use l3agent_router::host::{self, ApplyOptions, Health, HostReport, RouterStatus};
 use l3agent_rtnl::announce::{AnnounceOptions, Announcer};
 use l3agent_testkit::service::Service;
-use l3agent_testkit::{ok, sh, tcp_probe, unique, TestNs};
+use l3agent_testkit::{ok, sh, tcp_probe, TempDir, TestNs};
 use l3agent_types::NetnsName;
 use serde_json::{json, Value};
 
@@ -35,28 +35,6 @@ const NET_T: &str = "0e5a7e11-0000-4000-8000-000000000011";
 const NET_EX: &str = "0e5a7e12-0000-4000-8000-000000000012";
 const SUB_T: &str = "0e5a5b11-0000-4000-8000-000000000011";
 const SUB_EX: &str = "0e5a5b12-0000-4000-8000-000000000012";
-
-/// A directory under /tmp (short: it holds the OVSDB socket), removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let p = PathBuf::from(format!(
-            "/tmp/l3t-ovse2e-{}-{}-{tag}",
-            std::process::id(),
-            unique()
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// The router namespaces a test's applies make: deleted on drop if the test failed before
 /// removing them.

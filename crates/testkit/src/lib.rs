@@ -70,6 +70,36 @@ pub fn ok(argv: &[&str]) -> String {
     r.stdout
 }
 
+/// A directory under /tmp, unique to the test process, removed on drop. Its path is short
+/// (unix socket paths hold 107 bytes): `/tmp/l3t-<tag>-<pid>-<n>`.
+#[derive(Debug)]
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    /// Makes it (empty).
+    pub fn new(tag: &str) -> TempDir {
+        let p = std::path::PathBuf::from(format!(
+            "/tmp/l3t-{tag}-{}-{}",
+            std::process::id(),
+            unique()
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        TempDir(p)
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A throwaway named network namespace, deleted on drop.
 #[derive(Debug)]
 pub struct TestNs {
