@@ -97,6 +97,12 @@ pub struct RouterOutcome {
     pub error: Option<String>,
 }
 
+/// After a batch changes a router, it is checked again this long after (as Calico Felix
+/// re-checks its writes): a program that undoes a change right after it was made (a
+/// configuration manager, a stale agent) is seen within seconds, not at the next refresh.
+/// Each re-check reads the kernel over netlink and asks the nf_tables generation: no process.
+pub const RECHECKS: [Duration; 2] = [Duration::from_secs(2), Duration::from_secs(10)];
+
 /// What the queue holds: one router, or the whole host (a full `Verify` apply).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Key {
@@ -257,6 +263,10 @@ struct Shared {
     metrics_addr: Mutex<Option<SocketAddr>>,
     /// When the batch in progress started (`None`: idle), for the watchdog.
     busy_since: Mutex<Option<Instant>>,
+    /// Routers to look at again, and when.
+    rechecks: Mutex<Vec<(Instant, RouterId)>>,
+    /// Routers queued for a recheck (what their batch changes is drift).
+    rechecking: Mutex<BTreeSet<RouterId>>,
     /// The feed's result callback (none: the file front end).
     on_result: Mutex<Option<OnResult>>,
 }
@@ -577,13 +587,24 @@ fn run_batch(
     };
     let by_id: BTreeMap<&str, &host::RouterResult> =
         report.routers.iter().map(|r| (r.id.as_str(), r)).collect();
-    // Drift: what a full apply changed for routers no event asked for.
-    if full && !first {
+    // Drift: what a full apply or a recheck changed for routers no event asked for.
+    let rechecked: BTreeSet<String> = {
+        let mut r = lock(&shared.rechecking);
+        batch
+            .iter()
+            .filter_map(|k| match k {
+                Key::Router(id) if r.remove(id) => Some(id.to_string()),
+                _ => None,
+            })
+            .collect()
+    };
+    if (full && !first) || !rechecked.is_empty() {
         for r in &report.routers {
             let asked = RouterId::new("id", &r.id)
                 .map(|id| events.contains_key(&Key::Router(id)))
                 .unwrap_or(false);
-            if asked || r.status == RouterStatus::Removed {
+            let looked_for = (full && !first) || rechecked.contains(&r.id);
+            if asked || !looked_for || r.status == RouterStatus::Removed {
                 continue;
             }
             let _span = info_span!("router", id = %r.id).entered();
@@ -650,6 +671,21 @@ fn run_batch(
         }
     }
     drop(s);
+    // Felix's re-checks: a router this batch changed is looked at again RECHECKS later
+    // (without an event: what those find is drift, another program undoing our write).
+    {
+        let mut due = lock(&shared.rechecks);
+        let now = Instant::now();
+        for r in report.routers.iter().filter(|r| {
+            r.status == RouterStatus::Converged && r.changes.iter().any(|c| !c.is_side_effect())
+        }) {
+            if let Ok(id) = RouterId::new("id", &r.id) {
+                for after in RECHECKS {
+                    due.push((now + after, id.clone()));
+                }
+            }
+        }
+    }
     // The front end hears of every configured router this apply looked at (a full apply
     // included), outside the state lock.
     let on_result = lock(&shared.on_result).clone();
@@ -748,6 +784,8 @@ pub fn run_fed(
         metrics_addr: Mutex::new(None),
         busy_since: Mutex::new(None),
         on_result: Mutex::new(None),
+        rechecks: Mutex::new(Vec::new()),
+        rechecking: Mutex::new(BTreeSet::new()),
     });
 
     let (tx, rx) = mpsc::channel();
@@ -857,6 +895,24 @@ pub fn run_fed(
         if now >= next_resync {
             shared.queue.mark_dirty(Key::Full);
             next_resync = now + opts.resync_interval;
+        }
+        let due: Vec<RouterId> = {
+            let mut all = lock(&shared.rechecks);
+            let (due, later): (Vec<_>, Vec<_>) = all.drain(..).partition(|(t, _)| *t <= now);
+            *all = later;
+            due.into_iter().map(|(_, id)| id).collect()
+        };
+        for id in due {
+            // No event recorded: not a reconcile to time, and what it repairs is drift.
+            if lock(&shared.state)
+                .config
+                .routers
+                .iter()
+                .any(|r| r.id == id)
+            {
+                lock(&shared.rechecking).insert(id.clone());
+                shared.queue.mark_dirty(Key::Router(id));
+            }
         }
         if let Some(w) = watchdog {
             if now >= next_ping {
@@ -1265,6 +1321,101 @@ mod tests {
             text.contains("l3agent_routers{state=\"converged\"} 1"),
             "{text}"
         );
+        d.stop().unwrap();
+    }
+
+    #[test]
+    fn a_change_undone_right_after_it_was_made_is_seen_by_a_recheck_not_the_refresh() {
+        let s = scratch();
+        let w = world();
+        s.write_routers(&[router(A)]);
+        // No refresh during the test: only the re-checks after the start-up's writes.
+        let d = start(&s, &w, Duration::from_secs(3600));
+        wait("ready", || d.status()["ready"] == true);
+        {
+            let mut w = lock(&w);
+            let ns = w
+                .namespaces
+                .iter_mut()
+                .find(|(n, _)| n.as_str() == format!("qrouter-{A}"))
+                .map(|(_, ns)| ns)
+                .unwrap();
+            ns.addresses
+                .retain(|(_, a)| a.to_string() != "192.0.2.4/24");
+        }
+        wait("the repair by a recheck", || {
+            d.status()["drift_repairs"].as_u64() >= Some(1)
+        });
+        assert!(lock(&w).namespaces.values().any(|ns| ns
+            .addresses
+            .iter()
+            .any(|(_, a)| a.to_string() == "192.0.2.4/24")));
+        d.stop().unwrap();
+    }
+
+    #[test]
+    fn a_feed_drives_the_agent_and_hears_each_routers_outcome() {
+        let s = scratch();
+        let w = world();
+        s.write_routers(&[]);
+        let initial = load(&s.config()).unwrap();
+        let mut opts = DaemonOptions::new(s.config(), HostFacts { random_fully: true });
+        opts.metrics_listen = None;
+        opts.control_socket = Some(s.socket());
+        opts.sighup = false;
+        opts.stop_timeout = Duration::from_secs(5);
+        let w2 = Arc::clone(&w);
+        #[allow(clippy::result_large_err)] // the router crate's `host::Factory` error type
+        let make = SidesFactory::new(move || fake::sides(&w2)());
+        let (tx, rx) = mpsc::channel();
+        let heard: Arc<Mutex<Vec<(String, bool)>>> = Arc::default();
+        let h = Arc::clone(&heard);
+        let feed = Feed {
+            events: rx,
+            on_result: Arc::new(move |id, outcome| {
+                lock(&h).push((id.to_string(), outcome.ok));
+            }),
+        };
+        let term = Arc::new(AtomicBool::new(false));
+        let t = Arc::clone(&term);
+        let thread = std::thread::spawn(move || {
+            run_fed(
+                opts,
+                initial,
+                Arc::new(load),
+                make,
+                Notifier::disabled(),
+                t,
+                Some(feed),
+            )
+        });
+        let d = Running {
+            term,
+            thread: Some(thread),
+            socket: s.socket(),
+        };
+        wait("ready", || d.status()["ready"] == true);
+        // The config file is not the source: writing it changes nothing.
+        s.write_routers(&[router(A)]);
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!lock(&w).namespaces.keys().any(|n| n.as_str().ends_with(A)));
+        // The feed is.
+        s.write_routers(&[router(A)]);
+        tx.send(FeedEvent::Config(Box::new(load(&s.config()).unwrap())))
+            .unwrap();
+        wait("the router from the feed", || {
+            lock(&heard).contains(&(A.to_owned(), true))
+        });
+        assert!(lock(&w)
+            .namespaces
+            .keys()
+            .any(|n| n.as_str() == format!("qrouter-{A}")));
+        s.write_routers(&[]);
+        tx.send(FeedEvent::Config(Box::new(load(&s.config()).unwrap())))
+            .unwrap();
+        wait("the router removed", || {
+            !lock(&w).namespaces.keys().any(|n| n.as_str().ends_with(A))
+        });
         d.stop().unwrap();
     }
 }
