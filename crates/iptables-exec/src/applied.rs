@@ -158,8 +158,7 @@ impl AppliedRecord {
     /// Parses a record; `Err` says what is wrong (the caller then reads the kernel). The rule
     /// sets are checked against their digests.
     pub fn parse(bytes: &[u8]) -> Result<AppliedRecord, String> {
-        Self::parse_if(bytes, |_| true)
-            .map(|r| r.expect("a record the filter keeps"))
+        Self::parse_if(bytes, |_| true).map(|r| r.expect("a record the filter keeps"))
     }
 
     /// [`AppliedRecord::parse`] of the records whose stamp `keep` accepts (`Ok(None)` for the

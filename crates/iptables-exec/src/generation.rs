@@ -190,6 +190,7 @@ impl GenerationSocket {
 
     /// The namespace's nf_tables generation id now.
     pub fn query(&self) -> Result<u32, ExecError> {
+        crate::stats::record(|s| &s.generation_queries, 1);
         let seq = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let req = encode_request(seq);
         let fd = self.fd.as_raw_fd();
@@ -238,7 +239,6 @@ impl GenerationSocket {
 /// `NFT_MSG_GETGEN`, as `nft` asks it. Unchanged by reads; bumped by every committed change
 /// of any program (any family, any table) in that namespace; namespaces have their own.
 pub fn ruleset_generation(netns: Option<&Netns>) -> Result<u32, ExecError> {
-    crate::stats::record(|s| &s.generation_queries, 1);
     GenerationSocket::open(netns)?.query()
 }
 

@@ -355,6 +355,8 @@ pub struct Merged {
     pub invalid: BTreeMap<RouterId, Vec<String>>,
     /// The floating IPs of refused dicts.
     pub invalid_fips: BTreeMap<RouterId, BTreeSet<FloatingIpId>>,
+    /// It answered for every router of the host (a full sync).
+    pub full: bool,
     /// Routers removed.
     pub removed: BTreeSet<RouterId>,
     /// What the server says of each floating IP returned.
@@ -366,7 +368,10 @@ pub type Desired = BTreeMap<RouterId, Kept>;
 
 /// Merges fetched dicts into `desired` (see the module docs).
 pub fn merge(desired: &mut Desired, scope: Scope<'_>, fetched: Vec<Parsed>) -> Merged {
-    let mut m = Merged::default();
+    let mut m = Merged {
+        full: matches!(scope, Scope::All),
+        ..Merged::default()
+    };
     let mut seen = BTreeSet::new();
     for p in fetched {
         if let Scope::Only(ids) = scope {
@@ -603,6 +608,11 @@ impl Book {
         }
         for id in &merged.removed {
             self.invalid.remove(id);
+        }
+        if merged.full {
+            // Refused routers the server no longer returns are forgotten.
+            self.invalid
+                .retain(|id, _| merged.invalid_fips.contains_key(id));
         }
         for (id, fips) in &merged.invalid_fips {
             self.invalid.insert(id.clone(), fips.clone());
@@ -903,8 +913,9 @@ impl Syncer {
         for id in ids {
             if self.desired.remove(id).is_some() {
                 info!(router = %id, "router deleted or unscheduled: removed");
-                merged.removed.insert(id.clone());
             }
+            // Also forgets a refused dict of it.
+            merged.removed.insert(id.clone());
         }
         let cfg = self.assemble(&previous, &mut merged);
         (cfg, merged)
