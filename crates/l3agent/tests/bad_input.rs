@@ -297,7 +297,9 @@ fn every_class_of_bad_input_exits_2_names_the_field_and_changes_nothing() {
     );
     run(
         "Linux bridges with openvswitch",
-        edit(&t, |v| v["agent"]["interface_driver"] = "openvswitch".into()),
+        edit(&t, |v| {
+            v["agent"]["interface_driver"] = "openvswitch".into()
+        }),
         &[],
         "agent.bridges: is only used with interface_driver: linuxbridge",
     );
