@@ -26,3 +26,6 @@ target/release/l3agent-bench iptables --python "$venv/bin/python" "$@"
 # gratuitous ARP rounds it lets finish between steps) are appended.
 { echo; target/release/l3agent-bench plumbing; } | tee -a BENCHMARKS.md
 { echo; target/release/l3agent-bench routers --count 1000 --fips 10 --workers 4 --runs 3; } | tee -a BENCHMARKS.md
+# The long-running agent (issue 11): 1,000 routers x 10 floating IPs, 50 floating IP events through
+# the config file beside their floor, the idle cost, a restart (several minutes).
+{ echo; target/release/l3agent-bench agent --count 1000 --fips 10 --events 50; } | tee -a BENCHMARKS.md
