@@ -1202,6 +1202,25 @@ mod tests {
         ])))
     }
 
+    /// Drift: `addr` deleted from router `id`'s namespace behind the agent's back.
+    fn drop_address(w: &SharedWorld, id: &str, addr: &str) {
+        let mut w = lock(w);
+        let ns = w
+            .namespaces
+            .iter_mut()
+            .find(|(n, _)| n.as_str() == format!("qrouter-{id}"))
+            .map(|(_, ns)| ns)
+            .unwrap();
+        ns.addresses.retain(|(_, a)| a.to_string() != addr);
+    }
+
+    fn has_address(w: &SharedWorld, addr: &str) -> bool {
+        lock(w)
+            .namespaces
+            .values()
+            .any(|ns| ns.addresses.iter().any(|(_, a)| a.to_string() == addr))
+    }
+
     fn ops(w: &SharedWorld) -> Vec<String> {
         std::mem::take(&mut lock(w).log)
     }
@@ -1289,24 +1308,11 @@ mod tests {
         // Two refreshes of a converged host repair nothing.
         std::thread::sleep(Duration::from_millis(700));
         assert_eq!(d.status()["drift_repairs"], 0);
-        {
-            let mut w = lock(&w);
-            let ns = w
-                .namespaces
-                .iter_mut()
-                .find(|(n, _)| n.as_str() == format!("qrouter-{A}"))
-                .map(|(_, ns)| ns)
-                .unwrap();
-            ns.addresses
-                .retain(|(_, a)| a.to_string() != "192.0.2.4/24");
-        }
+        drop_address(&w, A, "192.0.2.4/24");
         wait("the repair", || {
             d.status()["drift_repairs"].as_u64() >= Some(1)
         });
-        assert!(lock(&w).namespaces.values().any(|ns| ns
-            .addresses
-            .iter()
-            .any(|(_, a)| a.to_string() == "192.0.2.4/24")));
+        assert!(has_address(&w, "192.0.2.4/24"));
         let addr = d.status()["metrics_listen"].as_str().unwrap().to_owned();
         let mut conn = std::net::TcpStream::connect(addr).unwrap();
         conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -1332,24 +1338,11 @@ mod tests {
         // No refresh during the test: only the re-checks after the start-up's writes.
         let d = start(&s, &w, Duration::from_secs(3600));
         wait("ready", || d.status()["ready"] == true);
-        {
-            let mut w = lock(&w);
-            let ns = w
-                .namespaces
-                .iter_mut()
-                .find(|(n, _)| n.as_str() == format!("qrouter-{A}"))
-                .map(|(_, ns)| ns)
-                .unwrap();
-            ns.addresses
-                .retain(|(_, a)| a.to_string() != "192.0.2.4/24");
-        }
+        drop_address(&w, A, "192.0.2.4/24");
         wait("the repair by a recheck", || {
             d.status()["drift_repairs"].as_u64() >= Some(1)
         });
-        assert!(lock(&w).namespaces.values().any(|ns| ns
-            .addresses
-            .iter()
-            .any(|(_, a)| a.to_string() == "192.0.2.4/24")));
+        assert!(has_address(&w, "192.0.2.4/24"));
         d.stop().unwrap();
     }
 

@@ -5,14 +5,14 @@
 //! Fixtures run `ovs-vsctl`, `ip` and `kill` to set the scene and look at it; the library under
 //! test only talks to the socket.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use l3agent_ovsdb::op::{row, Condition, Mutation, Op};
 use l3agent_ovsdb::{
     ChangeSet, ExternalIds, InternalPort, MtuRequest, Ovsdb, OvsdbError, PortChange, PortRecord,
 };
-use l3agent_testkit::service::Service;
+use l3agent_testkit::service::{require_ovs, Service};
 use l3agent_testkit::{ok, sh, TempDir, TestNs};
 use l3agent_types::{IfName, MacAddr, PortId};
 use serde_json::{json, Value};
@@ -25,17 +25,6 @@ struct Ovs {
     svc: Service,
     ns: TestNs,
     dir: TempDir,
-}
-
-fn require_ovs() {
-    for p in ["ovsdb-server", "ovs-vswitchd", "ovsdb-tool", "ovs-vsctl"] {
-        assert!(
-            ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
-                .iter()
-                .any(|d| Path::new(d).join(p).exists()),
-            "{p} is not installed: apt-get install openvswitch-switch (scripts/install-deps.sh)"
-        );
-    }
 }
 
 impl Ovs {

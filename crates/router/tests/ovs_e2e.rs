@@ -22,7 +22,7 @@ use l3agent_router::compile::HostFacts;
 use l3agent_router::config::{ConfigDoc, HostConfig};
 use l3agent_router::host::{self, ApplyOptions, Health, HostReport, RouterStatus};
 use l3agent_rtnl::announce::{AnnounceOptions, Announcer};
-use l3agent_testkit::service::Service;
+use l3agent_testkit::service::{require_ovs, Service};
 use l3agent_testkit::{ok, sh, tcp_probe, TempDir, TestNs};
 use l3agent_types::NetnsName;
 use serde_json::{json, Value};
@@ -62,17 +62,6 @@ struct Bed {
     vm2: TestNs,
     dir: TempDir,
     state: PathBuf,
-}
-
-fn require_ovs() {
-    for p in ["ovsdb-server", "ovs-vswitchd", "ovsdb-tool", "ovs-vsctl"] {
-        assert!(
-            ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
-                .iter()
-                .any(|d| Path::new(d).join(p).exists()),
-            "{p} is not installed: apt-get install openvswitch-switch (scripts/install-deps.sh)"
-        );
-    }
 }
 
 impl Bed {

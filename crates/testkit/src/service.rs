@@ -20,6 +20,18 @@ pub fn testbed_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/testbed")
 }
 
+/// Fails (never skips) unless Open vSwitch's programs are installed, naming the package.
+pub fn require_ovs() {
+    for p in ["ovsdb-server", "ovs-vswitchd", "ovsdb-tool", "ovs-vsctl"] {
+        assert!(
+            ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+                .iter()
+                .any(|d| Path::new(d).join(p).exists()),
+            "{p} is not installed: apt-get install openvswitch-switch (scripts/install-deps.sh)"
+        );
+    }
+}
+
 /// A started service; stopped on drop.
 #[derive(Debug)]
 pub struct Service {
