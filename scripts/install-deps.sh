@@ -7,7 +7,8 @@ for pair in iptables-nft-restore:iptables iptables-legacy-restore:iptables nft:n
             nsenter:util-linux python3:python3 \
             ovs-vswitchd:openvswitch-switch ovsdb-tool:openvswitch-common \
             epmd:erlang-base /usr/lib/rabbitmq/bin/rabbitmq-server:rabbitmq-server \
-            mariadbd:mariadb-server mariadb-install-db:mariadb-server; do
+            mariadbd:mariadb-server mariadb-install-db:mariadb-server \
+            keepalived:keepalived radvd:radvd haproxy:haproxy conntrackd:conntrackd; do
   bin=${pair%%:*}; pkg=${pair##*:}
   if ! command -v "$bin" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$bin" ] && [ ! -x "/sbin/$bin" ] \
      && [ ! -x "$bin" ]; then
@@ -25,7 +26,7 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
   echo "installing: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  # The servers among these (ovsdb, RabbitMQ, MariaDB) must not start as system services
+  # The servers among these (ovsdb, RabbitMQ, MariaDB, keepalived, radvd, haproxy) must not start as system services
   # listening on every address: tests start their own, on loopback, with private data. A
   # policy-rc.d that refuses every start is in place for the install only.
   policy=/usr/sbin/policy-rc.d

@@ -27,6 +27,13 @@
 //! - **Drift**: every `resync_interval` a full `Verify` apply runs; the changes it makes to
 //!   routers no event asked for are drift, logged and counted per kind
 //!   (`l3agent_drift_repairs_total`).
+//! - **HA routers**: the routers whose last apply read an HA state are watched by
+//!   [`HaWatch`] (address events of their namespace: keepalived's VRRP transitions). An
+//!   event is a front-end event for its router (its time is recorded at once, so a batch
+//!   that takes the router meanwhile does not count what it changes as drift), acted on
+//!   after [`DaemonOptions::ha_settle`]: the events of a burst make one reconcile. Each
+//!   router's last read state is in the control socket's `status`, the `l3agent_ha_*`
+//!   metrics and [`RouterOutcome::ha_state`].
 //! - **Stop** (SIGTERM/SIGINT, the `term` flag): no new work is taken, the apply in
 //!   progress finishes the routers it has started (its own stop flag), `STOPPING=1` is sent
 //!   and [`run`] returns within [`DaemonOptions::stop_timeout`]. Routers stay as they are.
@@ -44,13 +51,15 @@ use l3agent_router::config::HostConfig;
 use l3agent_router::error::RouterError;
 use l3agent_router::host::{self, ApplyOptions, RouterStatus, Sides, Unchanged};
 use l3agent_router::records::fingerprint;
+use l3agent_router::spec::{names, HaState};
 use l3agent_types::RouterId;
 use serde_json::{json, Value};
-use tracing::{error, info, info_span, warn};
+use tracing::{debug, error, info, info_span, warn};
 
 use crate::control::{ControlConfig, ControlServer, Request};
+use crate::ha::{HaEvent, HaRouters, HaWatch, KernelMonitors, Monitors, Settle};
 use crate::http::{HttpConfig, HttpServer, HttpState};
-use crate::metrics::{FloatingIpState, Metrics, RouterState};
+use crate::metrics::{ha_state_label, FloatingIpState, Metrics, RouterState};
 use crate::notify::Notifier;
 use crate::queue::{Next, QueueConfig, WorkQueue};
 use crate::watch::{FileWatcher, SighupListener, WatchConfig, WatchEvent};
@@ -95,6 +104,10 @@ pub struct RouterOutcome {
     pub ok: bool,
     /// Why not.
     pub error: Option<String>,
+    /// An HA router's VRRP state on this host as this apply read it (for Neutron's
+    /// `update_ha_routers_states`: [`HaState::neutron`]); `None` for a router that is not HA,
+    /// or whose apply failed before reading it.
+    pub ha_state: Option<HaState>,
 }
 
 /// After a batch changes a router, it is checked again this long after (as Calico Felix
@@ -125,6 +138,7 @@ pub struct SidesFactory {
     make: Arc<dyn Fn() -> Result<Sides, RouterError> + Send + Sync>,
     forget: Arc<dyn Fn() + Send + Sync>,
     owned: Arc<dyn Fn() -> Option<(u64, u64)> + Send + Sync>,
+    ha_monitors: Arc<dyn Monitors>,
 }
 
 impl std::fmt::Debug for SidesFactory {
@@ -134,13 +148,21 @@ impl std::fmt::Debug for SidesFactory {
 }
 
 impl SidesFactory {
-    /// Sides made by `make`, which know nothing of the kernel when made.
+    /// Sides made by `make`, which know nothing of the kernel when made. HA routers'
+    /// namespaces are watched with the kernel's [`KernelMonitors`].
     pub fn new(make: impl Fn() -> Result<Sides, RouterError> + Send + Sync + 'static) -> Self {
         SidesFactory {
             make: Arc::new(make),
             forget: Arc::new(|| {}),
             owned: Arc::new(|| None),
+            ha_monitors: Arc::new(KernelMonitors),
         }
+    }
+
+    /// Watches HA routers' namespaces with `monitors` instead of the kernel's (a test's fake).
+    pub fn ha_monitors(mut self, monitors: impl Monitors + 'static) -> Self {
+        self.ha_monitors = Arc::new(monitors);
+        self
     }
 
     /// `owned` tells the iptables chains and rules the sides hold (the
@@ -185,12 +207,15 @@ pub struct DaemonOptions {
     pub stop_timeout: Duration,
     /// Host facts for compile.
     pub facts: HostFacts,
+    /// An HA router's address events are acted on this long after the first of a burst
+    /// (see [`Settle`]).
+    pub ha_settle: Duration,
 }
 
 impl DaemonOptions {
     /// Defaults for `config_path`: 60 s resync, metrics on [`crate::http::DEFAULT_LISTEN`],
     /// the control socket at [`crate::control::DEFAULT_SOCKET`], 4 apply threads, batches of
-    /// up to 256 routers, backoff 1 s .. 5 min, 30 s to stop.
+    /// up to 256 routers, backoff 1 s .. 5 min, 30 s to stop, HA events settle 1 s.
     pub fn new(config_path: impl Into<PathBuf>, facts: HostFacts) -> DaemonOptions {
         DaemonOptions {
             config_path: config_path.into(),
@@ -205,6 +230,7 @@ impl DaemonOptions {
             sighup: true,
             stop_timeout: Duration::from_secs(30),
             facts,
+            ha_settle: Duration::from_secs(1),
         }
     }
 }
@@ -219,6 +245,8 @@ struct View {
     /// The last apply that looked at it.
     last_run: Option<SystemTime>,
     failures: u32,
+    /// An HA router's VRRP state as last read (`None`: not HA, or not read yet).
+    ha_state: Option<HaState>,
 }
 
 impl View {
@@ -229,7 +257,47 @@ impl View {
             last_change: None,
             last_run: None,
             failures: 0,
+            ha_state: None,
         }
+    }
+
+    /// Takes in a reading of the HA state (see [`ha_reading`]): the state before, if this
+    /// is a transition (master to backup or back; not the first reading, nor a router
+    /// becoming or ceasing to be HA).
+    fn read_ha(&mut self, reading: Option<HaState>) -> Option<HaState> {
+        let before = std::mem::replace(&mut self.ha_state, reading);
+        match (before, reading) {
+            (Some(b), Some(a)) if a != b => Some(b),
+            _ => None,
+        }
+    }
+
+    /// The router as the control socket's `status` shows it (`ha_state` only for HA
+    /// routers).
+    fn json(&self, id: &str) -> Value {
+        let mut v = json!({
+            "id": id,
+            "state": self.state.as_str(),
+            "last_error": self.last_error,
+            "last_change": unix(self.last_change),
+            "last_run": unix(self.last_run),
+            "failures": self.failures,
+        });
+        if let Some(s) = self.ha_state {
+            v["ha_state"] = json!(ha_state_label(s));
+        }
+        v
+    }
+}
+
+/// What an apply's result tells of its router's HA state: `Some(Some(_))` it read one,
+/// `Some(None)` it converged without one (not an HA router, or no longer), `None` it says
+/// nothing (it failed or was skipped before reading, or removed the router).
+fn ha_reading(r: &host::RouterResult) -> Option<Option<HaState>> {
+    match (r.ha_state, r.status) {
+        (Some(s), _) => Some(Some(s)),
+        (None, RouterStatus::Converged | RouterStatus::Unchanged) => Some(None),
+        (None, _) => None,
     }
 }
 
@@ -269,6 +337,10 @@ struct Shared {
     rechecking: Mutex<BTreeSet<RouterId>>,
     /// The feed's result callback (none: the file front end).
     on_result: Mutex<Option<OnResult>>,
+    /// The HA routers [`HaWatch`] watches, with their namespace.
+    ha_watched: HaRouters,
+    /// HA events held back until their burst is over.
+    ha_settle: Mutex<Settle>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -399,13 +471,52 @@ impl Shared {
         }
     }
 
-    /// The `l3agent_routers`, `l3agent_floating_ips` and `l3agent_queue_depth` gauges.
+    /// An event of [`HaWatch`] at `now`: the router is an event's (from now: what a batch
+    /// changes for it is not drift), and is marked dirty once the burst settled (the main
+    /// loop, [`Shared::ha_due`]). Routers no longer configured are left alone.
+    fn ha_event(&self, id: &RouterId, why: HaEvent, now: Instant) {
+        {
+            let mut s = lock(&self.state);
+            if !s.config.routers.iter().any(|r| &r.id == id) {
+                return;
+            }
+            s.events.entry(Key::Router(id.clone())).or_insert(now);
+        }
+        if lock(&self.ha_settle).note(id, now) {
+            debug!(router = %id, ?why, "HA: address event; the router is reconciled once it settles");
+        }
+    }
+
+    /// Marks the HA routers whose events settled at `now`.
+    fn ha_due(&self, now: Instant) {
+        let due = lock(&self.ha_settle).due(now);
+        if due.is_empty() {
+            return;
+        }
+        let keys: Vec<Key> = {
+            let s = lock(&self.state);
+            due.into_iter()
+                .filter(|(id, _)| s.config.routers.iter().any(|r| &r.id == id))
+                .map(|(id, _)| Key::Router(id))
+                .collect()
+        };
+        // `mark` keeps the time of the first event recorded by `ha_event` (the latency is
+        // measured from it), or records now if a batch took the router meanwhile.
+        self.mark(keys, now);
+    }
+
+    /// The `l3agent_routers`, `l3agent_floating_ips`, `l3agent_ha_routers` and
+    /// `l3agent_queue_depth` gauges.
     fn refresh_gauges(&self) {
         let s = lock(&self.state);
         let mut routers: BTreeMap<RouterState, u64> = BTreeMap::new();
         let mut fips: BTreeMap<FloatingIpState, u64> = BTreeMap::new();
+        let mut ha: BTreeMap<HaState, u64> = BTreeMap::new();
         for v in s.views.values() {
             *routers.entry(v.state).or_default() += 1;
+            if let Some(h) = v.ha_state {
+                *ha.entry(h).or_default() += 1;
+            }
         }
         for r in &s.config.routers {
             let state = match s.views.get(r.id.as_str()).map(|v| v.state) {
@@ -418,6 +529,7 @@ impl Shared {
         drop(s);
         self.metrics.set_routers(routers);
         self.metrics.set_floating_ips(fips);
+        self.metrics.set_ha_routers(ha);
         self.metrics.set_queue_depth(self.queue.depth());
     }
 
@@ -428,16 +540,7 @@ impl Shared {
             .views
             .iter()
             .filter(|(id, _)| router.is_none_or(|r| r == id.as_str()))
-            .map(|(id, v)| {
-                json!({
-                    "id": id,
-                    "state": v.state.as_str(),
-                    "last_error": v.last_error,
-                    "last_change": unix(v.last_change),
-                    "last_run": unix(v.last_run),
-                    "failures": v.failures,
-                })
-            })
+            .map(|(id, v)| v.json(id))
             .collect();
         json!({
             "routers": routers,
@@ -616,6 +719,8 @@ fn run_batch(
         }
     }
     let mut s = lock(&shared.state);
+    // Routers to watch (true) or no longer (false) for HA events.
+    let mut watch: Vec<(RouterId, bool)> = Vec::new();
     for k in batch {
         let Key::Router(id) = k else {
             let ok: Result<(), ()> = Ok(());
@@ -669,8 +774,37 @@ fn run_batch(
                 error!(error = %why, next = ?completion.map(|c| c.next_run), "router failed");
             }
         }
+        let reading = r.and_then(|r| ha_reading(r));
+        match (s.views.get_mut(id.as_str()), reading) {
+            (Some(v), Some(reading)) => {
+                if let (Some(before), Some(after)) = (v.read_ha(reading), reading) {
+                    info!(
+                        from = ha_state_label(before),
+                        to = ha_state_label(after),
+                        "HA state changed"
+                    );
+                    shared.metrics.ha_transition(after);
+                }
+                watch.push((id.clone(), configured && reading.is_some()));
+            }
+            (None, _) => watch.push((id.clone(), false)),
+            (Some(_), None) => {}
+        }
     }
     drop(s);
+    {
+        let mut watched = lock(&shared.ha_watched);
+        for (id, on) in watch {
+            if on {
+                let ns = names::router_ns(&id);
+                watched.insert(id, ns);
+            } else {
+                watched.remove(&id);
+            }
+        }
+        let configured: BTreeSet<&RouterId> = cfg.routers.iter().map(|r| &r.id).collect();
+        watched.retain(|id, _| configured.contains(id));
+    }
     // Felix's re-checks: a router this batch changed is looked at again RECHECKS later
     // (without an event: what those find is drift, another program undoing our write).
     {
@@ -700,6 +834,7 @@ fn run_batch(
             let outcome = RouterOutcome {
                 ok: matches!(r.status, RouterStatus::Converged | RouterStatus::Unchanged),
                 error: r.error.clone(),
+                ha_state: r.ha_state,
             };
             callback(&id, &outcome);
         }
@@ -786,6 +921,8 @@ pub fn run_fed(
         on_result: Mutex::new(None),
         rechecks: Mutex::new(Vec::new()),
         rechecking: Mutex::new(BTreeSet::new()),
+        ha_watched: Arc::default(),
+        ha_settle: Mutex::new(Settle::new(opts.ha_settle)),
     });
 
     let (tx, rx) = mpsc::channel();
@@ -862,6 +999,15 @@ pub fn run_fed(
         None => None,
     };
 
+    let ha_watch = {
+        let events = Arc::clone(&shared);
+        HaWatch::start(
+            Arc::clone(&shared.ha_watched),
+            Arc::clone(&make.ha_monitors),
+            move |id, why| events.ha_event(id, why, Instant::now()),
+        )?
+    };
+
     let apply_stop = Arc::new(AtomicBool::new(false));
     shared.mark(vec![Key::Full], Instant::now());
     let (exit_tx, exit_rx) = mpsc::channel();
@@ -902,6 +1048,7 @@ pub fn run_fed(
             *all = later;
             due.into_iter().map(|(_, id)| id).collect()
         };
+        shared.ha_due(now);
         for id in due {
             // No event recorded: not a reconcile to time, and what it repairs is drift.
             if lock(&shared.state)
@@ -975,6 +1122,7 @@ pub fn run_fed(
 
     info!("stopping: no new work; the routers in progress finish");
     let _ = shared.notifier.stopping();
+    ha_watch.stop(Duration::from_secs(1));
     apply_stop.store(true, Ordering::SeqCst);
     let dropped = shared.queue.shutdown();
     if dropped > 0 {
@@ -1133,12 +1281,35 @@ mod tests {
             .unwrap_or(Value::Null)
         }
         fn state_of(&self, id: &str) -> Option<String> {
+            self.field_of(id, "state")
+        }
+        fn field_of(&self, id: &str, field: &str) -> Option<String> {
             self.status()["routers"]
                 .as_array()?
                 .iter()
                 .find(|r| r["id"] == id)
-                .and_then(|r| r["state"].as_str())
+                .and_then(|r| r[field].as_str())
                 .map(str::to_owned)
+        }
+        /// `/metrics`, as Prometheus text.
+        fn scrape(&self) -> String {
+            let addr = self.status()["metrics_listen"].as_str().unwrap().to_owned();
+            let mut conn = std::net::TcpStream::connect(addr).unwrap();
+            conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            std::io::Write::write_all(
+                &mut conn,
+                b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            )
+            .unwrap();
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut conn, &mut text);
+            text
+        }
+        /// The value of one series (`name{labels}`), if exported.
+        fn sample(&self, series: &str) -> Option<f64> {
+            self.scrape()
+                .lines()
+                .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
         }
         fn stop(mut self) -> Result<(), AgentError> {
             self.term.store(true, Ordering::SeqCst);
@@ -1159,6 +1330,16 @@ mod tests {
     }
 
     fn start(s: &Scratch, w: &SharedWorld, resync: Duration) -> Running {
+        start_with(s, w, resync, |_, make| make)
+    }
+
+    /// [`start`], with `adjust` changing the options and the sides.
+    fn start_with(
+        s: &Scratch,
+        w: &SharedWorld,
+        resync: Duration,
+        adjust: impl FnOnce(&mut DaemonOptions, SidesFactory) -> SidesFactory,
+    ) -> Running {
         let initial = load(&s.config()).unwrap();
         let mut opts = DaemonOptions::new(s.config(), HostFacts { random_fully: true });
         opts.metrics_listen = "127.0.0.1:0".parse().ok();
@@ -1176,6 +1357,7 @@ mod tests {
         let w2 = Arc::clone(w);
         #[allow(clippy::result_large_err)] // the router crate's `host::Factory` error type
         let make = SidesFactory::new(move || fake::sides(&w2)());
+        let make = adjust(&mut opts, make);
         let term = Arc::new(AtomicBool::new(false));
         let t = Arc::clone(&term);
         let thread = std::thread::spawn(move || {
@@ -1313,12 +1495,7 @@ mod tests {
             d.status()["drift_repairs"].as_u64() >= Some(1)
         });
         assert!(has_address(&w, "192.0.2.4/24"));
-        let addr = d.status()["metrics_listen"].as_str().unwrap().to_owned();
-        let mut conn = std::net::TcpStream::connect(addr).unwrap();
-        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        std::io::Write::write_all(&mut conn, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-        let mut text = String::new();
-        let _ = std::io::Read::read_to_string(&mut conn, &mut text);
+        let text = d.scrape();
         assert!(
             text.contains("l3agent_drift_repairs_total{kind=\"address\"} 1"),
             "{text}"
@@ -1410,5 +1587,207 @@ mod tests {
             !lock(&w).namespaces.keys().any(|n| n.as_str().ends_with(A))
         });
         d.stop().unwrap();
+    }
+    const HA_NET: &str = "5b0c2e4a-8d1f-4e3b-9a6c-7d2e1f0a3b4c";
+
+    /// Router A as an HA router (VRID 7), this host's HA port 169.254.192.5/18.
+    fn ha_router() -> Value {
+        let mut r = router(A);
+        r["ha"] = json!(true);
+        r["ha_vr_id"] = json!(7);
+        r["_ha_interface"] = json!({
+            "id": "1111aaaa-bbbb-4ccc-8ddd-eeeeffff0000", "network_id": HA_NET,
+            "mac_address": "fa:16:3e:00:00:07",
+            "fixed_ips": [{"ip_address": "169.254.192.5", "prefixlen": 18,
+                           "subnet_id": "2222aaaa-bbbb-4ccc-8ddd-eeeeffff0000"}],
+            "subnets": [{"id": "2222aaaa-bbbb-4ccc-8ddd-eeeeffff0000",
+                         "cidr": "169.254.192.0/18", "gateway_ip": null}]});
+        r
+    }
+
+    impl Scratch {
+        /// A host with the HA network's bridge and the metadata proxy (a master-only daemon).
+        fn write_ha_routers(&self, routers: &[Value]) {
+            self.write(
+                &json!({
+                    "agent": {"mode": "legacy", "host": "host-a", "state_path": self.0.join("state"),
+                        "metadata_proxy": {"socket": self.0.join("md.sock")},
+                        "bridges": {
+                            "90e4912c-0eb8-4be4-a793-e6a3bba6ae8b": "br-t1",
+                            "c6910e18-fb1f-4988-9af4-211a8c2e2926": "br-t2",
+                            "65566f91-133a-44ff-87f5-ecffc1193d3d": "br-ex",
+                            HA_NET: "br-ha"}},
+                    "routers": routers,
+                })
+                .to_string(),
+            );
+        }
+    }
+
+    /// keepalived makes this host the master of router A: its primary VIP and the router's
+    /// addresses appear.
+    fn become_master(w: &SharedWorld) {
+        let mut w = lock(w);
+        let n = w
+            .namespaces
+            .iter_mut()
+            .find(|(n, _)| n.as_str() == format!("qrouter-{A}"))
+            .map(|(_, ns)| ns)
+            .unwrap();
+        for (dev, net) in [
+            ("ha-1111aaaa-bb", "169.254.0.7/24"),
+            ("qr-081ed401-2a", "192.0.2.4/24"),
+            ("qg-184a6791-c4", "203.0.113.4/24"),
+        ] {
+            n.addresses.insert((dev.to_owned(), net.parse().unwrap()));
+        }
+    }
+
+    #[test]
+    fn an_ha_transition_is_reconciled_once_per_burst_as_an_event_and_shown_in_status_and_metrics() {
+        use crate::ha::fake::FakeMonitors;
+        let settle = Duration::from_millis(400);
+        let s = scratch();
+        let w: SharedWorld = Arc::new(Mutex::new(World::with_bridges(&[
+            "br-t1", "br-t2", "br-ex", "br-ha",
+        ])));
+        s.write_ha_routers(&[ha_router(), router(B)]);
+        let monitors = FakeMonitors::default();
+        let ns_a = names::router_ns(&RouterId::new("id", A).unwrap());
+        let ns_b = names::router_ns(&RouterId::new("id", B).unwrap());
+        monitors.create(&ns_a);
+        monitors.create(&ns_b);
+        let m = monitors.clone();
+        let d = start_with(&s, &w, Duration::from_secs(3600), move |opts, make| {
+            opts.ha_settle = settle;
+            make.ha_monitors(m)
+        });
+        wait("ready", || d.status()["ready"] == true);
+        // The start-up's batch ended before this.
+        let ready = Instant::now();
+        assert_eq!(d.field_of(A, "ha_state").as_deref(), Some("backup"));
+        // Only HA routers are watched, and only they have an `ha_state`.
+        wait("A watched", || monitors.is_open(&ns_a));
+        assert!(!monitors.is_open(&ns_b));
+        assert_eq!(d.state_of(B).as_deref(), Some("converged"));
+        assert_eq!(d.field_of(B, "ha_state"), None);
+        // The subscription is reported: A is looked at once more (an event: timed).
+        let reconciles = "l3agent_reconcile_duration_seconds_count";
+        wait("the reconcile after the subscription", || {
+            d.sample(reconciles) == Some(1.0)
+        });
+        assert_eq!(d.sample("l3agent_ha_routers{state=\"backup\"}"), Some(1.0));
+        assert_eq!(d.sample("l3agent_ha_routers{state=\"master\"}"), Some(0.0));
+        // Past the re-check of the start-up's writes (2 s after them), so that only the
+        // HA events make A reconciled below.
+        std::thread::sleep(RECHECKS[0].saturating_sub(ready.elapsed()) + settle);
+        ops(&w);
+
+        // keepalived makes this host the master; its address events come in a burst.
+        become_master(&w);
+        let first = Instant::now();
+        for _ in 0..4 {
+            assert!(monitors.poke(&ns_a));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        wait("A read as master", || {
+            d.field_of(A, "ha_state").as_deref() == Some("master")
+        });
+        assert!(
+            first.elapsed() >= settle,
+            "acted on before the settle delay: {:?}",
+            first.elapsed()
+        );
+        let log = ops(&w);
+        assert!(
+            log.iter()
+                .any(|l| l.starts_with("start") && l.contains("haproxy")),
+            "the master's metadata proxy was not started: {log:#?}"
+        );
+        assert!(
+            !log.iter().any(|l| l.contains(B)),
+            "B was touched: {log:#?}"
+        );
+        // One reconcile for the burst, timed as an event's; nothing counted as drift.
+        std::thread::sleep(settle * 2);
+        assert_eq!(d.sample(reconciles), Some(2.0));
+        assert_eq!(d.status()["drift_repairs"], 0);
+        assert_eq!(d.sample("l3agent_ha_routers{state=\"master\"}"), Some(1.0));
+        assert_eq!(d.sample("l3agent_ha_routers{state=\"backup\"}"), Some(0.0));
+        assert_eq!(
+            d.sample("l3agent_ha_transitions_total{to=\"master\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            d.sample("l3agent_ha_transitions_total{to=\"backup\"}"),
+            Some(0.0)
+        );
+
+        // Removed from the config: no longer watched, nor counted.
+        s.write_ha_routers(&[router(B)]);
+        wait("A's monitor dropped", || !monitors.is_open(&ns_a));
+        wait("A gone", || d.state_of(A).is_none());
+        assert_eq!(d.sample("l3agent_ha_routers{state=\"master\"}"), Some(0.0));
+        d.stop().unwrap();
+    }
+
+    fn result(status: RouterStatus, ha_state: Option<HaState>) -> host::RouterResult {
+        host::RouterResult {
+            id: A.into(),
+            status,
+            changes: Vec::new(),
+            error: None,
+            ha_state,
+        }
+    }
+
+    #[test]
+    fn a_view_keeps_the_last_ha_state_read_and_tells_transitions_apart_from_first_readings() {
+        use HaState::{Backup, Master};
+        let mut v = View::pending();
+        let read = |v: &mut View, r: host::RouterResult| ha_reading(&r).and_then(|h| v.read_ha(h));
+        // The first reading is no transition.
+        assert_eq!(
+            read(&mut v, result(RouterStatus::Unchanged, Some(Backup))),
+            None
+        );
+        assert_eq!(v.ha_state, Some(Backup));
+        assert_eq!(
+            read(&mut v, result(RouterStatus::Converged, Some(Backup))),
+            None
+        );
+        assert_eq!(
+            read(&mut v, result(RouterStatus::Converged, Some(Master))),
+            Some(Backup)
+        );
+        assert_eq!(v.ha_state, Some(Master));
+        // A failure before the state was read says nothing: the last reading stays.
+        assert_eq!(read(&mut v, result(RouterStatus::Failed, None)), None);
+        assert_eq!(read(&mut v, result(RouterStatus::Skipped, None)), None);
+        assert_eq!(v.ha_state, Some(Master));
+        // A failure after reading it counts.
+        assert_eq!(
+            read(&mut v, result(RouterStatus::Failed, Some(Backup))),
+            Some(Master)
+        );
+        // No longer HA: no state, and no transition when it is HA again.
+        assert_eq!(read(&mut v, result(RouterStatus::Converged, None)), None);
+        assert_eq!(v.ha_state, None);
+        assert_eq!(
+            read(&mut v, result(RouterStatus::Converged, Some(Master))),
+            None
+        );
+    }
+
+    #[test]
+    fn the_status_shows_ha_state_for_ha_routers_only() {
+        let mut v = View::pending();
+        let plain = v.json(A);
+        assert!(plain.get("ha_state").is_none(), "{plain}");
+        assert_eq!(plain["state"], "pending");
+        v.ha_state = Some(HaState::Master);
+        assert_eq!(v.json(A)["ha_state"], "master");
+        v.ha_state = Some(HaState::Backup);
+        assert_eq!(v.json(A)["ha_state"], "backup");
     }
 }

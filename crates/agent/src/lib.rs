@@ -15,7 +15,9 @@
 //! ```
 //!
 //! A front end only translates changes into dirty router ids; it never touches the kernel.
-//! Other front ends (Neutron RPC, etcd) feed the same queue.
+//! Other front ends (Neutron RPC, etcd) feed the same queue, and so does [`ha::HaWatch`]:
+//! keepalived's VRRP transitions (address events in HA routers' namespaces) mark their
+//! router dirty, after a short settle delay.
 //!
 //! [`daemon`] wires them together onto the router reconciler: `l3agent agent` is a thin
 //! call of [`daemon::run`].
@@ -35,6 +37,7 @@
 pub mod control;
 pub mod daemon;
 mod error;
+pub mod ha;
 pub mod http;
 pub mod metrics;
 pub mod notify;

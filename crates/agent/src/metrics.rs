@@ -31,6 +31,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
 use l3agent_iptables_exec::StatsSnapshot;
+use l3agent_router::spec::HaState;
 
 use crate::AgentError;
 
@@ -56,6 +57,8 @@ pub const METRICS_DOC: &str = "\
 | `l3agent_router_traffic_packets_total` | counter | `router`, `direction` | Packets through a router's external gateway, as counted by the kernel. |
 | `l3agent_floatingip_traffic_bytes_total` | counter | `floating_ip`: the address; `direction`: `ingress`, `egress` | Bytes to and from a floating IP, as counted by the kernel. |
 | `l3agent_floatingip_traffic_packets_total` | counter | `floating_ip`, `direction` | Packets to and from a floating IP, as counted by the kernel. |
+| `l3agent_ha_routers` | gauge | `state`: `master`, `backup` | HA routers in each VRRP state on this host, as last read from the kernel (master: keepalived's primary VIP is on the router's `ha-` device). |
+| `l3agent_ha_transitions_total` | counter | `to`: `master`, `backup` | Changes of an HA router's VRRP state between two reads by the agent (failovers seen here; the first read of a router after start is not one, and a flap shorter than the settle delay may be missed). |
 ";
 
 /// A router's reconcile state, the `state` label of `l3agent_routers`.
@@ -117,6 +120,18 @@ impl FloatingIpState {
             FloatingIpState::Down => "down",
             FloatingIpState::Error => "error",
         }
+    }
+}
+
+/// Every HA state, so each has a series (0 included) from the start.
+const HA_STATES: [HaState; 2] = [HaState::Master, HaState::Backup];
+
+/// An HA state's label value (also its name in the control socket's `status`): `master`,
+/// `backup`, as keepalived says it.
+pub fn ha_state_label(state: HaState) -> &'static str {
+    match state {
+        HaState::Master => "master",
+        HaState::Backup => "backup",
     }
 }
 
@@ -190,6 +205,7 @@ impl Format {
 
 type StateLabels<S> = [(&'static str, S); 1];
 type KindLabels = [(&'static str, String); 1];
+type Labels = [(&'static str, &'static str); 1];
 type TrafficMap<K> = RwLock<BTreeMap<(K, Direction), TrafficReading>>;
 
 /// The traffic readings, emitted as counters on each scrape.
@@ -279,6 +295,8 @@ pub struct Metrics {
     drift_repairs: Family<KindLabels, Counter>,
     config_loads: Family<StateLabels<&'static str>, Counter>,
     process_spawns: Counter,
+    ha_routers: Family<Labels, Gauge>,
+    ha_transitions: Family<Labels, Counter>,
     traffic: Arc<Traffic>,
     /// The process-wide iptables counters as last copied in ([`Metrics::sync_iptables`]).
     iptables_seen: std::sync::Mutex<StatsSnapshot>,
@@ -372,6 +390,24 @@ impl Metrics {
             let _ = config_loads.get_or_create(&[("result", r)]);
         }
         let process_spawns = counter(&mut registry, "process_spawns", "Processes started");
+        let ha_routers = Family::<Labels, Gauge>::default();
+        registry.register(
+            "ha_routers",
+            "HA routers in each VRRP state on this host",
+            ha_routers.clone(),
+        );
+        let ha_transitions = Family::<Labels, Counter>::default();
+        registry.register(
+            "ha_transitions",
+            "Changes of an HA router's VRRP state, by the state changed to",
+            ha_transitions.clone(),
+        );
+        for s in HA_STATES {
+            ha_routers
+                .get_or_create(&[("state", ha_state_label(s))])
+                .set(0);
+            let _ = ha_transitions.get_or_create(&[("to", ha_state_label(s))]);
+        }
         let traffic = Arc::new(Traffic::default());
         registry.register_collector(Box::new(Arc::clone(&traffic)));
         Metrics {
@@ -389,6 +425,8 @@ impl Metrics {
             drift_repairs,
             config_loads,
             process_spawns,
+            ha_routers,
+            ha_transitions,
             traffic,
             iptables_seen: std::sync::Mutex::new(StatsSnapshot::default()),
         }
@@ -478,6 +516,24 @@ impl Metrics {
         self.config_loads.get_or_create(&[("result", result)]).inc();
     }
 
+    /// The number of HA routers per VRRP state; states not given are set to 0.
+    pub fn set_ha_routers(&self, counts: impl IntoIterator<Item = (HaState, u64)>) {
+        let counts: BTreeMap<_, _> = counts.into_iter().collect();
+        for s in HA_STATES {
+            let n = counts.get(&s).copied().unwrap_or(0);
+            self.ha_routers
+                .get_or_create(&[("state", ha_state_label(s))])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// An HA router's VRRP state was read as `to`, having been read as the other one before.
+    pub fn ha_transition(&self, to: HaState) {
+        self.ha_transitions
+            .get_or_create(&[("to", ha_state_label(to))])
+            .inc();
+    }
+
     /// A process was started.
     pub fn process_spawned(&self) {
         self.process_spawns.inc();
@@ -543,6 +599,8 @@ mod tests {
         m.set_floating_ips([(FloatingIpState::Active, 20)]);
         m.drift_repaired("route");
         m.process_spawned();
+        m.set_ha_routers([(HaState::Master, 2), (HaState::Backup, 3)]);
+        m.ha_transition(HaState::Master);
         let r = TrafficReading {
             bytes: 1500,
             packets: 1,
@@ -585,7 +643,7 @@ mod tests {
         let text = populated().encode(Format::Prometheus).unwrap();
         let declared = declared(&text);
         let documented = documented();
-        assert_eq!(declared.len(), 17, "{declared:?}");
+        assert_eq!(declared.len(), 19, "{declared:?}");
         assert_eq!(declared, documented);
         assert!(declared.iter().all(|n| n.starts_with("l3agent_")));
     }
@@ -608,6 +666,10 @@ mod tests {
             "l3agent_floating_ips{state=\"error\"} 0",
             "l3agent_drift_repairs_total{kind=\"route\"} 1",
             "l3agent_process_spawns_total 1",
+            "l3agent_ha_routers{state=\"master\"} 2",
+            "l3agent_ha_routers{state=\"backup\"} 3",
+            "l3agent_ha_transitions_total{to=\"master\"} 1",
+            "l3agent_ha_transitions_total{to=\"backup\"} 0",
             "l3agent_reconcile_duration_seconds_count 1",
             "l3agent_router_traffic_bytes_total{router=\"8f1c\",direction=\"ingress\"} 1500",
             "l3agent_router_traffic_packets_total{router=\"8f1c\",direction=\"ingress\"} 1",
@@ -666,6 +728,33 @@ mod tests {
                 s.as_str()
             )));
         }
+        for s in ["master", "backup"] {
+            assert!(text.contains(&format!("l3agent_ha_routers{{state=\"{s}\"}} 0\n")));
+            assert!(text.contains(&format!("l3agent_ha_transitions_total{{to=\"{s}\"}} 0\n")));
+        }
+    }
+
+    #[test]
+    fn ha_router_counts_are_set_not_added_and_transitions_counted_by_target_state() {
+        let m = Metrics::new();
+        m.set_ha_routers([(HaState::Master, 4), (HaState::Backup, 1)]);
+        m.set_ha_routers([(HaState::Backup, 5)]);
+        m.ha_transition(HaState::Backup);
+        m.ha_transition(HaState::Backup);
+        let text = m.encode(Format::Prometheus).unwrap();
+        for line in [
+            "l3agent_ha_routers{state=\"master\"} 0",
+            "l3agent_ha_routers{state=\"backup\"} 5",
+            "l3agent_ha_transitions_total{to=\"backup\"} 2",
+            "l3agent_ha_transitions_total{to=\"master\"} 0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+        assert_eq!(ha_state_label(HaState::Master), "master");
+        assert_eq!(ha_state_label(HaState::Backup), "backup");
     }
 
     #[test]

@@ -28,6 +28,12 @@ impl Waker {
         Ok(WakeHandle(self.tx.try_clone()?))
     }
 
+    /// The end to poll (readable once a wake-up was sent), for pollers of several
+    /// descriptors.
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.rx.as_fd()
+    }
+
     /// Whether a wake-up was sent (and consumes it).
     pub(crate) fn woken(&self) -> bool {
         let mut buf = [0u8; 16];

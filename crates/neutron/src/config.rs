@@ -510,6 +510,15 @@ pub struct NeutronAgentConfig {
     pub metadata_port: u16,
     /// `[DEFAULT] enable_metadata_proxy` (default true).
     pub enable_metadata_proxy: bool,
+    /// `[DEFAULT] metadata_proxy_socket` (default `$state_path/metadata_proxy`): the
+    /// metadata agent's socket haproxy forwards to.
+    pub metadata_proxy_socket: PathBuf,
+    /// `[DEFAULT] metadata_proxy_user` (default: the agent's user, root).
+    pub metadata_proxy_user: Option<String>,
+    /// `[DEFAULT] metadata_proxy_group` (default: the agent's group, root).
+    pub metadata_proxy_group: Option<String>,
+    /// `[DEFAULT] min_rtr_adv_interval` (default 30 s) and `max_rtr_adv_interval` (100 s).
+    pub rtr_adv_intervals: (u32, u32),
     /// The `ha_*` options.
     pub ha: HaOptions,
     /// `[oslo_messaging_rabbit]`.
@@ -913,6 +922,17 @@ impl NeutronAgentConfig {
         }
         let metadata_port: u16 = r.int(d, "metadata_port", 9697, "a port number (0-65535)")?;
         let enable_metadata_proxy = r.boolean(d, "enable_metadata_proxy", true)?;
+        let metadata_proxy_socket = PathBuf::from(match r.raw(d, "metadata_proxy_socket") {
+            Some(raw) => raw.value,
+            None => r.substitute("$state_path/metadata_proxy", d, 0),
+        });
+        let name = |key: &str| r.raw(d, key).map(|raw| raw.value).filter(|v| !v.is_empty());
+        let metadata_proxy_user = name("metadata_proxy_user");
+        let metadata_proxy_group = name("metadata_proxy_group");
+        let rtr_adv_intervals = (
+            r.int(d, "min_rtr_adv_interval", 30, "a number of seconds")?,
+            r.int(d, "max_rtr_adv_interval", 100, "a number of seconds")?,
+        );
 
         let ha = HaOptions {
             confs_path: PathBuf::from(match r.raw(d, "ha_confs_path") {
@@ -961,6 +981,10 @@ impl NeutronAgentConfig {
             rpc_response_timeout: Duration::from_secs(u64::from(timeout)),
             metadata_port,
             enable_metadata_proxy,
+            metadata_proxy_socket,
+            metadata_proxy_user,
+            metadata_proxy_group,
+            rtr_adv_intervals,
             ha,
             rabbit,
         })

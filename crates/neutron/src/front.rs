@@ -29,10 +29,25 @@
 //!   (`sync_routers`); a router not returned is removed (deleted, unscheduled or admin down,
 //!   as in Neutron). `router_deleted` and `router_removed_from_agent` drop it at once.
 //!   `network_update` fetches the routers with a port on that network (MTU).
-//!   `fipnamespace_delete_on_ext_net`, `add_arp_entry` and `del_arp_entry` mark the affected
-//!   routers for a reconcile only: DVR ARP entries for tenant ports are not programmed yet,
-//!   and the `fip-` namespace goes when its last router's gateway goes (the reconciler's
-//!   own rule).
+//!   `add_arp_entry` / `del_arp_entry` change the ARP table of that DVR router (see below).
+//!   `fipnamespace_delete_on_ext_net` forgets the agent gateway port of that network and
+//!   fetches the DVR routers with a gateway on it again (on a legacy agent: a reconcile);
+//!   the `fip-` namespace goes when its last router's gateway goes (the reconciler's rule).
+//! - **DVR routers** (on `dvr` and `dvr_snat` agents; NEUTRON-OPS §8.1) get two things the
+//!   server's dict does not carry, added by [`augment`]:
+//!   - `_arp_table`: the tenant ports' addresses on the subnets of its `qr-` ports, which the
+//!     reconciler makes permanent neighbours (and removes the permanent neighbours not
+//!     listed, so the table is always complete). Each subnet is read with
+//!     `get_ports_by_subnet` when a router first has it and again at every full sync (one
+//!     call per subnet per sync, shared by the routers on it): a lost `del_arp_entry` is
+//!     repaired at the next full sync. `add_arp_entry` / `del_arp_entry` change it in
+//!     between ([`ArpBook`]).
+//!   - the agent gateway port (`fg-`) of its external network, when it has floating IPs
+//!     here and its dict lacks one: `get_agent_gateway_port`, once per network (cached until
+//!     the next full sync or `fipnamespace_delete_on_ext_net`).
+//!
+//!   A failed call leaves the router as it was (it keeps working without the missing
+//!   part); the routers concerned are fetched again after a backoff.
 //! - **Router dicts** are read as [`RouterDoc`] and validated alone, then together. A dict
 //!   that does not parse or validate (or an HA router: not supported yet) is left out with
 //!   its problems logged and its floating IPs reported `ERROR`; it never holds the others
@@ -45,6 +60,7 @@
 //!   state), a full sync is tried again with backoff up to `periodic_interval`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -54,18 +70,21 @@ use std::time::{Duration, Instant};
 
 use l3agent_agent::daemon::{Feed, FeedEvent, RouterOutcome};
 use l3agent_router::config::{
-    AgentDoc, AgentMode as RouterAgentMode, ConfigDoc, ConfigError, HostConfig, InterfaceDriver,
-    RouterDoc,
+    AgentDoc, AgentMode as RouterAgentMode, ArpEntryDoc, ConfigDoc, ConfigError, HaDoc, HostConfig,
+    InterfaceDriver, MetadataProxyDoc, PortDoc, RouterAdvertisementsDoc, RouterDoc,
 };
-use l3agent_types::{Echo, FloatingIpId, NetworkId, RouterId};
+use l3agent_router::spec::HaState;
+use l3agent_types::{Echo, FloatingIpId, MacAddr, NetworkId, RouterId, SubnetId};
 use serde_json::Value;
 use tracing::{debug, error, info, warn};
 
 use crate::amqp::{backoff, Transport};
-use crate::config::{AgentMode, NeutronAgentConfig};
+use crate::config::{AgentMode, NeutronAgentConfig, VrrpAuthType};
 use crate::error::NeutronError;
 use crate::l3::RouterCounts;
-use crate::l3::{AgentRpcServer, AgentState, AgentStatus, FipStatus, Notification, PluginApi};
+use crate::l3::{
+    AgentRpcServer, AgentState, AgentStatus, ArpEntry, FipStatus, Notification, PluginApi,
+};
 
 /// Neutron's largest `sync_routers` chunk (`SYNC_ROUTERS_MAX_CHUNK_SIZE`).
 pub const SYNC_CHUNK_MAX: usize = 256;
@@ -155,6 +174,33 @@ pub fn agent_doc(cfg: &NeutronAgentConfig) -> Result<AgentDoc, FrontError> {
         interface_driver: Some(InterfaceDriver::Openvswitch),
         integration_bridge: Some(cfg.integration_bridge.to_string()),
         ovsdb: Some(cfg.ovsdb_connection.clone()),
+        metadata_proxy: cfg.enable_metadata_proxy.then(|| MetadataProxyDoc {
+            socket: cfg.metadata_proxy_socket.clone(),
+            user: cfg.metadata_proxy_user.clone(),
+            group: cfg.metadata_proxy_group.clone(),
+            port: Some(cfg.metadata_port),
+        }),
+        router_advertisements: Some(RouterAdvertisementsDoc {
+            enabled: Some(true),
+            min_interval: Some(cfg.rtr_adv_intervals.0),
+            max_interval: Some(cfg.rtr_adv_intervals.1),
+        }),
+        ha: Some(HaDoc {
+            vrrp_auth_type: Some(
+                match cfg.ha.vrrp_auth_type {
+                    VrrpAuthType::Pass => "PASS",
+                    VrrpAuthType::Ah => "AH",
+                }
+                .to_owned(),
+            ),
+            vrrp_auth_password: cfg
+                .ha
+                .vrrp_auth_password
+                .as_ref()
+                .map(|s| s.expose().to_owned()),
+            vrrp_advert_int: Some(cfg.ha.vrrp_advert_int),
+            vrrp_health_check_interval: Some(cfg.ha.vrrp_health_check_interval),
+        }),
     };
     ConfigDoc {
         agent: doc.clone(),
@@ -285,11 +331,6 @@ fn check_router(
     agent: &AgentDoc,
     handle_internal_only_routers: bool,
 ) -> Result<RouterDoc, Rejection> {
-    if dict.get("ha").and_then(Value::as_bool) == Some(true) {
-        return Err(Rejection::Invalid(vec![
-            "ha: HA routers are not supported yet".into(),
-        ]));
-    }
     let doc: RouterDoc = serde_json::from_value(dict.clone())
         .map_err(|e| Rejection::Invalid(vec![format!("not a router dict: {e}")]))?;
     if !handle_internal_only_routers && doc.gw_port.is_none() {
@@ -327,13 +368,32 @@ pub struct Kept {
     /// The document.
     pub doc: RouterDoc,
     value: Value,
+    /// The server's dict, when the front end completed it into `doc` (a DVR router).
+    base: Option<Box<RouterDoc>>,
 }
 
 impl Kept {
     /// Keeps `doc`.
     pub fn new(doc: RouterDoc) -> Kept {
         let value = serde_json::to_value(&doc).unwrap_or(Value::Null);
-        Kept { doc, value }
+        Kept {
+            doc,
+            value,
+            base: None,
+        }
+    }
+
+    /// Keeps `doc`, the front end's completion of the server's `base` ([`augment`]).
+    pub fn augmented(base: RouterDoc, doc: RouterDoc) -> Kept {
+        Kept {
+            base: Some(Box::new(base)),
+            ..Kept::new(doc)
+        }
+    }
+
+    /// The dict as the server sent it.
+    pub fn base(&self) -> &RouterDoc {
+        self.base.as_deref().unwrap_or(&self.doc)
     }
 }
 
@@ -476,6 +536,388 @@ pub fn assemble(
     Err(last)
 }
 
+// ---------------------------------------------------------------------------------------
+// DVR: the tenant ports' ARP entries (NEUTRON-OPS §8.1) and the agent gateway port.
+// ---------------------------------------------------------------------------------------
+
+/// The device owners whose ports get no ARP entry: the routers' own interfaces
+/// (`ROUTER_INTERFACE_OWNERS`; `get_dvr_allowed_address_pair_device_owners()` is empty in
+/// Neutron 29.0.0).
+pub const ARP_SKIPPED_OWNERS: [&str; 3] = [
+    "network:router_interface",
+    "network:ha_router_replicated_interface",
+    "network:router_interface_distributed",
+];
+
+/// The most `add_arp_entry` entries kept for subnets a router has no port on yet (Neutron's
+/// `_pending_arp_set`, which has no bound: B-19). They wait for the router's next dict.
+pub const PENDING_ARP_MAX: usize = 1024;
+
+/// A DVR router's ARP entries: by subnet and address, the MAC.
+pub type ArpTable = BTreeMap<(SubnetId, IpAddr), MacAddr>;
+
+/// A subnet's CIDR, for what the ARP entries need of it: which addresses are in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    len: u8,
+}
+
+impl Cidr {
+    /// `192.0.2.0/24`, `2001:db8::/64`; `None` for anything else.
+    pub fn parse(s: &str) -> Option<Cidr> {
+        let (a, l) = s.split_once('/')?;
+        let addr: IpAddr = a.parse().ok()?;
+        let len: u8 = l.parse().ok()?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        (len <= max).then_some(Cidr { addr, len })
+    }
+
+    /// Whether `ip` is in it (of its family, same first `len` bits).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.len))
+                    .unwrap_or(0);
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// An address a neighbour entry can hold (what the reconciler accepts in `_arp_table`).
+fn is_unicast(ip: IpAddr) -> bool {
+    !(ip.is_unspecified() || ip.is_loopback() || ip.is_multicast())
+        && ip != IpAddr::V4(Ipv4Addr::BROADCAST)
+}
+
+/// An allowed address pair's `ip_address` when it names one host: `10.0.0.5`, `10.0.0.5/32`,
+/// `2001:db8::5/128` (Neutron's `'/' not in ip or is_cidr_host(ip)`, then `cidr_to_ip`).
+fn host_address(s: &str) -> Option<IpAddr> {
+    match s.split_once('/') {
+        None => s.parse().ok(),
+        Some((a, len)) => {
+            let ip: IpAddr = a.parse().ok()?;
+            let host = if ip.is_ipv4() { "32" } else { "128" };
+            (len == host).then_some(ip)
+        }
+    }
+}
+
+/// The subnets of a router's `qr-` ports (those admin up: the reconciler plugs no other), by
+/// id. Subnets whose id or CIDR does not parse are left out (the dict does not validate then
+/// anyway).
+pub fn router_subnets(doc: &RouterDoc) -> BTreeMap<SubnetId, Cidr> {
+    doc.interfaces
+        .iter()
+        .filter(|p| p.admin_state_up)
+        .flat_map(|p| &p.subnets)
+        .filter_map(|s| Some((SubnetId::new("id", &s.id).ok()?, Cidr::parse(&s.cidr)?)))
+        .collect()
+}
+
+/// The ARP entries of `subnet` from `get_ports_by_subnet`'s port dicts, as Neutron's
+/// `_set_subnet_arp_info` makes them: ports of [`ARP_SKIPPED_OWNERS`] are skipped; each fixed
+/// IP in the subnet maps to the port's MAC; each allowed address pair that names one host of
+/// the subnet maps to the pair's MAC (the port's when the pair has none). Where two ports
+/// claim one address, a fixed IP wins over an allowed address pair, then the last one listed
+/// (Neutron's last `neigh replace`). Stricter than Neutron: an address outside the subnet's
+/// CIDR, or a MAC or address that cannot be a neighbour's, is left out (the reconciler would
+/// not program it).
+pub fn subnet_arp_entries(
+    subnet: &SubnetId,
+    cidr: Cidr,
+    ports: &[Value],
+) -> BTreeMap<IpAddr, MacAddr> {
+    let mut fixed = BTreeMap::new();
+    let mut pairs = BTreeMap::new();
+    let mut skipped = 0usize;
+    let mac_of = |v: Option<&Value>| {
+        v.and_then(Value::as_str)
+            .and_then(|m| MacAddr::parse_unicast("mac_address", m).ok())
+    };
+    let usable = |ip: IpAddr| cidr.contains(ip) && is_unicast(ip);
+    for p in ports {
+        let owner = p.get("device_owner").and_then(Value::as_str).unwrap_or("");
+        if ARP_SKIPPED_OWNERS.contains(&owner) {
+            continue;
+        }
+        let port_mac = mac_of(p.get("mac_address"));
+        for f in p
+            .get("fixed_ips")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if f.get("subnet_id").and_then(Value::as_str) != Some(subnet.as_str()) {
+                continue;
+            }
+            let ip = f
+                .get("ip_address")
+                .and_then(Value::as_str)
+                .and_then(|s| s.parse::<IpAddr>().ok());
+            match (ip, port_mac) {
+                (Some(ip), Some(mac)) if usable(ip) => {
+                    fixed.insert(ip, mac);
+                }
+                _ => skipped += 1,
+            }
+        }
+        for a in p
+            .get("allowed_address_pairs")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let Some(ip) = a
+                .get("ip_address")
+                .and_then(Value::as_str)
+                .and_then(host_address)
+            else {
+                continue;
+            };
+            if ip.is_ipv4() != cidr.addr.is_ipv4() {
+                continue;
+            }
+            let mac = match a.get("mac_address") {
+                None | Some(Value::Null) => port_mac,
+                m => mac_of(m),
+            };
+            match mac {
+                Some(mac) if usable(ip) => {
+                    pairs.insert(ip, mac);
+                }
+                _ => skipped += 1,
+            }
+        }
+    }
+    if skipped > 0 {
+        debug!(%subnet, skipped, "addresses outside the subnet or unusable MACs: no ARP entry");
+    }
+    pairs.extend(fixed);
+    pairs
+}
+
+/// The ARP tables of the DVR routers hosted here, and what is known of each router's
+/// subnets. Entries of a subnet a router has no `qr-` port on (an `add_arp_entry` that came
+/// before the dict with the port: Neutron's pending cache) are kept until the router's next
+/// dict: they go into force if it has the subnet, and go away if not (bounded, unlike
+/// Neutron's, B-19). A router removed takes its table with it.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ArpBook {
+    routers: BTreeMap<RouterId, RouterArp>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct RouterArp {
+    /// The subnets of its `qr-` ports, as of its last dict.
+    subnets: BTreeSet<SubnetId>,
+    /// Those read with `get_ports_by_subnet` since it has them (or since the last full sync).
+    fetched: BTreeSet<SubnetId>,
+    /// The entries, pending ones included.
+    entries: ArpTable,
+}
+
+impl ArpBook {
+    /// A dict of DVR router `id` went into force with these `qr-` subnets: entries of other
+    /// subnets go, and the subnets to read with `get_ports_by_subnet` are returned (those not
+    /// read yet; all of them with `refetch`, at a full sync).
+    pub fn router_dict(
+        &mut self,
+        id: &RouterId,
+        subnets: BTreeSet<SubnetId>,
+        refetch: bool,
+    ) -> BTreeSet<SubnetId> {
+        let r = self.routers.entry(id.clone()).or_default();
+        let before = r.entries.len();
+        r.entries.retain(|(s, _), _| subnets.contains(s));
+        if r.entries.len() != before {
+            debug!(router = %id, dropped = before - r.entries.len(), "ARP entries of subnets the router has no port on dropped");
+        }
+        if refetch {
+            r.fetched.clear();
+        } else {
+            r.fetched.retain(|s| subnets.contains(s));
+        }
+        r.subnets = subnets;
+        r.subnets.difference(&r.fetched).cloned().collect()
+    }
+
+    /// `get_ports_by_subnet` answered for `subnet`: every router with a port on it gets these
+    /// entries for it (replacing what it had: the server's word is the newest). The routers
+    /// whose table changed.
+    pub fn subnet_fetched(
+        &mut self,
+        subnet: &SubnetId,
+        entries: &BTreeMap<IpAddr, MacAddr>,
+    ) -> BTreeSet<RouterId> {
+        let mut changed = BTreeSet::new();
+        for (id, r) in &mut self.routers {
+            if !r.subnets.contains(subnet) {
+                continue;
+            }
+            r.fetched.insert(subnet.clone());
+            let old: BTreeMap<IpAddr, MacAddr> = r
+                .entries
+                .iter()
+                .filter(|((s, _), _)| s == subnet)
+                .map(|((_, ip), mac)| (*ip, *mac))
+                .collect();
+            if &old == entries {
+                continue;
+            }
+            r.entries.retain(|(s, _), _| s != subnet);
+            r.entries.extend(
+                entries
+                    .iter()
+                    .map(|(ip, mac)| ((subnet.clone(), *ip), *mac)),
+            );
+            changed.insert(id.clone());
+        }
+        changed
+    }
+
+    /// `add_arp_entry`: `None` when the router is not a DVR router here (ignored, as Neutron
+    /// does), else whether its table changed. An entry for the same address replaces the old
+    /// one (`ip neigh replace`).
+    pub fn add(&mut self, e: &ArpEntry) -> Option<bool> {
+        let r = self.routers.get_mut(&e.router_id)?;
+        let key = (e.subnet_id.clone(), e.ip_address);
+        if r.entries.get(&key) == Some(&e.mac_address) {
+            return Some(false);
+        }
+        if !r.subnets.contains(&e.subnet_id) && !r.entries.contains_key(&key) {
+            let pending = r
+                .entries
+                .keys()
+                .filter(|(s, _)| !r.subnets.contains(s))
+                .count();
+            if pending >= PENDING_ARP_MAX {
+                warn!(router = %e.router_id, subnet = %e.subnet_id, ip = %e.ip_address, "add_arp_entry for a subnet the router has no port on: too many pending already, dropped");
+                return Some(false);
+            }
+        }
+        r.entries.insert(key, e.mac_address);
+        Some(true)
+    }
+
+    /// `del_arp_entry`: `None` when the router is not a DVR router here, else whether its
+    /// table changed. Only an entry with that MAC goes: a deletion for a port that no longer
+    /// holds the address (two ports sharing an allowed address pair, one deleted) leaves the
+    /// other's entry. A deletion of an entry that is not there changes nothing.
+    pub fn del(&mut self, e: &ArpEntry) -> Option<bool> {
+        let r = self.routers.get_mut(&e.router_id)?;
+        let key = (e.subnet_id.clone(), e.ip_address);
+        if r.entries.get(&key) != Some(&e.mac_address) {
+            return Some(false);
+        }
+        r.entries.remove(&key);
+        Some(true)
+    }
+
+    /// Whether `id` is a DVR router here.
+    pub fn contains(&self, id: &RouterId) -> bool {
+        self.routers.contains_key(id)
+    }
+
+    /// Router `id` is no longer here: its table goes.
+    pub fn forget(&mut self, id: &RouterId) {
+        self.routers.remove(id);
+    }
+
+    /// Keeps only the routers `keep` says yes to.
+    pub fn retain(&mut self, mut keep: impl FnMut(&RouterId) -> bool) {
+        self.routers.retain(|id, _| keep(id));
+    }
+
+    /// Router `id`'s entries, pending ones included.
+    pub fn table(&self, id: &RouterId) -> ArpTable {
+        self.routers
+            .get(id)
+            .map(|r| r.entries.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// The external network whose agent gateway port (`fg-`) a DVR router needs and its dict
+/// lacks: it has a gateway and floating IPs served on `host`, and no
+/// `_floatingip_agent_interfaces` port on its gateway's network.
+pub fn missing_agent_gateway(doc: &RouterDoc, host: &str) -> Option<NetworkId> {
+    if !doc.distributed {
+        return None;
+    }
+    let gw = doc.gw_port.as_ref()?;
+    let local = doc
+        .floatingips
+        .iter()
+        .any(|f| f.fixed_ip_address.is_some() && f.host.as_deref().is_none_or(|h| h == host));
+    if !local
+        || doc
+            .fip_agent_interfaces
+            .iter()
+            .any(|p| p.network_id == gw.network_id)
+    {
+        return None;
+    }
+    NetworkId::new("gw_port.network_id", &gw.network_id).ok()
+}
+
+/// A DVR router's dict as the agent gets it: the server's `base` with `_arp_table` set to the
+/// entries of `table` in the subnets of its `qr-` ports, less the addresses of its own `sg-`
+/// ports (the reconciler adds those from `_snat_router_interfaces`), and `fg` (the agent
+/// gateway port of its external network) added to `_floatingip_agent_interfaces`.
+pub fn augment(base: &RouterDoc, table: &ArpTable, fg: Option<&PortDoc>) -> RouterDoc {
+    let subnets = router_subnets(base);
+    let own: BTreeSet<(&str, IpAddr)> = base
+        .snat_interfaces
+        .iter()
+        .flat_map(|p| &p.fixed_ips)
+        .filter_map(|f| Some((f.subnet_id.as_str(), f.ip_address.parse().ok()?)))
+        .collect();
+    let mut doc = base.clone();
+    doc.arp_table = table
+        .iter()
+        .filter(|((s, ip), _)| {
+            subnets.get(s).is_some_and(|c| c.contains(*ip)) && !own.contains(&(s.as_str(), *ip))
+        })
+        .map(|((s, ip), mac)| ArpEntryDoc {
+            ip_address: ip.to_string(),
+            mac_address: mac.to_string(),
+            subnet_id: s.to_string(),
+        })
+        .collect();
+    if let Some(fg) = fg {
+        doc.fip_agent_interfaces.push(fg.clone());
+    }
+    doc
+}
+
+/// `get_agent_gateway_port`'s answer for `net`, read as a port with its subnets (as
+/// Neutron's `create_or_update_gateway_port` needs them); `Err`: why it is unusable.
+pub fn agent_gateway_port(net: &NetworkId, answer: Option<Value>) -> Result<PortDoc, String> {
+    let v = answer.ok_or("the server has none for this host (is the agent registered?)")?;
+    if v.get("subnets").and_then(Value::as_array).is_none() {
+        return Err("the port has no subnets".into());
+    }
+    let port: PortDoc = serde_json::from_value(v).map_err(|e| format!("not a port dict: {e}"))?;
+    if port.network_id != net.as_str() {
+        return Err(format!("the port is on network {}", Echo(&port.network_id)));
+    }
+    Ok(port)
+}
+
+/// Whether a failed call was answered by the server (a remote failure, an answer that does
+/// not read), rather than not answered at all (a timeout, no connection).
+fn is_answer(e: &NeutronError) -> bool {
+    matches!(e, NeutronError::Remote { .. } | NeutronError::Decode { .. })
+}
+
 /// The counts `report_state` carries.
 pub fn counts(cfg: &HostConfig) -> RouterCounts {
     let host = &cfg.agent.host;
@@ -564,6 +1006,8 @@ struct Book {
     gone: BTreeMap<RouterId, BTreeSet<FloatingIpId>>,
     /// Each router's last outcome.
     outcome: BTreeMap<RouterId, bool>,
+    /// HA routers: the VRRP state read last, and the one the server has from us.
+    ha: BTreeMap<RouterId, (HaState, Option<HaState>)>,
     /// The first state report was tried (answered or failed).
     reported: bool,
 }
@@ -662,8 +1106,8 @@ enum Msg {
 /// What the status thread hears.
 #[derive(Debug)]
 enum StatusMsg {
-    /// A router's outcome after a batch.
-    Outcome(RouterId, bool),
+    /// A router's outcome after a batch, with its VRRP state if it is an HA router.
+    Outcome(RouterId, bool, Option<HaState>),
     /// Look at a router again (its dict was refused).
     Check(RouterId),
 }
@@ -677,6 +1121,8 @@ struct Pending {
     reconcile: BTreeSet<RouterId>,
     fetch_networks: BTreeSet<NetworkId>,
     reconcile_networks: BTreeSet<NetworkId>,
+    /// `add_arp_entry` (true) and `del_arp_entry` (false), in the order they came.
+    arp: Vec<(bool, ArpEntry)>,
 }
 
 impl Pending {
@@ -705,10 +1151,8 @@ impl Pending {
             Notification::FipNamespaceDeleteOnExtNet { ext_net_id } => {
                 self.reconcile_networks.insert(ext_net_id);
             }
-            Notification::AddArpEntry(e) | Notification::DelArpEntry(e) => {
-                debug!(router = %e.router_id, ip = %e.ip_address, "DVR ARP entry: not programmed yet; the router is reconciled");
-                self.reconcile.insert(e.router_id);
-            }
+            Notification::AddArpEntry(e) => self.arp.push((true, e)),
+            Notification::DelArpEntry(e) => self.arp.push((false, e)),
             Notification::NetworkUpdate { network_id, .. } => {
                 self.fetch_networks.insert(network_id);
             }
@@ -722,6 +1166,7 @@ impl Pending {
             && self.reconcile.is_empty()
             && self.fetch_networks.is_empty()
             && self.reconcile_networks.is_empty()
+            && self.arp.is_empty()
     }
 }
 
@@ -755,6 +1200,31 @@ struct Syncer {
     chunk: ChunkSize,
     book: Arc<Mutex<Book>>,
     status_tx: Sender<StatusMsg>,
+    dvr: DvrState,
+}
+
+/// DVR routers whose completion failed, fetched again at `at`.
+#[derive(Debug, Default)]
+struct DvrRetry {
+    at: Option<Instant>,
+    /// Failed rounds in a row (the backoff).
+    round: u32,
+    routers: BTreeSet<RouterId>,
+}
+
+/// What the front end adds to DVR routers' dicts (see the module docs).
+#[derive(Debug, Default)]
+struct DvrState {
+    /// `dvr` or `dvr_snat`: DVR routers are completed.
+    enabled: bool,
+    /// The ARP tables.
+    arp: ArpBook,
+    /// Agent gateway ports by external network: from `get_agent_gateway_port` or a dict
+    /// that carried one. Emptied at each full sync, and for a network on
+    /// `fipnamespace_delete_on_ext_net`.
+    gateways: BTreeMap<NetworkId, PortDoc>,
+    /// Routers whose subnets' ports or agent gateway port could not be fetched.
+    retry: BTreeSet<RouterId>,
 }
 
 impl Syncer {
@@ -809,6 +1279,7 @@ impl Syncer {
         let fetched = self.parse(&dicts);
         let previous = self.desired.clone();
         let mut merged = merge(&mut self.desired, Scope::All, fetched);
+        self.complete(&merged.returned, true);
         let cfg = self.assemble(&previous, &mut merged);
         info!(
             scheduled = ids.len(),
@@ -903,6 +1374,7 @@ impl Syncer {
         let fetched = self.parse(&dicts);
         let previous = self.desired.clone();
         let mut merged = merge(&mut self.desired, Scope::Only(ids), fetched);
+        self.complete(&merged.returned, false);
         let cfg = self.assemble(&previous, &mut merged);
         Ok((cfg, merged))
     }
@@ -914,11 +1386,200 @@ impl Syncer {
             if self.desired.remove(id).is_some() {
                 info!(router = %id, "router deleted or unscheduled: removed");
             }
+            self.dvr.arp.forget(id);
             // Also forgets a refused dict of it.
             merged.removed.insert(id.clone());
         }
         let cfg = self.assemble(&previous, &mut merged);
         (cfg, merged)
+    }
+
+    /// Whether router `id` is a DVR router this agent completes.
+    fn is_dvr(&self, id: &RouterId) -> bool {
+        self.dvr.enabled && self.desired.get(id).is_some_and(|k| k.base().distributed)
+    }
+
+    /// Completes the DVR routers of `returned` (their dicts just merged) and the routers
+    /// sharing a subnet read again: `get_ports_by_subnet` for their subnets not read yet (all
+    /// of them at a full sync), one call per subnet; `get_agent_gateway_port` for an external
+    /// network whose port they lack, one call per network. A failed call is logged and the
+    /// router keeps what it had; it goes into `dvr.retry`.
+    fn complete(&mut self, returned: &BTreeSet<RouterId>, full: bool) {
+        if !self.dvr.enabled {
+            return;
+        }
+        if full {
+            self.dvr.gateways.clear();
+        }
+        let desired = &self.desired;
+        self.dvr
+            .arp
+            .retain(|id| desired.get(id).is_some_and(|k| k.base().distributed));
+        let ids: Vec<RouterId> = returned
+            .iter()
+            .filter(|id| self.is_dvr(id))
+            .cloned()
+            .collect();
+        let mut wanted: BTreeMap<SubnetId, (Cidr, Vec<RouterId>)> = BTreeMap::new();
+        for id in &ids {
+            let base = self.desired[id].base();
+            // The server's own word on agent gateway ports refreshes the cache.
+            for p in base
+                .fip_agent_interfaces
+                .iter()
+                .filter(|p| p.admin_state_up)
+            {
+                if let Ok(net) = NetworkId::new("network_id", &p.network_id) {
+                    self.dvr.gateways.insert(net, p.clone());
+                }
+            }
+            let subnets = router_subnets(base);
+            for s in self
+                .dvr
+                .arp
+                .router_dict(id, subnets.keys().cloned().collect(), full)
+            {
+                let cidr = subnets[&s];
+                wanted
+                    .entry(s)
+                    .or_insert_with(|| (cidr, Vec::new()))
+                    .1
+                    .push(id.clone());
+            }
+        }
+        let mut touched: BTreeSet<RouterId> = ids.iter().cloned().collect();
+        // After a timeout (or a lost connection) no more calls in this pass: they would each
+        // wait as long.
+        let mut unreachable = false;
+        for (subnet, (cidr, routers)) in wanted {
+            if unreachable {
+                self.dvr.retry.extend(routers);
+                continue;
+            }
+            match self.api.get_ports_by_subnet(&subnet) {
+                Ok(ports) => {
+                    let entries = subnet_arp_entries(&subnet, cidr, &ports);
+                    debug!(%subnet, ports = ports.len(), entries = entries.len(), "get_ports_by_subnet");
+                    touched.extend(self.dvr.arp.subnet_fetched(&subnet, &entries));
+                }
+                Err(e) => {
+                    warn!(%subnet, error = %e, routers = routers.len(), "get_ports_by_subnet failed: the routers on it keep the ARP entries they had; tried again later");
+                    unreachable = !is_answer(&e);
+                    self.dvr.retry.extend(routers);
+                }
+            }
+        }
+        let mut failed: BTreeSet<NetworkId> = BTreeSet::new();
+        for id in &ids {
+            let Some(net) = missing_agent_gateway(self.desired[id].base(), &self.agent.host) else {
+                continue;
+            };
+            if self.dvr.gateways.contains_key(&net) {
+                continue;
+            }
+            if !failed.contains(&net) && !unreachable {
+                let why = match self.api.get_agent_gateway_port(&net) {
+                    Ok(answer) => match agent_gateway_port(&net, answer) {
+                        Ok(port) => {
+                            info!(network = %net, port = %port.id, "agent gateway port from get_agent_gateway_port");
+                            self.dvr.gateways.insert(net, port);
+                            continue;
+                        }
+                        Err(why) => why,
+                    },
+                    Err(e) => {
+                        unreachable = !is_answer(&e);
+                        e.to_string()
+                    }
+                };
+                warn!(network = %net, router = %id, error = %why, "get_agent_gateway_port failed: the router works without its fg- port (no floating IPs here) until it is tried again");
+                failed.insert(net);
+            }
+            self.dvr.retry.insert(id.clone());
+        }
+        for id in touched {
+            self.inject(&id);
+        }
+    }
+
+    /// Puts router `id`'s completed dict in `desired` (from the server's dict it has): its
+    /// ARP table, and the agent gateway port it lacks when one is known. An agent gateway port
+    /// that does not validate with the router is left out (and forgotten).
+    fn inject(&mut self, id: &RouterId) {
+        let Some(k) = self.desired.get(id) else {
+            return;
+        };
+        let base = k.base().clone();
+        let table = self.dvr.arp.table(id);
+        let net = missing_agent_gateway(&base, &self.agent.host);
+        let fg = net.as_ref().and_then(|n| self.dvr.gateways.get(n)).cloned();
+        let mut doc = augment(&base, &table, fg.as_ref());
+        if let (Some(net), true) = (&net, fg.is_some()) {
+            let alone = ConfigDoc {
+                agent: self.agent.clone(),
+                routers: vec![doc.clone()],
+            };
+            if let Err(errors) = alone.validate() {
+                let problems: Vec<String> = errors.iter().map(relative).collect();
+                warn!(router = %id, network = %net, problems = %problems.join("; "), "the agent gateway port does not fit the router: left out");
+                self.dvr.gateways.remove(net);
+                doc = augment(&base, &table, None);
+            }
+        }
+        self.desired.insert(id.clone(), Kept::augmented(base, doc));
+    }
+
+    /// Applies `add_arp_entry` (true) / `del_arp_entry` (false) in order. The new state when a
+    /// router's dict changed (`None` inside: it does not validate).
+    fn arp_notifications(
+        &mut self,
+        ops: Vec<(bool, ArpEntry)>,
+    ) -> Option<(Option<HostConfig>, Merged)> {
+        let mut changed = BTreeSet::new();
+        for (add, e) in ops {
+            let what = if add {
+                "add_arp_entry"
+            } else {
+                "del_arp_entry"
+            };
+            let outcome = if self.is_dvr(&e.router_id) {
+                if add {
+                    self.dvr.arp.add(&e)
+                } else {
+                    self.dvr.arp.del(&e)
+                }
+            } else {
+                None
+            };
+            match outcome {
+                None => {
+                    debug!(router = %e.router_id, what, "not a DVR router of this agent: ignored");
+                }
+                Some(c) => {
+                    debug!(router = %e.router_id, what, ip = %e.ip_address, mac = %e.mac_address, subnet = %e.subnet_id, changed = c, "ARP entry");
+                    if c {
+                        changed.insert(e.router_id);
+                    }
+                }
+            }
+        }
+        if changed.is_empty() {
+            return None;
+        }
+        let previous = self.desired.clone();
+        for id in &changed {
+            self.inject(id);
+        }
+        if changed
+            .iter()
+            .all(|id| previous.get(id).map(|k| &k.value) == self.desired.get(id).map(|k| &k.value))
+        {
+            // Pending entries only: no dict changed.
+            return None;
+        }
+        let mut merged = Merged::default();
+        let cfg = self.assemble(&previous, &mut merged);
+        Some((cfg, merged))
     }
 
     /// The first full sync, tried until it succeeds (`None`: halted first). It waits (a
@@ -978,6 +1639,8 @@ impl Syncer {
         let mut pending = Pending::default();
         let mut failures = 0u32;
         let mut retry_at: Option<Instant> = None;
+        let mut dvr_retry = DvrRetry::default();
+        self.schedule_dvr_retry(&mut dvr_retry);
         while !halt.load(Ordering::SeqCst) {
             match rx.recv_timeout(Duration::from_millis(200)) {
                 Ok(m) => self.take(m, &mut pending),
@@ -1001,6 +1664,13 @@ impl Syncer {
                 }
                 generation = g;
             }
+            if dvr_retry.at.is_some_and(|t| Instant::now() >= t) {
+                dvr_retry.at = None;
+                let ids = std::mem::take(&mut dvr_retry.routers);
+                pending
+                    .fetch
+                    .extend(ids.into_iter().filter(|id| self.desired.contains_key(id)));
+            }
             if pending.is_empty() {
                 continue;
             }
@@ -1012,12 +1682,34 @@ impl Syncer {
                     return;
                 }
             }
+            if !pending.arp.is_empty() {
+                let ops = std::mem::take(&mut pending.arp);
+                if let Some((cfg, merged)) = self.arp_notifications(ops) {
+                    if !self.publish(cfg, &merged, feed) {
+                        return;
+                    }
+                }
+            }
             if !pending.reconcile_networks.is_empty() {
                 let nets = std::mem::take(&mut pending.reconcile_networks);
                 for net in nets {
-                    pending
-                        .reconcile
-                        .extend(routers_on(&self.desired, &net, true));
+                    let routers = routers_on(&self.desired, &net, true);
+                    if !self.dvr.enabled {
+                        pending.reconcile.extend(routers);
+                        continue;
+                    }
+                    // The server deleted this host's agent gateway port on it: the DVR
+                    // routers on it are fetched again (and get a new one if they still
+                    // have floating IPs here).
+                    self.dvr.gateways.remove(&net);
+                    info!(network = %net, "fipnamespace_delete_on_ext_net: its agent gateway port is forgotten");
+                    for id in routers {
+                        if self.is_dvr(&id) {
+                            pending.fetch.insert(id);
+                        } else {
+                            pending.reconcile.insert(id);
+                        }
+                    }
                 }
             }
             if !pending.fetch_networks.is_empty() {
@@ -1058,6 +1750,7 @@ impl Syncer {
                     if !self.publish(cfg, &merged, feed) {
                         return;
                     }
+                    self.schedule_dvr_retry(&mut dvr_retry);
                 }
                 Err(e) => {
                     let wait = backoff(failures, self.opts.retry_base, self.opts.periodic_interval);
@@ -1067,6 +1760,33 @@ impl Syncer {
                     retry_at = Some(Instant::now() + wait);
                 }
             }
+        }
+    }
+
+    /// Routers whose DVR completion failed are fetched again after a backoff (doubling from
+    /// `retry_base` up to `periodic_interval` while failures go on).
+    fn schedule_dvr_retry(&mut self, retry: &mut DvrRetry) {
+        let failed = std::mem::take(&mut self.dvr.retry);
+        if failed.is_empty() {
+            if retry.routers.is_empty() {
+                retry.round = 0;
+            }
+            return;
+        }
+        let wait = backoff(
+            retry.round,
+            self.opts.retry_base,
+            self.opts.periodic_interval,
+        );
+        retry.round = retry.round.saturating_add(1);
+        info!(
+            routers = failed.len(),
+            retry_in_ms = wait.as_millis() as u64,
+            "DVR routers fetched again later (a call to complete them failed)"
+        );
+        retry.routers.extend(failed);
+        if retry.at.is_none() {
+            retry.at = Some(Instant::now() + wait);
         }
     }
 
@@ -1136,9 +1856,21 @@ fn status_loop(
 ) {
     let mut dirty: BTreeSet<RouterId> = BTreeSet::new();
     let mut retry: BTreeMap<RouterId, (Instant, u32)> = BTreeMap::new();
+    let mut ha_retry: Option<(Instant, u32)> = None;
     let take = |m: StatusMsg, dirty: &mut BTreeSet<RouterId>| match m {
-        StatusMsg::Outcome(id, ok) => {
-            lock(book).outcome.insert(id.clone(), ok);
+        StatusMsg::Outcome(id, ok, ha) => {
+            let mut b = lock(book);
+            b.outcome.insert(id.clone(), ok);
+            match ha {
+                Some(state) => {
+                    let e = b.ha.entry(id.clone()).or_insert((state, None));
+                    e.0 = state;
+                }
+                None if ok => {
+                    b.ha.remove(&id);
+                }
+                None => {}
+            }
             dirty.insert(id);
         }
         StatusMsg::Check(id) => {
@@ -1158,6 +1890,45 @@ fn status_loop(
         for (id, (at, _)) in &retry {
             if *at <= now {
                 dirty.insert(id.clone());
+            }
+        }
+        // HA states that changed since the server last heard: one call for all of them.
+        if ha_retry.is_none_or(|(at, _)| at <= now) {
+            let changed: BTreeMap<RouterId, HaState> = lock(book)
+                .ha
+                .iter()
+                .filter(|(_, (now, sent))| Some(*now) != *sent)
+                .map(|(id, (now, _))| (id.clone(), *now))
+                .collect();
+            if !changed.is_empty() {
+                let states: BTreeMap<RouterId, crate::l3::HaState> = changed
+                    .iter()
+                    .map(|(id, s)| {
+                        let wire = match s {
+                            HaState::Master => crate::l3::HaState::Active,
+                            HaState::Backup => crate::l3::HaState::Standby,
+                        };
+                        (id.clone(), wire)
+                    })
+                    .collect();
+                match api.update_ha_routers_states(&states) {
+                    Ok(()) => {
+                        info!(states = ?states.iter().map(|(i, s)| (i.as_str(), s.as_str())).collect::<Vec<_>>(), "HA router states reported");
+                        let mut b = lock(book);
+                        for (id, state) in changed {
+                            if let Some(e) = b.ha.get_mut(&id) {
+                                e.1 = Some(state);
+                            }
+                        }
+                        ha_retry = None;
+                    }
+                    Err(e) => {
+                        let round = ha_retry.map_or(0, |(_, r)| r);
+                        let wait = backoff(round, retry_base, retry_cap);
+                        warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "update_ha_routers_states failed");
+                        ha_retry = Some((Instant::now() + wait, round.saturating_add(1)));
+                    }
+                }
             }
         }
         for id in std::mem::take(&mut dirty) {
@@ -1276,9 +2047,14 @@ impl Front {
             })?);
         }
 
+        let dvr = DvrState {
+            enabled: matches!(agent.mode, RouterAgentMode::Dvr | RouterAgentMode::DvrSnat),
+            ..DvrState::default()
+        };
         let mut syncer = Syncer {
             api,
             agent,
+            dvr,
             chunk: ChunkSize::new(opts.chunk_min, opts.chunk_max),
             opts: opts.clone(),
             desired: Desired::new(),
@@ -1321,7 +2097,7 @@ impl Front {
             }
         };
         let on_result = Arc::new(move |id: &RouterId, outcome: &RouterOutcome| {
-            let _ = status_tx.send(StatusMsg::Outcome(id.clone(), outcome.ok));
+            let _ = status_tx.send(StatusMsg::Outcome(id.clone(), outcome.ok, outcome.ha_state));
         });
         Ok(Started {
             front,
@@ -1383,6 +2159,9 @@ mod tests {
             interface_driver: Some(InterfaceDriver::Openvswitch),
             integration_bridge: Some("br-int".into()),
             ovsdb: Some("unix:/run/openvswitch/db.sock".into()),
+            metadata_proxy: None,
+            router_advertisements: None,
+            ha: None,
         }
     }
 
@@ -1454,7 +2233,7 @@ mod tests {
     }
 
     #[test]
-    fn refused_dicts_say_why_by_path_and_ha_routers_are_refused() {
+    fn refused_dicts_say_why_by_path() {
         let mut d = server_dict();
         d["gw_port"]["mac_address"] = json!("nope");
         let Err(Rejection::Invalid(problems)) = parse(&d).doc else {
@@ -1466,9 +2245,14 @@ mod tests {
                 .any(|p| p.starts_with("gw_port.mac_address: ")),
             "{problems:?}"
         );
+        // An HA router needs its VRRP id and this host's HA port (the server sends both).
         let mut d = server_dict();
         d["ha"] = json!(true);
-        assert!(matches!(parse(&d).doc, Err(Rejection::Invalid(p)) if p[0].contains("HA routers")));
+        assert!(
+            matches!(parse(&d).doc, Err(Rejection::Invalid(p)) if p[0].contains("ha_vr_id")),
+            "{:?}",
+            parse(&d).doc
+        );
         let mut d = server_dict();
         d["_interfaces"] = json!("x");
         assert!(
@@ -1665,6 +2449,25 @@ mod tests {
             admin_state_up: true,
         });
         assert!(p.full);
+        // ARP entries keep their order (an add then a del is not a del then an add).
+        let e = |ip: &str| ArpEntry {
+            router_id: rid(R1),
+            ip_address: ip.parse().unwrap(),
+            mac_address: "fa:16:3e:00:00:01".parse().unwrap(),
+            subnet_id: SubnetId::new("t", R2).unwrap(),
+        };
+        p.add(Notification::AddArpEntry(e("10.0.0.5")));
+        p.add(Notification::DelArpEntry(e("10.0.0.5")));
+        p.add(Notification::AddArpEntry(e("10.0.0.6")));
+        assert_eq!(
+            p.arp,
+            vec![
+                (true, e("10.0.0.5")),
+                (false, e("10.0.0.5")),
+                (true, e("10.0.0.6"))
+            ]
+        );
+        assert!(p.reconcile.is_empty());
     }
 
     #[test]
@@ -1675,5 +2478,318 @@ mod tests {
         assert_eq!(routers_on(&desired, &ext, true), BTreeSet::from([rid(R1)]));
         let other = NetworkId::new("t", "00000000-f619-4b33-a669-734078a25172").unwrap();
         assert!(routers_on(&desired, &other, false).is_empty());
+    }
+
+    // DVR: ARP entries and the agent gateway port.
+
+    const DVR_R: &str = "fb221852-b23c-407e-ba26-a68b25803e49";
+    /// The DVR dict's two qr- subnets: 192.0.2.0/24 and 198.51.100.0/24.
+    const S1: &str = "136c9285-df72-4ae3-8ff3-48dca5e9570e";
+    const S2: &str = "37f5d50d-5cfb-4bb4-9838-29dffa5e073c";
+    const S3: &str = "00000000-0000-4000-8000-0000000000f3";
+    const EXT_NET: &str = "11272de9-8a18-4392-8618-d07b6ab565e3";
+
+    fn sid(s: &str) -> SubnetId {
+        SubnetId::new("t", s).unwrap()
+    }
+
+    fn mac(s: &str) -> MacAddr {
+        s.parse().unwrap()
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    /// Neutron's DVR router dict (crates/router/tests/data), on host `host-a`.
+    fn dvr_dict() -> Value {
+        serde_json::from_str(include_str!(
+            "../../router/tests/data/neutron-router-dvr.json"
+        ))
+        .unwrap()
+    }
+
+    fn dvr_agent() -> AgentDoc {
+        AgentDoc {
+            mode: RouterAgentMode::DvrSnat,
+            host: "host-a".into(),
+            ..agent()
+        }
+    }
+
+    fn entry(router: &str, ip_: &str, mac_: &str, subnet: &str) -> ArpEntry {
+        ArpEntry {
+            router_id: rid(router),
+            ip_address: ip(ip_),
+            mac_address: mac(mac_),
+            subnet_id: sid(subnet),
+        }
+    }
+
+    #[test]
+    fn arp_entries_are_built_from_the_ports_as_neutron_builds_them() {
+        let cidr = Cidr::parse("192.0.2.0/24").unwrap();
+        let ports = vec![
+            // A VM: its fixed IP in the subnet, not the one elsewhere; its host pairs.
+            json!({"device_owner": "compute:nova", "mac_address": "fa:16:3e:00:00:01",
+                "fixed_ips": [{"subnet_id": S1, "ip_address": "192.0.2.10"},
+                              {"subnet_id": S2, "ip_address": "198.51.100.10"}],
+                "allowed_address_pairs": [
+                    {"ip_address": "192.0.2.100", "mac_address": "fa:16:3e:00:00:aa"},
+                    {"ip_address": "192.0.2.101/32"},
+                    {"ip_address": "192.0.2.0/24", "mac_address": "fa:16:3e:00:00:ab"},
+                    {"ip_address": "2001:db8::5", "mac_address": "fa:16:3e:00:00:ac"},
+                    {"ip_address": "203.0.113.7", "mac_address": "fa:16:3e:00:00:ad"},
+                    {"ip_address": "192.0.2.50", "mac_address": "fa:16:3e:00:00:50"}]}),
+            // The routers' own ports: skipped.
+            json!({"device_owner": "network:router_interface_distributed",
+                "mac_address": "fa:16:3e:00:00:02",
+                "fixed_ips": [{"subnet_id": S1, "ip_address": "192.0.2.1"}]}),
+            json!({"device_owner": "network:router_interface",
+                "mac_address": "fa:16:3e:00:00:03",
+                "fixed_ips": [{"subnet_id": S1, "ip_address": "192.0.2.3"}]}),
+            json!({"device_owner": "network:ha_router_replicated_interface",
+                "mac_address": "fa:16:3e:00:00:04",
+                "fixed_ips": [{"subnet_id": S1, "ip_address": "192.0.2.4"}]}),
+            // DHCP: kept.
+            json!({"device_owner": "network:dhcp", "mac_address": "fa:16:3e:00:00:05",
+                "fixed_ips": [{"subnet_id": S1, "ip_address": "192.0.2.2"}],
+                "allowed_address_pairs": []}),
+            // A pair claiming the DHCP port's fixed IP loses; the later pair on .50 wins.
+            json!({"device_owner": "compute:nova", "mac_address": "fa:16:3e:00:00:06",
+                "fixed_ips": [],
+                "allowed_address_pairs": [
+                    {"ip_address": "192.0.2.2", "mac_address": "fa:16:3e:00:00:66"},
+                    {"ip_address": "192.0.2.50", "mac_address": "fa:16:3e:00:00:51"}]}),
+            // Unusable: a bad MAC, a multicast MAC, a broadcast address.
+            json!({"device_owner": "compute:nova", "mac_address": "nope",
+                "fixed_ips": [{"subnet_id": S1, "ip_address": "192.0.2.20"}]}),
+            json!({"device_owner": "compute:nova", "mac_address": "01:00:5e:00:00:01",
+                "fixed_ips": [{"subnet_id": S1, "ip_address": "192.0.2.21"}]}),
+            json!({"device_owner": "compute:nova", "mac_address": "fa:16:3e:00:00:07",
+                "fixed_ips": [{"subnet_id": S1, "ip_address": "192.0.2.255"}],
+                "allowed_address_pairs": [{"ip_address": "255.255.255.255/32"}]}),
+        ];
+        let got = subnet_arp_entries(&sid(S1), cidr, &ports);
+        assert_eq!(
+            got,
+            BTreeMap::from([
+                (ip("192.0.2.2"), mac("fa:16:3e:00:00:05")),
+                (ip("192.0.2.10"), mac("fa:16:3e:00:00:01")),
+                (ip("192.0.2.50"), mac("fa:16:3e:00:00:51")),
+                (ip("192.0.2.100"), mac("fa:16:3e:00:00:aa")),
+                (ip("192.0.2.101"), mac("fa:16:3e:00:00:01")),
+                // The subnet's broadcast address is a host address of a /24 to Neutron and
+                // to the kernel: kept.
+                (ip("192.0.2.255"), mac("fa:16:3e:00:00:07")),
+            ])
+        );
+        // IPv6: /128 pairs of the subnet's version.
+        let v6 = Cidr::parse("2001:db8::/64").unwrap();
+        let ports = vec![json!({"device_owner": "compute:nova",
+            "mac_address": "fa:16:3e:00:00:08",
+            "fixed_ips": [{"subnet_id": S3, "ip_address": "2001:db8::8"}],
+            "allowed_address_pairs": [{"ip_address": "2001:db8::9/128"},
+                                      {"ip_address": "2001:db8::/64"},
+                                      {"ip_address": "192.0.2.9"}]})];
+        assert_eq!(
+            subnet_arp_entries(&sid(S3), v6, &ports),
+            BTreeMap::from([
+                (ip("2001:db8::8"), mac("fa:16:3e:00:00:08")),
+                (ip("2001:db8::9"), mac("fa:16:3e:00:00:08")),
+            ])
+        );
+        assert!(subnet_arp_entries(&sid(S1), cidr, &[]).is_empty());
+        assert!(Cidr::parse("10.0.0.0/33").is_none() && Cidr::parse("10.0.0.0").is_none());
+        assert!(Cidr::parse("0.0.0.0/0")
+            .unwrap()
+            .contains(ip("203.0.113.1")));
+        assert!(!Cidr::parse("10.0.0.0/8")
+            .unwrap()
+            .contains(ip("2001:db8::1")));
+    }
+
+    #[test]
+    fn the_arp_book_follows_adds_deletes_fetches_and_drops_what_is_gone() {
+        let mut book = ArpBook::default();
+        let r = rid(DVR_R);
+        let both = BTreeSet::from([sid(S1), sid(S2)]);
+        assert_eq!(book.router_dict(&r, both.clone(), false), both);
+        let fetched = BTreeMap::from([(ip("192.0.2.10"), mac("fa:16:3e:00:00:01"))]);
+        assert_eq!(
+            book.subnet_fetched(&sid(S1), &fetched),
+            BTreeSet::from([r.clone()])
+        );
+        assert!(
+            book.subnet_fetched(&sid(S1), &fetched).is_empty(),
+            "no change"
+        );
+        // S1 is read; S2 is still to be read; a full sync reads both again.
+        assert_eq!(
+            book.router_dict(&r, both.clone(), false),
+            BTreeSet::from([sid(S2)])
+        );
+        assert_eq!(book.router_dict(&r, both.clone(), true), both);
+        book.subnet_fetched(&sid(S1), &fetched);
+        book.subnet_fetched(&sid(S2), &BTreeMap::new());
+
+        // add / del.
+        let e11 = entry(DVR_R, "192.0.2.11", "fa:16:3e:00:00:11", S1);
+        assert_eq!(book.add(&e11), Some(true));
+        assert_eq!(book.add(&e11), Some(false), "already there");
+        assert_eq!(
+            book.add(&entry(R1, "192.0.2.11", "fa:16:3e:00:00:11", S1)),
+            None
+        );
+        let other_mac = entry(DVR_R, "192.0.2.11", "fa:16:3e:00:00:99", S1);
+        assert_eq!(book.del(&other_mac), Some(false), "another port's deletion");
+        assert_eq!(book.table(&r).len(), 2);
+        assert_eq!(book.del(&e11), Some(true));
+        assert_eq!(book.del(&e11), Some(false), "not there: a no-op");
+        // A new MAC for an address replaces the old one.
+        let moved = entry(DVR_R, "192.0.2.10", "fa:16:3e:00:00:02", S1);
+        assert_eq!(book.add(&moved), Some(true));
+        assert_eq!(
+            book.table(&r),
+            ArpTable::from([((sid(S1), ip("192.0.2.10")), mac("fa:16:3e:00:00:02"))])
+        );
+
+        // Pending: an add for a subnet the router has no port on yet is kept...
+        let e3 = entry(DVR_R, "10.3.0.5", "fa:16:3e:00:00:35", S3);
+        assert_eq!(book.add(&e3), Some(true));
+        assert!(book.table(&r).contains_key(&(sid(S3), ip("10.3.0.5"))));
+        // ... into force with the dict that has the subnet (which is read too) ...
+        let three = BTreeSet::from([sid(S1), sid(S2), sid(S3)]);
+        assert_eq!(
+            book.router_dict(&r, three, false),
+            BTreeSet::from([sid(S3)])
+        );
+        assert!(book.table(&r).contains_key(&(sid(S3), ip("10.3.0.5"))));
+        // ... and the entries of subnets the router no longer has go.
+        assert!(book
+            .router_dict(&r, BTreeSet::from([sid(S1)]), false)
+            .is_empty());
+        assert_eq!(book.table(&r).len(), 1);
+        // A pending entry the next dict does not confirm goes too.
+        assert_eq!(book.add(&e3), Some(true));
+        book.router_dict(&r, BTreeSet::from([sid(S1)]), false);
+        assert!(!book.table(&r).contains_key(&(sid(S3), ip("10.3.0.5"))));
+        // Pending entries are bounded.
+        for i in 0..PENDING_ARP_MAX {
+            let a = format!("10.3.{}.{}", i / 200, 1 + i % 200);
+            assert_eq!(
+                book.add(&entry(DVR_R, &a, "fa:16:3e:00:00:35", S3)),
+                Some(true)
+            );
+        }
+        let over = entry(DVR_R, "10.3.99.1", "fa:16:3e:00:00:35", S3);
+        assert_eq!(book.add(&over), Some(false), "over the bound");
+        assert_eq!(book.table(&r).len(), 1 + PENDING_ARP_MAX);
+
+        // A router removed takes its table with it.
+        book.forget(&r);
+        assert!(!book.contains(&r));
+        assert_eq!(book.add(&e11), None);
+        assert!(book.table(&r).is_empty());
+    }
+
+    #[test]
+    fn a_dvr_dict_gets_its_arp_table_and_the_agent_gateway_port_it_lacks() {
+        let mut d = dvr_dict();
+        let raw_fg = d["_floatingip_agent_interfaces"][0].clone();
+        d["_floatingip_agent_interfaces"] = json!([]);
+        let base: RouterDoc = serde_json::from_value(d.clone()).unwrap();
+        let net = NetworkId::new("t", EXT_NET).unwrap();
+        // get_agent_gateway_port's answer: a port of that network, with its subnets.
+        let fg = agent_gateway_port(&net, Some(raw_fg.clone())).unwrap();
+        assert!(agent_gateway_port(&net, None)
+            .unwrap_err()
+            .contains("the server has none"));
+        let mut no_subnets = raw_fg.clone();
+        no_subnets.as_object_mut().unwrap().remove("subnets");
+        assert_eq!(
+            agent_gateway_port(&net, Some(no_subnets)).unwrap_err(),
+            "the port has no subnets"
+        );
+        let elsewhere = NetworkId::new("t", R2).unwrap();
+        assert!(agent_gateway_port(&elsewhere, Some(raw_fg))
+            .unwrap_err()
+            .starts_with("the port is on network"));
+        assert_eq!(missing_agent_gateway(&base, "host-a"), Some(net.clone()));
+        // Not for another host's floating IPs, nor with the port there, nor without a
+        // gateway, floating IPs, or DVR.
+        assert_eq!(missing_agent_gateway(&base, "host-b"), None);
+        let with_fg = augment(&base, &ArpTable::new(), Some(&fg));
+        assert_eq!(missing_agent_gateway(&with_fg, "host-a"), None);
+        for change in ["gw_port", "_floatingips", "distributed"] {
+            let mut d = d.clone();
+            d[change] = if change == "distributed" {
+                json!(false)
+            } else if change == "gw_port" {
+                Value::Null
+            } else {
+                json!([])
+            };
+            let doc: RouterDoc = serde_json::from_value(d).unwrap();
+            assert_eq!(missing_agent_gateway(&doc, "host-a"), None, "{change}");
+        }
+
+        let subnets = router_subnets(&base);
+        assert_eq!(
+            subnets.keys().cloned().collect::<Vec<_>>(),
+            [sid(S1), sid(S2)]
+        );
+        let table = ArpTable::from([
+            ((sid(S1), ip("192.0.2.10")), mac("fa:16:3e:00:00:10")),
+            // The router's own sg- port: the reconciler has it from _snat_router_interfaces.
+            ((sid(S1), ip("192.0.2.9")), mac("fa:16:3e:80:8d:89")),
+            ((sid(S2), ip("198.51.100.20")), mac("fa:16:3e:00:00:20")),
+            // Pending (no port on S3), and an address outside S1: not in the dict.
+            ((sid(S3), ip("10.3.0.5")), mac("fa:16:3e:00:00:35")),
+            ((sid(S1), ip("10.9.9.9")), mac("fa:16:3e:00:00:36")),
+        ]);
+        let doc = augment(&base, &table, Some(&fg));
+        assert_eq!(
+            doc.arp_table,
+            vec![
+                ArpEntryDoc {
+                    ip_address: "192.0.2.10".into(),
+                    mac_address: "fa:16:3e:00:00:10".into(),
+                    subnet_id: S1.into()
+                },
+                ArpEntryDoc {
+                    ip_address: "198.51.100.20".into(),
+                    mac_address: "fa:16:3e:00:00:20".into(),
+                    subnet_id: S2.into()
+                },
+            ]
+        );
+        assert_eq!(doc.fip_agent_interfaces.len(), 1);
+        assert_eq!(doc.fip_agent_interfaces[0].id, fg.id);
+        // The reconciler takes it: the entries, the fg- port.
+        let cfg = ConfigDoc {
+            agent: dvr_agent(),
+            routers: vec![doc.clone()],
+        }
+        .validate()
+        .unwrap();
+        let r = &cfg.routers[0];
+        assert_eq!(r.arp_table.len(), 2);
+        assert_eq!(
+            r.arp_table[&(sid(S2), ip("198.51.100.20"))],
+            mac("fa:16:3e:00:00:20")
+        );
+        assert_eq!(r.agent_gateway().unwrap().dev.as_str(), "fg-68db4b10-1b");
+        // In the dict's JSON form (what the front end compares), under `_arp_table`.
+        let kept = Kept::augmented(base.clone(), doc);
+        assert_eq!(kept.value["_arp_table"][0]["ip_address"], "192.0.2.10");
+        assert!(kept.base().arp_table.is_empty());
+        assert!(kept.base().fip_agent_interfaces.is_empty());
+        // Without entries, the field is absent: a legacy dict's JSON does not change.
+        let plain = augment(&base, &ArpTable::new(), None);
+        assert!(serde_json::to_value(&plain)
+            .unwrap()
+            .get("_arp_table")
+            .is_none());
     }
 }

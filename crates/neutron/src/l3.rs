@@ -554,6 +554,25 @@ impl PluginApi {
         Ok((!v.is_null()).then_some(v))
     }
 
+    /// `get_ports_by_subnet(host, subnet_id)` (1.2): the bound ports with an address in the
+    /// subnet, raw port dicts (`l3_dvr_db.py: get_ports_under_dvr_connected_subnet`; DVR ARP
+    /// entries, NEUTRON-OPS §8.1).
+    pub fn get_ports_by_subnet(&self, subnet_id: &SubnetId) -> Result<Vec<Value>, NeutronError> {
+        let v = self.call(
+            "get_ports_by_subnet",
+            "1.2",
+            json!({ "host": self.host, "subnet_id": subnet_id.as_str() }),
+        )?;
+        match v {
+            Value::Array(ports) => Ok(ports),
+            Value::Null => Ok(Vec::new()),
+            other => Err(NeutronError::decode(
+                "get_ports_by_subnet result",
+                format!("not a list: {}", brief(&other)),
+            )),
+        }
+    }
+
     /// `update_ha_routers_states(host, states)` (1.5), a cast.
     pub fn update_ha_routers_states(
         &self,

@@ -2,8 +2,9 @@
 //! RabbitMQ: the first full sync asks in chunks that halve when the server is too slow, a
 //! refused router dict is left out (its floating IP reported ERROR) without holding the
 //! others back, floating IP statuses are sent once per change, and while the server fails
-//! the state in force stays until a later full sync brings the server's new state. Every
-//! wait is bounded.
+//! the state in force stays until a later full sync brings the server's new state. A DVR
+//! router's dict is completed with its ARP entries and agent gateway port, and follows
+//! `add_arp_entry` / `del_arp_entry`. Every wait is bounded.
 
 mod common;
 
@@ -20,6 +21,7 @@ use l3agent_neutron::ini::{self, IniSet};
 use l3agent_neutron::l3::{L3_PLUGIN_TOPIC, REPORTS_TOPIC};
 use l3agent_neutron::wire::RemoteFailure;
 use l3agent_neutron::{Handler, NeutronAgentConfig, Request};
+use l3agent_router::spec::HaState;
 use l3agent_types::RouterId;
 use serde_json::{json, Value};
 
@@ -136,12 +138,10 @@ impl Handler for Server {
                     })
                     .collect::<Vec<_>>()))
             }
-            "update_floatingip_statuses" => {
-                let _ = self
-                    .statuses
-                    .lock()
-                    .unwrap()
-                    .send(Value::Object(req.args.clone()));
+            "update_floatingip_statuses" | "update_ha_routers_states" => {
+                let mut args = req.args.clone();
+                args.insert("method".into(), json!(req.method));
+                let _ = self.statuses.lock().unwrap().send(Value::Object(args));
                 Ok(Value::Null)
             }
             "report_state" => {
@@ -241,6 +241,7 @@ fn chunks_shrink_refused_dicts_stay_out_statuses_once_and_state_survives_server_
     let ok = RouterOutcome {
         ok: true,
         error: None,
+        ha_state: None,
     };
     (started.feed.on_result)(&r0, &ok);
     let s = next_status(&status_rx, Duration::from_secs(5)).expect("ACTIVE");
@@ -255,10 +256,34 @@ fn chunks_shrink_refused_dicts_stay_out_statuses_once_and_state_survives_server_
         &RouterOutcome {
             ok: false,
             error: Some("x".into()),
+            ha_state: None,
         },
     );
     let s = next_status(&status_rx, Duration::from_secs(5)).expect("ERROR");
     assert_eq!(s["fip_statuses"], json!({ fip_id(0): "ERROR" }));
+    // HA routers: the VRRP state goes to the server when it changes, once.
+    let ha = |state| RouterOutcome {
+        ok: true,
+        error: None,
+        ha_state: Some(state),
+    };
+    (started.feed.on_result)(&r0, &ha(HaState::Master));
+    let mut seen = Vec::new();
+    while let Some(s) = next_status(&status_rx, Duration::from_secs(3)) {
+        seen.push(s);
+    }
+    let ha_reports: Vec<&Value> = seen
+        .iter()
+        .filter(|s| s["method"] == "update_ha_routers_states")
+        .collect();
+    assert_eq!(ha_reports.len(), 1, "{seen:?}");
+    assert_eq!(ha_reports[0]["states"], json!({ router_id(0): "active" }));
+    assert_eq!(ha_reports[0]["host"], json!("node1"));
+    (started.feed.on_result)(&r0, &ha(HaState::Master));
+    (started.feed.on_result)(&r0, &ha(HaState::Backup));
+    let s = next_status(&status_rx, Duration::from_secs(5)).expect("standby");
+    assert_eq!(s["method"], "update_ha_routers_states", "{s}");
+    assert_eq!(s["states"], json!({ router_id(0): "standby" }));
 
     // State reports carry the counts.
     let counted = common::eventually(Duration::from_secs(5), || {
@@ -352,6 +377,370 @@ fn a_full_sync_of_a_thousand_routers() {
         started.first_sync
     );
     assert!(took < Duration::from_secs(60), "{took:?}");
+    started.front.stop();
+    transport.close(Duration::from_secs(5));
+}
+
+// ---------------------------------------------------------------------------------------
+// DVR: ARP entries and the agent gateway port.
+// ---------------------------------------------------------------------------------------
+
+const DVR_ROUTER: &str = "fb221852-b23c-407e-ba26-a68b25803e49";
+/// The DVR dict's qr- subnets: 192.0.2.0/24 and 198.51.100.0/24.
+const S1: &str = "136c9285-df72-4ae3-8ff3-48dca5e9570e";
+const S2: &str = "37f5d50d-5cfb-4bb4-9838-29dffa5e073c";
+const EXT_NET: &str = "11272de9-8a18-4392-8618-d07b6ab565e3";
+
+/// Neutron's DVR router dict (host `host-a`), without its agent gateway port.
+fn dvr_dict() -> Value {
+    let mut d: Value = serde_json::from_str(include_str!(
+        "../../router/tests/data/neutron-router-dvr.json"
+    ))
+    .unwrap();
+    d["_floatingip_agent_interfaces"] = json!([]);
+    d
+}
+
+fn fg_port() -> Value {
+    let d: Value = serde_json::from_str(include_str!(
+        "../../router/tests/data/neutron-router-dvr.json"
+    ))
+    .unwrap();
+    d["_floatingip_agent_interfaces"][0].clone()
+}
+
+fn vm_port(mac: &str, subnet: &str, ip: &str) -> Value {
+    json!({"id": format!("00000000-0000-4000-8000-{}", mac.replace(':', "")),
+        "device_owner": "compute:nova", "mac_address": mac,
+        "fixed_ips": [{"subnet_id": subnet, "ip_address": ip}],
+        "allowed_address_pairs": []})
+}
+
+/// A fake neutron-server for one DVR router: its subnets' ports, and the agent gateway port.
+struct DvrServer {
+    ports: Mutex<std::collections::BTreeMap<String, Vec<Value>>>,
+    /// The subnets asked with get_ports_by_subnet, in order.
+    port_calls: Mutex<Vec<String>>,
+    gateway_calls: AtomicUsize,
+    /// Calls that fail once: `get_agent_gateway_port`, `get_ports_by_subnet:<subnet>`.
+    fail_once: Mutex<BTreeSet<String>>,
+}
+
+impl DvrServer {
+    fn fails(&self, what: &str) -> bool {
+        self.fail_once.lock().unwrap().remove(what)
+    }
+}
+
+fn db_failure() -> Box<RemoteFailure> {
+    RemoteFailure::new(
+        "oslo_db.exception",
+        "DBConnectionError",
+        "the database is away",
+    )
+    .into()
+}
+
+impl Handler for DvrServer {
+    fn version(&self) -> &str {
+        "1.13"
+    }
+
+    fn handle(&self, req: &Request) -> Result<Value, Box<RemoteFailure>> {
+        match req.method.as_str() {
+            "get_router_ids" => Ok(json!([DVR_ROUTER])),
+            "sync_routers" => Ok(json!([dvr_dict()])),
+            "get_ports_by_subnet" => {
+                assert_eq!(req.version, "1.2");
+                assert_eq!(req.args["host"], "host-a");
+                let subnet = req.args["subnet_id"].as_str().unwrap().to_owned();
+                self.port_calls.lock().unwrap().push(subnet.clone());
+                if self.fails(&format!("get_ports_by_subnet:{subnet}")) {
+                    return Err(db_failure());
+                }
+                let ports = self.ports.lock().unwrap().get(&subnet).cloned();
+                Ok(json!(ports.unwrap_or_default()))
+            }
+            "get_agent_gateway_port" => {
+                assert_eq!(req.version, "1.2");
+                assert_eq!(req.args["host"], "host-a");
+                assert_eq!(req.args["network_id"], EXT_NET);
+                self.gateway_calls.fetch_add(1, Ordering::SeqCst);
+                if self.fails("get_agent_gateway_port") {
+                    return Err(db_failure());
+                }
+                Ok(fg_port())
+            }
+            "update_floatingip_statuses" => Ok(Value::Null),
+            other => Err(RemoteFailure::no_such_method(other).into()),
+        }
+    }
+}
+
+/// The ARP entries of the DVR router in the next state the agent gets that satisfies `want`.
+fn next_arp(
+    events: &mpsc::Receiver<FeedEvent>,
+    within: Duration,
+    want: impl Fn(&BTreeSet<(String, String, String)>) -> bool,
+) -> BTreeSet<(String, String, String)> {
+    let deadline = Instant::now() + within;
+    let mut last = None;
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        if let Ok(FeedEvent::Config(c)) = events.recv_timeout(left) {
+            let t = arp_of(&c);
+            if want(&t) {
+                return t;
+            }
+            last = Some(t);
+        }
+    }
+    panic!("no state with the ARP entries wanted within {within:?}; last: {last:?}");
+}
+
+/// (subnet, address, MAC) of the DVR router's `_arp_table`, as the reconciler read it.
+fn arp_of(c: &l3agent_router::config::HostConfig) -> BTreeSet<(String, String, String)> {
+    let r = c
+        .routers
+        .iter()
+        .find(|r| r.id.as_str() == DVR_ROUTER)
+        .expect("the DVR router is in force");
+    r.arp_table
+        .iter()
+        .map(|((s, ip), mac)| (s.to_string(), ip.to_string(), mac.to_string()))
+        .collect()
+}
+
+fn arp(subnet: &str, ip: &str, mac: &str) -> (String, String, String) {
+    (subnet.to_owned(), ip.to_owned(), mac.to_owned())
+}
+
+fn arp_payload(router: &str, ip: &str, mac: &str, subnet: &str) -> serde_json::Map<String, Value> {
+    json!({"payload": {"router_id": router,
+        "arp_table": {"ip_address": ip, "mac_address": mac, "subnet_id": subnet}}})
+    .as_object()
+    .unwrap()
+    .clone()
+}
+
+/// A `dvr_snat` agent and one DVR router: its ARP table from `get_ports_by_subnet` (one call
+/// per subnet), its `fg-` port from `get_agent_gateway_port`; both survive a failed call
+/// (tried again after a backoff); `add_arp_entry` / `del_arp_entry` fanned out over AMQP
+/// change the dict the agent gets; `routers_updated` asks nothing again; a full sync reads
+/// every subnet again and repairs a lost `del_arp_entry`; `fipnamespace_delete_on_ext_net`
+/// forgets the `fg-` port.
+#[test]
+fn dvr_arp_entries_follow_the_server_and_add_del_arp_entry_over_amqp() {
+    let broker = Broker::start("nfrontdvr");
+    let server_side = broker.connected();
+    let server = Arc::new(DvrServer {
+        ports: Mutex::new(
+            [
+                (
+                    S1.to_owned(),
+                    vec![
+                        vm_port("fa:16:3e:00:00:10", S1, "192.0.2.10"),
+                        // The router's own port: no entry.
+                        json!({"device_owner": "network:router_interface_distributed",
+                            "mac_address": "ca:fe:de:ad:be:ef",
+                            "fixed_ips": [{"subnet_id": S1, "ip_address": "192.0.2.4"}]}),
+                    ],
+                ),
+                (
+                    S2.to_owned(),
+                    vec![json!({"device_owner": "compute:nova",
+                        "mac_address": "fa:16:3e:00:00:20",
+                        "fixed_ips": [{"subnet_id": S2, "ip_address": "198.51.100.20"}],
+                        "allowed_address_pairs": [{"ip_address": "198.51.100.99/32",
+                            "mac_address": "fa:16:3e:00:00:99"}]})],
+                ),
+            ]
+            .into_iter()
+            .collect(),
+        ),
+        port_calls: Mutex::new(Vec::new()),
+        gateway_calls: AtomicUsize::new(0),
+        fail_once: Mutex::new(BTreeSet::from([
+            "get_agent_gateway_port".to_owned(),
+            format!("get_ports_by_subnet:{S2}"),
+        ])),
+    });
+    let l3 = server_side
+        .serve(L3_PLUGIN_TOPIC, "server1", server.clone())
+        .unwrap();
+    assert!(l3.wait_consuming(Duration::from_secs(10)));
+
+    let set = IniSet {
+        files: vec![ini::parse(
+            Path::new("l3_agent.ini"),
+            "[DEFAULT]\nhost = host-a\ninterface_driver = openvswitch\nagent_mode = dvr_snat\n",
+        )
+        .unwrap()],
+    };
+    let cfg = NeutronAgentConfig::from_ini(&set, "host-a").unwrap();
+    let transport = broker.transport(Broker::options());
+    let mut opts = FrontOptions::from_config(&cfg);
+    opts.report_interval = None;
+    opts.rpc_timeout = Duration::from_secs(5);
+    opts.retry_base = Duration::from_millis(200);
+    let stop = AtomicBool::new(false);
+    let started = Front::start(&cfg, &transport, opts, &stop).unwrap();
+
+    // The first state: S2's ports and the fg- port could not be got (the server failed):
+    // the router is in force without them.
+    let r = &started.initial.routers[0];
+    assert_eq!(r.id.as_str(), DVR_ROUTER);
+    assert!(r.agent_gateway().is_none());
+    assert_eq!(
+        arp_of(&started.initial),
+        BTreeSet::from([arp(S1, "192.0.2.10", "fa:16:3e:00:00:10")])
+    );
+    // Tried again after a backoff: the router gets them.
+    let events = &started.feed.events;
+    let t = Instant::now();
+    let done = loop {
+        assert!(t.elapsed() < Duration::from_secs(10), "no retry");
+        if let Ok(FeedEvent::Config(c)) = events.recv_timeout(Duration::from_millis(200)) {
+            break c;
+        }
+    };
+    eprintln!("completed after the failures: {:?}", t.elapsed());
+    assert_eq!(
+        done.routers[0].agent_gateway().map(|p| p.dev.as_str()),
+        Some("fg-68db4b10-1b")
+    );
+    assert_eq!(
+        arp_of(&done),
+        BTreeSet::from([
+            arp(S1, "192.0.2.10", "fa:16:3e:00:00:10"),
+            arp(S2, "198.51.100.20", "fa:16:3e:00:00:20"),
+            arp(S2, "198.51.100.99", "fa:16:3e:00:00:99"),
+        ])
+    );
+    // One call per subnet per sync (S1 was not asked again), one per network.
+    assert_eq!(*server.port_calls.lock().unwrap(), [S1, S2, S2]);
+    assert_eq!(server.gateway_calls.load(Ordering::SeqCst), 2);
+
+    let fanout = |method: &str, args: serde_json::Map<String, Value>| {
+        server_side
+            .fanout_cast("l3_agent", method, args, "1.2")
+            .unwrap();
+    };
+    // add_arp_entry (fanout, as the server sends it): a new VM on S1.
+    server
+        .ports
+        .lock()
+        .unwrap()
+        .get_mut(S1)
+        .unwrap()
+        .push(vm_port("fa:16:3e:00:00:11", S1, "192.0.2.11"));
+    let t = Instant::now();
+    fanout(
+        "add_arp_entry",
+        arp_payload(DVR_ROUTER, "192.0.2.11", "fa:16:3e:00:00:11", S1),
+    );
+    let got = next_arp(events, Duration::from_secs(10), |t| {
+        t.contains(&arp(S1, "192.0.2.11", "fa:16:3e:00:00:11"))
+    });
+    eprintln!("add_arp_entry to the new state: {:?}", t.elapsed());
+    assert_eq!(got.len(), 4, "{got:?}");
+
+    // For a router not hosted here: ignored. del_arp_entry: the first VM is gone.
+    server.ports.lock().unwrap().get_mut(S1).unwrap().remove(0);
+    fanout(
+        "add_arp_entry",
+        arp_payload(
+            "00000000-0000-4000-8000-0000000000ee",
+            "192.0.2.12",
+            "fa:16:3e:00:00:12",
+            S1,
+        ),
+    );
+    fanout(
+        "del_arp_entry",
+        arp_payload(DVR_ROUTER, "192.0.2.10", "fa:16:3e:00:00:10", S1),
+    );
+    let got = next_arp(events, Duration::from_secs(10), |t| {
+        !t.contains(&arp(S1, "192.0.2.10", "fa:16:3e:00:00:10"))
+    });
+    assert_eq!(
+        got,
+        BTreeSet::from([
+            arp(S1, "192.0.2.11", "fa:16:3e:00:00:11"),
+            arp(S2, "198.51.100.20", "fa:16:3e:00:00:20"),
+            arp(S2, "198.51.100.99", "fa:16:3e:00:00:99"),
+        ])
+    );
+
+    // routers_updated: the dict again, its subnets are not asked again.
+    server_side
+        .cast(
+            "l3_agent",
+            Some("host-a"),
+            "routers_updated",
+            json!({"routers": [DVR_ROUTER]})
+                .as_object()
+                .unwrap()
+                .clone(),
+            "1.1",
+        )
+        .unwrap();
+    let t = Instant::now();
+    loop {
+        assert!(t.elapsed() < Duration::from_secs(10), "no reconcile");
+        match events.recv_timeout(Duration::from_millis(200)) {
+            Ok(FeedEvent::Routers(ids)) if ids.iter().any(|i| i.as_str() == DVR_ROUTER) => break,
+            Ok(FeedEvent::Config(c)) => panic!("the dict changed: {:?}", arp_of(&c)),
+            _ => {}
+        }
+    }
+    assert_eq!(server.port_calls.lock().unwrap().len(), 3);
+    assert_eq!(server.gateway_calls.load(Ordering::SeqCst), 2);
+
+    // A port goes without del_arp_entry (lost): the next full sync (agent_updated) reads
+    // every subnet again and the stale entry goes.
+    server.ports.lock().unwrap().get_mut(S2).unwrap().clear();
+    server_side
+        .cast(
+            "l3_agent",
+            Some("host-a"),
+            "agent_updated",
+            json!({"payload": {"admin_state_up": true}})
+                .as_object()
+                .unwrap()
+                .clone(),
+            "1.0",
+        )
+        .unwrap();
+    let got = next_arp(events, Duration::from_secs(10), |t| {
+        !t.iter().any(|(s, _, _)| s == S2)
+    });
+    assert_eq!(
+        got,
+        BTreeSet::from([arp(S1, "192.0.2.11", "fa:16:3e:00:00:11")])
+    );
+    assert_eq!(*server.port_calls.lock().unwrap(), [S1, S2, S2, S1, S2]);
+    assert_eq!(
+        server.gateway_calls.load(Ordering::SeqCst),
+        3,
+        "the agent gateway port is asked again at a full sync"
+    );
+
+    // fipnamespace_delete_on_ext_net: the port is forgotten and asked for again.
+    fanout(
+        "fipnamespace_delete_on_ext_net",
+        json!({"ext_net_id": EXT_NET}).as_object().unwrap().clone(),
+    );
+    assert!(
+        common::eventually(Duration::from_secs(10), || (server
+            .gateway_calls
+            .load(Ordering::SeqCst)
+            == 4)
+            .then_some(()))
+        .is_some(),
+        "get_agent_gateway_port after fipnamespace_delete_on_ext_net"
+    );
+    assert_eq!(server.port_calls.lock().unwrap().len(), 5);
+
     started.front.stop();
     transport.close(Duration::from_secs(5));
 }

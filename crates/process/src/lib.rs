@@ -1,11 +1,13 @@
 //! The one place l3agent starts processes: argv only (never a shell), the child starts in the
 //! target network namespace (spawned from a thread that entered it with `setns`; no `ip netns
-//! exec`), every run is bounded in time, and stdout/stderr are captured.
+//! exec`), every run is bounded in time, and stdout/stderr are captured ([`run`]) or written to
+//! a file ([`run_daemon`], for programs that daemonise).
 
 use std::io::Write;
 use std::os::fd::BorrowedFd;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -70,33 +72,19 @@ pub fn run(
     timeout: Duration,
 ) -> Result<Output, ProcessError> {
     let name = program.display().to_string();
-    #[allow(clippy::disallowed_methods)] // this module is the one place that spawns
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .env_clear()
-        .env("PATH", "/usr/sbin:/sbin:/usr/bin:/bin")
-        .env("LC_ALL", "C")
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    // The child must start in the target namespace. setns(2) only changes the calling thread,
-    // so a short-lived thread enters the namespace and spawns there (l3agent_netns::in_netns):
-    // the child inherits it, and no other thread ever leaves its namespace. (This also lets
-    // std use posix_spawn/vfork instead of fork, which would copy the page tables of a large
-    // process.)
-    let spawned = match netns {
-        None => cmd.spawn(),
-        Some(fd) => l3agent_netns::in_netns(fd, || cmd.spawn())
-            .unwrap_or_else(|e| Err(std::io::Error::other(e))),
+    let stdin_cfg = if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
     };
-    let mut child = spawned.map_err(|source| ProcessError::Spawn {
-        program: name.clone(),
-        source,
-    })?;
+    let mut child = spawn(
+        program,
+        args,
+        netns,
+        stdin_cfg,
+        Stdio::piped(),
+        Stdio::piped(),
+    )?;
     let writer = match (stdin, child.stdin.take()) {
         (Some(data), Some(mut pipe)) => {
             let data = data.to_vec();
@@ -107,35 +95,11 @@ pub fn run(
         }
         _ => None,
     };
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    let waiter = std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    let result = match rx.recv_timeout(timeout) {
-        Ok(r) => r,
-        Err(_) => {
-            if let Ok(pid) = i32::try_from(pid) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-            let _ = waiter.join();
-            if let Some(w) = writer {
-                let _ = w.join();
-            }
-            return Err(ProcessError::Timeout {
-                program: name,
-                secs: timeout.as_secs(),
-            });
-        }
-    };
-    let _ = waiter.join();
+    let result = wait_bounded(child, &name, timeout, Child::wait_with_output);
     if let Some(w) = writer {
         let _ = w.join();
     }
-    let out = result.map_err(|source| ProcessError::Spawn {
+    let out = result?.map_err(|source| ProcessError::Spawn {
         program: name,
         source,
     })?;
@@ -144,6 +108,141 @@ pub fn run(
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     })
+}
+
+/// Starts a daemon: runs `program args...` like [`run`] (argv only, inside `netns`, empty
+/// environment but `PATH` and `LC_ALL`), with stdin on `/dev/null` and stdout and stderr on the
+/// file `output`, and waits at most `timeout` for the foreground process to exit (a daemon's
+/// parent exits once the daemon has forked); returns its exit code (`None`: killed by a
+/// signal). On timeout the foreground process is killed; what it forked is the caller's to
+/// find.
+///
+/// Why not [`run`]: a daemon keeps the stdout and stderr it inherited open (or hands them to
+/// its children), so reading pipes to their end would wait for the daemon to exit. A file has
+/// no end to wait for, and keeps what the daemon said before it detached (a config error).
+/// `output` is opened `O_NOFOLLOW | O_NONBLOCK`, created 0600 or truncated, and must be a
+/// regular file: a planted symbolic link or FIFO is refused, never followed or blocked on.
+pub fn run_daemon(
+    program: &Path,
+    args: &[&str],
+    netns: Option<BorrowedFd<'_>>,
+    output: &Path,
+    timeout: Duration,
+) -> Result<Option<i32>, ProcessError> {
+    let name = program.display().to_string();
+    let file_err = |source: std::io::Error| ProcessError::Spawn {
+        program: name.clone(),
+        source: std::io::Error::new(
+            source.kind(),
+            format!("output file {}: {source}", output.display()),
+        ),
+    };
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags((nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK).bits())
+        .open(output)
+        .map_err(file_err)?;
+    if !file.metadata().map_err(file_err)?.is_file() {
+        return Err(file_err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        )));
+    }
+    // O_NONBLOCK was only there to never block opening a FIFO; the daemon gets plain flags.
+    nix::fcntl::fcntl(
+        &file,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
+    )
+    .map_err(|e| file_err(e.into()))?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(file_err)?;
+    let stderr = file.try_clone().map_err(file_err)?;
+    let child = spawn(
+        program,
+        args,
+        netns,
+        Stdio::null(),
+        Stdio::from(file),
+        Stdio::from(stderr),
+    )?;
+    let status = wait_bounded(child, &name, timeout, |mut c| c.wait())?;
+    status
+        .map(|s| s.code())
+        .map_err(|source| ProcessError::Spawn {
+            program: name,
+            source,
+        })
+}
+
+/// Spawns `program args...` with a clean environment, in the namespace `netns` if given.
+fn spawn(
+    program: &Path,
+    args: &[&str],
+    netns: Option<BorrowedFd<'_>>,
+    stdin: Stdio,
+    stdout: Stdio,
+    stderr: Stdio,
+) -> Result<Child, ProcessError> {
+    #[allow(clippy::disallowed_methods)] // this module is the one place that spawns
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/sbin:/usr/bin:/bin")
+        .env("LC_ALL", "C")
+        .stdin(stdin)
+        .stdout(stdout)
+        .stderr(stderr);
+    // The child must start in the target namespace. setns(2) only changes the calling thread,
+    // so a short-lived thread enters the namespace and spawns there (l3agent_netns::in_netns):
+    // the child inherits it, and no other thread ever leaves its namespace. (This also lets
+    // std use posix_spawn/vfork instead of fork, which would copy the page tables of a large
+    // process.)
+    let spawned = match netns {
+        None => cmd.spawn(),
+        Some(fd) => l3agent_netns::in_netns(fd, || cmd.spawn())
+            .unwrap_or_else(|e| Err(std::io::Error::other(e))),
+    };
+    spawned.map_err(|source| ProcessError::Spawn {
+        program: program.display().to_string(),
+        source,
+    })
+}
+
+/// Runs `wait` (which reaps `child`) on a thread, for at most `timeout`; past it the child is
+/// killed (SIGKILL), reaped, and the answer is [`ProcessError::Timeout`].
+fn wait_bounded<T: Send + 'static>(
+    child: Child,
+    name: &str,
+    timeout: Duration,
+    wait: impl FnOnce(Child) -> T + Send + 'static,
+) -> Result<T, ProcessError> {
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let _ = tx.send(wait(child));
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(r) => {
+            let _ = waiter.join();
+            Ok(r)
+        }
+        Err(_) => {
+            if let Ok(pid) = i32::try_from(pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            let _ = waiter.join();
+            Err(ProcessError::Timeout {
+                program: name.to_owned(),
+                secs: timeout.as_secs(),
+            })
+        }
+    }
 }
 
 #[cfg(test)]
@@ -196,6 +295,46 @@ mod tests {
         assert_eq!(out.stdout.trim(), format!("net:[{}]", netns.id().ino));
         let here = run(&readlink, &args, None, None, Duration::from_secs(10)).unwrap();
         assert_ne!(here.stdout, out.stdout);
+    }
+
+    /// A daemon that keeps stdout open (here a backgrounded `sleep`) does not hold up the
+    /// start; what the foreground said is in the file; a planted link or FIFO is refused.
+    #[test]
+    fn run_daemon_returns_when_the_foreground_exits() {
+        let dir = std::env::temp_dir().join(format!("l3p-daemon-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        let out = dir.join("out");
+        let sh = find_program("sh").unwrap();
+        let script = "sleep 30 & echo $!; echo oops >&2; exit 3";
+        let t = std::time::Instant::now();
+        let code = run_daemon(&sh, &["-c", script], None, &out, Duration::from_secs(10)).unwrap();
+        assert!(t.elapsed() < Duration::from_secs(10));
+        assert_eq!(code, Some(3));
+        let text = std::fs::read_to_string(&out).unwrap();
+        let pid: i32 = text.lines().next().unwrap().parse().unwrap();
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        assert!(text.contains("oops"), "{text}");
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(std::fs::metadata(&out).unwrap().mode() & 0o777, 0o600);
+        let link = dir.join("link");
+        std::os::unix::fs::symlink(&out, &link).unwrap();
+        assert!(run_daemon(&sh, &["-c", "true"], None, &link, Duration::from_secs(5)).is_err());
+        let fifo = dir.join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        assert!(run_daemon(&sh, &["-c", "true"], None, &fifo, Duration::from_secs(5)).is_err());
+        let e = run_daemon(
+            &sh,
+            &["-c", "sleep 5"],
+            None,
+            &out,
+            Duration::from_millis(200),
+        );
+        assert!(matches!(e, Err(ProcessError::Timeout { .. })), "{e:?}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

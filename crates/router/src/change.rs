@@ -10,7 +10,8 @@ use ipnet::IpNet;
 use l3agent_rtnl::route::{Protocol, Route, MAIN_TABLE};
 use l3agent_rtnl::rule::Rule;
 use l3agent_rtnl::sysctl::Sysctl;
-use l3agent_types::{IfName, MacAddr, NetnsName, PortId};
+use l3agent_supervise::Service;
+use l3agent_types::{IfName, MacAddr, NetnsName, PortId, RouterId};
 use serde::{Serialize, Serializer};
 
 use crate::spec::Role;
@@ -263,6 +264,44 @@ pub enum Change {
         /// Address.
         ip: IpAddr,
     },
+    /// Starts a daemon of the router in its namespace (also when one died: the supervisor's
+    /// respawn): its config written atomically under the state directory, then its argv.
+    StartDaemon {
+        /// Namespace.
+        ns: NetnsName,
+        /// The router it serves.
+        router: RouterId,
+        /// Which daemon.
+        #[serde(serialize_with = "display")]
+        service: Service,
+        /// Its config file (never printed: keepalived's holds the VRRP password).
+        #[serde(skip)]
+        config: Vec<u8>,
+    },
+    /// A running daemon's config changed: rewritten atomically, then the daemon reloads it
+    /// (SIGHUP, or a restart for those that cannot reload).
+    ReloadDaemon {
+        /// Namespace.
+        ns: NetnsName,
+        /// The router it serves.
+        router: RouterId,
+        /// Which daemon.
+        #[serde(serialize_with = "display")]
+        service: Service,
+        /// Its new config file (never printed).
+        #[serde(skip)]
+        config: Vec<u8>,
+    },
+    /// Stops a daemon (SIGTERM, then SIGKILL after a grace period) and removes its files.
+    StopDaemon {
+        /// Namespace it ran in.
+        ns: NetnsName,
+        /// The router it served.
+        router: RouterId,
+        /// Which daemon.
+        #[serde(serialize_with = "display")]
+        service: Service,
+    },
     /// Gratuitous ARP / unsolicited neighbour advertisements, 3 rounds 2 s apart, sent in the
     /// background.
     Announce {
@@ -301,6 +340,9 @@ impl Change {
             | Change::DeleteNeighbour { ns, .. }
             | Change::Iptables { ns, .. }
             | Change::FlushConntrack { ns, .. }
+            | Change::StartDaemon { ns, .. }
+            | Change::ReloadDaemon { ns, .. }
+            | Change::StopDaemon { ns, .. }
             | Change::Announce { ns, .. } => Some(ns),
         }
     }
@@ -310,34 +352,38 @@ impl Change {
     /// found), stale devices out, OVS ports in (all in one transaction), devices in and fixed,
     /// device sysctls, addresses, routes, rules, neighbours, then the NAT rules, and only then
     /// floating IP addresses (a floating IP never answers before its DNAT exists), removals,
-    /// conntrack cleanup, announcements.
+    /// conntrack cleanup, daemons (once their devices, addresses and rules exist; stopped
+    /// first of all, so that radvd still has its device to send its last advertisement),
+    /// announcements.
     pub fn rank(&self) -> u8 {
         match self {
             Change::CreateNamespace { .. } => 0,
             Change::SetSysctl { key, .. } if key.device().is_none() => 1,
-            Change::UnplugOvsPort { .. } => 2,
-            Change::DeleteDevice { .. } | Change::DeleteHostEnd { .. } => 3,
-            Change::PlugOvsPort { .. } => 4,
+            Change::StopDaemon { .. } => 2,
+            Change::UnplugOvsPort { .. } => 3,
+            Change::DeleteDevice { .. } | Change::DeleteHostEnd { .. } => 4,
+            Change::PlugOvsPort { .. } => 5,
             Change::CreatePort { .. }
             | Change::CreateLink { .. }
-            | Change::AttachOvsDevice { .. } => 5,
-            Change::SetDevice { .. } | Change::SetHostEnd { .. } => 6,
-            Change::SetSysctl { .. } => 7,
+            | Change::AttachOvsDevice { .. } => 6,
+            Change::SetDevice { .. } | Change::SetHostEnd { .. } => 7,
+            Change::SetSysctl { .. } => 8,
             Change::AddAddress {
                 floating: false, ..
-            } => 8,
-            Change::ReplaceRoute { .. } => 9,
-            Change::AddRule { .. } => 10,
-            Change::SetNeighbour { .. } => 11,
-            Change::Iptables { .. } => 12,
-            Change::AddAddress { floating: true, .. } => 13,
-            Change::DeleteAddress { .. } => 14,
-            Change::DeleteRoute { .. } => 15,
-            Change::DeleteRule { .. } => 16,
-            Change::DeleteNeighbour { .. } => 17,
-            Change::FlushConntrack { .. } => 18,
-            Change::DeleteNamespace { .. } => 19,
-            Change::Announce { .. } => 20,
+            } => 9,
+            Change::ReplaceRoute { .. } => 10,
+            Change::AddRule { .. } => 11,
+            Change::SetNeighbour { .. } => 12,
+            Change::Iptables { .. } => 13,
+            Change::AddAddress { floating: true, .. } => 14,
+            Change::DeleteAddress { .. } => 15,
+            Change::DeleteRoute { .. } => 16,
+            Change::DeleteRule { .. } => 17,
+            Change::DeleteNeighbour { .. } => 18,
+            Change::FlushConntrack { .. } => 19,
+            Change::StartDaemon { .. } | Change::ReloadDaemon { .. } => 20,
+            Change::DeleteNamespace { .. } => 21,
+            Change::Announce { .. } => 22,
         }
     }
 
@@ -360,6 +406,9 @@ impl Change {
             Change::SetNeighbour { .. } | Change::DeleteNeighbour { .. } => "neighbour",
             Change::Iptables { .. } => "iptables",
             Change::FlushConntrack { .. } => "conntrack",
+            Change::StartDaemon { .. }
+            | Change::ReloadDaemon { .. }
+            | Change::StopDaemon { .. } => "daemon",
             Change::Announce { .. } => "announce",
         }
     }
@@ -387,6 +436,26 @@ impl fmt::Display for Change {
         match self {
             Change::CreateNamespace { ns } => write!(f, "ip netns add {ns}"),
             Change::DeleteNamespace { ns } => write!(f, "ip netns del {ns}"),
+            Change::StartDaemon {
+                ns,
+                router,
+                service,
+                ..
+            } => write!(f, "{ns}: start {service} of router {router}"),
+            Change::ReloadDaemon {
+                ns,
+                router,
+                service,
+                ..
+            } => write!(
+                f,
+                "{ns}: reload {service} of router {router} (config changed)"
+            ),
+            Change::StopDaemon {
+                ns,
+                router,
+                service,
+            } => write!(f, "{ns}: stop {service} of router {router}"),
             Change::SetSysctl { ns, key, value } => {
                 write!(f, "{ns}: sysctl -w {}={value}", key.name())
             }

@@ -31,10 +31,11 @@ use l3agent_iptables::{
 use l3agent_rtnl::route::{NextHop, Protocol, Route};
 use l3agent_rtnl::rule::Rule;
 use l3agent_rtnl::sysctl::{Scope, Sysctl};
+use l3agent_supervise::{Key, Service, Supervisor};
 use l3agent_types::{IfName, MacAddr, NetnsName, NetworkId, PortId, RouterId};
 
 use crate::alloc::LinkLocalPool;
-use crate::config::{AgentMode, Fip, HostConfig, InterfaceDriver, Port, Router};
+use crate::config::{AgentMode, Fip, HaRouter, HostConfig, InterfaceDriver, Port, Router};
 use crate::spec::{names, Device, DeviceKind, HostSpec, NsKind, NsSpec, Role};
 
 /// Neutron's L3 agent wrap name: our iptables chains are `neutron-l3-agent-*`.
@@ -148,6 +149,7 @@ fn link_end(
         mac: Some(mac),
         addresses: [IpNet::V4(Ipv4Net::new(ip, 31).expect("31 is a prefix"))].into(),
         floating: BTreeSet::new(),
+        vips: false,
     }
 }
 
@@ -190,7 +192,12 @@ pub fn compile(cfg: &HostConfig, alloc: &Allocations, facts: &HostFacts) -> Host
                 // Validation refuses this; never compiled as a legacy router by accident.
                 Err("a distributed router needs a dvr or dvr_snat agent".to_owned())
             } else {
-                cx.legacy(r).map(|ns| vec![(names::router_ns(&r.id), ns)])
+                cx.legacy(r)
+                    .and_then(|ns| match &r.ha {
+                        Some(ha) => cx.ha(r, ha, ns),
+                        None => Ok(ns),
+                    })
+                    .map(|ns| vec![(names::router_ns(&r.id), ns)])
             };
         match result {
             Ok(list) => spec.namespaces.extend(list),
@@ -202,7 +209,140 @@ pub fn compile(cfg: &HostConfig, alloc: &Allocations, facts: &HostFacts) -> Host
     for (net, ns) in fips {
         spec.namespaces.insert(names::fip_ns(&net), ns);
     }
+    spec.daemons_dir = daemons_dir(&cfg.agent.state_path);
     spec
+}
+
+/// The supervisor's directory: `<state_path>/daemons`.
+pub fn daemons_dir(state_path: &std::path::Path) -> std::path::PathBuf {
+    state_path.join("daemons")
+}
+
+/// The metadata proxy's port mark (Neutron's `metadata_access_mark` / ROUTER_MARK_MASK).
+const METADATA_MARK: &str = "0x1/0xffff";
+
+/// The metadata rules of a router (NEUTRON-OPS §3.1): requests to 169.254.169.254:80 (IPv6:
+/// fe80::a9fe:a9fe) entering a `qr-` device are marked; a marked request that is forwarded
+/// rather than redirected is dropped (Neutron installs that DROP in `scope` and loses it at
+/// the first `process()`, §3.5: here it stays); with the proxy, the marked request is
+/// redirected to its port, accepted on INPUT, and the proxy port is closed to everything else.
+fn metadata_rules(m: &mut IptablesModel, proxy: Option<&crate::config::MetadataProxy>) -> Ipt {
+    for (family, dst) in [
+        (Family::V4, "169.254.169.254/32"),
+        (Family::V6, "fe80::a9fe:a9fe/128"),
+    ] {
+        let matched = format!("-d {dst} -i qr-+ -p tcp -m tcp --dport 80");
+        add(
+            m,
+            family,
+            Table::Mangle,
+            "PREROUTING",
+            &format!("{matched} -j MARK --set-xmark {METADATA_MARK}"),
+        )?;
+        add(
+            m,
+            family,
+            Table::Filter,
+            "scope",
+            &format!("-m mark --mark {METADATA_MARK} -j DROP"),
+        )?;
+        let Some(proxy) = proxy else { continue };
+        let port = proxy.port;
+        add(
+            m,
+            family,
+            Table::Filter,
+            "INPUT",
+            &format!("-m mark --mark {METADATA_MARK} -j ACCEPT"),
+        )?;
+        add(
+            m,
+            family,
+            Table::Filter,
+            "INPUT",
+            &format!("-p tcp -m tcp --dport {port} -j DROP"),
+        )?;
+        add(
+            m,
+            family,
+            Table::Nat,
+            "PREROUTING",
+            &format!("{matched} -j REDIRECT --to-ports {port}"),
+        )?;
+    }
+    Ok(())
+}
+
+/// The daemons of a router's `qrouter-` namespace with their config files: radvd when an
+/// internal port has an IPv6 subnet (NEUTRON-OPS §2.1; admin-down ports, which Neutron
+/// lists, are not ports here), haproxy when the metadata proxy is on (§3.2).
+fn router_daemons(
+    agent: &crate::config::Agent,
+    r: &Router,
+) -> Result<BTreeMap<Service, Vec<u8>>, String> {
+    use l3agent_daemons::{haproxy, radvd};
+    let dir = daemons_dir(&agent.state_path);
+    let mut out = BTreeMap::new();
+    if let Some(ra) = agent.ra {
+        let interfaces: Vec<radvd::RaInterface> = sorted_ports(&r.interfaces)
+            .into_iter()
+            .filter_map(|p| {
+                let subnets: Vec<radvd::RaSubnet> = p
+                    .subnets
+                    .iter()
+                    .filter_map(|s| match s.cidr {
+                        IpNet::V6(cidr) => Some(radvd::RaSubnet {
+                            cidr,
+                            ra_mode: s.ra_mode,
+                            dns_nameservers: s
+                                .dns_nameservers
+                                .iter()
+                                .filter_map(|d| match d {
+                                    IpAddr::V6(a) => Some(*a),
+                                    IpAddr::V4(_) => None,
+                                })
+                                .collect(),
+                        }),
+                        IpNet::V4(_) => None,
+                    })
+                    .collect();
+                (!subnets.is_empty()).then(|| radvd::RaInterface {
+                    dev: p.dev.clone(),
+                    mtu: p.mtu,
+                    subnets,
+                })
+            })
+            .collect();
+        if !interfaces.is_empty() {
+            let conf = radvd::RadvdConf {
+                min_interval: ra.min,
+                max_interval: ra.max,
+                interfaces,
+            };
+            out.insert(Service::Radvd, radvd::render(&conf).into_bytes());
+        }
+    }
+    if let Some(md) = &agent.metadata {
+        let key = Key {
+            router: r.id.clone(),
+            service: Service::Haproxy,
+        };
+        let conf = haproxy::HaproxyConf {
+            router_id: r.id.clone(),
+            user: md.user.clone(),
+            group: md.group.clone(),
+            pidfile: Supervisor::paths(&dir, &key).pid,
+            socket: md.socket.clone(),
+            bind_v6: true,
+            debug: false,
+            port: md.port,
+            timeouts: haproxy::Timeouts::default(),
+            rate_limit: None,
+        };
+        let text = haproxy::render(&conf).map_err(|e| format!("metadata proxy: {e}"))?;
+        out.insert(Service::Haproxy, text.into_bytes());
+    }
+    Ok(out)
 }
 
 /// The MACs of a DVR router's `rfp-` and `fpr-` ends, derived from the router id: locally
@@ -388,6 +528,7 @@ fn base_ns(kind: NsKind, owner: Option<RouterId>) -> NsSpec {
             mac: None,
             addresses: BTreeSet::new(),
             floating: BTreeSet::new(),
+            vips: false,
         },
     );
     ns
@@ -413,6 +554,7 @@ fn port_device(p: &Port, role: Role) -> Device {
         mac: Some(p.mac),
         addresses: p.ips.iter().copied().collect(),
         floating: BTreeSet::new(),
+        vips: false,
     }
 }
 
@@ -808,6 +950,7 @@ impl Cx<'_> {
         let fips = sorted_fips(r.fips.iter());
         let m = &mut ns.iptables;
         scope_init(m).map_err(rule_error)?;
+        metadata_rules(m, self.cfg.agent.metadata.as_ref()).map_err(rule_error)?;
         let mut scoped_devs: Vec<ScopedDevice<'_>> = sorted_ports(&r.interfaces)
             .into_iter()
             .map(|p| scoped(&p.dev, p, &marks))
@@ -848,6 +991,123 @@ impl Cx<'_> {
             l3agent_rtnl::route::MAIN_TABLE,
             Protocol::Static,
         ));
+        ns.daemons = router_daemons(&self.cfg.agent, r)?;
+        Ok(ns)
+    }
+
+    /// An HA router (Neutron's `HaRouter`, NEUTRON-OPS §1): the legacy router's namespace
+    /// where keepalived holds the ports' addresses (qr-/qg- fixed IPs, floating IPs and the
+    /// ports' EUI-64 link-local addresses as excluded VIPs) and the main table's routes
+    /// (virtual routes) on the master; the `ha-` port with its own address; IPv6 forwarding,
+    /// the gateway's IPv6 sysctls, radvd and the metadata proxy on the master only.
+    fn ha(&self, r: &Router, ha: &HaRouter, mut ns: NsSpec) -> Result<NsSpec, String> {
+        use l3agent_daemons::keepalived as k;
+        let settings = &self.cfg.agent.ha;
+        let ha_dev = ha.port.dev.clone();
+        // §1.2: no IPv6 forwarding (MLD) from backups, addresses that are not (yet) here
+        // can be bound, and no kernel link-local addresses (keepalived's VIPs instead).
+        ns.sysctls.remove(&Sysctl::Ipv6Forwarding(Scope::All));
+        ns.sysctls.insert(Sysctl::IpNonlocalBind, 1);
+        ns.sysctls.insert(Sysctl::AddrGenMode(Scope::All), 1);
+        let mut master_sysctls = BTreeMap::from([(Sysctl::Ipv6Forwarding(Scope::All), 1)]);
+        let mut backup_sysctls = BTreeMap::from([(Sysctl::Ipv6Forwarding(Scope::All), 0)]);
+        if let Some(gw) = &r.gw_port {
+            for (key, value) in gateway_ipv6_sysctls(gw) {
+                ns.sysctls.remove(&key);
+                master_sysctls.insert(key.clone(), value);
+                backup_sysctls.insert(key, 0);
+            }
+        }
+        let mut excluded = Vec::new();
+        for (name, d) in ns.devices.iter_mut() {
+            if !matches!(d.role, Role::Internal | Role::Gateway) {
+                continue;
+            }
+            for a in &d.addresses {
+                excluded.push(k::ExcludedVip {
+                    cidr: *a,
+                    dev: name.clone(),
+                    scope_link: false,
+                });
+            }
+            if let Some(mac) = d.mac {
+                excluded.push(k::ExcludedVip {
+                    cidr: IpNet::V6(Ipv6Net::new(mac.ipv6_link_local(), 64).expect("64")),
+                    dev: name.clone(),
+                    scope_link: true,
+                });
+            }
+            d.addresses.clear();
+            d.floating.clear();
+            d.vips = true;
+        }
+        ns.devices
+            .insert(ha_dev.clone(), port_device(&ha.port, Role::Ha));
+        // The main table's routes become keepalived's virtual routes, in Neutron's kinds.
+        ns.routes
+            .retain(|rt| rt.table != l3agent_rtnl::route::MAIN_TABLE);
+        let mut routes = Vec::new();
+        if let Some(gw) = &r.gw_port {
+            for sub in &gw.subnets {
+                if let Some(g) = sub.gateway.filter(|g| !sub.cidr.contains(g)) {
+                    routes.push(k::VirtualRoute::OnLinkGateway {
+                        gateway: g,
+                        dev: gw.dev.clone(),
+                    });
+                }
+            }
+            for g in default_gateways(gw).into_values() {
+                routes.push(k::VirtualRoute::Default {
+                    gateway: g,
+                    dev: gw.dev.clone(),
+                });
+            }
+            for cidr in &gw.extra_subnets {
+                routes.push(k::VirtualRoute::ExtraSubnet {
+                    cidr: *cidr,
+                    dev: gw.dev.clone(),
+                });
+            }
+        }
+        // keepalived has no multipath route: of several next hops of one destination, the
+        // lowest is used (Neutron writes one line per next hop, which keepalived does not
+        // define either; NEUTRON-OPS §1.11).
+        let mut extra: BTreeMap<IpNet, IpAddr> = BTreeMap::new();
+        for (dst, hop) in &r.routes {
+            let e = extra.entry(*dst).or_insert(*hop);
+            *e = (*e).min(*hop);
+        }
+        for (destination, nexthop) in extra {
+            routes.push(k::VirtualRoute::Extra {
+                destination,
+                nexthop,
+            });
+        }
+        let conf = k::KeepalivedConf {
+            vrid: ha.vr_id,
+            interface: ha_dev.clone(),
+            priority: k::HA_DEFAULT_PRIORITY,
+            advert_int: settings.advert_int,
+            auth: settings.auth.clone(),
+            primary_vip: k::primary_vip(ha.vr_id, ha.address.trunc())
+                .map_err(|e| format!("HA: {e}"))?,
+            excluded_vips: excluded,
+            routes,
+            // keepalived >= 2.0.3 (install-deps.sh installs 2.2).
+            no_track: true,
+            health_check: None,
+        };
+        conf.validate().map_err(|e| format!("HA: {e}"))?;
+        let vip = IpNet::V4(conf.primary_vip);
+        ns.daemons
+            .insert(Service::Keepalived, k::render(&conf).into_bytes());
+        ns.ha = Some(crate::spec::HaSpec {
+            dev: ha_dev,
+            vip,
+            master_sysctls,
+            backup_sysctls,
+            master_only: [Service::Radvd, Service::Haproxy].into(),
+        });
         Ok(ns)
     }
 
@@ -862,8 +1122,17 @@ impl Cx<'_> {
         for p in &r.interfaces {
             ns.devices
                 .insert(p.dev.clone(), port_device(p, Role::Internal));
-            // The SNAT ports' addresses in the port's subnets, as permanent neighbours
-            // (D-11, NEUTRON-OPS §8.1 `_set_subnet_arp_info` / `external_gateway_added`).
+            // The tenant ports' addresses in the port's subnets (D-11, NEUTRON-OPS §8.1:
+            // `get_ports_by_subnet`, `add_arp_entry`), then the SNAT ports' (`_set_subnet_arp_info`
+            // / `external_gateway_added`), as permanent neighbours.
+            for ((subnet, ip), mac) in &r.arp_table {
+                if p.subnets
+                    .iter()
+                    .any(|s| &s.id == subnet && s.cidr.contains(ip))
+                {
+                    ns.neighbours.insert((p.dev.clone(), *ip), *mac);
+                }
+            }
             for s in &r.snat_interfaces {
                 for ip in &s.ips {
                     if p.subnets.iter().any(|sub| sub.cidr.contains(&ip.addr())) {
@@ -874,6 +1143,7 @@ impl Cx<'_> {
         }
         let m = &mut ns.iptables;
         scope_init(m).map_err(rule_error)?;
+        metadata_rules(m, self.cfg.agent.metadata.as_ref()).map_err(rule_error)?;
         // `_handle_router_snat_rules` empties `snat` and only puts `-j $float-snat` back with
         // a link and floating IPs.
         m.empty_chain(Family::V4, Table::Nat, "snat", true)
@@ -1114,6 +1384,7 @@ impl Cx<'_> {
             Protocol::Static,
         ));
         let snat = self.snat_namespace(r, &marks)?;
+        ns.daemons = router_daemons(&self.cfg.agent, r)?;
         Ok(DvrParts {
             qrouter: ns,
             snat,
@@ -1391,10 +1662,12 @@ mod tests {
                 "-i qg-184a6791-c4 -j MARK --set-xmark 0x4000000/0xffff0000",
             ]
         );
-        // SNAT is on: no drop on the gateway in IPv4.
+        // SNAT is on: no drop on the gateway in IPv4. The metadata DROP stays first (Neutron
+        // loses it at the first `process()`, NEUTRON-OPS §3.5).
         assert_eq!(
             rules(q, Family::V4, Table::Filter, "scope"),
             vec![
+                "-m mark --mark 0x1/0xffff -j DROP",
                 "-o qr-081ed401-2a -m mark ! --mark 0x4000000/0xffff0000 -j DROP",
                 "-o qr-fa4bdea8-84 -m mark ! --mark 0x4000000/0xffff0000 -j DROP",
             ]

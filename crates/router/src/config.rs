@@ -27,6 +27,8 @@ use l3agent_types::{
 };
 use serde::{Deserialize, Serialize};
 
+pub use l3agent_daemons::radvd::RaMode;
+
 use crate::spec::names;
 
 /// One problem in the config, with its path.
@@ -97,6 +99,87 @@ pub struct AgentDoc {
     /// `unix:/run/openvswitch/db.sock`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ovsdb: Option<String>,
+    /// The metadata proxy: an haproxy per router forwarding 169.254.169.254:80 to the
+    /// metadata agent's unix socket (NEUTRON-OPS §3). Absent: no proxy and no metadata rules
+    /// beyond the DROP of marked requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata_proxy: Option<MetadataProxyDoc>,
+    /// Router advertisements: a radvd per router with IPv6 internal subnets (NEUTRON-OPS §2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router_advertisements: Option<RouterAdvertisementsDoc>,
+    /// VRRP settings of HA routers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ha: Option<HaDoc>,
+}
+
+/// `agent.ha`.
+#[derive(Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HaDoc {
+    /// `ha_vrrp_auth_type`: `PASS` (default) or `AH`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vrrp_auth_type: Option<String>,
+    /// `ha_vrrp_auth_password` (absent: no authentication). Never logged; keepalived's
+    /// config holding it is 0600.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vrrp_auth_password: Option<String>,
+    /// `ha_vrrp_advert_int` (default 2 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vrrp_advert_int: Option<u32>,
+    /// `ha_vrrp_health_check_interval` (default 0: off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vrrp_health_check_interval: Option<u32>,
+}
+
+impl std::fmt::Debug for HaDoc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HaDoc")
+            .field("vrrp_auth_type", &self.vrrp_auth_type)
+            .field(
+                "vrrp_auth_password",
+                &self.vrrp_auth_password.as_ref().map(|_| "<redacted>"),
+            )
+            .field("vrrp_advert_int", &self.vrrp_advert_int)
+            .field(
+                "vrrp_health_check_interval",
+                &self.vrrp_health_check_interval,
+            )
+            .finish()
+    }
+}
+
+/// `agent.metadata_proxy`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetadataProxyDoc {
+    /// The metadata agent's unix socket (Neutron's `metadata_proxy_socket`, default
+    /// `$state_path/metadata_proxy` of neutron's state path).
+    pub socket: PathBuf,
+    /// The user haproxy drops to (`metadata_proxy_user`; default `root`: it must be able to
+    /// connect to the socket).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The group haproxy drops to (`metadata_proxy_group`; default `root`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// The port haproxy listens on in the router namespace (`metadata_port`, default 9697).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+}
+
+/// `agent.router_advertisements`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterAdvertisementsDoc {
+    /// Send router advertisements at all (default true, as Neutron always does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// `min_rtr_adv_interval` (seconds, default 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_interval: Option<u32>,
+    /// `max_rtr_adv_interval` (seconds, default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_interval: Option<u32>,
 }
 
 /// The whole file as written.
@@ -125,6 +208,19 @@ pub struct RouterDoc {
     /// DVR router.
     #[serde(default)]
     pub distributed: bool,
+    /// HA router (keepalived/VRRP across network nodes, NEUTRON-OPS §1).
+    #[serde(default)]
+    pub ha: bool,
+    /// The VRRP router id of an HA router (1..254, unique on its HA network).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ha_vr_id: Option<u32>,
+    /// This host's port on the HA network (`ha-` device).
+    #[serde(
+        default,
+        rename = "_ha_interface",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ha_interface: Option<PortDoc>,
     /// SNAT (top-level form).
     #[serde(default)]
     pub enable_snat: Option<bool>,
@@ -168,6 +264,29 @@ pub struct RouterDoc {
     /// Extra routes.
     #[serde(default, deserialize_with = "l3agent_doc::explicit_list")]
     pub routes: Vec<RouteDoc>,
+    /// DVR: the tenant ports' addresses on the router's subnets, as permanent neighbours on
+    /// their `qr-` device (NEUTRON-OPS §8.1). Not a field of Neutron's router dict: the
+    /// Neutron front end fills it from `get_ports_by_subnet` and `add_arp_entry` /
+    /// `del_arp_entry`; a hand-written config may list them too.
+    #[serde(
+        default,
+        deserialize_with = "l3agent_doc::explicit_list",
+        rename = "_arp_table",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub arp_table: Vec<ArpEntryDoc>,
+}
+
+/// One DVR ARP entry (`add_arp_entry`'s `arp_table`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArpEntryDoc {
+    /// The tenant port's address.
+    pub ip_address: String,
+    /// Its MAC (or the allowed address pair's).
+    pub mac_address: String,
+    /// The subnet it is in.
+    pub subnet_id: String,
 }
 
 /// `external_gateway_info`.
@@ -229,6 +348,16 @@ pub struct SubnetDoc {
     /// Gateway.
     #[serde(default)]
     pub gateway_ip: Option<String>,
+    /// IPv6 router advertisement mode: `slaac`, `dhcpv6-stateful`, `dhcpv6-stateless`, or
+    /// absent/null (the router still advertises itself, as Neutron's radvd does).
+    #[serde(default)]
+    pub ipv6_ra_mode: Option<String>,
+    /// IPv6 address mode (the DHCP agent's concern; validated, not used here).
+    #[serde(default)]
+    pub ipv6_address_mode: Option<String>,
+    /// DNS servers (sent as RDNSS on `slaac` subnets).
+    #[serde(default)]
+    pub dns_nameservers: Vec<String>,
 }
 
 /// An extra subnet.
@@ -277,6 +406,10 @@ pub struct Subnet {
     pub cidr: IpNet,
     /// Gateway.
     pub gateway: Option<IpAddr>,
+    /// IPv6 router advertisement mode (`None`: not given; IPv4 subnets never have one).
+    pub ra_mode: Option<RaMode>,
+    /// DNS servers.
+    pub dns_nameservers: Vec<IpAddr>,
 }
 
 /// A port, validated, with its device names.
@@ -374,6 +507,21 @@ pub struct Router {
     /// Extra routes (destination, next hop), in the dict's order. Several next hops for one
     /// destination are kept: they become one ECMP route (NEUTRON-OPS §7).
     pub routes: Vec<(IpNet, IpAddr)>,
+    /// DVR ARP entries: (subnet, address) → MAC.
+    pub arp_table: BTreeMap<(SubnetId, IpAddr), MacAddr>,
+    /// HA (`ha: true`): the VRRP router id and this host's port on the HA network.
+    pub ha: Option<HaRouter>,
+}
+
+/// The HA part of a router, validated.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HaRouter {
+    /// `ha_vr_id`.
+    pub vr_id: u8,
+    /// `_ha_interface` (device `ha-` + id), with one IPv4 address on the HA network.
+    pub port: Port,
+    /// Its IPv4 address and the HA network.
+    pub address: ipnet::Ipv4Net,
 }
 
 impl Router {
@@ -419,6 +567,58 @@ pub struct Agent {
     pub interface_driver: InterfaceDriver,
     /// The integration bridge and its database (`Some` exactly with `openvswitch`).
     pub ovs: Option<IntegrationBridge>,
+    /// The metadata proxy (`None`: none).
+    pub metadata: Option<MetadataProxy>,
+    /// Router advertisements (`None`: disabled).
+    pub ra: Option<RaIntervals>,
+    /// VRRP settings of HA routers.
+    pub ha: HaSettings,
+}
+
+/// The VRRP settings of HA routers (Neutron's `ha_vrrp_*`), validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HaSettings {
+    /// `PASS` or `AH`, with the password (`None`: no authentication).
+    pub auth: Option<(
+        l3agent_daemons::keepalived::AuthType,
+        l3agent_daemons::keepalived::VrrpPassword,
+    )>,
+    /// `ha_vrrp_advert_int` (seconds, default 2).
+    pub advert_int: u32,
+    /// `ha_vrrp_health_check_interval` (seconds, 0: none).
+    pub health_check_interval: u32,
+}
+
+impl Default for HaSettings {
+    fn default() -> HaSettings {
+        HaSettings {
+            auth: None,
+            advert_int: 2,
+            health_check_interval: 0,
+        }
+    }
+}
+
+/// The metadata proxy, validated.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct MetadataProxy {
+    /// The metadata agent's socket.
+    pub socket: PathBuf,
+    /// User haproxy runs as.
+    pub user: String,
+    /// Group haproxy runs as.
+    pub group: String,
+    /// The port it listens on.
+    pub port: u16,
+}
+
+/// radvd's advertisement intervals (seconds), validated as radvd requires them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RaIntervals {
+    /// `MinRtrAdvInterval`.
+    pub min: u32,
+    /// `MaxRtrAdvInterval`.
+    pub max: u32,
 }
 
 /// Where `openvswitch` plugs router ports: an OVS bridge and the ovsdb-server that holds it.
@@ -598,6 +798,151 @@ fn state_path(path: &std::path::Path) -> Result<(), String> {
     Ok(())
 }
 
+/// `ipv6_ra_mode` / `ipv6_address_mode`: one of Neutron's three values, on an IPv6 subnet only.
+fn ipv6_mode(
+    value: Option<&str>,
+    cidr: Option<IpNet>,
+    field: &str,
+    p: &mut Problems,
+) -> Option<RaMode> {
+    let value = value?;
+    let mode = match RaMode::parse(field, value) {
+        Ok(m) => m,
+        Err(e) => {
+            p.add(field, e.to_string());
+            return None;
+        }
+    };
+    if cidr.is_some_and(|c| c.addr().is_ipv4()) {
+        p.add(field, "is only allowed on an IPv6 subnet");
+        return None;
+    }
+    Some(mode)
+}
+
+/// `agent.metadata_proxy`, validated: an absolute normalised socket path short enough for a
+/// unix socket; user and group names as `useradd` allows them (they reach haproxy's config).
+fn metadata_proxy(doc: &MetadataProxyDoc, p: &mut Problems) -> Option<MetadataProxy> {
+    let before = p.0.len();
+    if let Err(why) = state_path(&doc.socket) {
+        p.add("agent.metadata_proxy.socket", why);
+    } else if doc.socket.as_os_str().len() > MAX_SOCKET_PATH {
+        p.add(
+            "agent.metadata_proxy.socket",
+            format!(
+                "{} is longer than a unix socket path can be ({MAX_SOCKET_PATH} bytes)",
+                Echo(&doc.socket.display().to_string())
+            ),
+        );
+    }
+    let mut name = |field: &str, value: Option<&String>| -> String {
+        let value = value.map_or("root", String::as_str);
+        let ok = !value.is_empty()
+            && value.len() <= 32
+            && value.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+            && value
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-'));
+        if !ok {
+            p.add(
+                &format!("agent.metadata_proxy.{field}"),
+                format!(
+                    "{} is not a user or group name ([a-z_][a-z0-9_-]*, at most 32)",
+                    Echo(value)
+                ),
+            );
+        }
+        value.to_owned()
+    };
+    let user = name("user", doc.user.as_ref());
+    let group = name("group", doc.group.as_ref());
+    let port = doc.port.unwrap_or(9697);
+    if port == 0 {
+        p.add("agent.metadata_proxy.port", "0 is not a port to listen on");
+    }
+    (p.0.len() == before).then(|| MetadataProxy {
+        socket: doc.socket.clone(),
+        user,
+        group,
+        port,
+    })
+}
+
+/// `agent.ha`, validated (the password is checked without ever being echoed).
+fn ha_settings(doc: Option<&HaDoc>, p: &mut Problems) -> HaSettings {
+    use l3agent_daemons::keepalived::{AuthType, VrrpPassword};
+    let mut out = HaSettings::default();
+    let Some(doc) = doc else {
+        return out;
+    };
+    let kind = match doc.vrrp_auth_type.as_deref() {
+        None => Some(AuthType::Pass),
+        Some(t) => match AuthType::parse("agent.ha.vrrp_auth_type", t) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                p.add("agent.ha.vrrp_auth_type", e.to_string());
+                None
+            }
+        },
+    };
+    if let Some(pw) = &doc.vrrp_auth_password {
+        match VrrpPassword::new(pw) {
+            Ok(pw) => out.auth = kind.map(|k| (k, pw)),
+            Err(e) => p.add("agent.ha.vrrp_auth_password", e.to_string()),
+        }
+    }
+    out.advert_int = doc.vrrp_advert_int.unwrap_or(2);
+    if !(1..=255).contains(&out.advert_int) {
+        p.add(
+            "agent.ha.vrrp_advert_int",
+            format!("{} is outside 1..255 seconds", out.advert_int),
+        );
+    }
+    out.health_check_interval = doc.vrrp_health_check_interval.unwrap_or(0);
+    if out.health_check_interval > 0 {
+        p.add(
+            "agent.ha.vrrp_health_check_interval",
+            "the VRRP health check is not supported yet (0 turns it off)",
+        );
+    }
+    out
+}
+
+/// `agent.router_advertisements`, validated as radvd checks its intervals: min >= 3,
+/// max >= 4 and at most 1800, min <= 0.75 * max.
+fn router_advertisements(
+    doc: Option<&RouterAdvertisementsDoc>,
+    p: &mut Problems,
+) -> Option<RaIntervals> {
+    let default = RouterAdvertisementsDoc::default();
+    let doc = doc.unwrap_or(&default);
+    if doc.enabled == Some(false) {
+        return None;
+    }
+    let min = doc.min_interval.unwrap_or(30);
+    let max = doc.max_interval.unwrap_or(100);
+    let before = p.0.len();
+    if min < 3 {
+        p.add(
+            "agent.router_advertisements.min_interval",
+            format!("{min} is below 3 (radvd's minimum)"),
+        );
+    }
+    if !(4..=1800).contains(&max) {
+        p.add(
+            "agent.router_advertisements.max_interval",
+            format!("{max} is outside 4..1800 (radvd's limits)"),
+        );
+    }
+    if u64::from(min) * 4 > u64::from(max) * 3 {
+        p.add(
+            "agent.router_advertisements.min_interval",
+            format!("{min} is above 0.75 x max_interval ({max}), which radvd refuses"),
+        );
+    }
+    (p.0.len() == before).then_some(RaIntervals { min, max })
+}
+
 fn port(doc: &PortDoc, path: &str, prefix: &str, agent: &Agent, p: &mut Problems) -> Option<Port> {
     let before = p.0.len();
     let id = p.check(PortId::new(&format!("{path}.id"), &doc.id));
@@ -688,8 +1033,36 @@ fn port(doc: &PortDoc, path: &str, prefix: &str, agent: &Agent, p: &mut Problems
                 }
             },
         };
+        let ra_mode = ipv6_mode(
+            s.ipv6_ra_mode.as_deref(),
+            cidr,
+            &format!("{sp}.ipv6_ra_mode"),
+            p,
+        );
+        ipv6_mode(
+            s.ipv6_address_mode.as_deref(),
+            cidr,
+            &format!("{sp}.ipv6_address_mode"),
+            p,
+        );
+        let mut dns_nameservers = Vec::new();
+        for (j, d) in s.dns_nameservers.iter().enumerate() {
+            match d.parse::<IpAddr>() {
+                Ok(ip) if is_unicast(ip) => dns_nameservers.push(ip),
+                _ => p.add(
+                    &format!("{sp}.dns_nameservers[{j}]"),
+                    format!("{} is not a unicast IP address", Echo(d)),
+                ),
+            }
+        }
         if let (Some(id), Some(cidr)) = (id, cidr) {
-            subnets.push(Subnet { id, cidr, gateway });
+            subnets.push(Subnet {
+                id,
+                cidr,
+                gateway,
+                ra_mode,
+                dns_nameservers,
+            });
         }
     }
     let mut ips = Vec::new();
@@ -938,6 +1311,10 @@ fn router(doc: &RouterDoc, path: &str, agent: &Agent, p: &mut Problems) -> Optio
         "fg-",
         p,
     );
+    let ha = ha_router(doc, path, agent, p);
+    if let Some(h) = &ha {
+        located.push((format!("{path}._ha_interface"), h.port.clone()));
+    }
     let gw_port = doc
         .gw_port
         .as_ref()
@@ -1067,6 +1444,30 @@ fn router(doc: &RouterDoc, path: &str, agent: &Agent, p: &mut Problems) -> Optio
             ),
         }
     }
+    let mut arp_table = BTreeMap::new();
+    for (i, e) in doc.arp_table.iter().enumerate() {
+        let ep = format!("{path}._arp_table[{i}]");
+        let subnet = p.check(SubnetId::new(&format!("{ep}.subnet_id"), &e.subnet_id));
+        let mac = p.check(MacAddr::parse_unicast(
+            &format!("{ep}.mac_address"),
+            &e.mac_address,
+        ));
+        let ip = match e.ip_address.parse::<IpAddr>() {
+            Ok(ip) if is_unicast(ip) => Some(ip),
+            _ => {
+                p.add(
+                    &format!("{ep}.ip_address"),
+                    format!("{} is not a unicast IP address", Echo(&e.ip_address)),
+                );
+                None
+            }
+        };
+        if let (Some(subnet), Some(ip), Some(mac)) = (subnet, ip, mac) {
+            if arp_table.insert((subnet, ip), mac).is_some() {
+                p.add(&ep, format!("{ip} is listed twice for its subnet"));
+            }
+        }
+    }
     if p.0.len() != before {
         return None;
     }
@@ -1088,6 +1489,73 @@ fn router(doc: &RouterDoc, path: &str, agent: &Agent, p: &mut Problems) -> Optio
         fip_agent_interfaces,
         fips: fips.into_iter().map(|(_, f)| f).collect(),
         routes,
+        arp_table,
+        ha,
+    })
+}
+
+/// The HA part of a router dict: `ha_vr_id` in 1..254 and `_ha_interface` with an IPv4
+/// address, on a non-distributed router of a `legacy` or `dvr_snat` agent (DVR+HA is not
+/// supported yet: refused, never built as something else).
+fn ha_router(doc: &RouterDoc, path: &str, agent: &Agent, p: &mut Problems) -> Option<HaRouter> {
+    if !doc.ha {
+        return None;
+    }
+    if doc.distributed {
+        p.add(
+            &format!("{path}.ha"),
+            "distributed HA routers (DVR+HA) are not supported yet",
+        );
+        return None;
+    }
+    if agent.mode == AgentMode::Dvr {
+        p.add(
+            &format!("{path}.ha"),
+            "an HA router needs a legacy or dvr_snat agent, and agent.mode is dvr",
+        );
+        return None;
+    }
+    let vr_id = match doc.ha_vr_id {
+        Some(v @ 1..=254) => v as u8,
+        Some(v) => {
+            p.add(
+                &format!("{path}.ha_vr_id"),
+                format!("{v} is outside 1..254"),
+            );
+            return None;
+        }
+        None => {
+            p.add(
+                &format!("{path}.ha_vr_id"),
+                "an HA router needs its VRRP router id",
+            );
+            return None;
+        }
+    };
+    let Some(doc_port) = &doc.ha_interface else {
+        p.add(
+            &format!("{path}._ha_interface"),
+            "an HA router needs this host's port on the HA network",
+        );
+        return None;
+    };
+    let at = format!("{path}._ha_interface");
+    let port = port(doc_port, &at, "ha-", agent, p)?;
+    let address = port.ips.iter().find_map(|n| match n {
+        IpNet::V4(v) => Some(*v),
+        IpNet::V6(_) => None,
+    });
+    let Some(address) = address else {
+        p.add(
+            &format!("{at}.fixed_ips"),
+            "the HA port needs an IPv4 address (169.254.192.0/18 by default)",
+        );
+        return None;
+    };
+    Some(HaRouter {
+        vr_id,
+        port,
+        address,
     })
 }
 
@@ -1289,6 +1757,13 @@ impl ConfigDoc {
         }
         let interface_driver = self.agent.interface_driver.unwrap_or_default();
         let ovs = self.integration_bridge(interface_driver, &mut p);
+        let metadata = self
+            .agent
+            .metadata_proxy
+            .as_ref()
+            .and_then(|m| metadata_proxy(m, &mut p));
+        let ra = router_advertisements(self.agent.router_advertisements.as_ref(), &mut p);
+        let ha = ha_settings(self.agent.ha.as_ref(), &mut p);
         let agent = Agent {
             mode: self.agent.mode,
             host: self.agent.host.clone(),
@@ -1296,6 +1771,9 @@ impl ConfigDoc {
             bridges,
             interface_driver,
             ovs,
+            metadata,
+            ra,
+            ha,
         };
         let mut routers = Vec::new();
         let mut paths = Vec::new();

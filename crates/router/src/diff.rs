@@ -17,11 +17,12 @@ use ipnet::IpNet;
 use l3agent_ovsdb::PortRecord;
 use l3agent_rtnl::port::VethPort;
 use l3agent_rtnl::route::Route;
+use l3agent_supervise::ConfigDigest;
 use l3agent_types::{IfName, MacAddr, NetnsName};
 
 use crate::change::Change;
 use crate::observe::ObservedNs;
-use crate::spec::{names, Device, DeviceKind, HostSpec, NsKind, NsSpec, Role};
+use crate::spec::{names, Device, DeviceKind, HaState, HostSpec, NsKind, NsSpec, Role};
 
 /// The role of a device l3agent finds but does not want, from its name.
 fn role_of(name: &str) -> Option<Role> {
@@ -32,6 +33,7 @@ fn role_of(name: &str) -> Option<Role> {
         ("fg-", Role::FipGateway),
         ("rfp-", Role::RouterLink),
         ("fpr-", Role::FipLink),
+        ("ha-", Role::Ha),
     ]
     .into_iter()
     .find(|(p, _)| name.starts_with(p))
@@ -74,7 +76,12 @@ pub fn diff(host: &HostSpec, name: &NetnsName, observed: &ObservedNs) -> Vec<Cha
     let ovs_bridge = host.ovs.as_ref().map(|o| &o.bridge);
     let deleted = devices(spec, &ns, observed, ovs_bridge, &mut out);
     let unknown = !observed.exists || observed.fresh;
-    for (key, value) in &spec.sysctls {
+    let state = ha_state(spec, observed);
+    let by_state = spec.ha.as_ref().map(|h| match state {
+        Some(HaState::Master) => &h.master_sysctls,
+        _ => &h.backup_sysctls,
+    });
+    for (key, value) in spec.sysctls.iter().chain(by_state.into_iter().flatten()) {
         let have = if unknown {
             None
         } else {
@@ -134,9 +141,77 @@ pub fn diff(host: &HostSpec, name: &NetnsName, observed: &ObservedNs) -> Vec<Cha
             lines: lines.clone(),
         });
     }
+    daemons(spec, &ns, observed, state, &mut out);
     side_effects(host, spec, &ns, observed, &mut out);
     out.sort_by_key(Change::rank);
     out
+}
+
+/// The router's daemons: a wanted one that does not run is started (the respawn of one that
+/// died), one whose config file differs is reloaded, and one not wanted, running or only
+/// leaving files, is stopped and its files removed.
+fn daemons(
+    spec: &NsSpec,
+    ns: &NetnsName,
+    observed: &ObservedNs,
+    state: Option<HaState>,
+    out: &mut Vec<Change>,
+) {
+    let Some(router) = spec.owners.first().filter(|_| spec.kind == NsKind::Router) else {
+        return;
+    };
+    // On an HA router's backup, the master-only daemons are not wanted (radvd would
+    // advertise a router that does not forward; the metadata proxy has no address to serve).
+    let wanted: BTreeMap<_, _> = spec
+        .daemons
+        .iter()
+        .filter(|(s, _)| {
+            state != Some(HaState::Backup)
+                || spec.ha.as_ref().is_none_or(|h| !h.master_only.contains(s))
+        })
+        .collect();
+    for (service, config) in wanted.iter().map(|(s, c)| (*s, *c)) {
+        let (router, service, ns, config) = (router.clone(), *service, ns.clone(), config.clone());
+        out.push(match observed.daemons.get(&service) {
+            Some(d) if d.running && d.config == Some(ConfigDigest::of(&config)) => continue,
+            Some(d) if d.running => Change::ReloadDaemon {
+                ns,
+                router,
+                service,
+                config,
+            },
+            _ => Change::StartDaemon {
+                ns,
+                router,
+                service,
+                config,
+            },
+        });
+    }
+    for service in observed.daemons.keys() {
+        if !wanted.contains_key(service) {
+            out.push(Change::StopDaemon {
+                ns: ns.clone(),
+                router: router.clone(),
+                service: *service,
+            });
+        }
+    }
+}
+
+/// The VRRP state of an HA router's namespace as observed: master when keepalived's primary
+/// VIP is on the `ha-` device (`None`: not an HA router).
+pub fn ha_state(spec: &NsSpec, observed: &ObservedNs) -> Option<HaState> {
+    let ha = spec.ha.as_ref()?;
+    let master = observed
+        .devices
+        .get(ha.dev.as_str())
+        .is_some_and(|d| d.addresses.contains(&ha.vip));
+    Some(if master {
+        HaState::Master
+    } else {
+        HaState::Backup
+    })
 }
 
 /// Whether a sysctl read back as `have` holds `want`. `proxy_delay` is written in 1/100 s
@@ -298,7 +373,19 @@ fn devices(
         for net in want.addresses.difference(&have.addresses) {
             out.push(add_address(ns, name, want, *net));
         }
-        for net in have.addresses.difference(&want.addresses) {
+        // keepalived's addresses: the router's on a `vips` device, the primary VIP on `ha-`.
+        let keepalived = |net: &IpNet| {
+            want.vips
+                || spec
+                    .ha
+                    .as_ref()
+                    .is_some_and(|h| &h.dev == name && &h.vip == net)
+        };
+        for net in have
+            .addresses
+            .difference(&want.addresses)
+            .filter(|n| !keepalived(n))
+        {
             out.push(Change::DeleteAddress {
                 ns: ns.clone(),
                 dev: name.clone(),
@@ -437,7 +524,9 @@ fn routes(
         }
     }
     for (k, list) in &have {
-        if !want.contains_key(k) {
+        // An HA router's main table is keepalived's (its virtual routes).
+        let keepalived = spec.ha.is_some() && k.0 == l3agent_rtnl::route::MAIN_TABLE;
+        if !want.contains_key(k) && !keepalived {
             for r in list {
                 out.push(Change::DeleteRoute {
                     ns: ns.clone(),

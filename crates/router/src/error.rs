@@ -43,6 +43,15 @@ pub enum RouterError {
         /// Cause.
         source: l3agent_ovsdb::OvsdbError,
     },
+    /// A daemon of the router (radvd, haproxy, keepalived) could not be observed, started,
+    /// reloaded or stopped.
+    #[error("router {router}: {source}")]
+    Daemon {
+        /// Router id.
+        router: String,
+        /// Cause.
+        source: l3agent_supervise::Error,
+    },
     /// An allocator failed.
     #[error("router {router}: {source}")]
     Alloc {

@@ -5,7 +5,8 @@
 //! OVSDB change set, in one transaction.
 
 use l3agent_ovsdb::{ChangeSet, InternalPort, OvsdbError};
-use l3agent_types::{IfName, NetnsName};
+use l3agent_supervise::Key;
+use l3agent_types::{IfName, NetnsName, RouterId};
 use tracing::{debug, warn};
 
 use crate::change::Change;
@@ -125,9 +126,44 @@ fn run(
         router: label(c.namespace()),
         source,
     };
+    let daemon = |router: &RouterId, source| RouterError::Daemon {
+        router: router.to_string(),
+        source,
+    };
+    let dir = host.daemons_dir.as_path();
     match c {
         Change::CreateNamespace { ns } => {
             kernel.create_namespace(ns).map_err(plumbing)?;
+        }
+        Change::StartDaemon {
+            ns,
+            router,
+            service,
+            config,
+        } => {
+            let key = Key::new(router.clone(), *service);
+            kernel
+                .start_daemon(dir, &key, ns, config)
+                .map_err(|e| daemon(router, e))?;
+        }
+        Change::ReloadDaemon {
+            ns,
+            router,
+            service,
+            config,
+        } => {
+            let key = Key::new(router.clone(), *service);
+            kernel
+                .reload_daemon(dir, &key, ns, config)
+                .map_err(|e| daemon(router, e))?;
+        }
+        Change::StopDaemon {
+            router, service, ..
+        } => {
+            let key = Key::new(router.clone(), *service);
+            kernel
+                .stop_daemon(dir, &key)
+                .map_err(|e| daemon(router, e))?;
         }
         Change::DeleteNamespace { ns } => {
             firewall.forget(ns);

@@ -29,11 +29,12 @@ use l3agent_rtnl::route::Route;
 use l3agent_rtnl::rule::Rule;
 use l3agent_rtnl::sysctl::Sysctl;
 use l3agent_rtnl::Error;
-use l3agent_types::{IfName, NetnsName};
+use l3agent_supervise::{ConfigDigest, Error as SuperviseError, Key, Service};
+use l3agent_types::{IfName, NetnsName, RouterId};
 use std::path::Path;
 
 use crate::host::Sides;
-use crate::kernel::{Firewall, Kernel, LinkPair, Netlink, OvsDevice};
+use crate::kernel::{DaemonState, Firewall, Kernel, LinkPair, Netlink, OvsDevice};
 
 /// One fake link.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,7 +93,21 @@ pub struct World {
     pub ovsdb_down: bool,
     /// How many times a bridge's ports were read ([`Kernel::ovs_ports`]).
     pub ovs_reads: usize,
+    /// The supervisor's daemons, by (router, service). A deleted namespace does not stop
+    /// them (as on a real host, where a daemon keeps its namespace alive).
+    pub daemons: BTreeMap<(RouterId, Service), FakeDaemon>,
     next_index: u32,
+}
+
+/// One fake supervised daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FakeDaemon {
+    /// The namespace it was started in.
+    pub ns: NetnsName,
+    /// Its config file.
+    pub config: Vec<u8>,
+    /// It runs (false: it died, its files are left).
+    pub running: bool,
 }
 
 impl World {
@@ -820,6 +835,82 @@ impl Kernel for FakeKernel {
         Ok(applied)
     }
 
+    fn daemons(
+        &mut self,
+        _: &Path,
+        router: &RouterId,
+        ns: &NetnsName,
+    ) -> Result<BTreeMap<Service, DaemonState>, SuperviseError> {
+        let w = self.world();
+        Ok(w.daemons
+            .iter()
+            .filter(|((r, _), _)| r == router)
+            .map(|((_, s), d)| {
+                (
+                    *s,
+                    DaemonState {
+                        running: d.running && &d.ns == ns && w.namespaces.contains_key(ns),
+                        config: Some(ConfigDigest::of(&d.config)),
+                    },
+                )
+            })
+            .collect())
+    }
+
+    fn daemon_keys(&mut self, _: &Path) -> Result<Vec<Key>, SuperviseError> {
+        Ok(self
+            .world()
+            .daemons
+            .keys()
+            .map(|(r, s)| Key::new(r.clone(), *s))
+            .collect())
+    }
+
+    fn start_daemon(
+        &mut self,
+        _: &Path,
+        key: &Key,
+        ns: &NetnsName,
+        config: &[u8],
+    ) -> Result<(), SuperviseError> {
+        let mut w = self.daemon_op(format!("start {key} in {ns}"))?;
+        if !w.namespaces.contains_key(ns) {
+            return Err(daemon_error(Error::NoNamespace(ns.to_string())));
+        }
+        w.daemons.insert(
+            (key.router.clone(), key.service),
+            FakeDaemon {
+                ns: ns.clone(),
+                config: config.to_vec(),
+                running: true,
+            },
+        );
+        Ok(())
+    }
+
+    fn reload_daemon(
+        &mut self,
+        _: &Path,
+        key: &Key,
+        ns: &NetnsName,
+        config: &[u8],
+    ) -> Result<(), SuperviseError> {
+        let mut w = self.daemon_op(format!("reload {key} in {ns}"))?;
+        match w.daemons.get_mut(&(key.router.clone(), key.service)) {
+            Some(d) if d.running => {
+                d.config = config.to_vec();
+                Ok(())
+            }
+            _ => Err(daemon_error(Error::Value(format!("{key} is not running")))),
+        }
+    }
+
+    fn stop_daemon(&mut self, _: &Path, key: &Key) -> Result<(), SuperviseError> {
+        let mut w = self.daemon_op(format!("stop {key}"))?;
+        w.daemons.remove(&(key.router.clone(), key.service));
+        Ok(())
+    }
+
     fn attach_ovs_device(&mut self, ns: &NetnsName, dev: &OvsDevice) -> Result<(), Error> {
         {
             let mut w = self.world();
@@ -844,6 +935,23 @@ impl Kernel for FakeKernel {
             n.add_address(&dev.name, *a, true)?;
         }
         Ok(())
+    }
+}
+
+/// A supervisor error for an injected failure.
+fn daemon_error(e: Error) -> SuperviseError {
+    SuperviseError::Io {
+        what: "injected failure",
+        path: std::path::PathBuf::from(e.to_string()),
+        source: std::io::Error::other("fake"),
+    }
+}
+
+impl FakeKernel {
+    fn daemon_op(&mut self, line: String) -> Result<MutexGuard<'_, World>, SuperviseError> {
+        let mut w = self.world();
+        w.op(line).map_err(daemon_error)?;
+        Ok(w)
     }
 }
 

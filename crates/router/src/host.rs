@@ -46,7 +46,7 @@ use crate::exec::execute;
 use crate::kernel::{Firewall, Kernel};
 use crate::observe::{observe, BridgePorts};
 use crate::records::{self, Records, State};
-use crate::spec::{names, DeviceKind, HostSpec, NsKind};
+use crate::spec::{names, DeviceKind, HaState, HostSpec, NsKind};
 
 /// What happened to one router (or shared `fip-` namespace).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -75,6 +75,9 @@ pub struct RouterResult {
     pub changes: Vec<Change>,
     /// Why it failed.
     pub error: Option<String>,
+    /// An HA router's VRRP state here, as observed by this run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ha_state: Option<HaState>,
 }
 
 /// What an apply (or a plan, or a destroy) did or would do.
@@ -191,6 +194,7 @@ fn converge_unit(
     fresh: &BTreeSet<NetnsName>,
     bridge: Option<&BridgePorts>,
     execute_it: bool,
+    ha: &mut Option<HaState>,
 ) -> (Vec<Change>, Option<RouterError>) {
     let (kernel, firewall) = sides;
     let mut all = Vec::new();
@@ -202,10 +206,14 @@ fn converge_unit(
             spec.namespaces.get(ns),
             fresh.contains(ns),
             bridge,
+            &spec.daemons_dir,
         ) {
             Ok(o) => o,
             Err(e) => return (all, Some(e)),
         };
+        if let Some(ns_spec) = spec.namespaces.get(ns) {
+            *ha = ha.or(crate::diff::ha_state(ns_spec, &observed));
+        }
         let changes = diff(spec, ns, &observed);
         if execute_it {
             if let Err(e) = execute(kernel.as_mut(), firewall.as_mut(), spec, &changes) {
@@ -229,6 +237,7 @@ fn result(id: String, changes: Vec<Change>, error: Option<RouterError>) -> Route
         status,
         changes,
         error: error.map(|e| e.to_string()),
+        ha_state: None,
     }
 }
 
@@ -361,6 +370,7 @@ fn run(
             &fresh,
             bridge,
             execute_it,
+            &mut None,
         );
         let mut all = pre.remove(ns.as_str()).unwrap_or_default();
         all.extend(changes);
@@ -403,21 +413,30 @@ fn run(
                             status,
                             changes,
                             error: None,
+                            ha_state: None,
                         });
                         continue;
                     }
-                    let (more, error) =
-                        converge_unit(&mut sides, spec, names, &fresh, bridge, execute_it);
+                    let mut ha_state = None;
+                    let (more, error) = converge_unit(
+                        &mut sides,
+                        spec,
+                        names,
+                        &fresh,
+                        bridge,
+                        execute_it,
+                        &mut ha_state,
+                    );
                     changes.extend(more);
                     if error.is_some() && execute_it {
                         undo.lock()
                             .expect("lock")
                             .extend(names.iter().filter(|n| fresh.contains(*n)).cloned());
                     }
-                    results
-                        .lock()
-                        .expect("lock")
-                        .push(result(id.to_string(), changes, error));
+                    results.lock().expect("lock").push(RouterResult {
+                        ha_state,
+                        ..result(id.to_string(), changes, error)
+                    });
                 }
             });
         }
@@ -438,7 +457,7 @@ fn run(
             .map(|(n, _)| n.clone())
             .collect();
         let ovs = spec.ovs.as_ref().map(|o| (o, None));
-        let changes = removal(sides.0.as_mut(), ovs, &ns, &plugged);
+        let changes = removal(sides.0.as_mut(), ovs, &ns, &plugged, &spec.daemons_dir);
         if let Err(e) = execute(sides.0.as_mut(), sides.1.as_mut(), spec, &changes) {
             warn!(%ns, error = %e, "could not remove the namespace of a failed router");
         }
@@ -467,20 +486,42 @@ fn run(
                 }
             }
             if !sides.0.namespace_exists(ns) {
+                let stops = daemon_stops(sides.0.as_mut(), &spec.daemons_dir, ns);
                 if execute_it {
                     remove_leftover(sides.0.as_mut(), ns);
+                    if let Err(e) = execute(sides.0.as_mut(), sides.1.as_mut(), spec, &stops) {
+                        errors.insert(owner.clone(), e);
+                    }
                 }
-                removed.entry(owner).or_default();
+                removed.entry(owner).or_default().extend(stops);
                 continue;
             }
             let ovs = spec.ovs.as_ref().map(|o| (o, bridge));
-            let changes = removal(sides.0.as_mut(), ovs, ns, &[]);
+            let changes = removal(sides.0.as_mut(), ovs, ns, &[], &spec.daemons_dir);
             if execute_it {
                 if let Err(e) = execute(sides.0.as_mut(), sides.1.as_mut(), spec, &changes) {
                     errors.insert(owner.clone(), e);
                 }
             }
             removed.entry(owner).or_default().extend(changes);
+        }
+        // Daemons of routers neither wanted nor recorded (never with `only`: another
+        // router's are not this run's business).
+        if opts.only.is_none() {
+            let wanted = |id: &RouterId| {
+                spec.namespaces.contains_key(&names::router_ns(id))
+                    || recorded.contains(&names::router_ns(id))
+                    || spec.failed.contains_key(id)
+                    || skip.contains(id)
+            };
+            for (owner, stops) in stray_daemons(sides.0.as_mut(), &spec.daemons_dir, wanted) {
+                if execute_it {
+                    if let Err(e) = execute(sides.0.as_mut(), sides.1.as_mut(), spec, &stops) {
+                        errors.insert(owner.clone(), e);
+                    }
+                }
+                removed.entry(owner).or_default().extend(stops);
+            }
         }
         for (owner, changes) in removed {
             let error = errors.remove(&owner);
@@ -494,6 +535,7 @@ fn run(
                 status,
                 changes,
                 error: error.map(|e| e.to_string()),
+                ha_state: None,
             });
         }
     }
@@ -537,8 +579,9 @@ fn removal(
     ovs: Option<(&IntegrationBridge, Option<&BridgePorts>)>,
     ns: &NetnsName,
     also: &[IfName],
+    daemons_dir: &Path,
 ) -> Vec<Change> {
-    let mut out = Vec::new();
+    let mut out = daemon_stops(kernel, daemons_dir, ns);
     if let Some((ovs, bridge)) = ovs {
         let mut ports: BTreeSet<IfName> = also.iter().cloned().collect();
         if kernel.namespace_exists(ns) {
@@ -565,6 +608,60 @@ fn removal(
     out
 }
 
+/// The daemons of the router whose own namespace `ns` is (`qrouter-`), stopped: before the
+/// namespace goes (radvd still sends its last advertisement), and even when the namespace is
+/// already gone (a daemon keeps a deleted namespace alive).
+fn daemon_stops(kernel: &mut dyn Kernel, dir: &Path, ns: &NetnsName) -> Vec<Change> {
+    let Some((NsKind::Router, id)) = names::parse_ns(ns.as_str()) else {
+        return Vec::new();
+    };
+    let Ok(router) = RouterId::new("id", &id) else {
+        return Vec::new();
+    };
+    match kernel.daemons(dir, &router, ns) {
+        Ok(found) => found
+            .into_keys()
+            .map(|service| Change::StopDaemon {
+                ns: ns.clone(),
+                router: router.clone(),
+                service,
+            })
+            .collect(),
+        Err(e) => {
+            warn!(%router, error = %e, "could not read the router's daemons");
+            Vec::new()
+        }
+    }
+}
+
+/// Daemons in the supervisor's directory of routers that have no namespace wanted or
+/// recorded (their router was removed while its records were lost, or l3agent crashed
+/// between starting one and recording its namespace): stopped, with their files.
+fn stray_daemons(
+    kernel: &mut dyn Kernel,
+    dir: &Path,
+    keep: impl Fn(&RouterId) -> bool,
+) -> BTreeMap<String, Vec<Change>> {
+    let mut out: BTreeMap<String, Vec<Change>> = BTreeMap::new();
+    let keys = match kernel.daemon_keys(dir) {
+        Ok(k) => k,
+        Err(e) => {
+            warn!(error = %e, "could not list the daemons' directory");
+            return out;
+        }
+    };
+    for key in keys.into_iter().filter(|k| !keep(&k.router)) {
+        out.entry(key.router.to_string())
+            .or_default()
+            .push(Change::StopDaemon {
+                ns: names::router_ns(&key.router),
+                router: key.router.clone(),
+                service: key.service,
+            });
+    }
+    out
+}
+
 /// The routers compile could not build, as failed results.
 fn not_compiled(spec: &HostSpec) -> impl Iterator<Item = RouterResult> + '_ {
     spec.failed.iter().map(|(id, why)| RouterResult {
@@ -572,6 +669,7 @@ fn not_compiled(spec: &HostSpec) -> impl Iterator<Item = RouterResult> + '_ {
         status: RouterStatus::Failed,
         changes: Vec::new(),
         error: Some(why.clone()),
+        ha_state: None,
     })
 }
 
@@ -934,8 +1032,21 @@ pub fn destroy(
         .and_then(|o| read_bridge(sides.0.as_mut(), o).ok());
     let empty = HostSpec {
         ovs: ovs.clone(),
+        daemons_dir: crate::compile::daemons_dir(state_path),
         ..HostSpec::default()
     };
+    // Every daemon in the directory goes with `destroy` of everything; with a config, those
+    // of its routers (whether or not their namespaces were recorded).
+    let strays = stray_daemons(sides.0.as_mut(), &empty.daemons_dir, |id| {
+        cfg.is_some_and(|c| !c.routers.iter().any(|r| &r.id == id))
+    });
+    for (owner, stops) in strays {
+        let entry = by_owner.entry(owner).or_default();
+        match execute(sides.0.as_mut(), sides.1.as_mut(), &empty, &stops) {
+            Ok(_) => entry.0.extend(stops),
+            Err(e) => entry.1.push(e.to_string()),
+        }
+    }
     for ns in &targets {
         let entry = by_owner.entry(owner_of(ns)).or_default();
         if !sides.0.namespace_exists(ns) {
@@ -948,6 +1059,7 @@ pub fn destroy(
             ovs.as_ref().map(|o| (o, bridge.as_ref())),
             ns,
             &[],
+            &empty.daemons_dir,
         );
         match execute(sides.0.as_mut(), sides.1.as_mut(), &empty, &changes) {
             Ok(_) => {
@@ -970,6 +1082,7 @@ pub fn destroy(
             },
             changes,
             error: (!errors.is_empty()).then(|| errors.join("; ")),
+            ha_state: None,
         });
     }
     match cfg {

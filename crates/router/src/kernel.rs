@@ -4,7 +4,7 @@
 //! (iptables per namespace). [`RealKernel`] and [`Managers`] do it for real; the tests use the
 //! recording fakes of [`crate::fake`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::net::IpAddr;
 use std::os::fd::OwnedFd;
@@ -24,7 +24,8 @@ use l3agent_rtnl::port::{create_veth_port, VethPort};
 use l3agent_rtnl::prelude::*;
 use l3agent_rtnl::sysctl::Sysctl;
 use l3agent_rtnl::{conntrack, netns, Error, Netns, Rtnl};
-use l3agent_types::{IfName, MacAddr, NetnsName};
+use l3agent_supervise::{ConfigDigest, Error as SuperviseError, Key, Service, Supervisor};
+use l3agent_types::{IfName, MacAddr, NetnsName, RouterId};
 use nix::fcntl::{openat, OFlag};
 use nix::sys::stat::Mode;
 
@@ -108,7 +109,48 @@ pub trait Kernel {
     /// Moves the device of a plugged OVS port from the host namespace into `ns` (unless it is
     /// there already) and configures it there: MAC, MTU, up, addresses.
     fn attach_ovs_device(&mut self, ns: &NetnsName, dev: &OvsDevice) -> Result<(), Error>;
+    /// The daemons of `router` that have files in the supervisor's directory `dir`, with
+    /// whether each runs (in `ns`) and its config file.
+    fn daemons(
+        &mut self,
+        dir: &Path,
+        router: &RouterId,
+        ns: &NetnsName,
+    ) -> Result<BTreeMap<Service, DaemonState>, SuperviseError>;
+    /// Every (router, daemon) with files in `dir`: the daemons of routers that are gone.
+    fn daemon_keys(&mut self, dir: &Path) -> Result<Vec<Key>, SuperviseError>;
+    /// Writes the config and starts the daemon in `ns`.
+    fn start_daemon(
+        &mut self,
+        dir: &Path,
+        key: &Key,
+        ns: &NetnsName,
+        config: &[u8],
+    ) -> Result<(), SuperviseError>;
+    /// Rewrites the config of a running daemon and has it reload.
+    fn reload_daemon(
+        &mut self,
+        dir: &Path,
+        key: &Key,
+        ns: &NetnsName,
+        config: &[u8],
+    ) -> Result<(), SuperviseError>;
+    /// Stops the daemon and removes its files.
+    fn stop_daemon(&mut self, dir: &Path, key: &Key) -> Result<(), SuperviseError>;
 }
+
+/// A daemon as observed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaemonState {
+    /// It runs, in the router's namespace.
+    pub running: bool,
+    /// The digest of the config it was started or reloaded with (`None`: none).
+    pub config: Option<ConfigDigest>,
+}
+
+/// How long a daemon has between SIGTERM and SIGKILL (radvd sends its final advertisements,
+/// keepalived gives up its addresses in that time).
+pub const DAEMON_GRACE: Duration = Duration::from_secs(5);
 
 /// The kernel, for real: one netlink socket per namespace, opened on first use and kept.
 ///
@@ -403,6 +445,68 @@ impl Kernel for RealKernel {
             r.add_address(&dev.name, *a, true)?;
         }
         Ok(())
+    }
+
+    fn daemons(
+        &mut self,
+        dir: &Path,
+        router: &RouterId,
+        ns: &NetnsName,
+    ) -> Result<BTreeMap<Service, DaemonState>, SuperviseError> {
+        // Read-only (plan, status): nothing is created.
+        if !dir.exists() {
+            return Ok(BTreeMap::new());
+        }
+        let sup = Supervisor::new(dir)?;
+        let mut out = BTreeMap::new();
+        for service in Service::ALL {
+            let key = Key {
+                router: router.clone(),
+                service,
+            };
+            let o = sup.observe(&key, ns)?;
+            if o.running || o.config.is_some() || o.pid.is_some() {
+                out.insert(
+                    service,
+                    DaemonState {
+                        running: o.running,
+                        config: o.config,
+                    },
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    fn daemon_keys(&mut self, dir: &Path) -> Result<Vec<Key>, SuperviseError> {
+        if !dir.exists() {
+            return Ok(Vec::new());
+        }
+        Supervisor::new(dir)?.list()
+    }
+
+    fn start_daemon(
+        &mut self,
+        dir: &Path,
+        key: &Key,
+        ns: &NetnsName,
+        config: &[u8],
+    ) -> Result<(), SuperviseError> {
+        Supervisor::new(dir)?.start(key, ns, config).map(|_| ())
+    }
+
+    fn reload_daemon(
+        &mut self,
+        dir: &Path,
+        key: &Key,
+        ns: &NetnsName,
+        config: &[u8],
+    ) -> Result<(), SuperviseError> {
+        Supervisor::new(dir)?.reload(key, ns, config)
+    }
+
+    fn stop_daemon(&mut self, dir: &Path, key: &Key) -> Result<(), SuperviseError> {
+        Supervisor::new(dir)?.stop(key, DAEMON_GRACE)
     }
 
     fn settle(&mut self, timeout: std::time::Duration) {

@@ -16,11 +16,12 @@ use l3agent_ovsdb::PortRecord;
 use l3agent_rtnl::route::{Protocol, Route};
 use l3agent_rtnl::rule::Rule;
 use l3agent_rtnl::sysctl::Sysctl;
+use l3agent_supervise::Service;
 use l3agent_types::{IfName, MacAddr, NetnsName};
 
 use crate::error::RouterError;
-use crate::kernel::{Firewall, Kernel};
-use crate::spec::{DeviceKind, NsSpec};
+use crate::kernel::{DaemonState, Firewall, Kernel};
+use crate::spec::{DeviceKind, NsKind, NsSpec};
 
 /// One link as observed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,6 +103,8 @@ pub struct ObservedNs {
     pub ovs_ports: BTreeMap<String, Option<PortRecord>>,
     /// The spec's OVS port devices found in the host namespace (plugged, not moved in yet).
     pub ovs_in_host: BTreeSet<String>,
+    /// The daemons of its router that have files (a router's own `qrouter-` only).
+    pub daemons: BTreeMap<Service, DaemonState>,
 }
 
 /// Whether a route was installed by the kernel itself (connected, RA, redirect).
@@ -139,7 +142,7 @@ fn link_local(n: &IpNet) -> bool {
 
 /// Reads namespace `ns` for `spec` (`None`: the namespace is not wanted; only its existence
 /// matters). `fresh`: this run created it. `bridge`: the integration bridge's ports, read
-/// once by the caller (`openvswitch` driver).
+/// once by the caller (`openvswitch` driver). `daemons_dir`: the supervisor's directory.
 pub fn observe(
     kernel: &mut dyn Kernel,
     firewall: &mut dyn Firewall,
@@ -147,6 +150,7 @@ pub fn observe(
     spec: Option<&NsSpec>,
     fresh: bool,
     bridge: Option<&BridgePorts>,
+    daemons_dir: &std::path::Path,
 ) -> Result<ObservedNs, RouterError> {
     let plumbing = |source| RouterError::Plumbing {
         router: ns.to_string(),
@@ -276,9 +280,23 @@ pub fn observe(
         }
     }
     if !fresh && !spec.sysctls.is_empty() {
-        let keys: Vec<Sysctl> = spec.sysctls.keys().cloned().collect();
+        let mut keys: Vec<Sysctl> = spec.sysctls.keys().cloned().collect();
+        if let Some(ha) = &spec.ha {
+            keys.extend(ha.master_sysctls.keys().cloned());
+        }
         let values = kernel.read_sysctls(ns, &keys).map_err(plumbing)?;
         out.sysctls = keys.into_iter().zip(values).collect();
+    }
+    if spec.kind == NsKind::Router {
+        if let Some(router) = spec.owners.first() {
+            out.daemons =
+                kernel
+                    .daemons(daemons_dir, router, ns)
+                    .map_err(|source| RouterError::Daemon {
+                        router: router.to_string(),
+                        source,
+                    })?;
+        }
     }
     // A namespace this run created holds no rules yet: planned against an empty rule set
     // (as in a plan, where it does not exist), without reading it.

@@ -10,12 +10,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::IpAddr;
+use std::path::PathBuf;
 
 use ipnet::IpNet;
 use l3agent_iptables::{Family, IptablesModel};
 use l3agent_rtnl::route::Route;
 use l3agent_rtnl::rule::Rule;
 use l3agent_rtnl::sysctl::Sysctl;
+use l3agent_supervise::Service;
 use l3agent_types::{IfName, MacAddr, NetnsName, NetworkId, PortId, RouterId};
 use serde::Serialize;
 
@@ -51,6 +53,8 @@ pub enum Role {
     RouterLink,
     /// `fpr-`: the fip end of that link.
     FipLink,
+    /// `ha-`: an HA router's port on the HA network (VRRP).
+    Ha,
 }
 
 impl Role {
@@ -120,6 +124,9 @@ pub struct Device {
     pub addresses: BTreeSet<IpNet>,
     /// Addresses among `addresses` that are floating IPs: added after the NAT rules exist.
     pub floating: BTreeSet<IpNet>,
+    /// Its addresses are keepalived's (an HA router's `qr-`/`qg-`: virtual addresses on the
+    /// master only): `addresses` is empty and none found there is removed.
+    pub vips: bool,
 }
 
 /// What one namespace should hold. Ownership: in l3agent's namespaces, every device whose
@@ -144,6 +151,48 @@ pub struct NsSpec {
     pub neighbours: BTreeMap<(IfName, IpAddr), MacAddr>,
     /// The iptables rules l3agent owns there.
     pub iptables: IptablesModel,
+    /// The daemons that run there for its router (a router's own namespace only), each with
+    /// its config file's content.
+    pub daemons: BTreeMap<Service, Vec<u8>>,
+    /// An HA router's namespace: what depends on its VRRP state.
+    pub ha: Option<HaSpec>,
+}
+
+/// What an HA router's namespace holds depending on whether keepalived made this host the
+/// master: the state is read from the kernel (the primary VIP on the `ha-` device, as
+/// Neutron's state monitor reads it), so every diff acts on the state of that moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HaSpec {
+    /// The `ha-` device.
+    pub dev: IfName,
+    /// keepalived's primary VIP (`169.254.0.<vrid>/24`): present only on the master.
+    pub vip: IpNet,
+    /// Sysctls of the master (IPv6 forwarding, the gateway's `accept_ra`).
+    pub master_sysctls: BTreeMap<Sysctl, u32>,
+    /// The same sysctls on a backup.
+    pub backup_sysctls: BTreeMap<Sysctl, u32>,
+    /// Daemons that run on the master only (radvd, the metadata proxy).
+    pub master_only: BTreeSet<Service>,
+}
+
+/// The VRRP state of an HA router on this host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HaState {
+    /// keepalived holds the addresses here.
+    Master,
+    /// Another node does (or keepalived has not decided yet).
+    Backup,
+}
+
+impl HaState {
+    /// Neutron's name for it in `update_ha_routers_states` (`active` / `standby`).
+    pub fn neutron(self) -> &'static str {
+        match self {
+            HaState::Master => "active",
+            HaState::Backup => "standby",
+        }
+    }
 }
 
 impl NsSpec {
@@ -158,6 +207,8 @@ impl NsSpec {
             rules: BTreeSet::new(),
             neighbours: BTreeMap::new(),
             iptables: crate::compile::empty_model(),
+            daemons: BTreeMap::new(),
+            ha: None,
         }
     }
 
@@ -197,6 +248,9 @@ impl NsSpec {
             if let Some(m) = d.mac {
                 let _ = write!(out, " mac={m}");
             }
+            if d.vips {
+                out.push_str(" vips=keepalived");
+            }
             out.push('\n');
             for a in &d.addresses {
                 let fip = if d.floating.contains(a) {
@@ -215,6 +269,26 @@ impl NsSpec {
         }
         for ((dev, ip), mac) in &self.neighbours {
             let _ = writeln!(out, "neighbour {ip} lladdr {mac} dev {dev} permanent");
+        }
+        if let Some(ha) = &self.ha {
+            let _ = writeln!(out, "ha dev={} vip={}", ha.dev, ha.vip);
+            for (k, v) in &ha.master_sysctls {
+                let _ = writeln!(out, "ha master sysctl {}={v}", k.name());
+            }
+            for (k, v) in &ha.backup_sysctls {
+                let _ = writeln!(out, "ha backup sysctl {}={v}", k.name());
+            }
+        }
+        for (service, config) in &self.daemons {
+            let only = self
+                .ha
+                .as_ref()
+                .filter(|h| h.master_only.contains(service))
+                .map_or("", |_| " (master only)");
+            let _ = writeln!(out, "daemon {service}{only}");
+            for line in String::from_utf8_lossy(config).split('\n') {
+                let _ = writeln!(out, "  | {line}");
+            }
         }
         for family in [Family::V4, Family::V6] {
             let text = crate::compile::restore_text(&self.iptables, family);
@@ -239,6 +313,8 @@ pub struct HostSpec {
     /// the [`DeviceKind::OvsPort`] devices are plugged (and the ports of removed routers
     /// unplugged).
     pub ovs: Option<IntegrationBridge>,
+    /// Where the daemons' files live (`<state_path>/daemons`, the supervisor's directory).
+    pub daemons_dir: PathBuf,
 }
 
 impl HostSpec {
@@ -305,7 +381,8 @@ pub mod names {
     }
 
     /// Device prefixes l3agent owns inside its namespaces.
-    pub const OWNED_DEVICE_PREFIXES: [&str; 6] = ["qr-", "qg-", "sg-", "fg-", "rfp-", "fpr-"];
+    pub const OWNED_DEVICE_PREFIXES: [&str; 7] =
+        ["qr-", "qg-", "sg-", "fg-", "rfp-", "fpr-", "ha-"];
 
     /// Whether a device in one of l3agent's namespaces is l3agent's.
     pub fn owned_device(name: &str) -> bool {

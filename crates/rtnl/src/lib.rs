@@ -19,6 +19,7 @@ pub mod conntrack;
 pub mod error;
 pub mod garp;
 pub mod link;
+pub mod monitor;
 pub mod neigh;
 pub mod netns;
 pub mod port;

@@ -55,6 +55,8 @@ pub enum Sysctl {
     ArpAnnounce(Scope),
     /// `net.ipv4.conf.<scope>.arp_accept` (learn from gratuitous ARP)
     ArpAccept(Scope),
+    /// `net.ipv6.conf.<scope>.addr_gen_mode` (1: no link-local address from the kernel)
+    AddrGenMode(Scope),
     /// `net.netfilter.nf_conntrack_tcp_be_liberal`
     ConntrackTcpBeLiberal,
     /// `net.netfilter.nf_conntrack_tcp_loose`
@@ -78,6 +80,7 @@ impl Sysctl {
             Sysctl::ArpIgnore(s) => format!("net/ipv4/conf/{}/arp_ignore", s.part()),
             Sysctl::ArpAnnounce(s) => format!("net/ipv4/conf/{}/arp_announce", s.part()),
             Sysctl::ArpAccept(s) => format!("net/ipv4/conf/{}/arp_accept", s.part()),
+            Sysctl::AddrGenMode(s) => format!("net/ipv6/conf/{}/addr_gen_mode", s.part()),
             Sysctl::ConntrackTcpBeLiberal => "net/netfilter/nf_conntrack_tcp_be_liberal".into(),
             Sysctl::ConntrackTcpLoose => "net/netfilter/nf_conntrack_tcp_loose".into(),
         }
@@ -94,7 +97,8 @@ impl Sysctl {
             | Sysctl::PromoteSecondaries(s)
             | Sysctl::ArpIgnore(s)
             | Sysctl::ArpAnnounce(s)
-            | Sysctl::ArpAccept(s) => match s {
+            | Sysctl::ArpAccept(s)
+            | Sysctl::AddrGenMode(s) => match s {
                 Scope::Dev(d) => Some(d),
                 Scope::All | Scope::Default => None,
             },

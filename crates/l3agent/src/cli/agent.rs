@@ -125,9 +125,6 @@ fn run_neutron(a: AgentArgs) -> Result<(), Failure> {
         NeutronAgentConfig::load(&a.config_file).map_err(|e| Failure::invalid(e.to_string()))?;
     // Refused here (exit 2) rather than after connecting.
     front::agent_doc(&cfg).map_err(|e| Failure::invalid(e.to_string()))?;
-    if cfg.enable_metadata_proxy {
-        tracing::warn!("enable_metadata_proxy: the metadata proxy is not implemented yet (issue #13): instances get no metadata through this agent");
-    }
     let first = a.config_file[0].clone();
     let mut opts = daemon_options(&a, &first)?;
     let Sides {

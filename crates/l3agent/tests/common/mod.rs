@@ -53,8 +53,34 @@ pub struct Topology {
     pub alternatives: Option<(PathBuf, &'static str)>,
 }
 
+/// Kills (SIGKILL) the daemons l3agent left under `state/daemons` (a test that failed before
+/// removing its routers): every pid file there whose process names the state directory in
+/// its command line or lives in one of `namespaces`.
+pub fn kill_daemons(state: &std::path::Path) {
+    let Ok(dir) = std::fs::read_dir(state.join("daemons")) else {
+        return;
+    };
+    for e in dir.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.contains("pid") {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(e.path()) else {
+            continue;
+        };
+        let Ok(pid) = text.trim().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if pid > 1 && String::from_utf8_lossy(&cmdline).contains(&*state.to_string_lossy()) {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).output();
+        }
+    }
+}
+
 impl Drop for Topology {
     fn drop(&mut self) {
+        kill_daemons(&self.state);
         for ns in &self.routers {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
         }
