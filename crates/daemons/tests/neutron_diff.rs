@@ -20,8 +20,6 @@ use l3agent_daemons::ConfPath;
 use l3agent_types::{IfName, RouterId};
 use serde_json::{json, Value};
 
-const VENV_DEFAULT: &str = "/var/tmp/l3agent-testbed/venv-neutron-29.0.0";
-
 /// `_generate_radvd_conf` with a real oslo.config `ConfigOpts` carrying Neutron's RA options;
 /// the conf file name and `replace_file` are mocked to capture the text (and its mode).
 const RADVD_PY: &str = r#"
@@ -183,19 +181,13 @@ for case in json.load(sys.stdin):
 json.dump(out, sys.stdout)
 "#;
 
-/// The venv's Python. Fails, naming the script that builds it, when it is not there.
+/// The venv's Python (`scripts/testbed/venv.sh` builds the venv the first time; without
+/// it the test fails, it never skips). `L3AGENT_TESTBED_VENV` names another venv.
 fn python() -> PathBuf {
-    let venv = std::env::var_os("L3AGENT_TESTBED_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(VENV_DEFAULT));
-    let python = venv.join("bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: run scripts/testbed/venv.sh to build the venv with Neutron 29.0.0 \
-         (this test compares our renderings with Neutron's own and never skips)",
-        python.display()
-    );
-    python
+    match std::env::var_os("L3AGENT_TESTBED_VENV") {
+        Some(v) => PathBuf::from(v).join("bin/python"),
+        None => l3agent_testkit::service::neutron_venv().join("bin/python"),
+    }
 }
 
 /// Runs `script` under Neutron's Python with `cases` on stdin; returns its JSON list.

@@ -27,39 +27,9 @@ const R2: &str = "11111111-2222-4333-8444-555555555555";
 const NET: &str = "22222222-3333-4444-8555-666666666666";
 const URL: &str = "rabbit://guest:guest@127.0.0.1:5672/";
 
-/// The venv with Neutron's Python stack: `scripts/testbed/venv.sh` prints its path (last
-/// line of stdout); building it the first time takes a few minutes.
+/// The venv with Neutron's Python stack (built the first time).
 fn venv() -> PathBuf {
-    let script = l3agent_testkit::service::testbed_dir().join("venv.sh");
-    assert!(
-        script.exists(),
-        "{} is missing: it provides the Python oslo.messaging this test talks to",
-        script.display()
-    );
-    let (tx, rx) = mpsc::channel();
-    let s = script.clone();
-    std::thread::spawn(move || {
-        let _ = tx.send(Command::new(&s).stderr(Stdio::inherit()).output());
-    });
-    let out = rx
-        .recv_timeout(Duration::from_secs(1200))
-        .unwrap_or_else(|_| panic!("{} did not finish within 20 min", script.display()))
-        .unwrap_or_else(|e| panic!("{}: {e}", script.display()));
-    assert!(
-        out.status.success(),
-        "{} failed: {}",
-        script.display(),
-        out.status
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let dir = stdout.lines().last().unwrap_or("").trim().to_owned();
-    let dir = PathBuf::from(dir);
-    assert!(
-        dir.join("bin/python").exists(),
-        "venv.sh printed {}, which has no bin/python",
-        dir.display()
-    );
-    dir
+    l3agent_testkit::service::neutron_venv()
 }
 
 /// The Python peer, running in the broker's namespace; killed on drop.

@@ -20,6 +20,41 @@ pub fn testbed_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/testbed")
 }
 
+/// The venv with Neutron 29.0.0's Python stack: `scripts/testbed/venv.sh` builds it the
+/// first time (a few minutes, needs PyPI; several tests racing share one build) and prints
+/// its path as its last line. Fails (never skips) when it cannot.
+pub fn neutron_venv() -> PathBuf {
+    let script = testbed_dir().join("venv.sh");
+    assert!(script.exists(), "{} is missing", script.display());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let s = script.clone();
+    std::thread::spawn(move || {
+        #[allow(clippy::disallowed_methods)] // the testbed's own script
+        let out = Command::new(&s)
+            .stderr(std::process::Stdio::inherit())
+            .output();
+        let _ = tx.send(out);
+    });
+    let out = rx
+        .recv_timeout(std::time::Duration::from_secs(1200))
+        .unwrap_or_else(|_| panic!("{} did not finish within 20 min", script.display()))
+        .unwrap_or_else(|e| panic!("{}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "{} failed: {}",
+        script.display(),
+        out.status
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let dir = PathBuf::from(stdout.lines().last().unwrap_or("").trim());
+    assert!(
+        dir.join("bin/python").exists(),
+        "venv.sh printed {}, which has no bin/python",
+        dir.display()
+    );
+    dir
+}
+
 /// Fails (never skips) unless Open vSwitch's programs are installed, naming the package.
 pub fn require_ovs() {
     for p in ["ovsdb-server", "ovs-vswitchd", "ovsdb-tool", "ovs-vsctl"] {
