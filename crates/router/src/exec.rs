@@ -140,22 +140,20 @@ fn run(
             router,
             service,
             config,
-        } => {
-            let key = Key::new(router.clone(), *service);
-            kernel
-                .start_daemon(dir, &key, ns, config)
-                .map_err(|e| daemon(router, e))?;
         }
-        Change::ReloadDaemon {
+        | Change::ReloadDaemon {
             ns,
             router,
             service,
             config,
         } => {
             let key = Key::new(router.clone(), *service);
-            kernel
-                .reload_daemon(dir, &key, ns, config)
-                .map_err(|e| daemon(router, e))?;
+            let done = if matches!(c, Change::StartDaemon { .. }) {
+                kernel.start_daemon(dir, &key, ns, config)
+            } else {
+                kernel.reload_daemon(dir, &key, ns, config)
+            };
+            done.map_err(|e| daemon(router, e))?;
         }
         Change::StopDaemon {
             router, service, ..
