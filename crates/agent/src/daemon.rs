@@ -64,6 +64,7 @@ use crate::notify::Notifier;
 use crate::queue::{Next, QueueConfig, WorkQueue};
 use crate::watch::{FileWatcher, SighupListener, WatchConfig, WatchEvent};
 use crate::AgentError;
+use l3agent_supervise::Service;
 
 /// A front end other than the config file (the Neutron RPC front end): it owns the desired
 /// state and hands it over whole; the agent reconciles what changed and tells it each
@@ -247,6 +248,8 @@ struct View {
     failures: u32,
     /// An HA router's VRRP state as last read (`None`: not HA, or not read yet).
     ha_state: Option<HaState>,
+    /// The daemons it runs, as of its last successful apply.
+    daemons: Vec<Service>,
 }
 
 impl View {
@@ -258,6 +261,7 @@ impl View {
             last_run: None,
             failures: 0,
             ha_state: None,
+            daemons: Vec::new(),
         }
     }
 
@@ -285,6 +289,9 @@ impl View {
         });
         if let Some(s) = self.ha_state {
             v["ha_state"] = json!(ha_state_label(s));
+        }
+        if !self.daemons.is_empty() {
+            v["daemons"] = json!(self.daemons.iter().map(|d| d.name()).collect::<Vec<_>>());
         }
         v
     }
@@ -512,8 +519,12 @@ impl Shared {
         let mut routers: BTreeMap<RouterState, u64> = BTreeMap::new();
         let mut fips: BTreeMap<FloatingIpState, u64> = BTreeMap::new();
         let mut ha: BTreeMap<HaState, u64> = BTreeMap::new();
+        let mut daemons: BTreeMap<Service, u64> = BTreeMap::new();
         for v in s.views.values() {
             *routers.entry(v.state).or_default() += 1;
+            for d in &v.daemons {
+                *daemons.entry(*d).or_default() += 1;
+            }
             if let Some(h) = v.ha_state {
                 *ha.entry(h).or_default() += 1;
             }
@@ -530,6 +541,7 @@ impl Shared {
         self.metrics.set_routers(routers);
         self.metrics.set_floating_ips(fips);
         self.metrics.set_ha_routers(ha);
+        self.metrics.set_daemons(daemons);
         self.metrics.set_queue_depth(self.queue.depth());
     }
 
@@ -750,6 +762,9 @@ fn run_batch(
             }
             (Ok(()), true) => {
                 let v = s.views.entry(id.to_string()).or_insert_with(View::pending);
+                if let Some(r) = r {
+                    v.daemons = r.daemons.clone();
+                }
                 v.state = RouterState::Converged;
                 v.last_error = None;
                 v.last_run = Some(now);
@@ -1738,6 +1753,7 @@ mod tests {
             changes: Vec::new(),
             error: None,
             ha_state,
+            daemons: Vec::new(),
         }
     }
 
@@ -1789,5 +1805,8 @@ mod tests {
         assert_eq!(v.json(A)["ha_state"], "master");
         v.ha_state = Some(HaState::Backup);
         assert_eq!(v.json(A)["ha_state"], "backup");
+        assert!(v.json(A).get("daemons").is_none());
+        v.daemons = vec![Service::Haproxy, Service::Keepalived];
+        assert_eq!(v.json(A)["daemons"], json!(["haproxy", "keepalived"]));
     }
 }

@@ -32,6 +32,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 use l3agent_iptables_exec::StatsSnapshot;
 use l3agent_router::spec::HaState;
+use l3agent_supervise::Service;
 
 use crate::AgentError;
 
@@ -59,6 +60,7 @@ pub const METRICS_DOC: &str = "\
 | `l3agent_floatingip_traffic_packets_total` | counter | `floating_ip`, `direction` | Packets to and from a floating IP, as counted by the kernel. |
 | `l3agent_ha_routers` | gauge | `state`: `master`, `backup` | HA routers in each VRRP state on this host, as last read from the kernel (master: keepalived's primary VIP is on the router's `ha-` device). |
 | `l3agent_ha_transitions_total` | counter | `to`: `master`, `backup` | Changes of an HA router's VRRP state between two reads by the agent (failovers seen here; the first read of a router after start is not one, and a flap shorter than the settle delay may be missed). |
+| `l3agent_daemons` | gauge | `service`: `radvd`, `haproxy`, `keepalived`, `conntrackd` | Routers running each supervised daemon, as of their last apply (a daemon found dead is started again and counted in `l3agent_drift_repairs_total` with `kind` `daemon`). |
 ";
 
 /// A router's reconcile state, the `state` label of `l3agent_routers`.
@@ -296,6 +298,7 @@ pub struct Metrics {
     config_loads: Family<StateLabels<&'static str>, Counter>,
     process_spawns: Counter,
     ha_routers: Family<Labels, Gauge>,
+    daemons: Family<Labels, Gauge>,
     ha_transitions: Family<Labels, Counter>,
     traffic: Arc<Traffic>,
     /// The process-wide iptables counters as last copied in ([`Metrics::sync_iptables`]).
@@ -408,6 +411,15 @@ impl Metrics {
                 .set(0);
             let _ = ha_transitions.get_or_create(&[("to", ha_state_label(s))]);
         }
+        let daemons = Family::<Labels, Gauge>::default();
+        registry.register(
+            "daemons",
+            "Routers running each supervised daemon",
+            daemons.clone(),
+        );
+        for s in Service::ALL {
+            daemons.get_or_create(&[("service", s.name())]).set(0);
+        }
         let traffic = Arc::new(Traffic::default());
         registry.register_collector(Box::new(Arc::clone(&traffic)));
         Metrics {
@@ -427,6 +439,7 @@ impl Metrics {
             process_spawns,
             ha_routers,
             ha_transitions,
+            daemons,
             traffic,
             iptables_seen: std::sync::Mutex::new(StatsSnapshot::default()),
         }
@@ -523,6 +536,17 @@ impl Metrics {
             let n = counts.get(&s).copied().unwrap_or(0);
             self.ha_routers
                 .get_or_create(&[("state", ha_state_label(s))])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// The number of routers running each daemon; services not given are set to 0.
+    pub fn set_daemons(&self, counts: impl IntoIterator<Item = (Service, u64)>) {
+        let counts: BTreeMap<_, _> = counts.into_iter().collect();
+        for s in Service::ALL {
+            let n = counts.get(&s).copied().unwrap_or(0);
+            self.daemons
+                .get_or_create(&[("service", s.name())])
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
     }
@@ -643,7 +667,7 @@ mod tests {
         let text = populated().encode(Format::Prometheus).unwrap();
         let declared = declared(&text);
         let documented = documented();
-        assert_eq!(declared.len(), 19, "{declared:?}");
+        assert_eq!(declared.len(), 20, "{declared:?}");
         assert_eq!(declared, documented);
         assert!(declared.iter().all(|n| n.starts_with("l3agent_")));
     }

@@ -17,7 +17,7 @@ use ipnet::IpNet;
 use l3agent_ovsdb::PortRecord;
 use l3agent_rtnl::port::VethPort;
 use l3agent_rtnl::route::Route;
-use l3agent_supervise::ConfigDigest;
+use l3agent_supervise::{ConfigDigest, Service};
 use l3agent_types::{IfName, MacAddr, NetnsName};
 
 use crate::change::Change;
@@ -160,15 +160,10 @@ fn daemons(
     let Some(router) = spec.owners.first().filter(|_| spec.kind == NsKind::Router) else {
         return;
     };
-    // On an HA router's backup, the master-only daemons are not wanted (radvd would
-    // advertise a router that does not forward; the metadata proxy has no address to serve).
     let wanted: BTreeMap<_, _> = spec
         .daemons
         .iter()
-        .filter(|(s, _)| {
-            state != Some(HaState::Backup)
-                || spec.ha.as_ref().is_none_or(|h| !h.master_only.contains(s))
-        })
+        .filter(|(s, _)| wanted_daemon(spec, state, **s))
         .collect();
     for (service, config) in wanted.iter().map(|(s, c)| (*s, *c)) {
         let (router, service, ns, config) = (router.clone(), *service, ns.clone(), config.clone());
@@ -197,6 +192,28 @@ fn daemons(
             });
         }
     }
+}
+
+/// Whether `service` of the spec runs in this state. On an HA router's backup the
+/// master-only daemons do not (radvd would advertise a router that does not forward; the
+/// metadata proxy has no address to serve).
+fn wanted_daemon(spec: &NsSpec, state: Option<HaState>, service: Service) -> bool {
+    spec.daemons.contains_key(&service)
+        && (state != Some(HaState::Backup)
+            || spec
+                .ha
+                .as_ref()
+                .is_none_or(|h| !h.master_only.contains(&service)))
+}
+
+/// The daemons the namespace runs once converged, given what was observed (its VRRP state).
+pub fn wanted_daemons(spec: &NsSpec, observed: &ObservedNs) -> Vec<Service> {
+    let state = ha_state(spec, observed);
+    spec.daemons
+        .keys()
+        .copied()
+        .filter(|s| wanted_daemon(spec, state, *s))
+        .collect()
 }
 
 /// The VRRP state of an HA router's namespace as observed: master when keepalived's primary

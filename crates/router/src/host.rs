@@ -33,6 +33,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use l3agent_ovsdb::OvsdbError;
+use l3agent_supervise::Service;
 use l3agent_types::{IfName, NetnsName, RouterId};
 use serde::Serialize;
 use tracing::{info, warn};
@@ -78,6 +79,10 @@ pub struct RouterResult {
     /// An HA router's VRRP state here, as observed by this run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ha_state: Option<HaState>,
+    /// The daemons that run for it once this run's changes are made (radvd, haproxy,
+    /// keepalived).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub daemons: Vec<Service>,
 }
 
 /// What an apply (or a plan, or a destroy) did or would do.
@@ -187,6 +192,14 @@ impl ApplyOptions {
 
 /// Observes, diffs and (with `execute`) runs the changes of the namespaces `names`, in order.
 /// Returns every change listed, also on failure (with the error).
+/// What a router's convergence read besides its changes: its VRRP state (HA routers) and
+/// the daemons it runs once converged.
+#[derive(Debug, Default)]
+struct Readings {
+    ha_state: Option<HaState>,
+    daemons: Vec<Service>,
+}
+
 fn converge_unit(
     sides: &mut Sides,
     spec: &HostSpec,
@@ -194,7 +207,7 @@ fn converge_unit(
     fresh: &BTreeSet<NetnsName>,
     bridge: Option<&BridgePorts>,
     execute_it: bool,
-    ha: &mut Option<HaState>,
+    read: &mut Readings,
 ) -> (Vec<Change>, Option<RouterError>) {
     let (kernel, firewall) = sides;
     let mut all = Vec::new();
@@ -212,7 +225,9 @@ fn converge_unit(
             Err(e) => return (all, Some(e)),
         };
         if let Some(ns_spec) = spec.namespaces.get(ns) {
-            *ha = ha.or(crate::diff::ha_state(ns_spec, &observed));
+            read.ha_state = read.ha_state.or(crate::diff::ha_state(ns_spec, &observed));
+            read.daemons
+                .extend(crate::diff::wanted_daemons(ns_spec, &observed));
         }
         let changes = diff(spec, ns, &observed);
         if execute_it {
@@ -238,6 +253,7 @@ fn result(id: String, changes: Vec<Change>, error: Option<RouterError>) -> Route
         changes,
         error: error.map(|e| e.to_string()),
         ha_state: None,
+        daemons: Vec::new(),
     }
 }
 
@@ -370,7 +386,7 @@ fn run(
             &fresh,
             bridge,
             execute_it,
-            &mut None,
+            &mut Readings::default(),
         );
         let mut all = pre.remove(ns.as_str()).unwrap_or_default();
         all.extend(changes);
@@ -414,18 +430,13 @@ fn run(
                             changes,
                             error: None,
                             ha_state: None,
+                            daemons: Vec::new(),
                         });
                         continue;
                     }
-                    let mut ha_state = None;
+                    let mut read = Readings::default();
                     let (more, error) = converge_unit(
-                        &mut sides,
-                        spec,
-                        names,
-                        &fresh,
-                        bridge,
-                        execute_it,
-                        &mut ha_state,
+                        &mut sides, spec, names, &fresh, bridge, execute_it, &mut read,
                     );
                     changes.extend(more);
                     if error.is_some() && execute_it {
@@ -434,7 +445,8 @@ fn run(
                             .extend(names.iter().filter(|n| fresh.contains(*n)).cloned());
                     }
                     results.lock().expect("lock").push(RouterResult {
-                        ha_state,
+                        ha_state: read.ha_state,
+                        daemons: read.daemons,
                         ..result(id.to_string(), changes, error)
                     });
                 }
@@ -536,6 +548,7 @@ fn run(
                 changes,
                 error: error.map(|e| e.to_string()),
                 ha_state: None,
+                daemons: Vec::new(),
             });
         }
     }
@@ -670,6 +683,7 @@ fn not_compiled(spec: &HostSpec) -> impl Iterator<Item = RouterResult> + '_ {
         changes: Vec::new(),
         error: Some(why.clone()),
         ha_state: None,
+        daemons: Vec::new(),
     })
 }
 
@@ -1083,6 +1097,7 @@ pub fn destroy(
             changes,
             error: (!errors.is_empty()).then(|| errors.join("; ")),
             ha_state: None,
+            daemons: Vec::new(),
         });
     }
     match cfg {
