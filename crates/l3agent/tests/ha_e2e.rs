@@ -4,8 +4,8 @@
 //! bridge, an external and a tenant bridge in a "switch" namespace. keepalived elects a
 //! master; a flow from the outside to a VM through the router's floating IP keeps working
 //! when the master node dies (its l3agent and keepalived killed, its links cut); the
-//! failover time is measured and printed; restarting the backup's agent does not disturb
-//! the master.
+//! failover time is measured and printed; restarting the backup's or the master's agent does
+//! not disturb the master.
 #![allow(clippy::disallowed_methods)] // the test runs the binary under test, ping and nsenter
 
 mod common;
@@ -30,6 +30,9 @@ struct Node {
     state: PathBuf,
     agent: Option<Child>,
     log: PathBuf,
+    /// Holds the node's mount namespace (its own `/run/netns`) across agent restarts, as a
+    /// machine's `/run/netns` outlives its agent.
+    mounts: Child,
 }
 
 impl Node {
@@ -69,12 +72,33 @@ impl Node {
             l3agent_testkit::unique()
         ));
         let log = state.with_extension("log");
+        let script = r#"mount -t tmpfs -o mode=0755 l3agent-test /run/netns
+mount --make-shared /run/netns
+exec sleep 3600"#;
+        let mounts = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-ec", script])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let info = format!("/proc/{}/mountinfo", mounts.id());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !std::fs::read_to_string(&info)
+            .unwrap_or_default()
+            .contains(" /run/netns ")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{name}'s /run/netns was not mounted"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         Node {
             name,
             ns,
             state,
             agent: None,
             log,
+            mounts,
         }
     }
 
@@ -102,16 +126,13 @@ impl Node {
         path
     }
 
-    /// Starts `l3agent agent` in this node's network namespace and a mount namespace of its
-    /// own whose `/run/netns` is a fresh (shared) tmpfs: its router namespaces are its own.
+    /// Starts `l3agent agent` in this node's network namespace and its mount namespace,
+    /// whose `/run/netns` is the node's own (shared) tmpfs: its router namespaces are its own.
+    /// (nsenter opens both namespace paths before entering either.)
     fn start(&mut self, config: &Path) {
-        let script = r#"mount -t tmpfs -o mode=0755 l3agent-test /run/netns
-mount --make-shared /run/netns
-exec "$@""#;
         let child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", self.ns.name))
-            .args(["unshare", "--mount", "--propagation", "private"])
-            .args(["sh", "-ec", script, "l3agent-node"])
+            .arg(format!("--mount=/proc/{}/ns/mnt", self.mounts.id()))
             .arg(env!("CARGO_BIN_EXE_l3agent"))
             .args(["-v", "agent", "--config"])
             .arg(config)
@@ -137,7 +158,7 @@ exec "$@""#;
 
     /// Runs `argv` in this node's router namespace (through its agent's mount namespace).
     fn in_router(&self, argv: &[&str]) -> Option<String> {
-        let pid = self.agent.as_ref()?.id();
+        let pid = self.mounts.id();
         // The mount namespace first: the router namespace's name exists only there.
         let o = Command::new("nsenter")
             .arg(format!("--mount=/proc/{pid}/ns/mnt"))
@@ -191,6 +212,8 @@ impl Drop for Node {
             let _ = c.wait();
         }
         kill_daemons(&self.state);
+        let _ = self.mounts.kill();
+        let _ = self.mounts.wait();
         let _ = std::fs::remove_dir_all(&self.state);
         let _ = std::fs::remove_file(self.state.with_extension("json"));
     }
@@ -239,7 +262,7 @@ fn replies(out: &str) -> Vec<u64> {
 }
 
 #[test]
-fn an_ha_router_fails_over_to_the_backup_node_and_a_backup_restart_does_not_disturb_the_master() {
+fn an_ha_router_fails_over_to_the_backup_node_and_agent_restarts_do_not_disturb_the_master() {
     let sw = TestNs::new("sw");
     for br in ["br-ex", "br-t1", "br-ha"] {
         sw.ok(&["ip", "link", "add", br, "type", "bridge"]);
@@ -305,6 +328,34 @@ fn an_ha_router_fails_over_to_the_backup_node_and_a_backup_restart_does_not_dist
     assert!(
         got.len() >= 70,
         "traffic lost during the backup restart: {} of ~80",
+        got.len()
+    );
+
+    // Restarting the master's agent: keepalived and the router are adopted as they are
+    // (no restart of keepalived, no flap, no traffic lost).
+    let keepalived_pid = |n: &Node| {
+        std::fs::read_to_string(
+            n.state
+                .join("daemons")
+                .join(format!("{}.keepalived.pid", common::LEGACY_ID)),
+        )
+        .unwrap_or_default()
+    };
+    let before = keepalived_pid(&n1);
+    let ping = pinger(&ext, "203.0.113.2", 8);
+    n1.stop_agent();
+    n1.start(&c1);
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        n1.is_master() && !n2.is_master(),
+        "the master's agent restart flapped"
+    );
+    assert_eq!(keepalived_pid(&n1), before, "keepalived was restarted");
+    let out = ping.wait_with_output().unwrap();
+    let got = replies(&String::from_utf8_lossy(&out.stdout));
+    assert!(
+        got.len() >= 70,
+        "traffic lost during the master's agent restart: {}",
         got.len()
     );
 
