@@ -168,10 +168,25 @@ fn a_vm_on_a_slaac_subnet_autoconfigures_through_radvd_and_reaches_the_outside()
             .map(str::to_owned)
     };
     let default_via = || t.vm1.ok(&["ip", "-6", "route", "show", "default"]);
+    // A guest that came up before radvd solicits again when its link comes up: after 10 s
+    // without an address, the VM's link is cycled (a boot, in effect).
+    let mut got = wait_for(10, || vm_addr().is_some());
+    if !got {
+        t.vm1.ok(&["ip", "link", "set", "eth0", "down"]);
+        t.vm1.ok(&["ip", "link", "set", "eth0", "up"]);
+        got = wait_for(50, || vm_addr().is_some());
+    }
+    let radvd_log = std::fs::read_to_string(
+        t.state
+            .join("daemons")
+            .join(format!("{LEGACY_ID}.radvd.log")),
+    )
+    .unwrap_or_default();
     assert!(
-        wait_for(30, || vm_addr().is_some()),
-        "no SLAAC address on the VM: {}",
-        t.vm1.ok(&["ip", "-6", "addr"])
+        got,
+        "no SLAAC address on the VM: {}\nrouter: {}\nradvd: {radvd_log}",
+        t.vm1.ok(&["ip", "-6", "addr"]),
+        in_ns(ROUTER_NS, &["ip", "-6", "addr"])
     );
     assert!(
         wait_for(10, || default_via()
