@@ -81,6 +81,11 @@ fn pair(tag: &str, addrs: &[&str]) -> Pair {
     rb.add_address(&ext, net("192.0.2.1/24"), true).unwrap();
     rb.add_address(&ext, net("2001:db8::1/64"), false).unwrap();
     let mac = ra.link(&qg).unwrap().unwrap().mac.unwrap();
+    // Under load the kernel's link watcher can take a while to carry a new veth to operstate
+    // UP (until then its queue discards what is sent), and the peer's IPv6 address stays
+    // tentative until DAD ends: announcing before both is announcing into the void.
+    wait_ready(&a.name, qg.as_str(), false);
+    wait_ready(&b.name, ext.as_str(), true);
     Pair {
         a,
         b,
@@ -90,6 +95,36 @@ fn pair(tag: &str, addrs: &[&str]) -> Pair {
         qg,
         ext,
         mac,
+    }
+}
+
+/// Waits (at most 10 s) until `dev` in namespace `ns` is operationally up and, with
+/// `settled`, has no tentative IPv6 address left.
+fn wait_ready(ns: &str, dev: &str, settled: bool) {
+    let ip = |args: &[&str]| {
+        let out = std::process::Command::new("ip")
+            .args(["-n", ns])
+            .args(args)
+            .output()
+            .expect("running ip");
+        assert!(out.status.success(), "ip -n {ns} {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let start = Instant::now();
+    loop {
+        let up = ip(&["-o", "link", "show", "dev", dev]).contains("state UP");
+        let tentative = settled
+            && !ip(&["-6", "-o", "addr", "show", "dev", dev, "tentative"])
+                .trim()
+                .is_empty();
+        if up && !tentative {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{dev} in {ns} not ready after 10 s (up: {up}, tentative addresses: {tentative})"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
