@@ -84,8 +84,8 @@ fn pair(tag: &str, addrs: &[&str]) -> Pair {
     // Under load the kernel's link watcher can take a while to carry a new veth to operstate
     // UP (until then its queue discards what is sent), and the peer's IPv6 address stays
     // tentative until DAD ends: announcing before both is announcing into the void.
-    wait_ready(&a.name, qg.as_str(), false);
-    wait_ready(&b.name, ext.as_str(), true);
+    wait_ready(&a, qg.as_str(), false);
+    wait_ready(&b, ext.as_str(), true);
     Pair {
         a,
         b,
@@ -98,23 +98,17 @@ fn pair(tag: &str, addrs: &[&str]) -> Pair {
     }
 }
 
-/// Waits (at most 10 s) until `dev` in namespace `ns` is operationally up and, with
-/// `settled`, has no tentative IPv6 address left.
-fn wait_ready(ns: &str, dev: &str, settled: bool) {
-    let ip = |args: &[&str]| {
-        let out = std::process::Command::new("ip")
-            .args(["-n", ns])
-            .args(args)
-            .output()
-            .expect("running ip");
-        assert!(out.status.success(), "ip -n {ns} {args:?}: {out:?}");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+/// Waits (at most 10 s) until `dev` in `ns` is operationally up and, with `settled`, has no
+/// tentative IPv6 address left.
+fn wait_ready(ns: &TestNs, dev: &str, settled: bool) {
     let start = Instant::now();
     loop {
-        let up = ip(&["-o", "link", "show", "dev", dev]).contains("state UP");
+        let up = ns
+            .ok(&["ip", "-o", "link", "show", "dev", dev])
+            .contains("state UP");
         let tentative = settled
-            && !ip(&["-6", "-o", "addr", "show", "dev", dev, "tentative"])
+            && !ns
+                .ok(&["ip", "-6", "-o", "addr", "show", "dev", dev, "tentative"])
                 .trim()
                 .is_empty();
         if up && !tentative {
@@ -122,7 +116,8 @@ fn wait_ready(ns: &str, dev: &str, settled: bool) {
         }
         assert!(
             start.elapsed() < Duration::from_secs(10),
-            "{dev} in {ns} not ready after 10 s (up: {up}, tentative addresses: {tentative})"
+            "{dev} in {} not ready after 10 s (up: {up}, tentative addresses: {tentative})",
+            ns.name
         );
         std::thread::sleep(Duration::from_millis(20));
     }
