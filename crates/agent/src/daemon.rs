@@ -34,11 +34,14 @@
 //!   after [`DaemonOptions::ha_settle`]: the events of a burst make one reconcile. Each
 //!   router's last read state is in the control socket's `status`, the `l3agent_ha_*`
 //!   metrics and [`RouterOutcome::ha_state`].
+//! - **Traffic counters** ([`SidesFactory::traffic`]): read from the kernel when `/metrics`
+//!   is scraped and the last reading is older than [`DaemonOptions::traffic_max_age`], for
+//!   the routers of the config in force (see [`crate::traffic`]); never between scrapes.
 //! - **Stop** (SIGTERM/SIGINT, the `term` flag): no new work is taken, the apply in
 //!   progress finishes the routers it has started (its own stop flag), `STOPPING=1` is sent
 //!   and [`run`] returns within [`DaemonOptions::stop_timeout`]. Routers stay as they are.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,10 +50,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use l3agent_router::compile::HostFacts;
-use l3agent_router::config::HostConfig;
+use l3agent_router::config::{HostConfig, Router};
 use l3agent_router::error::RouterError;
 use l3agent_router::host::{self, ApplyOptions, RouterStatus, Sides, Unchanged};
-use l3agent_router::records::fingerprint;
 use l3agent_router::spec::{names, HaState};
 use l3agent_types::RouterId;
 use serde_json::{json, Value};
@@ -62,6 +64,7 @@ use crate::http::{HttpConfig, HttpServer, HttpState};
 use crate::metrics::{ha_state_label, FloatingIpState, Metrics, RouterState};
 use crate::notify::Notifier;
 use crate::queue::{Next, QueueConfig, WorkQueue};
+use crate::traffic::{TrafficMeter, TrafficSource};
 use crate::watch::{FileWatcher, SighupListener, WatchConfig, WatchEvent};
 use crate::AgentError;
 use l3agent_supervise::Service;
@@ -127,8 +130,11 @@ pub enum Key {
 }
 
 /// Reads and validates the config file: the agent's only way to read it (the binary passes
-/// its document reader in). The error is shown as is: every problem with its path.
-pub type Loader = dyn Fn(&Path) -> Result<HostConfig, String> + Send + Sync;
+/// its document reader in). It is given the config in force, whose unchanged routers it may
+/// take as they are instead of validating them again
+/// ([`ConfigDoc::validate_since`](l3agent_router::config::ConfigDoc::validate_since)). The
+/// error is shown as is: every problem with its path.
+pub type Loader = dyn Fn(&Path, &HostConfig) -> Result<HostConfig, String> + Send + Sync;
 
 /// Makes the side effects of one apply worker thread (see [`host::real_sides`]); owned, so
 /// that a stuck worker can be left behind at shutdown. Sides that outlive an apply (the
@@ -140,6 +146,7 @@ pub struct SidesFactory {
     forget: Arc<dyn Fn() + Send + Sync>,
     owned: Arc<dyn Fn() -> Option<(u64, u64)> + Send + Sync>,
     ha_monitors: Arc<dyn Monitors>,
+    traffic: Option<Arc<dyn TrafficSource>>,
 }
 
 impl std::fmt::Debug for SidesFactory {
@@ -157,7 +164,16 @@ impl SidesFactory {
             forget: Arc::new(|| {}),
             owned: Arc::new(|| None),
             ha_monitors: Arc::new(KernelMonitors),
+            traffic: None,
         }
+    }
+
+    /// Reads the routers' and floating IPs' traffic counters with `source` when `/metrics`
+    /// is scraped (at most every [`DaemonOptions::traffic_max_age`]; see
+    /// [`crate::traffic`]). Without it the traffic families have no series.
+    pub fn traffic(mut self, source: impl TrafficSource + 'static) -> Self {
+        self.traffic = Some(Arc::new(source));
+        self
     }
 
     /// Watches HA routers' namespaces with `monitors` instead of the kernel's (a test's fake).
@@ -211,12 +227,16 @@ pub struct DaemonOptions {
     /// An HA router's address events are acted on this long after the first of a burst
     /// (see [`Settle`]).
     pub ha_settle: Duration,
+    /// A scrape of `/metrics` reads the traffic counters again if the last reading is older
+    /// than this (see [`crate::traffic`]).
+    pub traffic_max_age: Duration,
 }
 
 impl DaemonOptions {
     /// Defaults for `config_path`: 60 s resync, metrics on [`crate::http::DEFAULT_LISTEN`],
     /// the control socket at [`crate::control::DEFAULT_SOCKET`], 4 apply threads, batches of
-    /// up to 256 routers, backoff 1 s .. 5 min, 30 s to stop, HA events settle 1 s.
+    /// up to 256 routers, backoff 1 s .. 5 min, 30 s to stop, HA events settle 1 s, traffic
+    /// counters read at most every 5 s.
     pub fn new(config_path: impl Into<PathBuf>, facts: HostFacts) -> DaemonOptions {
         DaemonOptions {
             config_path: config_path.into(),
@@ -232,6 +252,7 @@ impl DaemonOptions {
             stop_timeout: Duration::from_secs(30),
             facts,
             ha_settle: Duration::from_secs(1),
+            traffic_max_age: crate::traffic::DEFAULT_MAX_AGE,
         }
     }
 }
@@ -320,7 +341,6 @@ struct LoadStatus {
 /// What the main loop, the worker and the control socket share.
 struct State {
     config: Arc<HostConfig>,
-    fingerprints: BTreeMap<RouterId, String>,
     views: BTreeMap<String, View>,
     /// When a front-end event first asked for a key since its last run started: reconcile
     /// durations are measured from here, and changes made for such a key are not drift.
@@ -352,6 +372,45 @@ struct Shared {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What a new config marks dirty: with the same agent section, the routers added, removed,
+/// or whose validated form changed (compared whole, by id: a router is its dict validated
+/// under the agent section, so this is "whose dict changed", without hashing or
+/// re-serialising anything); with another agent section, everything and [`Key::Full`].
+fn changed_routers(old: &HostConfig, new: &HostConfig) -> Vec<Key> {
+    if new.agent != old.agent {
+        info!("the agent section changed: every router is reconciled");
+        let mut all: Vec<Key> = vec![Key::Full];
+        all.extend(
+            new.routers
+                .iter()
+                .chain(&old.routers)
+                .map(|r| &r.id)
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .map(|id| Key::Router(id.clone())),
+        );
+        return all;
+    }
+    let before: HashMap<&RouterId, &Router> = old.routers.iter().map(|r| (&r.id, r)).collect();
+    let mut dirty: BTreeSet<&RouterId> = new
+        .routers
+        .iter()
+        .filter(|r| before.get(&r.id).is_none_or(|b| *b != *r))
+        .map(|r| &r.id)
+        .collect();
+    let now: HashSet<&RouterId> = new.routers.iter().map(|r| &r.id).collect();
+    dirty.extend(
+        old.routers
+            .iter()
+            .map(|r| &r.id)
+            .filter(|id| !now.contains(id)),
+    );
+    dirty
+        .into_iter()
+        .map(|id| Key::Router(id.clone()))
+        .collect()
 }
 
 fn unix(t: Option<SystemTime>) -> Value {
@@ -386,7 +445,9 @@ impl Shared {
     /// Re-reads the config file: a valid one replaces the config in force and marks what
     /// changed; an invalid one is logged and counted and changes nothing.
     fn reload(&self, load: &Loader, path: &Path, why: &str) {
-        let loaded = load(path);
+        let in_force = Arc::clone(&lock(&self.state).config);
+        let loaded = load(path, &in_force);
+        drop(in_force);
         let now = Instant::now();
         let new = match loaded {
             Err(problems) => {
@@ -415,49 +476,17 @@ impl Shared {
     /// Puts `new` (valid) in force and marks the routers whose dicts changed, were added or
     /// removed; a changed `agent` section marks everything.
     fn install(&self, new: HostConfig, now: Instant, source: &str, why: &str) {
-        let dirty = {
+        let (dirty, old) = {
             let mut s = lock(&self.state);
-            let fps: BTreeMap<RouterId, String> = new
-                .routers
-                .iter()
-                .map(|r| (r.id.clone(), fingerprint(r)))
-                .collect();
-            let mut dirty: Vec<Key> = if new.agent != s.config.agent {
-                info!("the agent section changed: every router is reconciled");
-                let mut all: Vec<Key> = vec![Key::Full];
-                all.extend(
-                    fps.keys()
-                        .chain(s.fingerprints.keys())
-                        .cloned()
-                        .collect::<BTreeSet<_>>()
-                        .into_iter()
-                        .map(Key::Router),
-                );
-                all
-            } else {
-                Vec::new()
-            };
-            if dirty.is_empty() {
-                for (id, fp) in &fps {
-                    if s.fingerprints.get(id) != Some(fp) {
-                        dirty.push(Key::Router(id.clone()));
-                    }
-                }
-                for id in s.fingerprints.keys() {
-                    if !fps.contains_key(id) {
-                        dirty.push(Key::Router(id.clone()));
-                    }
-                }
-            }
-            s.config = Arc::new(new);
-            s.fingerprints = fps;
+            let dirty = changed_routers(&s.config, &new);
+            let old = std::mem::replace(&mut s.config, Arc::new(new));
             s.load = LoadStatus {
                 ok: true,
                 at: SystemTime::now(),
                 error: None,
                 invalid_loads: s.load.invalid_loads,
             };
-            dirty
+            (dirty, old)
         };
         info!(
             config = source,
@@ -466,6 +495,9 @@ impl Shared {
             "config reloaded"
         );
         self.mark(dirty, now);
+        // The config replaced is freed once the worker has its work (at 1,000 routers that
+        // is milliseconds of free(), no longer under the state lock the worker needs).
+        drop(old);
     }
 
     /// One event of a [`Feed`].
@@ -899,11 +931,6 @@ pub fn run_fed(
 ) -> Result<(), AgentError> {
     let metrics = Arc::new(Metrics::new());
     let ready = Arc::new(AtomicBool::new(false));
-    let fingerprints = initial
-        .routers
-        .iter()
-        .map(|r| (r.id.clone(), fingerprint(r)))
-        .collect();
     let views = initial
         .routers
         .iter()
@@ -912,7 +939,6 @@ pub fn run_fed(
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             config: Arc::new(initial),
-            fingerprints,
             views,
             events: BTreeMap::new(),
             load: LoadStatus {
@@ -939,6 +965,19 @@ pub fn run_fed(
         ha_watched: Arc::default(),
         ha_settle: Mutex::new(Settle::new(opts.ha_settle)),
     });
+
+    // Traffic counters are read when scraped, for the config in force. The hook holds the
+    // shared state weakly: the metrics it lives in are the shared state's.
+    if let Some(source) = &make.traffic {
+        let meter = TrafficMeter::new(Arc::clone(source), opts.traffic_max_age);
+        let weak = Arc::downgrade(&shared);
+        metrics.on_scrape(move |m| {
+            let Some(cfg) = weak.upgrade().map(|s| Arc::clone(&lock(&s.state).config)) else {
+                return;
+            };
+            meter.refresh(&cfg, m);
+        });
+    }
 
     let (tx, rx) = mpsc::channel();
     let (fed_tx, fed_rx) = mpsc::channel::<FeedEvent>();
@@ -1206,7 +1245,7 @@ mod tests {
     //! what an invalid file does, a failing router's backoff, removal, drift, and stopping.
     use super::*;
     use crate::control::client;
-    use l3agent_router::config::ConfigDoc;
+    use l3agent_router::config::{ConfigDoc, ConfigError};
     use l3agent_router::fake::{self, SharedWorld, World};
 
     const A: &str = "87c7c2ae-d0ba-4691-820c-8053abf50b8d";
@@ -1271,13 +1310,22 @@ mod tests {
     fn load(path: &Path) -> Result<HostConfig, String> {
         let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
         let doc: ConfigDoc = serde_json::from_str(&text).map_err(|e| e.to_string())?;
-        doc.validate().map_err(|errors| {
-            errors
-                .iter()
-                .map(|e| format!("{}: {}", e.path, e.message))
-                .collect::<Vec<_>>()
-                .join("\n")
-        })
+        doc.validate().map_err(problems)
+    }
+
+    /// The daemon's [`Loader`]: only the routers changed since `in_force` are validated.
+    fn reload(path: &Path, in_force: &HostConfig) -> Result<HostConfig, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+        let doc: ConfigDoc = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+        doc.validate_since(in_force).map_err(problems)
+    }
+
+    fn problems(errors: Vec<ConfigError>) -> String {
+        errors
+            .iter()
+            .map(|e| format!("{}: {}", e.path, e.message))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     struct Running {
@@ -1376,7 +1424,14 @@ mod tests {
         let term = Arc::new(AtomicBool::new(false));
         let t = Arc::clone(&term);
         let thread = std::thread::spawn(move || {
-            run(opts, initial, Arc::new(load), make, Notifier::disabled(), t)
+            run(
+                opts,
+                initial,
+                Arc::new(reload),
+                make,
+                Notifier::disabled(),
+                t,
+            )
         });
         Running {
             term,
@@ -1523,6 +1578,61 @@ mod tests {
     }
 
     #[test]
+    fn traffic_counters_are_read_when_scraped_for_configured_routers_only() {
+        use crate::traffic::{fake::FakeTraffic, Observed};
+        use l3agent_rtnl::link_stats::LinkCounters;
+        struct Shared(Arc<FakeTraffic>);
+        impl crate::traffic::TrafficSource for Shared {
+            fn read(&self, t: &crate::traffic::Target) -> Result<Option<Observed>, AgentError> {
+                self.0.read(t)
+            }
+        }
+        let s = scratch();
+        let w = world();
+        s.write_routers(&[router(A), router(B)]);
+        let fake = Arc::new(FakeTraffic::default());
+        let counters = |rx| {
+            Ok(Observed {
+                links: vec![(
+                    "qg-184a6791-c4".to_owned(),
+                    LinkCounters {
+                        rx_bytes: rx,
+                        rx_packets: 1,
+                        tx_bytes: 7,
+                        tx_packets: 1,
+                    },
+                )],
+                rules: Vec::new(),
+            })
+        };
+        fake.set(&format!("qrouter-{A}"), counters(1500));
+        fake.set(&format!("qrouter-{B}"), counters(900));
+        let source = Shared(Arc::clone(&fake));
+        let d = start_with(&s, &w, Duration::from_secs(3600), move |opts, make| {
+            opts.traffic_max_age = Duration::from_millis(200);
+            make.traffic(source)
+        });
+        wait("ready", || d.status()["ready"] == true);
+        // Nothing is read until a scrape asks.
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(fake.reads(), 0);
+        let series = |id: &str| {
+            format!("l3agent_router_traffic_bytes_total{{router=\"{id}\",direction=\"ingress\"}}")
+        };
+        assert_eq!(d.sample(&series(A)), Some(1500.0));
+        assert_eq!(d.sample(&series(B)), Some(900.0));
+        assert_eq!(fake.reads(), 2, "one read per router");
+        // B removed from the config: its series go at the next reading.
+        s.write_routers(&[router(A)]);
+        wait("B removed", || d.state_of(B).is_none());
+        std::thread::sleep(Duration::from_millis(250));
+        let text = d.scrape();
+        assert!(text.contains(&series(A)), "{text}");
+        assert!(!text.contains(B), "{text}");
+        d.stop().unwrap();
+    }
+
+    #[test]
     fn a_change_undone_right_after_it_was_made_is_seen_by_a_recheck_not_the_refresh() {
         let s = scratch();
         let w = world();
@@ -1567,7 +1677,7 @@ mod tests {
             run_fed(
                 opts,
                 initial,
-                Arc::new(load),
+                Arc::new(reload),
                 make,
                 Notifier::disabled(),
                 t,

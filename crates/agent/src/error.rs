@@ -95,4 +95,20 @@ pub enum AgentError {
         /// What was wrong.
         reason: String,
     },
+    /// Reading the link counters of a router namespace's external devices failed.
+    #[error("reading the link counters in {netns}: {source}")]
+    LinkCounters {
+        /// The namespace.
+        netns: String,
+        /// Why.
+        source: l3agent_rtnl::Error,
+    },
+    /// Reading the counters of a router namespace's floating IP NAT rules failed.
+    #[error("reading the NAT rule counters in {netns}: {source}")]
+    RuleCounters {
+        /// The namespace.
+        netns: String,
+        /// Why.
+        source: l3agent_iptables_exec::ExecError,
+    },
 }

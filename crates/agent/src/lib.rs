@@ -24,6 +24,8 @@
 //!
 //! Around that loop are the surfaces for people and supervisors:
 //! - [`metrics`]: the Prometheus registry the workers record into;
+//! - [`traffic`]: the routers' and floating IPs' traffic counters, read from the kernel
+//!   in-process when `/metrics` is scraped (at most every few seconds);
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz` on a small HTTP server;
 //! - [`notify`]: sd_notify to systemd (`READY=1`, `STATUS=`, the watchdog);
 //! - [`control`]: the root-only Unix socket `l3agent status` queries.
@@ -44,6 +46,7 @@ pub mod notify;
 pub mod queue;
 #[cfg(test)]
 mod scratch;
+pub mod traffic;
 mod wake;
 pub mod watch;
 

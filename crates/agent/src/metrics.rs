@@ -7,11 +7,14 @@
 //! the README includes; a test fails when a registered metric is missing from it or the
 //! table names one that is not registered.
 //!
-//! Traffic counters are not incremented by us: the kernel counts (iptables accounting
-//! rules), and the agent copies its readings in ([`Metrics::set_router_traffic`]). They are
-//! exposed through a collector that emits each reading as a counter at scrape time, which is
-//! what prometheus-client offers for values owned elsewhere. A reading that goes down (the
-//! rule was recreated) is a counter reset, which Prometheus's `rate()` handles.
+//! Traffic counters are not incremented by us: the kernel counts (link statistics of the
+//! routers' external devices, the counters of the floating IPs' NAT rules), and the agent
+//! copies its readings in ([`Metrics::replace_traffic`], from [`crate::traffic`], which reads
+//! them when a scrape finds the last reading older than a few seconds: [`Metrics::on_scrape`]).
+//! They are exposed through a collector that emits each reading as a counter at scrape time,
+//! which is what prometheus-client offers for values owned elsewhere. A reading that goes
+//! down (the device or rule was recreated) is a counter reset, which Prometheus's `rate()`
+//! handles.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -54,10 +57,10 @@ pub const METRICS_DOC: &str = "\
 | `l3agent_drift_repairs_total` | counter | `kind`: what drifted (`iptables`, `address`, `route`, `rule`, `link`, `namespace`, `sysctl`, `neighbour`, ...) | Differences between the kernel and the last applied state that a drift check found and repaired. |
 | `l3agent_config_loads_total` | counter | `result`: `ok`, `invalid` | Config reads after start-up (file changes, SIGHUP): an invalid one changes nothing and is counted here. |
 | `l3agent_process_spawns_total` | counter | | Processes started (iptables-save/-restore, supervised daemons): a no-op reconcile starts none. |
-| `l3agent_router_traffic_bytes_total` | counter | `router`: router id; `direction`: `ingress`, `egress` | Bytes through a router's external gateway, as counted by the kernel. |
-| `l3agent_router_traffic_packets_total` | counter | `router`, `direction` | Packets through a router's external gateway, as counted by the kernel. |
-| `l3agent_floatingip_traffic_bytes_total` | counter | `floating_ip`: the address; `direction`: `ingress`, `egress` | Bytes to and from a floating IP, as counted by the kernel. |
-| `l3agent_floatingip_traffic_packets_total` | counter | `floating_ip`, `direction` | Packets to and from a floating IP, as counted by the kernel. |
+| `l3agent_router_traffic_bytes_total` | counter | `router`: router id; `direction`: `ingress`, `egress` | Bytes received (`ingress`) and sent (`egress`) by a router's external devices on this host, from their link statistics: `qg-` in `qrouter-` (legacy, HA), `rfp-` in `qrouter-` (DVR floating IPs), `qg-` in `snat-` (DVR SNAT). Read when scraped, at most every 5 s. |
+| `l3agent_router_traffic_packets_total` | counter | `router`, `direction` | Packets through the same devices. |
+| `l3agent_floatingip_traffic_bytes_total` | counter | `floating_ip`: the address; `direction`: `ingress`, `egress` | Bytes counted by a floating IP's DNAT rule (`ingress`) and SNAT rule (`egress`) in `qrouter-`. NAT rules see the first packet of each connection only: these are the bytes of connections' first packets, not the whole traffic. Read when scraped, at most every 5 s. |
+| `l3agent_floatingip_traffic_packets_total` | counter | `floating_ip`, `direction` | Packets counted by the same rules: connections opened to (`ingress`) and from (`egress`) the floating IP. |
 | `l3agent_ha_routers` | gauge | `state`: `master`, `backup` | HA routers in each VRRP state on this host, as last read from the kernel (master: keepalived's primary VIP is on the router's `ha-` device). |
 | `l3agent_ha_transitions_total` | counter | `to`: `master`, `backup` | Changes of an HA router's VRRP state between two reads by the agent (failovers seen here; the first read of a router after start is not one, and a flap shorter than the settle delay may be missed). |
 | `l3agent_daemons` | gauge | `service`: `radvd`, `haproxy`, `keepalived`, `conntrackd` | Routers running each supervised daemon, as of their last apply (a daemon found dead is started again and counted in `l3agent_drift_repairs_total` with `kind` `daemon`). |
@@ -209,6 +212,19 @@ type StateLabels<S> = [(&'static str, S); 1];
 type KindLabels = [(&'static str, String); 1];
 type Labels = [(&'static str, &'static str); 1];
 type TrafficMap<K> = RwLock<BTreeMap<(K, Direction), TrafficReading>>;
+/// What [`Metrics::on_scrape`] installs.
+type ScrapeHook = Arc<dyn Fn(&Metrics) + Send + Sync>;
+
+/// The slot of the scrape hook (a closure has no `Debug`).
+#[derive(Default)]
+struct HookSlot(RwLock<Option<ScrapeHook>>);
+
+impl std::fmt::Debug for HookSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = read(&self.0).is_some();
+        f.debug_struct("HookSlot").field("set", &set).finish()
+    }
+}
 
 /// The traffic readings, emitted as counters on each scrape.
 #[derive(Debug, Default)]
@@ -301,6 +317,8 @@ pub struct Metrics {
     daemons: Family<Labels, Gauge>,
     ha_transitions: Family<Labels, Counter>,
     traffic: Arc<Traffic>,
+    /// Called at the start of every [`Metrics::encode`] (see [`Metrics::on_scrape`]).
+    on_scrape: HookSlot,
     /// The process-wide iptables counters as last copied in ([`Metrics::sync_iptables`]).
     iptables_seen: std::sync::Mutex<StatsSnapshot>,
 }
@@ -441,6 +459,7 @@ impl Metrics {
             ha_transitions,
             daemons,
             traffic,
+            on_scrape: HookSlot::default(),
             iptables_seen: std::sync::Mutex::new(StatsSnapshot::default()),
         }
     }
@@ -588,8 +607,31 @@ impl Metrics {
         write(&self.traffic.floating_ips).retain(|(i, _), _| *i != ip);
     }
 
+    /// Every traffic series at once, from one reading of the kernel: routers and floating
+    /// IPs not in it are no longer exported.
+    pub fn replace_traffic(
+        &self,
+        routers: BTreeMap<(String, Direction), TrafficReading>,
+        floating_ips: BTreeMap<(IpAddr, Direction), TrafficReading>,
+    ) {
+        *write(&self.traffic.routers) = routers;
+        *write(&self.traffic.floating_ips) = floating_ips;
+    }
+
+    /// Runs `hook` at the start of every [`Metrics::encode`], before anything is encoded:
+    /// for values read only when asked for (the traffic counters, [`crate::traffic`]). The
+    /// hook holds no lock of these metrics while it runs; it replaces any earlier one. It
+    /// should not own what owns these metrics (hold a `Weak`), or neither is ever freed.
+    pub fn on_scrape(&self, hook: impl Fn(&Metrics) + Send + Sync + 'static) {
+        *write(&self.on_scrape.0) = Some(Arc::new(hook));
+    }
+
     /// The registry in `format`, for the `/metrics` endpoint.
     pub fn encode(&self, format: Format) -> Result<String, AgentError> {
+        let hook = read(&self.on_scrape.0).clone();
+        if let Some(hook) = hook {
+            hook(self);
+        }
         self.sync_iptables(l3agent_iptables_exec::stats::global());
         let mut out = String::with_capacity(4096);
         match format {
@@ -730,6 +772,40 @@ mod tests {
         let text = m.encode(Format::Prometheus).unwrap();
         assert!(!text.contains("router=\"r1\""), "{text}");
         assert!(!text.contains("2001:db8::7"), "{text}");
+    }
+
+    #[test]
+    fn a_scrape_runs_the_hook_first_and_a_replacement_drops_the_series_it_lacks() {
+        let m = Metrics::new();
+        let ip: IpAddr = "203.0.113.7".parse().unwrap();
+        m.set_router_traffic("old", Direction::Ingress, TrafficReading::default());
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let c = Arc::clone(&calls);
+        m.on_scrape(move |m| {
+            let n = c.fetch_add(1, std::sync::atomic::Ordering::SeqCst) as u64 + 1;
+            let r = TrafficReading {
+                bytes: 100 * n,
+                packets: n,
+            };
+            m.replace_traffic(
+                BTreeMap::from([(("r1".to_owned(), Direction::Egress), r)]),
+                BTreeMap::from([((ip, Direction::Ingress), r)]),
+            );
+        });
+        let text = m.encode(Format::Prometheus).unwrap();
+        assert!(text.contains(
+            "l3agent_router_traffic_bytes_total{router=\"r1\",direction=\"egress\"} 100\n"
+        ));
+        assert!(text.contains(
+            "l3agent_floatingip_traffic_packets_total{floating_ip=\"203.0.113.7\",direction=\"ingress\"} 1\n"
+        ));
+        assert!(!text.contains("router=\"old\""), "{text}");
+        let text = m.encode(Format::OpenMetrics).unwrap();
+        assert!(
+            text.contains("router=\"r1\",direction=\"egress\"} 200\n"),
+            "{text}"
+        );
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
     #[test]

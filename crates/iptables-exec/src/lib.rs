@@ -15,6 +15,8 @@
 //! - [`applied`] is the one-shot apply of a fresh process (`l3agent iptables apply`): a record
 //!   per namespace and wrap name of what was applied, at which generation, so that the next
 //!   process can skip reading the kernel when nothing changed since.
+//! - [`rule_counters`] reads the packet and byte counters of individual rules in-process
+//!   (an nf_tables rule dump over netlink, or legacy's `IPT_SO_GET_ENTRIES`): no process.
 //! - [`stats`] counts what this crate made the system do (saves, restores, lines, failures,
 //!   processes), per runner and per process, for metrics and tests.
 
@@ -24,6 +26,7 @@ pub mod error;
 pub mod generation;
 pub mod lock;
 pub mod manager;
+pub mod rule_counters;
 pub mod runner;
 pub mod stats;
 

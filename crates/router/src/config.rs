@@ -16,7 +16,7 @@
 //! (default `br-int`) through the OVSDB at `agent.ovsdb` (`unix:PATH`, default
 //! `unix:/run/openvswitch/db.sock`). The settings of the driver not chosen are refused.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
@@ -77,7 +77,7 @@ pub const DEFAULT_OVSDB: &str = "unix:/run/openvswitch/db.sock";
 const MAX_SOCKET_PATH: usize = 107;
 
 /// `agent:` as written.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentDoc {
     /// Agent mode.
@@ -113,7 +113,7 @@ pub struct AgentDoc {
 }
 
 /// `agent.ha`.
-#[derive(Clone, Default, Deserialize, Serialize)]
+#[derive(Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HaDoc {
     /// `ha_vrrp_auth_type`: `PASS` (default) or `AH`.
@@ -149,7 +149,7 @@ impl std::fmt::Debug for HaDoc {
 }
 
 /// `agent.metadata_proxy`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetadataProxyDoc {
     /// The metadata agent's unix socket (Neutron's `metadata_proxy_socket`, default
@@ -168,7 +168,7 @@ pub struct MetadataProxyDoc {
 }
 
 /// `agent.router_advertisements`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouterAdvertisementsDoc {
     /// Send router advertisements at all (default true, as Neutron always does).
@@ -183,7 +183,7 @@ pub struct RouterAdvertisementsDoc {
 }
 
 /// The whole file as written.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigDoc {
     /// The agent.
@@ -198,7 +198,7 @@ fn yes() -> bool {
 }
 
 /// A router dict (Neutron's shape; unknown fields ignored).
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct RouterDoc {
     /// Router id.
     pub id: String,
@@ -290,7 +290,7 @@ pub struct ArpEntryDoc {
 }
 
 /// `external_gateway_info`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct GatewayInfoDoc {
     /// SNAT.
     #[serde(default)]
@@ -298,7 +298,7 @@ pub struct GatewayInfoDoc {
 }
 
 /// A port dict.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct PortDoc {
     /// Port id.
     pub id: String,
@@ -327,7 +327,7 @@ pub struct PortDoc {
 }
 
 /// A fixed IP.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct FixedIpDoc {
     /// Address.
     pub ip_address: String,
@@ -339,7 +339,7 @@ pub struct FixedIpDoc {
 }
 
 /// A subnet.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct SubnetDoc {
     /// Subnet id.
     pub id: String,
@@ -361,14 +361,14 @@ pub struct SubnetDoc {
 }
 
 /// An extra subnet.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct ExtraSubnetDoc {
     /// CIDR.
     pub cidr: String,
 }
 
 /// A floating IP.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct FipDoc {
     /// Id.
     pub id: String,
@@ -389,7 +389,7 @@ pub struct FipDoc {
 }
 
 /// An extra route.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct RouteDoc {
     /// Destination CIDR.
     pub destination: String,
@@ -1561,17 +1561,19 @@ fn ha_router(doc: &RouterDoc, path: &str, agent: &Agent, p: &mut Problems) -> Op
 
 /// Checks between the routers of one host: names that collide after truncation (host ends
 /// `tap` + 11 id characters, and `rfp-`/`fpr-` + 10 router id characters, B-10), one FIP
-/// gateway port per external network, and a floating IP in one router only.
-fn across_routers(routers: &[(String, &Router)], agent: &Agent, p: &mut Problems) {
+/// gateway port per external network, and a floating IP in one router only. `routers` are
+/// the validated routers with their index in the document; each check is one indexed pass
+/// over the whole set, and paths are written only for a problem.
+fn across_routers(routers: &[(usize, &Router)], agent: &Agent, p: &mut Problems) {
+    let at = |i: usize| format!("routers[{i}]");
     // Host ends: one per port, shared only by the FIP agent gateway port (one fg- device per
     // external network, whichever router carries it).
-    let mut host_ends: BTreeMap<&IfName, (String, &PortId)> = BTreeMap::new();
-    let mut fg_ports: BTreeMap<&NetworkId, (String, &PortId)> = BTreeMap::new();
-    let mut links: BTreeMap<IfName, (String, &RouterId)> = BTreeMap::new();
-    let mut floating: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
-    for (path, r) in routers {
-        let mut ports: Vec<(String, &Port, bool)> = Vec::new();
-        for (field, list, shared) in [
+    let mut host_ends: HashMap<&IfName, (usize, &'static str, &PortId)> = HashMap::new();
+    let mut fg_ports: HashMap<&NetworkId, (usize, &'static str, &PortId)> = HashMap::new();
+    let mut links: HashMap<IfName, (usize, &RouterId)> = HashMap::new();
+    let mut floating: HashMap<Ipv4Addr, usize> = HashMap::new();
+    for &(i, r) in routers {
+        let lists: [(&'static str, &[Port], bool); 3] = [
             ("_interfaces", &r.interfaces, false),
             ("_snat_router_interfaces", &r.snat_interfaces, false),
             (
@@ -1579,42 +1581,42 @@ fn across_routers(routers: &[(String, &Router)], agent: &Agent, p: &mut Problems
                 &r.fip_agent_interfaces,
                 true,
             ),
-        ] {
-            ports.extend(
-                list.iter()
-                    .map(|port| (format!("{path}.{field}"), port, shared)),
-            );
-        }
-        if let Some(g) = &r.gw_port {
-            ports.push((format!("{path}.gw_port"), g, false));
-        }
-        for (where_, port, shared) in ports {
+        ];
+        let ports = lists
+            .into_iter()
+            .flat_map(|(field, list, shared)| list.iter().map(move |port| (field, port, shared)))
+            .chain(r.gw_port.iter().map(|g| ("gw_port", g, false)));
+        for (field, port, shared) in ports {
             match host_ends.get(&port.host_dev) {
-                Some((_, id)) if shared && *id == &port.id => {}
-                Some((other, id)) => p.add(
-                    &where_,
+                Some((_, _, id)) if shared && *id == &port.id => {}
+                Some(&(j, other, id)) => p.add(
+                    &format!("{}.{field}", at(i)),
                     format!(
-                        "port {} and port {id} of {other} both map to host device {}",
-                        port.id, port.host_dev
+                        "port {} and port {id} of {}.{other} both map to host device {}",
+                        port.id,
+                        at(j),
+                        port.host_dev
                     ),
                 ),
                 None => {
-                    host_ends.insert(&port.host_dev, (where_.clone(), &port.id));
+                    host_ends.insert(&port.host_dev, (i, field, &port.id));
                 }
             }
             if shared && r.distributed {
                 match fg_ports.get(&port.network_id) {
-                    Some((_, id)) if *id == &port.id => {}
-                    Some((other, id)) => p.add(
-                        &where_,
+                    Some((_, _, id)) if *id == &port.id => {}
+                    Some(&(j, other, id)) => p.add(
+                        &format!("{}.{field}", at(i)),
                         format!(
-                            "agent gateway port {} and port {id} of {other} are both on network \
-                             {}: a host has one FIP gateway per external network",
-                            port.id, port.network_id
+                            "agent gateway port {} and port {id} of {}.{other} are both on \
+                             network {}: a host has one FIP gateway per external network",
+                            port.id,
+                            at(j),
+                            port.network_id
                         ),
                     ),
                     None => {
-                        fg_ports.insert(&port.network_id, (where_.clone(), &port.id));
+                        fg_ports.insert(&port.network_id, (i, field, &port.id));
                     }
                 }
             }
@@ -1623,28 +1625,29 @@ fn across_routers(routers: &[(String, &Router)], agent: &Agent, p: &mut Problems
             // rfp-/fpr- keep 10 id characters: two routers sharing them would share the fpr-
             // end in the fip- namespace (and the rfp- name while the pair is made).
             let fpr = names::device("fpr-", r.id.as_str());
-            if let Some((other, id)) = links.get(&fpr) {
+            if let Some(&(j, id)) = links.get(&fpr) {
                 p.add(
-                    &format!("{path}.id"),
+                    &format!("{}.id", at(i)),
                     format!(
-                        "router {} and router {id} ({other}) both map to devices {} and {}",
+                        "router {} and router {id} ({}) both map to devices {} and {}",
                         r.id,
+                        at(j),
                         names::device("rfp-", r.id.as_str()),
                         fpr
                     ),
                 );
             } else {
-                links.insert(fpr, (path.clone(), &r.id));
+                links.insert(fpr, (i, &r.id));
             }
         }
-        for (i, f) in r.fips.iter().enumerate() {
-            if let Some(other) = floating.get(&f.floating) {
+        for (k, f) in r.fips.iter().enumerate() {
+            if let Some(&j) = floating.get(&f.floating) {
                 p.add(
-                    &format!("{path}._floatingips[{i}].floating_ip_address"),
-                    format!("floating IP {} is also in {other}", f.floating),
+                    &format!("{}._floatingips[{k}].floating_ip_address", at(i)),
+                    format!("floating IP {} is also in {}", f.floating, at(j)),
                 );
             } else {
-                floating.insert(f.floating, path.clone());
+                floating.insert(f.floating, i);
             }
         }
     }
@@ -1739,7 +1742,43 @@ impl ConfigDoc {
 
     /// Validates everything; all problems are returned, each with its path.
     pub fn validate(&self) -> Result<HostConfig, Vec<ConfigError>> {
-        let mut p = Problems::default();
+        let (agent, routers) = self.check(None)?;
+        Ok(HostConfig {
+            agent,
+            routers,
+            doc: self.clone(),
+        })
+    }
+
+    /// [`ConfigDoc::validate`], the document becoming the config's `doc` without a copy.
+    pub fn into_validated(self) -> Result<HostConfig, Vec<ConfigError>> {
+        let (agent, routers) = self.check(None)?;
+        Ok(HostConfig {
+            agent,
+            routers,
+            doc: self,
+        })
+    }
+
+    /// [`ConfigDoc::into_validated`] of a new version of the document of `in_force` (a config
+    /// that [`ConfigDoc::validate`] made: a reload). When the agent section is the same, a
+    /// router whose dict is the same as one of `in_force`'s (by id, compared whole) is not
+    /// checked again: a router's own checks depend on its dict and the agent section only,
+    /// so its validated form is `in_force`'s. Every other router is checked, and the checks
+    /// between routers (ids, device names after truncation, FIP gateways, floating IPs) run
+    /// on the whole set as always: the result, and every problem with its path and in its
+    /// order, are exactly those of [`ConfigDoc::validate`].
+    pub fn validate_since(self, in_force: &HostConfig) -> Result<HostConfig, Vec<ConfigError>> {
+        let (agent, routers) = self.check(Some(in_force))?;
+        Ok(HostConfig {
+            agent,
+            routers,
+            doc: self,
+        })
+    }
+
+    /// The agent section, validated.
+    fn agent(&self, p: &mut Problems) -> Agent {
         if let Err(why) = host_name(&self.agent.host) {
             p.add("agent.host", why);
         }
@@ -1756,15 +1795,15 @@ impl ConfigDoc {
             }
         }
         let interface_driver = self.agent.interface_driver.unwrap_or_default();
-        let ovs = self.integration_bridge(interface_driver, &mut p);
+        let ovs = self.integration_bridge(interface_driver, p);
         let metadata = self
             .agent
             .metadata_proxy
             .as_ref()
-            .and_then(|m| metadata_proxy(m, &mut p));
-        let ra = router_advertisements(self.agent.router_advertisements.as_ref(), &mut p);
-        let ha = ha_settings(self.agent.ha.as_ref(), &mut p);
-        let agent = Agent {
+            .and_then(|m| metadata_proxy(m, p));
+        let ra = router_advertisements(self.agent.router_advertisements.as_ref(), p);
+        let ha = ha_settings(self.agent.ha.as_ref(), p);
+        Agent {
             mode: self.agent.mode,
             host: self.agent.host.clone(),
             state_path: self.agent.state_path.clone(),
@@ -1774,32 +1813,61 @@ impl ConfigDoc {
             metadata,
             ra,
             ha,
+        }
+    }
+
+    /// The validated agent and routers, or every problem; the routers of `in_force` whose
+    /// dicts are unchanged are taken as they are (see [`ConfigDoc::validate_since`]).
+    fn check(
+        &self,
+        in_force: Option<&HostConfig>,
+    ) -> Result<(Agent, Vec<Router>), Vec<ConfigError>> {
+        let mut p = Problems::default();
+        let agent = self.agent(&mut p);
+        // The routers of `in_force` by id, with the dict each was validated from: only under
+        // the same agent section, and only where its routers are its document's, in order
+        // (what validate makes; anything else is validated in full).
+        let previous: HashMap<&str, (&RouterDoc, &Router)> = match in_force {
+            Some(cfg)
+                if p.0.is_empty()
+                    && cfg.doc.agent == self.agent
+                    && cfg.agent == agent
+                    && cfg.doc.routers.len() == cfg.routers.len() =>
+            {
+                cfg.doc
+                    .routers
+                    .iter()
+                    .zip(&cfg.routers)
+                    .take_while(|(d, r)| d.id == r.id.as_str())
+                    .map(|(d, r)| (d.id.as_str(), (d, r)))
+                    .collect()
+            }
+            _ => HashMap::new(),
         };
-        let mut routers = Vec::new();
-        let mut paths = Vec::new();
-        let mut ids = BTreeMap::new();
+        let mut routers = Vec::with_capacity(self.routers.len());
+        let mut indices = Vec::with_capacity(self.routers.len());
+        let mut ids: HashMap<&str, usize> = HashMap::with_capacity(self.routers.len());
         for (i, doc) in self.routers.iter().enumerate() {
-            let path = format!("routers[{i}]");
-            if let Some(first) = ids.insert(doc.id.clone(), i) {
+            if let Some(first) = ids.insert(doc.id.as_str(), i) {
                 p.add(
-                    &format!("{path}.id"),
+                    &format!("routers[{i}].id"),
                     format!("router {} is also routers[{first}]", Echo(&doc.id)),
                 );
                 continue;
             }
-            if let Some(r) = router(doc, &path, &agent, &mut p) {
+            let checked = match previous.get(doc.id.as_str()) {
+                Some((before, r)) if *before == doc => Some((*r).clone()),
+                _ => router(doc, &format!("routers[{i}]"), &agent, &mut p),
+            };
+            if let Some(r) = checked {
                 routers.push(r);
-                paths.push(path);
+                indices.push(i);
             }
         }
-        let named: Vec<(String, &Router)> = paths.into_iter().zip(routers.iter()).collect();
-        across_routers(&named, &agent, &mut p);
+        let indexed: Vec<(usize, &Router)> = indices.into_iter().zip(routers.iter()).collect();
+        across_routers(&indexed, &agent, &mut p);
         if p.0.is_empty() {
-            Ok(HostConfig {
-                agent,
-                routers,
-                doc: self.clone(),
-            })
+            Ok((agent, routers))
         } else {
             Err(p.0)
         }
@@ -2124,6 +2192,169 @@ mod tests {
         ] {
             assert!(text.iter().any(|t| t.starts_with(expect)), "missing {expect:?} in {text:#?}");
         }
+    }
+
+    fn doc_of(routers: &[serde_json::Value]) -> ConfigDoc {
+        let text = format!(
+            "{{{}, \"routers\": {}}}",
+            agent_json("legacy"),
+            serde_json::Value::from(routers.to_vec())
+        );
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// `doc` validated in full and since `in_force`: the same config, or the same problems
+    /// (paths, messages, order).
+    fn both_ways(doc: ConfigDoc, in_force: &HostConfig) -> Result<HostConfig, Vec<String>> {
+        let full = doc.validate();
+        let since = doc.validate_since(in_force);
+        match (full, since) {
+            (Ok(full), Ok(since)) => {
+                assert_eq!(full.agent, since.agent);
+                assert_eq!(full.routers, since.routers);
+                assert_eq!(full.doc, since.doc);
+                Ok(since)
+            }
+            (Err(full), Err(since)) => {
+                assert_eq!(full, since);
+                Err(since.iter().map(ToString::to_string).collect())
+            }
+            (full, since) => panic!("full: {full:?}\nsince: {since:?}"),
+        }
+    }
+
+    #[test]
+    fn a_validation_since_the_config_in_force_finds_what_a_full_one_finds() {
+        let a = legacy_example();
+        let mut b = legacy_example();
+        b["id"] = "b0000000-0000-0000-0000-000000000000".into();
+        for i in 0..2 {
+            b["_interfaces"][i]["id"] = format!("{i}0000000-0000-0000-0000-000000000000").into();
+        }
+        b["gw_port"]["id"] = "90000000-0000-0000-0000-000000000000".into();
+        b["_floatingips"][0]["id"] = "f0000000-0000-0000-0000-000000000000".into();
+        b["_floatingips"][0]["floating_ip_address"] = "203.0.113.3".into();
+        let in_force = doc_of(&[a.clone(), b.clone()]).validate().unwrap();
+
+        // A change to b alone that conflicts with a, which did not change: a floating IP in
+        // two routers, found whichever router comes first.
+        let mut b2 = b.clone();
+        b2["_floatingips"][0]["floating_ip_address"] = "203.0.113.2".into();
+        let conflict = "routers[1]._floatingips[0].floating_ip_address: floating IP 203.0.113.2 \
+                        is also in routers[0]";
+        for routers in [[a.clone(), b2.clone()], [b2.clone(), a.clone()]] {
+            assert_eq!(
+                both_ways(doc_of(&routers), &in_force).unwrap_err(),
+                vec![conflict]
+            );
+        }
+        // Host device names that collide after truncation, between a changed and an
+        // unchanged router.
+        let mut b3 = b.clone();
+        b3["gw_port"]["id"] = "184a6791-c4ff-0000-0000-000000000000".into();
+        assert_eq!(
+            both_ways(doc_of(&[a.clone(), b3]), &in_force).unwrap_err(),
+            vec![
+                "routers[1].gw_port: port 184a6791-c4ff-0000-0000-000000000000 and port \
+                 184a6791-c482-44ff-948c-90af734c72de of routers[0].gw_port both map to host \
+                 device tap184a6791-c4"
+            ]
+        );
+        // An unchanged router listed twice.
+        let e = both_ways(doc_of(&[a.clone(), b.clone(), a.clone()]), &in_force).unwrap_err();
+        assert!(e[0].starts_with("routers[2].id: router"), "{e:?}");
+        // A changed agent section is validated with every router again: an unchanged router
+        // whose gateway network lost its bridge is refused.
+        let mut doc = doc_of(&[a.clone(), b.clone()]);
+        doc.agent
+            .bridges
+            .remove("65566f91-133a-44ff-87f5-ecffc1193d3d");
+        let e = both_ways(doc, &in_force).unwrap_err();
+        for r in 0..2 {
+            let missing = format!(
+                "routers[{r}].gw_port.network_id: network \"65566f91-133a-44ff-87f5-ecffc1193d3d\" \
+                 has no bridge in agent.bridges"
+            );
+            assert!(e.contains(&missing), "{e:?}");
+        }
+        // A clean change: b gets a second floating IP; a is taken as it was.
+        let mut b4 = b.clone();
+        let mut fip = b["_floatingips"][0].clone();
+        fip["id"] = "f1000000-0000-0000-0000-000000000000".into();
+        fip["floating_ip_address"] = "203.0.113.5".into();
+        b4["_floatingips"].as_array_mut().unwrap().push(fip);
+        let cfg = both_ways(doc_of(&[b4, a.clone()]), &in_force).unwrap();
+        assert_eq!(cfg.routers[1], in_force.routers[0]);
+        assert_eq!(cfg.routers[0].fips.len(), 2);
+        // Removing the conflict again is accepted, from the config in force or from a config
+        // that never had the conflicting router.
+        let only_a = doc_of(std::slice::from_ref(&a)).validate().unwrap();
+        both_ways(doc_of(&[a.clone(), b.clone()]), &only_a).unwrap();
+    }
+
+    #[test]
+    fn validating_since_any_config_in_force_is_validating_in_full() {
+        // Valid and invalid router dicts, conflicting with each other in every cross-router
+        // way the checks know; every list of up to three of them (repeats included, so ids
+        // listed twice too) is validated in full and since every valid list, under the same
+        // agent section and under one that lost a bridge.
+        let a = legacy_example();
+        let mut b = legacy_example();
+        b["id"] = "b0000000-0000-0000-0000-000000000000".into();
+        for i in 0..2 {
+            b["_interfaces"][i]["id"] = format!("{i}0000000-0000-0000-0000-000000000000").into();
+        }
+        b["gw_port"]["id"] = "90000000-0000-0000-0000-000000000000".into();
+        b["_floatingips"][0]["id"] = "f0000000-0000-0000-0000-000000000000".into();
+        b["_floatingips"][0]["floating_ip_address"] = "203.0.113.3".into();
+        let mut same_fip = b.clone();
+        same_fip["_floatingips"][0]["floating_ip_address"] = "203.0.113.2".into();
+        let mut same_tap = b.clone();
+        same_tap["gw_port"]["id"] = "184a6791-c4ff-0000-0000-000000000000".into();
+        let mut bad_mac = b.clone();
+        bad_mac["gw_port"]["mac_address"] = "01:00:00:00:00:01".into();
+        let mut other_bridge = b.clone();
+        other_bridge["id"] = "c0000000-0000-0000-0000-000000000000".into();
+        other_bridge["_interfaces"] = serde_json::json!([]);
+        other_bridge["_floatingips"] = serde_json::json!([]);
+        other_bridge["routes"] = serde_json::json!([]);
+        other_bridge["gw_port"]["id"] = "c1000000-0000-0000-0000-000000000000".into();
+        let pool = [a, b, same_fip, same_tap, bad_mac, other_bridge];
+        let mut lists: Vec<Vec<serde_json::Value>> = vec![Vec::new()];
+        for _ in 0..3 {
+            let longer: Vec<Vec<serde_json::Value>> = lists
+                .iter()
+                .filter(|l| l.len() == lists.last().map_or(0, Vec::len))
+                .flat_map(|l| {
+                    pool.iter().map(move |r| {
+                        let mut l = l.clone();
+                        l.push(r.clone());
+                        l
+                    })
+                })
+                .collect();
+            lists.extend(longer);
+        }
+        let docs: Vec<ConfigDoc> = lists.iter().map(|l| doc_of(l)).collect();
+        let in_force: Vec<HostConfig> = docs.iter().filter_map(|d| d.validate().ok()).collect();
+        assert!(in_force.len() > 10 && in_force.len() < docs.len());
+        let (mut ok, mut refused) = (0, 0);
+        for doc in &docs {
+            let mut narrower = doc.clone();
+            narrower
+                .agent
+                .bridges
+                .remove("c6910e18-fb1f-4988-9af4-211a8c2e2926");
+            for doc in [doc, &narrower] {
+                for cfg in &in_force {
+                    match both_ways(doc.clone(), cfg) {
+                        Ok(_) => ok += 1,
+                        Err(_) => refused += 1,
+                    }
+                }
+            }
+        }
+        assert!(ok > 0 && refused > 0, "{ok} accepted, {refused} refused");
     }
 
     #[test]

@@ -175,6 +175,35 @@ pub struct ApplyOptions {
     /// converged (and deleted when no router needs them) whatever this says. The agent runs
     /// the routers its queue marked dirty this way, with the whole config compiled.
     pub only: Option<BTreeSet<RouterId>>,
+    /// Told as routers finish (see [`Progress`]); `None`: nobody is told.
+    pub progress: Option<Progress>,
+}
+
+/// A callback told `(routers done, routers in all)` each time a router of an [`apply`]
+/// finishes (converged, unchanged, failed, skipped or left alone by [`ApplyOptions::only`]):
+/// once per router, with `done` going up by one each call, from one thread at a time. It is
+/// for progress displays (`l3agent apply` on a terminal): it should return quickly, since
+/// the next router's report waits for it. The shared `fip-` namespaces and the removal of
+/// routers no longer configured are not counted.
+#[derive(Clone)]
+pub struct Progress(Arc<dyn Fn(usize, usize) + Send + Sync>);
+
+impl Progress {
+    /// Calls `f(done, total)` as routers finish.
+    pub fn new(f: impl Fn(usize, usize) + Send + Sync + 'static) -> Progress {
+        Progress(Arc::new(f))
+    }
+
+    /// Tells it that `done` of `total` routers are done.
+    pub fn call(&self, done: usize, total: usize) {
+        (self.0)(done, total)
+    }
+}
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Progress")
+    }
 }
 
 impl ApplyOptions {
@@ -186,6 +215,7 @@ impl ApplyOptions {
             workers: 4,
             facts,
             only: None,
+            progress: None,
         }
     }
 }
@@ -400,6 +430,17 @@ fn run(
     let pre = Mutex::new(pre);
     let workers = opts.workers.clamp(1, 16).min(units.routers.len().max(1));
     let setup_error: Mutex<Option<RouterError>> = Mutex::new(None);
+    // Routers finished so far; the progress callback is called under this lock, so that its
+    // counts arrive in order.
+    let total = units.routers.len();
+    let finished: Mutex<usize> = Mutex::new(0);
+    let tell = || {
+        if let Some(p) = &opts.progress {
+            let mut n = finished.lock().expect("lock");
+            *n += 1;
+            p.call(*n, total);
+        }
+    };
     std::thread::scope(|s| {
         for _ in 0..workers {
             s.spawn(|| {
@@ -432,6 +473,7 @@ fn run(
                             ha_state: None,
                             daemons: Vec::new(),
                         });
+                        tell();
                         continue;
                     }
                     let mut read = Readings::default();
@@ -449,6 +491,7 @@ fn run(
                         daemons: read.daemons,
                         ..result(id.to_string(), changes, error)
                     });
+                    tell();
                 }
             });
         }

@@ -6,6 +6,7 @@
 //!   [`netns::Netns::run`] does work inside a namespace on a dedicated thread.
 //! - [`socket::Rtnl`]: an rtnetlink socket opened inside a namespace and reused, with
 //!   [`link`], [`addr`], [`route`], [`rule`] and [`neigh`] operations on it.
+//! - [`link_stats`]: the packet and byte counters of links (`ip -s link show`).
 //! - [`sysctl`]: typed keys written from inside the namespace.
 //! - [`garp`]: gratuitous ARP from a packet socket inside the namespace; [`conntrack`]:
 //!   deleting an address's connection-tracking entries.
@@ -19,6 +20,7 @@ pub mod conntrack;
 pub mod error;
 pub mod garp;
 pub mod link;
+pub mod link_stats;
 pub mod monitor;
 pub mod neigh;
 pub mod netns;

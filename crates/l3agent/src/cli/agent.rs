@@ -14,9 +14,10 @@ use l3agent_neutron::{NeutronAgentConfig, Transport, TransportOptions};
 use clap::Args;
 use l3agent_agent::daemon::{self, DaemonOptions, Loader, SidesFactory};
 use l3agent_agent::Notifier;
+use l3agent_router::config::HostConfig;
 use l3agent_router::kernel::Managers;
 
-use super::{load_host_config, sides, Failure, Sides};
+use super::{load_host_config, load_host_config_since, sides, Failure, Sides};
 
 /// Arguments of `agent`.
 #[derive(Debug, Args)]
@@ -65,7 +66,8 @@ fn metrics_listen(v: &str) -> Result<Option<SocketAddr>, Failure> {
 }
 
 /// One set of iptables managers for the agent's life (an event sends only what changed),
-/// forgotten before each full drift check.
+/// forgotten before each full drift check; traffic counters read from the kernel when
+/// `/metrics` is scraped.
 fn sides_factory(
     backend: l3agent_iptables_exec::Backend,
     announcer: l3agent_rtnl::announce::Announcer,
@@ -84,7 +86,9 @@ fn sides_factory(
                     "iptables managers that read the kernel at this refresh"
                 );
             })
-            .owning(move || owned.owned());
+            .owning(move || owned.owned())
+            // Traffic counters read in-process with the backend the routers are written with.
+            .traffic(l3agent_agent::traffic::KernelTraffic::new(backend));
     make
 }
 
@@ -112,7 +116,9 @@ pub fn run(a: AgentArgs) -> Result<(), Failure> {
         announcer,
     } = sides()?;
     opts.facts = facts;
-    let load: Arc<Loader> = Arc::new(|p: &Path| load_host_config(p).map_err(|f| f.message.clone()));
+    let load: Arc<Loader> = Arc::new(|p: &Path, in_force: &HostConfig| {
+        load_host_config_since(p, Some(in_force)).map_err(|f| f.message.clone())
+    });
     let make = sides_factory(backend, announcer);
     let notifier = Notifier::from_env().map_err(|e| Failure::failed(format!("sd_notify: {e}")))?;
     daemon::run(opts, initial, load, make, notifier, stop)
@@ -152,8 +158,9 @@ fn run_neutron(a: AgentArgs) -> Result<(), Failure> {
     };
     let make = sides_factory(backend, announcer);
     let notifier = Notifier::from_env().map_err(|e| Failure::failed(format!("sd_notify: {e}")))?;
-    let load: Arc<Loader> =
-        Arc::new(|_: &Path| Err("the state comes from neutron-server, not a file".to_owned()));
+    let load: Arc<Loader> = Arc::new(|_: &Path, _: &HostConfig| {
+        Err("the state comes from neutron-server, not a file".to_owned())
+    });
     let result = daemon::run_fed(
         opts,
         started.initial,

@@ -43,6 +43,7 @@ enum Command {
     /// Converge this host to a config (routers in Neutron's router-dict shape): create, update
     /// and delete routers, ports, floating IPs and routes. Exit status: 0 all routers converged,
     /// 1 a router failed (named, the others still converged), 2 invalid config (nothing touched).
+    /// On a terminal, more than 8 routers show a progress bar on stderr (never with --json).
     Apply(router_apply::ApplyArgs),
     /// Print what apply would change, router by router (create, update, repair, remove);
     /// touch nothing.
@@ -337,8 +338,22 @@ fn load_rules(path: &Path) -> Result<IptablesModel, Failure> {
 
 /// Reads a host config (YAML, or JSON for `.json`); every problem is listed with its path.
 fn load_host_config(path: &Path) -> Result<l3agent_router::config::HostConfig, Failure> {
+    load_host_config_since(path, None)
+}
+
+/// [`load_host_config`] of a new version of `in_force` (the agent's reload): the routers
+/// whose dicts did not change are not validated again; the result and the problems are the
+/// same.
+fn load_host_config_since(
+    path: &Path,
+    in_force: Option<&l3agent_router::config::HostConfig>,
+) -> Result<l3agent_router::config::HostConfig, Failure> {
     let doc: l3agent_router::config::ConfigDoc = load_doc(path, "routers: []")?;
-    doc.validate().map_err(|errors| {
+    match in_force {
+        Some(cfg) => doc.validate_since(cfg),
+        None => doc.into_validated(),
+    }
+    .map_err(|errors| {
         let list = errors.into_iter().map(|e| (e.path, e.message)).collect();
         problems(path, "nothing touched", list)
     })

@@ -191,7 +191,7 @@ impl Topology {
     }
 
     /// `argv` in the host namespace (under the forced backend, if any), killed after 120 s.
-    fn host_command(&self, argv: &[&str]) -> Command {
+    pub fn host_command(&self, argv: &[&str]) -> Command {
         let netns = format!("--net=/run/netns/{}", self.host.name);
         let mut c = Command::new("timeout");
         c.args(["--kill-after=5", "120"]);
