@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Stops what scripts/testbed/up.sh DIR started (Neutron, MariaDB, RabbitMQ, by their pids) and
-# deletes its network namespace. DIR (database, logs) is kept: rm -rf DIR to wipe it.
+# Stops what scripts/testbed/up.sh DIR started (Open vSwitch, Neutron, MariaDB, RabbitMQ: the
+# reverse of up.sh's order, each by its pids) and deletes its network namespace. DIR (database,
+# logs, l3_agent.ini) is kept: rm -rf DIR to wipe it. An agent run against the testbed is
+# yours to stop, first; the qrouter- namespaces it made outlive down.sh (as they outlive the
+# agent): delete them with `ip netns delete`.
 #
 #   scripts/testbed/down.sh DIR
 set -euo pipefail
@@ -11,7 +14,7 @@ here=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
 dir=$(cd -- "$1" && pwd -P)
 
 rc=0
-for s in neutron mariadb rabbitmq; do
+for s in ovs neutron mariadb rabbitmq; do
   if [ -d "$dir/$s" ]; then
     "$here/$s.sh" stop "$dir/$s" || rc=1
   fi
