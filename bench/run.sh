@@ -4,7 +4,8 @@
 # (several minutes). Installs system packages if missing, makes a virtualenv with
 # Neutron from PyPI under target/neutron-venv (once), builds in release mode, runs, and writes
 # BENCHMARKS.md and target/bench/{iptables,plumbing}.json. Then it runs the kernel-plumbing
-# comparison (l3agent in-process vs `ip` per operation vs `ip -batch`) and appends it. Needs root. Extra arguments go to the harness,
+# comparison (l3agent in-process vs `ip` per operation vs `ip -batch`) and appends it, then the router,
+# agent and Neutron (issue 12) benchmarks. Needs root. Extra arguments go to the iptables harness,
 # e.g. bench/run.sh --sizes 1000,10000 --runs 5, or --skip-neutron.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,3 +30,9 @@ target/release/l3agent-bench iptables --python "$venv/bin/python" "$@"
 # The long-running agent (issue 11): 1,000 routers x 10 floating IPs, 50 floating IP events through
 # the config file beside their floor, the idle cost, a restart (several minutes).
 { echo; target/release/l3agent-bench agent --count 1000 --fips 10 --events 50; } | tee -a BENCHMARKS.md
+# Against a real neutron-server 29.0.0 (issue 12): RabbitMQ, MariaDB, Neutron (scripts/testbed/, its
+# venv built once) and OVS in one test namespace; floating IP association to DNAT beside its floor
+# (a null agent: the server's part plus the least kernel work), and a full sync of 1,000 routers
+# with l3agent plus 50 with both l3agent and Neutron's own neutron-l3-agent (~30-40 min on 2 cores,
+# most of it neutron-server creating the routers through its REST API).
+{ echo; target/release/l3agent-bench neutron --routers 1000 --side-routers 50 --fip-events 30; } | tee -a BENCHMARKS.md

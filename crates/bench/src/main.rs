@@ -19,6 +19,7 @@
 
 mod agent;
 mod iptables;
+mod neutron;
 mod plumbing;
 mod routers;
 
@@ -43,6 +44,13 @@ enum Command {
     /// The long-running agent on many routers: event to kernel beside its floor, idle cost,
     /// restart to ready.
     Agent(agent::Args),
+    /// l3agent against a real neutron-server 29.0.0 (RabbitMQ, MariaDB, OVS): floating IP
+    /// association to DNAT beside its floor, full sync of many routers beside Neutron's own
+    /// agent.
+    Neutron(neutron::Args),
+    /// Internal: waits until routers are converged in the kernel (prints progress).
+    #[command(hide = true)]
+    NeutronWatch(neutron::WatchArgs),
     /// Internal: one l3agent run in a given namespace (prints JSON).
     #[command(hide = true)]
     Worker(iptables::WorkerArgs),
@@ -64,6 +72,11 @@ fn main() -> anyhow::Result<()> {
             println!("{}", agent::run_bench(&a)?);
             Ok(())
         }
+        Command::Neutron(a) => {
+            println!("{}", neutron::run_bench(&a)?);
+            Ok(())
+        }
+        Command::NeutronWatch(a) => neutron::watch(a),
         Command::Plumbing(a) => {
             println!("{}", plumbing::run_bench(&a)?);
             Ok(())
