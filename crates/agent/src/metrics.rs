@@ -8,7 +8,8 @@
 //! table names one that is not registered.
 //!
 //! Traffic counters are not incremented by us: the kernel counts (link statistics of the
-//! routers' external devices, the counters of the floating IPs' NAT rules), and the agent
+//! routers' external devices, the counters of the floating IPs' NAT rules or, with
+//! `agent.traffic_accounting`, of their accounting rules), and the agent
 //! copies its readings in ([`Metrics::replace_traffic`], from [`crate::traffic`], which reads
 //! them when a scrape finds the last reading older than a few seconds: [`Metrics::on_scrape`]).
 //! They are exposed through a collector that emits each reading as a counter at scrape time,
@@ -59,8 +60,8 @@ pub const METRICS_DOC: &str = "\
 | `l3agent_process_spawns_total` | counter | | Processes started (iptables-save/-restore, supervised daemons): a no-op reconcile starts none. |
 | `l3agent_router_traffic_bytes_total` | counter | `router`: router id; `direction`: `ingress`, `egress` | Bytes received (`ingress`) and sent (`egress`) by a router's external devices on this host, from their link statistics: `qg-` in `qrouter-` (legacy, HA), `rfp-` in `qrouter-` (DVR floating IPs), `qg-` in `snat-` (DVR SNAT). Read when scraped, at most every 5 s. |
 | `l3agent_router_traffic_packets_total` | counter | `router`, `direction` | Packets through the same devices. |
-| `l3agent_floatingip_traffic_bytes_total` | counter | `floating_ip`: the address; `direction`: `ingress`, `egress` | Bytes counted by a floating IP's DNAT rule (`ingress`) and SNAT rule (`egress`) in `qrouter-`. NAT rules see the first packet of each connection only: these are the bytes of connections' first packets, not the whole traffic. Read when scraped, at most every 5 s. |
-| `l3agent_floatingip_traffic_packets_total` | counter | `floating_ip`, `direction` | Packets counted by the same rules: connections opened to (`ingress`) and from (`egress`) the floating IP. |
+| `l3agent_floatingip_traffic_bytes_total` | counter | `floating_ip`: the address; `direction`: `ingress`, `egress` | Bytes to (`ingress`) and from (`egress`) a floating IP, from rule counters in `qrouter-`. By default its DNAT and SNAT rules, which see the first packet of each connection only: the bytes of connections' first packets, not the whole traffic. With `agent.traffic_accounting`, its accounting rules in the filter table (`neutron-l3-agent-fip-acct`): every packet forwarded to or from its fixed address through the external device, the whole traffic. Read when scraped, at most every 5 s. |
+| `l3agent_floatingip_traffic_packets_total` | counter | `floating_ip`, `direction` | Packets counted by the same rules: by default connections opened to (`ingress`) and from (`egress`) the floating IP; with `agent.traffic_accounting` all its packets. |
 | `l3agent_ha_routers` | gauge | `state`: `master`, `backup` | HA routers in each VRRP state on this host, as last read from the kernel (master: keepalived's primary VIP is on the router's `ha-` device). |
 | `l3agent_ha_transitions_total` | counter | `to`: `master`, `backup` | Changes of an HA router's VRRP state between two reads by the agent (failovers seen here; the first read of a router after start is not one, and a flap shorter than the settle delay may be missed). |
 | `l3agent_daemons` | gauge | `service`: `radvd`, `haproxy`, `keepalived`, `conntrackd` | Routers running each supervised daemon, as of their last apply (a daemon found dead is started again and counted in `l3agent_drift_repairs_total` with `kind` `daemon`). |

@@ -10,23 +10,32 @@
 //!   disjoint paths, so the sum counts each packet once. `ingress` is what the devices
 //!   received (from the external network), `egress` what they sent. The shared `fip-`
 //!   namespace's `fg-` device is not a router's and is not counted.
-//! - **A floating IP**: the counters of its NAT rules in `qrouter-` (the rules compile
-//!   writes for every router type): `ingress` is `-d FIP/32 [-i rfp-…] -j DNAT` in
+//! - **A floating IP**, by default: the counters of its NAT rules in `qrouter-` (the rules
+//!   compile writes for every router type): `ingress` is `-d FIP/32 [-i rfp-…] -j DNAT` in
 //!   `neutron-l3-agent-PREROUTING`, `egress` is `-s FIXED/32 -j SNAT --to-source FIP` in
 //!   `neutron-l3-agent-float-snat`, read with [`rule_counters`] (an nf_tables rule dump
 //!   over netlink, or legacy's `IPT_SO_GET_ENTRIES`). NAT rules see the first packet of
 //!   each connection only (conntrack applies the mapping to the rest), so these count
-//!   connections opened to and from the address, with their first packets' bytes; a floating
-//!   IP's whole traffic would need accounting rules in the filter table, which compile does
-//!   not write.
+//!   connections opened to and from the address, with their first packets' bytes.
+//! - **A floating IP, with `agent.traffic_accounting`**: compile writes accounting rules in
+//!   the `qrouter-` filter table, `neutron-l3-agent-fip-acct` (jumped to first from
+//!   `neutron-l3-agent-FORWARD`), and those are read instead of the NAT rules: `ingress` is
+//!   `-d FIXED/32 -i EXT`, `egress` is `-s FIXED/32 -o EXT` (`EXT` the `qg-`, or a DVR
+//!   router's `rfp-`), rules without a target that count every forwarded packet. `FORWARD`
+//!   sees destinations after DNAT and sources before SNAT, so the rules match the fixed
+//!   address, and a rule is mapped back to its floating IP by that address and by which
+//!   side of the rule holds it ([`interpret`]). This is all the floating IP's traffic
+//!   through the router, what Neutron's metering agent counts; what the router itself sends
+//!   to or receives from the fixed address is not forwarded and not counted.
 //!
 //! **When.** Nothing is read until `/metrics` is scraped; a scrape reads every configured
 //! router if the last reading is older than [`TrafficMeter`]'s `max_age` (5 s by default), so
 //! scrapers that come often or together (two Prometheus servers) cost one reading. One
 //! reading is, per router, one short-lived thread inside `qrouter-` (and `snat-` for DVR)
 //! that asks the kernel for its external devices by name (`RTM_GETLINK`, as compile names
-//! them) and, if it has floating IPs, dumps the two NAT chains (or reads the legacy table
-//! once): no process, nothing written. An idle agent that nobody scrapes reads nothing.
+//! them) and, if it has floating IPs, dumps the two NAT chains, or with accounting the
+//! `fip-acct` chain (or reads the legacy table once): no process, nothing written. An idle
+//! agent that nobody scrapes reads nothing.
 //!
 //! A router whose namespace does not exist (not created yet, removed) has no series; one
 //! that fails to read keeps its previous reading (logged at debug) so that a transient error
@@ -39,7 +48,7 @@ use std::time::{Duration, Instant};
 
 use l3agent_iptables_exec::rule_counters::{self, RuleCounter};
 use l3agent_iptables_exec::Backend;
-use l3agent_router::compile::WRAP;
+use l3agent_router::compile::{FIP_ACCT_CHAIN, WRAP};
 use l3agent_router::config::HostConfig;
 use l3agent_router::spec::names;
 use l3agent_rtnl::link_stats::LinkCounters;
@@ -67,6 +76,9 @@ pub struct Target {
     pub devices: Vec<(NetnsName, IfName)>,
     /// Its floating IPs: (floating, fixed).
     pub fips: Vec<(Ipv4Addr, Ipv4Addr)>,
+    /// Whether the floating IPs are read from their accounting rules (the config's
+    /// `agent.traffic_accounting`) instead of their NAT rules.
+    pub accounting: bool,
 }
 
 /// The routers of `cfg` to read, in config order.
@@ -92,6 +104,7 @@ pub fn targets(cfg: &HostConfig) -> Vec<Target> {
                 router_ns,
                 devices,
                 fips: r.fips.iter().map(|f| (f.floating, f.fixed)).collect(),
+                accounting: cfg.agent.traffic_accounting,
             }
         })
         .collect()
@@ -102,7 +115,8 @@ pub fn targets(cfg: &HostConfig) -> Vec<Target> {
 pub struct Observed {
     /// The counters of its external devices that exist.
     pub links: Vec<(String, LinkCounters)>,
-    /// The rules of the floating IPs' chains in `qrouter-`.
+    /// The rules of the floating IPs' chains in `qrouter-` (the NAT chains, or with
+    /// accounting the filter table's accounting chain).
     pub rules: Vec<RuleCounter>,
 }
 
@@ -121,6 +135,11 @@ pub fn dnat_chain() -> String {
 /// The chain of the floating IPs' SNAT rules.
 pub fn snat_chain() -> String {
     format!("{WRAP}-float-snat")
+}
+
+/// The filter chain of the floating IPs' accounting rules (`agent.traffic_accounting`).
+pub fn acct_chain() -> String {
+    format!("{WRAP}-{FIP_ACCT_CHAIN}")
 }
 
 /// The kernel: link dumps and rule counters, on a thread inside each namespace.
@@ -157,13 +176,13 @@ fn links_err(ns: &NetnsName) -> impl FnOnce(l3agent_rtnl::Error) -> AgentError +
 }
 
 /// The counters of `devices` (those that exist), from a thread inside `ns`, and the rules
-/// of `chains` there if any are asked for.
+/// of `chains` of `table` there if any are asked for.
 fn read_ns(
     ns: &Netns,
     label: &NetnsName,
     devices: &[&IfName],
     backend: Backend,
-    chains: &[&str],
+    (table, chains): (&str, &[&str]),
 ) -> Result<Observed, AgentError> {
     let (links, rules) = ns
         .run::<_, l3agent_rtnl::Error>(|| {
@@ -178,7 +197,7 @@ fn read_ns(
             });
             let rules = match chains {
                 [] => Ok(Vec::new()),
-                _ => rule_counters::read(backend, "nat", chains),
+                _ => rule_counters::read(backend, table, chains),
             };
             (links, rules)
         })
@@ -197,11 +216,11 @@ impl TrafficSource for KernelTraffic {
         let Some(qrouter) = open(&target.router_ns)? else {
             return Ok(None);
         };
-        let (dnat, snat) = (dnat_chain(), snat_chain());
-        let chains: &[&str] = if target.fips.is_empty() {
-            &[]
-        } else {
-            &[&dnat, &snat]
+        let (dnat, snat, acct) = (dnat_chain(), snat_chain(), acct_chain());
+        let chains: (&str, &[&str]) = match (target.fips.is_empty(), target.accounting) {
+            (true, _) => ("nat", &[]),
+            (false, false) => ("nat", &[&dnat, &snat]),
+            (false, true) => ("filter", &[&acct]),
         };
         let here = |ns: &NetnsName| -> Vec<&IfName> {
             target
@@ -228,7 +247,7 @@ impl TrafficSource for KernelTraffic {
         others.dedup();
         for name in others {
             if let Some(ns) = open(name)? {
-                let more = read_ns(&ns, name, &here(name), self.backend, &[])?;
+                let more = read_ns(&ns, name, &here(name), self.backend, ("nat", &[]))?;
                 seen.links.extend(more.links);
             }
         }
@@ -253,8 +272,11 @@ fn add(a: TrafficReading, bytes: u64, packets: u64) -> TrafficReading {
 }
 
 /// What `seen` says of `target`'s traffic: its external devices' counters summed (no
-/// series if it has none), and each floating IP's DNAT and SNAT rule counters (no series
-/// for a rule that is not there, e.g. a DVR floating IP bound on another host).
+/// series if it has none), and each floating IP's rule counters (no series for a rule that
+/// is not there, e.g. a DVR floating IP bound on another host): its DNAT and SNAT rules, or
+/// with accounting its two rules of the accounting chain, told apart by where the fixed
+/// address is — `-d FIXED/32` (and no source) is `ingress`, `-s FIXED/32` (and no
+/// destination) is `egress`, both without a target.
 pub fn interpret(target: &Target, seen: &Observed, out: &mut Readings) {
     let external: Vec<&LinkCounters> = seen
         .links
@@ -282,15 +304,29 @@ pub fn interpret(target: &Target, seen: &Observed, out: &mut Readings) {
             },
         );
     }
-    let (dnat, snat) = (dnat_chain(), snat_chain());
+    let (dnat, snat, acct) = (dnat_chain(), snat_chain(), acct_chain());
     for (floating, fixed) in &target.fips {
+        let accounting = |r: &RuleCounter, source, destination| {
+            r.chain == acct
+                && r.source == source
+                && r.destination == destination
+                && r.target.is_none()
+        };
         let ingress = |r: &&RuleCounter| {
-            r.chain == dnat
-                && r.destination == Some(*floating)
-                && r.target.as_deref() == Some("DNAT")
+            if target.accounting {
+                accounting(r, None, Some(*fixed))
+            } else {
+                r.chain == dnat
+                    && r.destination == Some(*floating)
+                    && r.target.as_deref() == Some("DNAT")
+            }
         };
         let egress = |r: &&RuleCounter| {
-            r.chain == snat && r.source == Some(*fixed) && r.target.as_deref() == Some("SNAT")
+            if target.accounting {
+                accounting(r, Some(*fixed), None)
+            } else {
+                r.chain == snat && r.source == Some(*fixed) && r.target.as_deref() == Some("SNAT")
+            }
         };
         for (dir, matches) in [
             (
@@ -450,6 +486,11 @@ mod tests {
     const A: &str = "87c7c2ae-d0ba-4691-820c-8053abf50b8d";
 
     fn config(distributed: bool) -> HostConfig {
+        config_with(distributed, false)
+    }
+
+    /// [`config`] with `agent.traffic_accounting` set to `accounting`.
+    fn config_with(distributed: bool, accounting: bool) -> HostConfig {
         let mut r: serde_json::Value = serde_json::from_str(include_str!(
             "../../router/tests/data/neutron-router-legacy.json"
         ))
@@ -471,7 +512,8 @@ mod tests {
                     "65566f91-133a-44ff-87f5-ecffc1193d3d": "br-ex",
                     "740cd353-7ee8-49e2-96f6-17ed0dc7b3da": "br-t1",
                     "d8282fc8-37e4-43a7-801d-8d2c91dbbb98": "br-t2",
-                    "11272de9-8a18-4392-8618-d07b6ab565e3": "br-ex"}},
+                    "11272de9-8a18-4392-8618-d07b6ab565e3": "br-ex"},
+                "traffic_accounting": accounting},
             "routers": [r],
         }))
         .unwrap();
@@ -504,6 +546,14 @@ mod tests {
             target: Some(target.to_owned()),
             packets: p,
             bytes: p * 84,
+        }
+    }
+
+    /// An accounting rule (no target) with its addresses.
+    fn acct(chain: &str, src: Option<&str>, dst: Option<&str>, p: u64) -> RuleCounter {
+        RuleCounter {
+            target: None,
+            ..rule(chain, src, dst, "", p)
         }
     }
 
@@ -541,6 +591,68 @@ mod tests {
                 (format!("qrouter-{id}"), format!("rfp-{}", &id[..10])),
                 (format!("snat-{id}"), "qg-16663def-59".to_owned()),
             ]
+        );
+        // The config's accounting mode goes with every target.
+        assert!(!t[0].accounting && !d[0].accounting);
+        assert!(targets(&config_with(false, true))[0].accounting);
+        assert!(targets(&config_with(true, true))[0].accounting);
+    }
+
+    #[test]
+    fn with_accounting_a_floating_ip_counts_its_accounting_rules_by_fixed_address_and_side() {
+        let t = &targets(&config_with(false, true))[0];
+        let seen = Observed {
+            links: Vec::new(),
+            rules: vec![
+                // The two rules compile writes for 203.0.113.2 -> 192.0.2.10.
+                acct(&acct_chain(), None, Some("192.0.2.10"), 20),
+                acct(&acct_chain(), Some("192.0.2.10"), None, 30),
+                // Another fixed address, both addresses, a target, another chain: not its.
+                acct(&acct_chain(), None, Some("192.0.2.11"), 40),
+                acct(&acct_chain(), Some("192.0.2.10"), Some("192.0.2.10"), 50),
+                rule(&acct_chain(), None, Some("192.0.2.10"), "DROP", 60),
+                acct(&format!("{WRAP}-FORWARD"), Some("192.0.2.10"), None, 70),
+                // The NAT rules are not read with accounting.
+                rule(&dnat_chain(), None, Some("203.0.113.2"), "DNAT", 3),
+                rule(&snat_chain(), Some("192.0.2.10"), None, "SNAT", 2),
+            ],
+        };
+        let mut out = Readings::default();
+        interpret(t, &seen, &mut out);
+        let fip: IpAddr = "203.0.113.2".parse().unwrap();
+        let r = |bytes, packets| TrafficReading { bytes, packets };
+        assert_eq!(
+            out.floating_ips,
+            BTreeMap::from([
+                ((fip, Direction::Ingress), r(20 * 84, 20)),
+                ((fip, Direction::Egress), r(30 * 84, 30)),
+            ])
+        );
+        // Without accounting the same rules give the NAT counters.
+        let t = &targets(&config_with(false, false))[0];
+        let mut out = Readings::default();
+        interpret(t, &seen, &mut out);
+        assert_eq!(
+            out.floating_ips,
+            BTreeMap::from([
+                ((fip, Direction::Ingress), r(3 * 84, 3)),
+                ((fip, Direction::Egress), r(2 * 84, 2)),
+            ])
+        );
+        // A rule missing (the chain not written yet): no series for its direction.
+        let t = &targets(&config_with(false, true))[0];
+        let mut out = Readings::default();
+        interpret(
+            t,
+            &Observed {
+                links: Vec::new(),
+                rules: vec![acct(&acct_chain(), Some("192.0.2.10"), None, 30)],
+            },
+            &mut out,
+        );
+        assert_eq!(
+            out.floating_ips,
+            BTreeMap::from([((fip, Direction::Egress), r(30 * 84, 30))])
         );
     }
 

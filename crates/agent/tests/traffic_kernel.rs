@@ -1,18 +1,29 @@
-//! The agent's traffic reader ([`KernelTraffic`]) against the real kernel, with a distributed
-//! router's layout (the legacy one is covered end to end by `crates/l3agent/tests/traffic.rs`):
-//! its `rfp-` end in `qrouter-<id>` and its gateway `qg-` in `snat-<id>`, both veths to an
-//! "external" namespace, and a floating IP's DNAT rule in `qrouter-`. Known pings and
-//! connections go through; what is read must have moved by at least that.
+//! The agent's traffic reader ([`KernelTraffic`]) against the real kernel:
+//!
+//! - with a distributed router's layout (the legacy one is covered end to end by
+//!   `crates/l3agent/tests/traffic.rs`): its `rfp-` end in `qrouter-<id>` and its gateway `qg-`
+//!   in `snat-<id>`, both veths to an "external" namespace, and a floating IP's DNAT rule in
+//!   `qrouter-`. Known pings and connections go through; what is read must have moved by at
+//!   least that;
+//! - with `agent.traffic_accounting`, on both backends: a legacy router's `qrouter-` holding
+//!   the iptables rules compile writes for Neutron's legacy example (an "external" namespace
+//!   on its `qg-`, a "VM" with the floating IP's fixed address on its `qr-`), and pings of one
+//!   connection each way through the floating IP: with accounting its counters follow every
+//!   packet, without it (the NAT rules) they count the two connections.
 
 use std::net::{Ipv4Addr, UdpSocket};
 
 use l3agent_agent::metrics::{Direction, TrafficReading};
-use l3agent_agent::traffic::{interpret, KernelTraffic, Readings, Target, TrafficSource};
+use l3agent_agent::traffic::{interpret, targets, KernelTraffic, Readings, Target, TrafficSource};
+use l3agent_iptables::Family;
 use l3agent_iptables_exec::Backend;
+use l3agent_router::compile::{compile, restore_text, Allocations, HostFacts};
+use l3agent_router::config::{ConfigDoc, HostConfig};
 use l3agent_router::spec::names;
 use l3agent_rtnl::netns::{self, Netns, NetnsError};
-use l3agent_testkit::TestNs;
+use l3agent_testkit::{TestNs, BACKENDS};
 use l3agent_types::{IfName, NetnsName, RouterId};
+use serde_json::json;
 
 /// A named namespace of our own (`qrouter-<id>`, `snat-<id>`), deleted on drop.
 struct Named(NetnsName);
@@ -49,11 +60,46 @@ fn wire(ns: &Named, dev: &str, addr: &str, ext: &TestNs, peer: &str, ext_addr: &
     ext.ok(&["ip", "link", "set", peer, "up"]);
 }
 
-fn read(t: &Target) -> Option<Readings> {
-    let seen = KernelTraffic::new(Backend::Nft).read(t).unwrap()?;
+/// `rules` restored (`--noflush`) into `ns` with `iptables-<backend>-restore`, as the agent
+/// would write them (a fixture process, started inside).
+fn restore(ns: &NetnsName, backend: &str, rules: &str) {
+    Netns::open(ns)
+        .unwrap()
+        .run::<_, NetnsError>(|| {
+            use std::io::Write;
+            #[allow(clippy::disallowed_methods)] // a fixture sets the scene
+            let mut c = std::process::Command::new(format!("iptables-{backend}-restore"))
+                .arg("--noflush")
+                .stdin(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            c.stdin.take().unwrap().write_all(rules.as_bytes()).unwrap();
+            assert!(
+                c.wait().unwrap().success(),
+                "{backend}: restore of\n{rules}"
+            );
+        })
+        .unwrap();
+}
+
+fn read_with(backend: Backend, t: &Target) -> Option<Readings> {
+    let seen = KernelTraffic::new(backend).read(t).unwrap()?;
     let mut out = Readings::default();
     interpret(t, &seen, &mut out);
     Some(out)
+}
+
+fn read(t: &Target) -> Option<Readings> {
+    read_with(Backend::Nft, t)
+}
+
+/// A router id unique to this test process and call.
+fn unique_id(prefix: &str) -> String {
+    format!(
+        "{prefix}-{:04x}-4000-8000-{:012x}",
+        std::process::id() & 0xffff,
+        l3agent_testkit::unique()
+    )
 }
 
 fn get(r: &Readings, id: &str, dir: Direction) -> TrafficReading {
@@ -66,11 +112,7 @@ fn get(r: &Readings, id: &str, dir: Direction) -> TrafficReading {
 #[test]
 fn a_distributed_routers_rfp_and_snat_gateway_are_summed_and_its_floating_ip_read_in_qrouter() {
     l3agent_testkit::require_kernel();
-    let id = format!(
-        "7aff1c00-{:04x}-4000-8000-{:012x}",
-        std::process::id() & 0xffff,
-        l3agent_testkit::unique()
-    );
+    let id = unique_id("7aff1c00");
     let router = RouterId::new("id", &id).unwrap();
     let rfp = names::device("rfp-", &id);
     let qg = IfName::new("dev", "qg-7aff1c00-00").unwrap();
@@ -84,6 +126,7 @@ fn a_distributed_routers_rfp_and_snat_gateway_are_summed_and_its_floating_ip_rea
             (names::snat_ns(&router), qg.clone()),
         ],
         fips: vec![(Ipv4Addr::new(198, 51, 100, 9), Ipv4Addr::new(192, 0, 2, 10))],
+        accounting: false,
     };
     wire(
         &qrouter,
@@ -100,21 +143,7 @@ fn a_distributed_routers_rfp_and_snat_gateway_are_summed_and_its_floating_ip_rea
          -A neutron-l3-agent-PREROUTING -d 198.51.100.9/32 -i {rfp} -j DNAT --to-destination 192.0.2.10\n\
          COMMIT\n"
     );
-    // The rules as iptables-nft writes them (a fixture process, started inside).
-    Netns::open(&qrouter.0)
-        .unwrap()
-        .run::<_, NetnsError>(|| {
-            use std::io::Write;
-            #[allow(clippy::disallowed_methods)] // a fixture sets the scene
-            let mut c = std::process::Command::new("iptables-nft-restore")
-                .arg("--noflush")
-                .stdin(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
-            c.stdin.take().unwrap().write_all(rules.as_bytes()).unwrap();
-            assert!(c.wait().unwrap().success());
-        })
-        .unwrap();
+    restore(&qrouter.0, "nft", &rules);
     ext.ok(&[
         "ip",
         "route",
@@ -183,4 +212,140 @@ fn a_distributed_routers_rfp_and_snat_gateway_are_summed_and_its_floating_ip_rea
     drop(snat);
     drop(qrouter);
     assert_eq!(read(&target), None);
+}
+
+/// Neutron's legacy example router as `id` on a legacy agent, with
+/// `agent.traffic_accounting` set to `accounting`.
+fn legacy_config(id: &str, accounting: bool) -> HostConfig {
+    let mut r: serde_json::Value = serde_json::from_str(include_str!(
+        "../../router/tests/data/neutron-router-legacy.json"
+    ))
+    .unwrap();
+    r["id"] = id.into();
+    let doc: ConfigDoc = serde_json::from_value(json!({
+        "agent": {"mode": "legacy", "host": "host-a", "state_path": "/nonexistent",
+            "bridges": {
+                "90e4912c-0eb8-4be4-a793-e6a3bba6ae8b": "br-t1",
+                "c6910e18-fb1f-4988-9af4-211a8c2e2926": "br-t2",
+                "65566f91-133a-44ff-87f5-ecffc1193d3d": "br-ex"},
+            "traffic_accounting": accounting},
+        "routers": [r],
+    }))
+    .unwrap();
+    doc.validate().map_err(|e| format!("{e:?}")).unwrap()
+}
+
+/// The example's floating IP (its fixed address is 192.0.2.10).
+const FIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
+/// Pings each way: one connection each, many packets.
+const PINGS: u64 = 20;
+/// ICMP payload of the pings: 20 + 8 + 200 = 228 bytes of IP packet each.
+const PING_BYTES: u64 = 228;
+
+/// `PINGS` pings of `to` from `from` (one ICMP connection), all answered.
+fn pings(from: &TestNs, to: &str) {
+    let n = PINGS.to_string();
+    let out = from.run(&[
+        "ping", "-n", "-q", "-c", &n, "-i", "0.01", "-s", "200", "-W", "2", to,
+    ]);
+    assert!(
+        out.stdout.contains(&format!("{n} received")),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
+}
+
+/// One backend, one mode: the legacy example's `qrouter-` with the rules compile writes, an
+/// external namespace on `qg-`, a VM with the fixed address on `qr-`, pings from outside to
+/// the floating IP and from the VM out; the floating IP's counters before and after.
+fn one_floating_ip(backend: &str, accounting: bool) {
+    let id = unique_id("7aff1c01");
+    let cfg = legacy_config(&id, accounting);
+    let target = targets(&cfg).remove(0);
+    assert_eq!(target.accounting, accounting);
+    let spec = compile(&cfg, &Allocations::default(), &HostFacts::default());
+    let rules = restore_text(&spec.namespaces[&target.router_ns].iptables, Family::V4);
+    assert_eq!(
+        rules.contains("-A neutron-l3-agent-fip-acct"),
+        accounting,
+        "{rules}"
+    );
+
+    let ext = TestNs::new("tk-ext");
+    let vm = TestNs::new("tk-vm");
+    let qrouter = Named::new(format!("qrouter-{id}"));
+    qrouter.ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    wire(
+        &qrouter,
+        "qg-184a6791-c4",
+        "203.0.113.4/24",
+        &ext,
+        "eth0",
+        "203.0.113.1/24",
+    );
+    qrouter.ok(&[
+        "ip",
+        "addr",
+        "add",
+        "203.0.113.2/32",
+        "dev",
+        "qg-184a6791-c4",
+    ]);
+    wire(
+        &qrouter,
+        "qr-081ed401-2a",
+        "192.0.2.4/24",
+        &vm,
+        "eth0",
+        "192.0.2.10/24",
+    );
+    vm.ok(&["ip", "route", "add", "default", "via", "192.0.2.4"]);
+    restore(&qrouter.0, backend, &rules);
+
+    let b = match backend {
+        "nft" => Backend::Nft,
+        _ => Backend::Legacy,
+    };
+    let reading = |r: &Readings, dir: Direction| {
+        r.floating_ips
+            .get(&(FIP.into(), dir))
+            .copied()
+            .unwrap_or_else(|| panic!("{backend}: no {dir:?} reading of {FIP}: {r:#?}"))
+    };
+    let before = read_with(b, &target).expect("qrouter- exists");
+    // In to the floating IP (DNAT) and its replies out; out from the VM (SNAT) and the
+    // replies in: two connections, PINGS packets each way of each.
+    pings(&ext, &FIP.to_string());
+    pings(&vm, "203.0.113.1");
+    let after = read_with(b, &target).unwrap();
+    for dir in [Direction::Ingress, Direction::Egress] {
+        let (a, b) = (reading(&after, dir), reading(&before, dir));
+        let moved = (a.packets - b.packets, a.bytes - b.bytes);
+        if accounting {
+            // Every packet of both connections (nothing else crosses the router).
+            assert_eq!(
+                moved,
+                (2 * PINGS, 2 * PINGS * PING_BYTES),
+                "{backend}: {dir:?} with accounting"
+            );
+        } else {
+            // The NAT rule sees the first packet of its one connection.
+            assert_eq!(
+                moved,
+                (1, PING_BYTES),
+                "{backend}: {dir:?} without accounting"
+            );
+        }
+    }
+}
+
+#[test]
+fn with_accounting_a_floating_ip_counts_every_packet_and_without_it_connections_on_both_backends() {
+    l3agent_testkit::require_kernel();
+    for backend in BACKENDS {
+        for accounting in [true, false] {
+            one_floating_ip(backend, accounting);
+        }
+    }
 }

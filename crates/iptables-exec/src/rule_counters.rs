@@ -1,8 +1,9 @@
 //! Packet and byte counters of individual IPv4 iptables rules, read in-process from the
 //! kernel of the calling thread's network namespace: what `iptables-save -c -t TABLE` prints
 //! in front of each rule, without starting `iptables-save`. The agent reads its floating IPs'
-//! NAT rules this way at every metrics refresh (see `l3agent_agent::traffic`), so reading
-//! the counters of 1,000 routers starts no process.
+//! rules this way at every metrics refresh (see `l3agent_agent::traffic`): their NAT rules,
+//! or with `agent.traffic_accounting` the filter table's `fip-acct` chain, so reading the
+//! counters of 1,000 routers starts no process.
 //!
 //! Both backends hold a counter per rule, and both can be read without a process:
 //!

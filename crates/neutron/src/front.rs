@@ -201,6 +201,7 @@ pub fn agent_doc(cfg: &NeutronAgentConfig) -> Result<AgentDoc, FrontError> {
             vrrp_advert_int: Some(cfg.ha.vrrp_advert_int),
             vrrp_health_check_interval: Some(cfg.ha.vrrp_health_check_interval),
         }),
+        traffic_accounting: None,
     };
     ConfigDoc {
         agent: doc.clone(),
@@ -2162,6 +2163,7 @@ mod tests {
             metadata_proxy: None,
             router_advertisements: None,
             ha: None,
+            traffic_accounting: None,
         }
     }
 

@@ -56,6 +56,10 @@ const SCOPE_MASK: &str = "0xffff0000";
 /// The `floating_ip` tag of Neutron's FIP rules.
 const FIP_TAG: &str = "floating_ip";
 
+/// The wrapped filter chain of the floating IPs' accounting rules
+/// (`agent.traffic_accounting`): `neutron-l3-agent-fip-acct` in `qrouter-`.
+pub const FIP_ACCT_CHAIN: &str = "fip-acct";
+
 /// An iptables model with l3agent's wrap name and no rules.
 pub fn empty_model() -> IptablesModel {
     IptablesModel::new(
@@ -865,6 +869,35 @@ fn fip_scope_rules(
     Ok(())
 }
 
+/// The floating IPs' accounting rules (`agent.traffic_accounting`): a `fip-acct` chain,
+/// jumped to first from the wrapped `FORWARD` (so it counts before any DROP or ACCEPT), with
+/// per floating IP `-d FIXED/32 -i EXT` (ingress) and `-s FIXED/32 -o EXT` (egress) and no
+/// target: they count and fall through. `FORWARD` sees destinations after DNAT and sources
+/// before SNAT, hence the fixed address; `ext` is the router's external device here (`qg-`,
+/// or a DVR qrouter's `rfp-`). Nothing without floating IPs.
+fn fip_accounting_rules(m: &mut IptablesModel, fips: &[&Fip], ext: &IfName) -> Ipt {
+    if fips.is_empty() {
+        return Ok(());
+    }
+    m.add_chain(Family::V4, Table::Filter, FIP_ACCT_CHAIN, true)?;
+    let jump = format!("-j ${FIP_ACCT_CHAIN}");
+    m.add_rule(
+        Family::V4,
+        Table::Filter,
+        RuleSpec {
+            top: true,
+            ..RuleSpec::new("FORWARD", &jump)
+        },
+    )?;
+    for f in fips {
+        let ingress = format!("-d {}/32 -i {ext}", f.fixed);
+        add_tagged(m, Table::Filter, FIP_ACCT_CHAIN, &ingress)?;
+        let egress = format!("-s {}/32 -o {ext}", f.fixed);
+        add_tagged(m, Table::Filter, FIP_ACCT_CHAIN, &egress)?;
+    }
+    Ok(())
+}
+
 /// Floating IPs in a stable order (by floating address), so that the dict's order never
 /// reorders rules.
 fn sorted_fips<'a>(fips: impl Iterator<Item = &'a Fip>) -> Vec<&'a Fip> {
@@ -976,6 +1009,9 @@ impl Cx<'_> {
                 add_tagged(m, Table::Nat, "OUTPUT", &dnat).map_err(rule_error)?;
                 let snat = format!("-s {}/32 -j SNAT --to-source {}{rf}", f.fixed, f.floating);
                 add_tagged(m, Table::Nat, "float-snat", &snat).map_err(rule_error)?;
+            }
+            if self.cfg.agent.traffic_accounting {
+                fip_accounting_rules(m, &fips, &gw.dev).map_err(rule_error)?;
             }
             scoped_devs.push(scoped(&gw.dev, gw, &marks));
         }
@@ -1227,6 +1263,9 @@ impl Cx<'_> {
                 add_tagged(m, Table::Nat, "PREROUTING", &dnat).map_err(rule_error)?;
                 let snat = format!("-s {}/32 -j SNAT --to-source {}{rf}", f.fixed, f.floating);
                 add_tagged(m, Table::Nat, "float-snat", &snat).map_err(rule_error)?;
+            }
+            if self.cfg.agent.traffic_accounting {
+                fip_accounting_rules(m, &fips, &rfp).map_err(rule_error)?;
             }
             // The fip- side: the fpr- end (the fip namespace makes the pair), its neighbour,
             // `iif fpr- lookup T priority T` with T the fpr address as an integer and table T's
@@ -2074,5 +2113,112 @@ mod tests {
             snat(&off),
             vec!["-s 192.0.2.10/32 -j SNAT --to-source 203.0.113.2"]
         );
+    }
+
+    /// `agent.traffic_accounting`: the accounting chain, jumped to first from `FORWARD`, with
+    /// the fixed address of each floating IP served here against the external device
+    /// (`qg-` for a legacy router, `rfp-` for a DVR one); off, none of it.
+    #[test]
+    fn traffic_accounting_counts_each_local_floating_ips_fixed_address_on_the_external_device() {
+        let accounting = |mut cfg: HostConfig| {
+            cfg.agent.traffic_accounting = true;
+            cfg
+        };
+        let acct = |q: &NsSpec| rules(q, Family::V4, Table::Filter, FIP_ACCT_CHAIN);
+        let forward = |q: &NsSpec| rules(q, Family::V4, Table::Filter, "FORWARD");
+
+        let spec = build(&accounting(config("legacy", vec![legacy_dict()])));
+        let q = qrouter(&spec, LEGACY_ID);
+        assert_eq!(
+            forward(q),
+            vec!["-j neutron-l3-agent-fip-acct", "-j neutron-l3-agent-scope"]
+        );
+        assert_eq!(
+            acct(q),
+            vec![
+                "-d 192.0.2.10/32 -i qg-184a6791-c4",
+                "-s 192.0.2.10/32 -o qg-184a6791-c4"
+            ]
+        );
+        assert!(!q
+            .iptables
+            .has_chain(Family::V6, Table::Filter, FIP_ACCT_CHAIN, true));
+        let off = build(&config("legacy", vec![legacy_dict()]));
+        let q = qrouter(&off, LEGACY_ID);
+        assert!(!q
+            .iptables
+            .has_chain(Family::V4, Table::Filter, FIP_ACCT_CHAIN, true));
+        assert_eq!(forward(q), vec!["-j neutron-l3-agent-scope"]);
+
+        // No floating IP: no chain.
+        let mut bare = legacy_dict();
+        bare["_floatingips"] = json!([]);
+        let spec = build(&accounting(config("legacy", vec![bare])));
+        assert!(!qrouter(&spec, LEGACY_ID).iptables.has_chain(
+            Family::V4,
+            Table::Filter,
+            FIP_ACCT_CHAIN,
+            true
+        ));
+
+        // DVR: the rfp- end; a floating IP bound on another host is not served here.
+        let mut d = dvr_dict();
+        let mut elsewhere = d["_floatingips"][0].clone();
+        elsewhere["id"] = "cae657c6-ca5f-4061-85f5-baa25ccc6404".into();
+        elsewhere["fixed_ip_address"] = "192.0.2.11".into();
+        elsewhere["floating_ip_address"] = "203.0.113.3".into();
+        elsewhere["host"] = "host-b".into();
+        d["_floatingips"].as_array_mut().unwrap().push(elsewhere);
+        let spec = build(&accounting(config("dvr", vec![d])));
+        let q = qrouter(&spec, DVR_ID);
+        assert_eq!(forward(q)[0], "-j neutron-l3-agent-fip-acct");
+        assert_eq!(
+            acct(q),
+            vec![
+                "-d 192.0.2.10/32 -i rfp-fb221852-b",
+                "-s 192.0.2.10/32 -o rfp-fb221852-b"
+            ]
+        );
+    }
+
+    /// Switching `agent.traffic_accounting` on a namespace that holds the other mode's
+    /// rules: the plan puts the jump first in `FORWARD` and adds the chain (or removes both),
+    /// ends where a fresh namespace would be, and then has nothing left to do.
+    #[test]
+    fn switching_traffic_accounting_plans_to_what_a_fresh_namespace_gets() {
+        let model = |accounting: bool| {
+            let mut cfg = config("legacy", vec![legacy_dict()]);
+            cfg.agent.traffic_accounting = accounting;
+            build(&cfg).namespaces[&q_name()].iptables.clone()
+        };
+        let fresh = |m: &IptablesModel| {
+            let mut state = KernelState::default();
+            l3agent_iptables::plan_family(&state, m, Family::V4, None)
+                .apply_to(&mut state)
+                .unwrap();
+            state
+        };
+        // Each table's chains (in any order) with their rules (in order).
+        type Chains = BTreeMap<(Table, String), Vec<l3agent_iptables::kernel::KernelRule>>;
+        let chains = |s: &KernelState| -> Chains {
+            s.tables
+                .iter()
+                .flat_map(|(t, table)| {
+                    table
+                        .chains()
+                        .iter()
+                        .map(|c| ((*t, c.name.clone()), c.rules.clone()))
+                })
+                .collect()
+        };
+        for (from, to) in [(false, true), (true, false)] {
+            let (from, to) = (model(from), model(to));
+            let mut state = fresh(&from);
+            let plan = l3agent_iptables::plan_family(&state, &to, Family::V4, None);
+            assert!(!plan.is_empty());
+            plan.apply_to(&mut state).unwrap();
+            assert_eq!(chains(&state), chains(&fresh(&to)));
+            assert!(l3agent_iptables::plan_family(&state, &to, Family::V4, None).is_empty());
+        }
     }
 }

@@ -110,6 +110,15 @@ pub struct AgentDoc {
     /// VRRP settings of HA routers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ha: Option<HaDoc>,
+    /// Exact per-floating-IP traffic counters (default false): each router with floating IPs
+    /// served here gets a `neutron-l3-agent-fip-acct` chain in its `qrouter-` filter table,
+    /// jumped to first from `neutron-l3-agent-FORWARD`, with two counting rules per floating
+    /// IP (`-d FIXED/32 -i EXT`, `-s FIXED/32 -o EXT`; `EXT` is `qg-`, or `rfp-` for DVR),
+    /// and the floating IPs' traffic metrics count all their packets instead of their
+    /// connections (the first packets their NAT rules see). What Neutron's metering agent
+    /// gives; Neutron's L3 agent has no such option.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_accounting: Option<bool>,
 }
 
 /// `agent.ha`.
@@ -573,6 +582,8 @@ pub struct Agent {
     pub ra: Option<RaIntervals>,
     /// VRRP settings of HA routers.
     pub ha: HaSettings,
+    /// Per-floating-IP accounting rules in the filter table (`agent.traffic_accounting`).
+    pub traffic_accounting: bool,
 }
 
 /// The VRRP settings of HA routers (Neutron's `ha_vrrp_*`), validated.
@@ -1813,6 +1824,7 @@ impl ConfigDoc {
             metadata,
             ra,
             ha,
+            traffic_accounting: self.agent.traffic_accounting.unwrap_or(false),
         }
     }
 
@@ -2506,6 +2518,57 @@ mod tests {
                 }]
             })?
             .validate()
+    }
+
+    #[test]
+    fn traffic_accounting_is_an_optional_boolean_off_by_default() {
+        let cfg = validate_value(ovs_doc(serde_json::json!({}))).unwrap();
+        assert!(!cfg.agent.traffic_accounting);
+        // Absent, it is not written back (applied records stay as they were).
+        let written = serde_json::to_value(&cfg.doc.agent).unwrap();
+        assert!(written.get("traffic_accounting").is_none(), "{written}");
+        let on = ovs_doc(serde_json::json!({"traffic_accounting": true}));
+        let cfg = validate_value(on).unwrap();
+        assert!(cfg.agent.traffic_accounting);
+        let off = ovs_doc(serde_json::json!({"traffic_accounting": false}));
+        assert!(!validate_value(off).unwrap().agent.traffic_accounting);
+
+        // Not a boolean: refused with the field's path, from YAML and JSON files alike.
+        let parse = |text: &str, format| {
+            l3agent_doc::parse::<ConfigDoc>(
+                text.as_bytes(),
+                format,
+                &l3agent_doc::Limits::default(),
+                "",
+            )
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+        };
+        let yaml = "agent:\n  mode: legacy\n  host: host-a\n  state_path: /tmp/l3agent-test\n  \
+                    traffic_accounting: \"yes\"\nrouters: []\n";
+        let e = parse(yaml, l3agent_doc::Format::Yaml);
+        assert!(
+            e.starts_with(
+                "agent.traffic_accounting: invalid type: string \"yes\", expected a boolean"
+            ),
+            "{e}"
+        );
+        let mut json = ovs_doc(serde_json::json!({"traffic_accounting": "yes"}));
+        json["routers"] = serde_json::json!([]);
+        let e = parse(&json.to_string(), l3agent_doc::Format::Json);
+        assert!(
+            e.starts_with(
+                "agent.traffic_accounting: invalid type: string \"yes\", expected a boolean"
+            ),
+            "{e}"
+        );
+        // A misspelt key is still an unknown field.
+        let e = parse(
+            &yaml.replace("traffic_accounting: \"yes\"", "traffic_acounting: true"),
+            l3agent_doc::Format::Yaml,
+        );
+        assert!(e.contains("unknown field `traffic_acounting`"), "{e}");
     }
 
     #[test]

@@ -26,7 +26,12 @@ fn data(name: &str) -> Value {
 
 /// Every network of the data files has a bridge.
 fn config(mode: &str, host: &str, routers: Vec<Value>) -> HostConfig {
-    let doc = json!({
+    config_with(mode, host, routers, json!({}))
+}
+
+/// [`config`] with `extra` merged into the agent section.
+fn config_with(mode: &str, host: &str, routers: Vec<Value>, extra: Value) -> HostConfig {
+    let mut doc = json!({
         "agent": {
             "mode": mode,
             "host": host,
@@ -44,6 +49,9 @@ fn config(mode: &str, host: &str, routers: Vec<Value>) -> HostConfig {
         },
         "routers": routers,
     });
+    for (k, v) in extra.as_object().into_iter().flatten() {
+        doc["agent"][k] = v.clone();
+    }
     let doc: ConfigDoc = serde_json::from_value(doc).unwrap();
     doc.validate().unwrap_or_else(|e| panic!("{e:#?}"))
 }
@@ -173,10 +181,36 @@ fn legacy_router_on_a_dvr_snat_agent_is_the_same_legacy_router() {
     assert_eq!(a, b);
 }
 
+/// `agent.traffic_accounting`: the legacy example with its floating IP's accounting chain
+/// (`neutron-l3-agent-fip-acct`, on `qg-`); everything else as in `legacy`.
+#[test]
+fn legacy_router_with_traffic_accounting() {
+    let cfg = config_with(
+        "legacy",
+        "host-a",
+        vec![data("neutron-router-legacy.json")],
+        json!({"traffic_accounting": true}),
+    );
+    check("legacy-accounting", &cfg);
+}
+
 #[test]
 fn dvr_router_on_a_dvr_agent() {
     let cfg = config("dvr", "host-a", vec![data("neutron-router-dvr.json")]);
     check("dvr", &cfg);
+}
+
+/// `agent.traffic_accounting` on a `dvr` agent: the accounting chain on `rfp-`; everything
+/// else as in `dvr`.
+#[test]
+fn dvr_router_on_a_dvr_agent_with_traffic_accounting() {
+    let cfg = config_with(
+        "dvr",
+        "host-a",
+        vec![data("neutron-router-dvr.json")],
+        json!({"traffic_accounting": true}),
+    );
+    check("dvr-accounting", &cfg);
 }
 
 #[test]
