@@ -1837,46 +1837,23 @@ pub fn run_bench(a: &Args) -> Result<String> {
     let mut syncs: Vec<SyncRun> = Vec::new();
     let mut ovs_plug = None;
     let mut creation: Vec<(usize, f64)> = Vec::new();
-    let side = if a.side_routers > 0 {
+    // `count` routers named `tag`, created, scheduled to `host` and bound (none for 0).
+    let mut routers_for = |tag: &str, host: &str, count: usize| -> Result<Vec<Target>> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
         let t = Instant::now();
-        let s = create_routers(
-            &apis,
-            "side",
-            SIDE_HOST,
-            a.side_routers,
-            a.create_threads,
-            &mut physnets,
-        )?;
+        let s = create_routers(&apis, tag, host, count, a.create_threads, &mut physnets)?;
         creation.push((s.len(), t.elapsed().as_secs_f64()));
         step(&format!("{} routers created", s.len()), t);
         let t = Instant::now();
-        schedule(SIDE_HOST, &s)?;
+        schedule(host, &s)?;
         step(&format!("{} routers scheduled and bound", s.len()), t);
         wait_no_l3_agent_alive(&api)?;
-        s
-    } else {
-        Vec::new()
+        Ok(s)
     };
-    let big = if a.routers > 0 {
-        let t = Instant::now();
-        let s = create_routers(
-            &apis,
-            "sync",
-            SYNC_HOST,
-            a.routers,
-            a.create_threads,
-            &mut physnets,
-        )?;
-        creation.push((s.len(), t.elapsed().as_secs_f64()));
-        step(&format!("{} routers created", s.len()), t);
-        let t = Instant::now();
-        schedule(SYNC_HOST, &s)?;
-        step(&format!("{} routers scheduled and bound", s.len()), t);
-        wait_no_l3_agent_alive(&api)?;
-        s
-    } else {
-        Vec::new()
-    };
+    let side = routers_for("side", SIDE_HOST, a.side_routers)?;
+    let big = routers_for("sync", SYNC_HOST, a.routers)?;
     if !side.is_empty() {
         let d = dir.join("l3agent-side");
         let files = agent_config(&d, SIDE_HOST, &ovsdb, false)?;

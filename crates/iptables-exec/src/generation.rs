@@ -194,25 +194,7 @@ impl GenerationSocket {
         let seq = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let req = encode_request(seq);
         let fd = self.fd.as_raw_fd();
-        // SAFETY: a socket we own; a buffer of the given length (the kernel's address: zeroed
-        // sockaddr_nl, pid 0).
-        let sent = unsafe {
-            let mut addr: libc::sockaddr_nl = std::mem::zeroed();
-            addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-            libc::sendto(
-                fd,
-                req.as_ptr().cast(),
-                req.len(),
-                0,
-                (&addr as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if sent < 0 {
-            return Err(gen_err("sending NFT_MSG_GETGEN")(
-                std::io::Error::last_os_error(),
-            ));
-        }
+        send_to_kernel(fd, &req).map_err(gen_err("sending NFT_MSG_GETGEN"))?;
         let mut buf = [0u8; 512];
         loop {
             // SAFETY: receiving into a buffer we own, of its length.
@@ -240,6 +222,29 @@ impl GenerationSocket {
 /// of any program (any family, any table) in that namespace; namespaces have their own.
 pub fn ruleset_generation(netns: Option<&Netns>) -> Result<u32, ExecError> {
     GenerationSocket::open(netns)?.query()
+}
+
+/// Sends one netlink request on `fd` to the kernel (port id 0).
+pub(crate) fn send_to_kernel(fd: std::os::fd::RawFd, req: &[u8]) -> std::io::Result<()> {
+    // SAFETY: `fd` is a socket the caller owns; the buffer and its length are `req`'s; the
+    // address is a zeroed sockaddr_nl of the netlink family (the kernel, pid 0).
+    let sent = unsafe {
+        let mut addr: libc::sockaddr_nl = std::mem::zeroed();
+        addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        libc::sendto(
+            fd,
+            req.as_ptr().cast(),
+            req.len(),
+            0,
+            (&addr as *const libc::sockaddr_nl).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        )
+    };
+    if sent < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -438,22 +438,7 @@ impl NftSocket {
         };
         let req = nft_dump_request(seq, table, chain);
         let fd = self.fd.as_raw_fd();
-        // SAFETY: a socket we own; a buffer of the given length; the kernel's address.
-        let sent = unsafe {
-            let mut addr: libc::sockaddr_nl = std::mem::zeroed();
-            addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-            libc::sendto(
-                fd,
-                req.as_ptr().cast(),
-                req.len(),
-                0,
-                (&addr as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if sent < 0 {
-            return Err(io_err(what())(std::io::Error::last_os_error()));
-        }
+        crate::generation::send_to_kernel(fd, &req).map_err(io_err(what()))?;
         let mut buf = self.buf.borrow_mut();
         let mut rules = Vec::new();
         for _ in 0..MAX_DUMP_BUFFERS {
@@ -764,18 +749,7 @@ pub fn decode_legacy_table(info: &[u8], entries: &[u8]) -> Result<Vec<RuleCounte
 mod tests {
     use super::*;
 
-    /// The hex of a capture file (lines starting with `#` describe it).
-    fn hex(text: &str) -> Vec<u8> {
-        let digits: String = text
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .flat_map(|l| l.chars().filter(|c| !c.is_whitespace()))
-            .collect();
-        (0..digits.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&digits[i..i + 2], 16).unwrap())
-            .collect()
-    }
+    use l3agent_testkit::hex_capture as hex;
 
     const PREROUTING: &str = "neutron-l3-agent-PREROUTING";
     const FLOAT_SNAT: &str = "neutron-l3-agent-float-snat";

@@ -104,18 +104,7 @@ mod tests {
     use super::*;
     use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 
-    /// The hex lines of a capture file (lines starting with `#` are its description).
-    fn hex(text: &str) -> Vec<u8> {
-        let digits: String = text
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .flat_map(|l| l.chars().filter(|c| !c.is_whitespace()))
-            .collect();
-        (0..digits.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&digits[i..i + 2], 16).unwrap())
-            .collect()
-    }
+    use l3agent_testkit::hex_capture as hex;
 
     /// Every link message of a dump answer.
     fn links(bytes: &[u8]) -> Vec<LinkMessage> {

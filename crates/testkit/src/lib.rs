@@ -50,6 +50,20 @@ pub struct Run {
     pub stderr: String,
 }
 
+/// The bytes of a hex capture file (tests' captured kernel answers): lines starting with `#`
+/// describe it, whitespace is ignored, the rest is hex digit pairs.
+pub fn hex_capture(text: &str) -> Vec<u8> {
+    let digits: String = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .flat_map(|l| l.chars().filter(|c| !c.is_whitespace()))
+        .collect();
+    (0..digits.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&digits[i..i + 2], 16).expect("hex digits"))
+        .collect()
+}
+
 /// Runs a fixture command (argv, no shell).
 pub fn sh(argv: &[&str]) -> Run {
     let out = Command::new(argv[0])
