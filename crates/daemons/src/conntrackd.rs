@@ -6,8 +6,11 @@
 //! drops the template's last newline).
 //!
 //! Where we deliberately differ: nothing in the text. Neutron checks the lengths of the
-//! derived paths when it builds them; here [`ConntrackdConf::validate`] does. Writing the
-//! file and the pid file is the supervisor's.
+//! derived paths when it builds them; here [`ConntrackdConf::validate`] does. Where the lock
+//! file and the control socket are is the caller's ([`ConntrackdFiles`]: Neutron's
+//! `$ha_confs/<rid>/conntrackd.{lock,ctl}`, or l3agent's supervisor's
+//! `<state_path>/daemons/<rid>.conntrackd.{lock,ctl}`). Writing the file and the pid file is
+//! the supervisor's.
 
 use std::net::Ipv4Addr;
 
@@ -61,11 +64,33 @@ impl Default for ConntrackdOptions {
     }
 }
 
+/// Where conntrackd keeps its lock file and its control socket: the two paths its config
+/// names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConntrackdFiles {
+    /// `LockFile`.
+    pub lockfile: ConfPath,
+    /// `UNIX { Path }`: the control socket that `conntrackd -C <conf> -c|-f|-R|-B|-t|-n|-s|-k`
+    /// talks to, at most [`UNIX_PATH_MAX`] characters.
+    pub ctl: ConfPath,
+}
+
+impl ConntrackdFiles {
+    /// Neutron's layout in the router's `$ha_confs/<rid>` (`get_conf_dir`):
+    /// `get_lockfile_path` and `get_ctlfile_path`, `<conf_dir>/conntrackd.{lock,ctl}`.
+    pub fn in_conf_dir(conf_dir: &ConfPath) -> ConntrackdFiles {
+        ConntrackdFiles {
+            lockfile: ConfPath(conf_dir.joined("conntrackd.lock")),
+            ctl: ConfPath(conf_dir.joined("conntrackd.ctl")),
+        }
+    }
+}
+
 /// One router's conntrackd configuration (`ConntrackdManager`'s arguments).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConntrackdConf {
-    /// The router's `$ha_confs/<rid>` (`get_conf_dir`), where the lock and control socket go.
-    pub conf_dir: ConfPath,
+    /// Where the lock and the control socket go.
+    pub files: ConntrackdFiles,
     /// The `ha_conntrackd_*` options.
     pub options: ConntrackdOptions,
     /// The HA port's first fixed IP (`_get_conntrackd_ipv4_interface`): the multicast
@@ -78,41 +103,19 @@ pub struct ConntrackdConf {
 }
 
 impl ConntrackdConf {
-    /// `get_conffile_path`: `<conf_dir>/conntrackd.conf`.
-    pub fn conf_path(&self) -> ConfPath {
-        ConfPath(self.conf_dir.joined("conntrackd.conf"))
-    }
-
-    /// `get_pid_file_path`: `<conf_dir>/conntrackd.pid` (the agent writes it from `pgrep`).
-    pub fn pid_path(&self) -> ConfPath {
-        ConfPath(self.conf_dir.joined("conntrackd.pid"))
-    }
-
-    /// `get_lockfile_path`: `<conf_dir>/conntrackd.lock`.
-    pub fn lockfile_path(&self) -> ConfPath {
-        ConfPath(self.conf_dir.joined("conntrackd.lock"))
-    }
-
-    /// `get_ctlfile_path`: `<conf_dir>/conntrackd.ctl`, the control socket.
-    pub fn ctl_path(&self) -> ConfPath {
-        ConfPath(self.conf_dir.joined("conntrackd.ctl"))
-    }
-
     /// The bounds Neutron enforces: the control socket path at most [`UNIX_PATH_MAX`]
-    /// characters and the others at most [`PATH_MAX`] (`get_full_config_file_path`; the
+    /// characters and the lock file at most [`PATH_MAX`] (`get_full_config_file_path`; the
     /// error names `ha_confs_path`), the counts at least 1 (`min=1`), and the group port
     /// plus the VRID a UDP port (`ha_conntrackd_group`).
     pub fn validate(&self) -> Result<(), Error> {
         for (path, max) in [
-            (self.conf_path(), PATH_MAX),
-            (self.pid_path(), PATH_MAX),
-            (self.lockfile_path(), PATH_MAX),
-            (self.ctl_path(), UNIX_PATH_MAX),
+            (&self.files.lockfile, PATH_MAX),
+            (&self.files.ctl, UNIX_PATH_MAX),
         ] {
             if path.as_str().len() > max {
                 return Err(invalid(
                     "ha_confs_path",
-                    &path,
+                    path,
                     format!("conntrackd takes paths of at most {max} characters here"),
                 ));
             }
@@ -202,8 +205,8 @@ Sync {{
 }}",
         hashsize = o.hashsize,
         hashlimit = o.hashlimit,
-        lockfile = conf.lockfile_path(),
-        ctl = conf.ctl_path(),
+        lockfile = conf.files.lockfile,
+        ctl = conf.files.ctl,
         backlog = o.unix_backlog,
         sbs = o.socketbuffersize,
         sbs_max = o.socketbuffersize_max_grown,
@@ -222,7 +225,9 @@ mod tests {
 
     fn conf() -> ConntrackdConf {
         ConntrackdConf {
-            conf_dir: ConfPath::new("ha_confs", "/var/lib/neutron/ha_confs/r1").unwrap(),
+            files: ConntrackdFiles::in_conf_dir(
+                &ConfPath::new("ha_confs", "/var/lib/neutron/ha_confs/r1").unwrap(),
+            ),
             options: ConntrackdOptions::default(),
             ha_ip: Ipv4Addr::new(169, 254, 192, 5),
             vrid: 7,
@@ -281,24 +286,24 @@ Sync {
     fn paths_and_bounds_are_neutrons() {
         let c = conf();
         assert_eq!(
-            c.pid_path().as_str(),
-            "/var/lib/neutron/ha_confs/r1/conntrackd.pid"
+            c.files.lockfile.as_str(),
+            "/var/lib/neutron/ha_confs/r1/conntrackd.lock"
         );
         assert_eq!(
-            c.conf_path().as_str(),
-            "/var/lib/neutron/ha_confs/r1/conntrackd.conf"
+            c.files.ctl.as_str(),
+            "/var/lib/neutron/ha_confs/r1/conntrackd.ctl"
         );
         assert_eq!(c.validate(), Ok(()));
         // 107 - "/conntrackd.ctl".len() = 92 characters of directory fit, 93 do not.
         let dir = |n: usize| ConfPath::new("d", format!("/{}", "a".repeat(n - 1))).unwrap();
         let fits = ConntrackdConf {
-            conf_dir: dir(92),
+            files: ConntrackdFiles::in_conf_dir(&dir(92)),
             ..conf()
         };
-        assert_eq!(fits.ctl_path().as_str().len(), 107);
+        assert_eq!(fits.files.ctl.as_str().len(), 107);
         assert_eq!(fits.validate(), Ok(()));
         let long = ConntrackdConf {
-            conf_dir: dir(93),
+            files: ConntrackdFiles::in_conf_dir(&dir(93)),
             ..conf()
         };
         assert!(

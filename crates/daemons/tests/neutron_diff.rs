@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
-use l3agent_daemons::conntrackd::{self, ConntrackdConf, ConntrackdOptions};
+use l3agent_daemons::conntrackd::{self, ConntrackdConf, ConntrackdFiles, ConntrackdOptions};
 use l3agent_daemons::haproxy::{self, HaproxyConf, IpVersion, RateLimit, Timeouts};
 use l3agent_daemons::keepalived::{
     self, AuthType, ExcludedVip, HealthCheck, KeepalivedConf, VirtualRoute, VrrpPassword,
@@ -839,7 +839,7 @@ fn conntrackd_conf_is_byte_identical_to_neutrons() {
     let ha_confs = "/var/lib/neutron/ha_confs";
     let conf_dir = path(&format!("{ha_confs}/{RID}"));
     let base = ConntrackdConf {
-        conf_dir,
+        files: ConntrackdFiles::in_conf_dir(&conf_dir),
         options: ConntrackdOptions::default(),
         ha_ip: "169.254.192.5".parse().unwrap(),
         vrid: 7,

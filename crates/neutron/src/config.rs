@@ -363,6 +363,34 @@ pub struct HaOptions {
     pub vrrp_advert_int: u32,
     /// `ha_vrrp_health_check_interval` seconds (default 0: off).
     pub vrrp_health_check_interval: u32,
+    /// `ha_conntrackd_enabled` (default false).
+    pub conntrackd_enabled: bool,
+    /// The `ha_conntrackd_*` knobs as given (`None`: Neutron's default); checked by the
+    /// agent config (`agent.ha.conntrackd_*`).
+    pub conntrackd: ConntrackdKnobs,
+}
+
+/// The `[DEFAULT] ha_conntrackd_*` options that were set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConntrackdKnobs {
+    /// `ha_conntrackd_hashsize`.
+    pub hashsize: Option<u32>,
+    /// `ha_conntrackd_hashlimit`.
+    pub hashlimit: Option<u32>,
+    /// `ha_conntrackd_unix_backlog`.
+    pub unix_backlog: Option<u32>,
+    /// `ha_conntrackd_socketbuffersize`.
+    pub socketbuffersize: Option<u32>,
+    /// `ha_conntrackd_socketbuffersize_max_grown`.
+    pub socketbuffersize_max_grown: Option<u32>,
+    /// `ha_conntrackd_ipv4_mcast_addr`.
+    pub ipv4_mcast_addr: Option<String>,
+    /// `ha_conntrackd_group`.
+    pub group: Option<u32>,
+    /// `ha_conntrackd_sndsocketbuffer`.
+    pub sndsocketbuffer: Option<u32>,
+    /// `ha_conntrackd_rcvsocketbuffer`.
+    pub rcvsocketbuffer: Option<u32>,
 }
 
 /// The `[oslo_messaging_rabbit]` options that shape what goes on the wire (see the module
@@ -969,6 +997,33 @@ impl NeutronAgentConfig {
                 0,
                 "a number of seconds",
             )?,
+            conntrackd_enabled: r.boolean(d, "ha_conntrackd_enabled", false)?,
+            conntrackd: {
+                let count = |key: &str| -> Result<Option<u32>, NeutronError> {
+                    match r.raw(d, key) {
+                        None => Ok(None),
+                        Some(raw) => raw
+                            .value
+                            .trim()
+                            .parse::<u32>()
+                            .map(Some)
+                            .map_err(|_| r.bad(&raw, d, key, "not a non-negative integer")),
+                    }
+                };
+                ConntrackdKnobs {
+                    hashsize: count("ha_conntrackd_hashsize")?,
+                    hashlimit: count("ha_conntrackd_hashlimit")?,
+                    unix_backlog: count("ha_conntrackd_unix_backlog")?,
+                    socketbuffersize: count("ha_conntrackd_socketbuffersize")?,
+                    socketbuffersize_max_grown: count("ha_conntrackd_socketbuffersize_max_grown")?,
+                    ipv4_mcast_addr: r
+                        .raw(d, "ha_conntrackd_ipv4_mcast_addr")
+                        .map(|raw| raw.value.trim().to_owned()),
+                    group: count("ha_conntrackd_group")?,
+                    sndsocketbuffer: count("ha_conntrackd_sndsocketbuffer")?,
+                    rcvsocketbuffer: count("ha_conntrackd_rcvsocketbuffer")?,
+                }
+            },
         };
 
         let rabbit = Self::rabbit(&r, &transport_url, default_host)?;
@@ -1290,6 +1345,30 @@ mod tests {
     }
 
     #[test]
+    fn ha_conntrackd_options_are_read_and_off_by_default() {
+        let c = cfg(&[("l3_agent.ini", MIN)]).unwrap();
+        assert!(!c.ha.conntrackd_enabled);
+        assert_eq!(c.ha.conntrackd, ConntrackdKnobs::default());
+        let c = cfg(&[(
+            "l3_agent.ini",
+            "[DEFAULT]\ninterface_driver = openvswitch\nha_conntrackd_enabled = True\n\
+             ha_conntrackd_group = 4000\nha_conntrackd_ipv4_mcast_addr = 239.0.0.9\n\
+             ha_conntrackd_hashsize = 1024\n",
+        )])
+        .unwrap();
+        assert!(c.ha.conntrackd_enabled);
+        assert_eq!(
+            c.ha.conntrackd,
+            ConntrackdKnobs {
+                group: Some(4000),
+                ipv4_mcast_addr: Some("239.0.0.9".into()),
+                hashsize: Some(1024),
+                ..ConntrackdKnobs::default()
+            }
+        );
+    }
+
+    #[test]
     fn later_files_override_earlier_ones_and_sections_are_read() {
         let c = cfg(&[
             (
@@ -1462,6 +1541,14 @@ mod tests {
             (
                 "[DEFAULT]\ninterface_driver = openvswitch\nenable_metadata_proxy = maybe\n",
                 "l3.ini:3: [DEFAULT] enable_metadata_proxy = \"maybe\": not a boolean",
+            ),
+            (
+                "[DEFAULT]\ninterface_driver = openvswitch\nha_conntrackd_enabled = perhaps\n",
+                "l3.ini:3: [DEFAULT] ha_conntrackd_enabled = \"perhaps\": not a boolean",
+            ),
+            (
+                "[DEFAULT]\ninterface_driver = openvswitch\nha_conntrackd_hashsize = -1\n",
+                "l3.ini:3: [DEFAULT] ha_conntrackd_hashsize = \"-1\": not a non-negative integer",
             ),
             (
                 "[DEFAULT]\ninterface_driver = openvswitch\nmetadata_port = 70000\n",

@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use l3agent_rtnl::route::{Protocol, Route, MAIN_TABLE};
 use l3agent_rtnl::rule::Rule;
 use l3agent_rtnl::sysctl::Sysctl;
-use l3agent_supervise::Service;
+use l3agent_supervise::{Service, SyncRole};
 use l3agent_types::{IfName, MacAddr, NetnsName, PortId, RouterId};
 use serde::{Serialize, Serializer};
 
@@ -302,6 +302,18 @@ pub enum Change {
         #[serde(serialize_with = "display")]
         service: Service,
     },
+    /// An HA router's conntrackd is told of the VRRP role this host took, once per observed
+    /// transition (and once for a conntrackd just started): in the namespace,
+    /// `conntrackd -C <conf> -c`, `-f`, `-R`, `-B` as primary, `-t`, `-n` as backup (Neutron's
+    /// state-change script); a command that fails is logged and ignored, as there.
+    SyncConntrackd {
+        /// Namespace.
+        ns: NetnsName,
+        /// The router.
+        router: RouterId,
+        /// The role taken.
+        role: SyncRole,
+    },
     /// Gratuitous ARP / unsolicited neighbour advertisements, 3 rounds 2 s apart, sent in the
     /// background.
     Announce {
@@ -343,6 +355,7 @@ impl Change {
             | Change::StartDaemon { ns, .. }
             | Change::ReloadDaemon { ns, .. }
             | Change::StopDaemon { ns, .. }
+            | Change::SyncConntrackd { ns, .. }
             | Change::Announce { ns, .. } => Some(ns),
         }
     }
@@ -354,7 +367,7 @@ impl Change {
     /// floating IP addresses (a floating IP never answers before its DNAT exists), removals,
     /// conntrack cleanup, daemons (once their devices, addresses and rules exist; stopped
     /// first of all, so that radvd still has its device to send its last advertisement),
-    /// announcements.
+    /// the conntrackd sync (once conntrackd runs), announcements.
     pub fn rank(&self) -> u8 {
         match self {
             Change::CreateNamespace { .. } => 0,
@@ -382,8 +395,9 @@ impl Change {
             Change::DeleteNeighbour { .. } => 18,
             Change::FlushConntrack { .. } => 19,
             Change::StartDaemon { .. } | Change::ReloadDaemon { .. } => 20,
-            Change::DeleteNamespace { .. } => 21,
-            Change::Announce { .. } => 22,
+            Change::SyncConntrackd { .. } => 21,
+            Change::DeleteNamespace { .. } => 22,
+            Change::Announce { .. } => 23,
         }
     }
 
@@ -409,16 +423,18 @@ impl Change {
             Change::StartDaemon { .. }
             | Change::ReloadDaemon { .. }
             | Change::StopDaemon { .. } => "daemon",
+            Change::SyncConntrackd { .. } => "conntrackd-sync",
             Change::Announce { .. } => "announce",
         }
     }
 
-    /// Side effects only (conntrack cleanup, announcements): they do not change the state a
-    /// later diff sees, so they do not count as drift.
+    /// Side effects only (conntrack cleanup, announcements, the conntrackd sync that follows
+    /// a VRRP transition): they repair nothing another program undid, so they do not count
+    /// as drift.
     pub fn is_side_effect(&self) -> bool {
         matches!(
             self,
-            Change::FlushConntrack { .. } | Change::Announce { .. }
+            Change::FlushConntrack { .. } | Change::Announce { .. } | Change::SyncConntrackd { .. }
         )
     }
 }
@@ -456,6 +472,13 @@ impl fmt::Display for Change {
                 router,
                 service,
             } => write!(f, "{ns}: stop {service} of router {router}"),
+            Change::SyncConntrackd { ns, router, role } => {
+                write!(f, "{ns}: conntrackd sync of router {router} as {role}:")?;
+                for o in role.options() {
+                    write!(f, " conntrackd -C <conf> {o};")?;
+                }
+                Ok(())
+            }
             Change::SetSysctl { ns, key, value } => {
                 write!(f, "{ns}: sysctl -w {}={value}", key.name())
             }

@@ -349,6 +349,44 @@ fn router_daemons(
     Ok(out)
 }
 
+/// conntrackd.conf of an HA router (`agent.ha.conntrackd_enabled`, NEUTRON-OPS §1.9):
+/// Neutron's, with the HA port's first IPv4 address, the VRID and the `ha-` device, and the
+/// lock file and control socket where the supervisor keeps them
+/// (`<state_path>/daemons/<router id>.conntrackd.{lock,ctl}`, not Neutron's
+/// `$ha_confs/<rid>/conntrackd.{lock,ctl}`). A control socket path longer than a unix socket
+/// path may be fails the router with the reason (config validation refuses such a
+/// `state_path` first).
+fn conntrackd_conf(
+    state_path: &std::path::Path,
+    r: &Router,
+    ha: &HaRouter,
+    options: l3agent_daemons::conntrackd::ConntrackdOptions,
+) -> Result<String, String> {
+    use l3agent_daemons::conntrackd as c;
+    use l3agent_daemons::ConfPath;
+    let paths = Supervisor::paths(
+        &daemons_dir(state_path),
+        &Key::new(r.id.clone(), Service::Conntrackd),
+    );
+    let path = |p: Option<std::path::PathBuf>| {
+        ConfPath::new("agent.state_path", p.unwrap_or_default())
+            .map_err(|e| format!("HA: conntrackd: {e}"))
+    };
+    let conf = c::ConntrackdConf {
+        files: c::ConntrackdFiles {
+            lockfile: path(paths.lock)?,
+            ctl: path(paths.socket)?,
+        },
+        options,
+        ha_ip: ha.address.addr(),
+        vrid: ha.vr_id,
+        ha_dev: ha.port.dev.clone(),
+    };
+    conf.validate()
+        .map_err(|e| format!("HA: conntrackd: {e}"))?;
+    Ok(c::render(&conf))
+}
+
 /// The MACs of a DVR router's `rfp-` and `fpr-` ends, derived from the router id: locally
 /// administered (0x02 set), unicast (0x01 clear), distinct for the two ends. Compile gives
 /// them so that the permanent neighbours between the two ends (D-15) and the IPv6 default
@@ -1137,6 +1175,12 @@ impl Cx<'_> {
         let vip = IpNet::V4(conf.primary_vip);
         ns.daemons
             .insert(Service::Keepalived, k::render(&conf).into_bytes());
+        if let Some(options) = settings.conntrackd {
+            ns.daemons.insert(
+                Service::Conntrackd,
+                conntrackd_conf(&self.cfg.agent.state_path, r, ha, options)?.into_bytes(),
+            );
+        }
         ns.ha = Some(crate::spec::HaSpec {
             dev: ha_dev,
             vip,

@@ -138,6 +138,38 @@ pub struct HaDoc {
     /// `ha_vrrp_health_check_interval` (default 0: off).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vrrp_health_check_interval: Option<u32>,
+    /// `ha_conntrackd_enabled` (default false): a conntrackd per HA router syncing its
+    /// connection tracking table with the other nodes, so that NAT'd connections survive a
+    /// failover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conntrackd_enabled: Option<bool>,
+    /// `ha_conntrackd_hashsize` (default 32768).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conntrackd_hashsize: Option<u32>,
+    /// `ha_conntrackd_hashlimit` (default 131072).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conntrackd_hashlimit: Option<u32>,
+    /// `ha_conntrackd_unix_backlog` (default 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conntrackd_unix_backlog: Option<u32>,
+    /// `ha_conntrackd_socketbuffersize` (default 262142).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conntrackd_socketbuffersize: Option<u32>,
+    /// `ha_conntrackd_socketbuffersize_max_grown` (default 655355).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conntrackd_socketbuffersize_max_grown: Option<u32>,
+    /// `ha_conntrackd_ipv4_mcast_addr` (default 225.0.0.50): an IPv4 multicast address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conntrackd_ipv4_mcast_addr: Option<String>,
+    /// `ha_conntrackd_group` (default 3780): the base UDP port, plus the router's VRID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conntrackd_group: Option<u32>,
+    /// `ha_conntrackd_sndsocketbuffer` (default 24985600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conntrackd_sndsocketbuffer: Option<u32>,
+    /// `ha_conntrackd_rcvsocketbuffer` (default 24985600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conntrackd_rcvsocketbuffer: Option<u32>,
 }
 
 impl std::fmt::Debug for HaDoc {
@@ -152,6 +184,31 @@ impl std::fmt::Debug for HaDoc {
             .field(
                 "vrrp_health_check_interval",
                 &self.vrrp_health_check_interval,
+            )
+            .field("conntrackd_enabled", &self.conntrackd_enabled)
+            .field("conntrackd_hashsize", &self.conntrackd_hashsize)
+            .field("conntrackd_hashlimit", &self.conntrackd_hashlimit)
+            .field("conntrackd_unix_backlog", &self.conntrackd_unix_backlog)
+            .field(
+                "conntrackd_socketbuffersize",
+                &self.conntrackd_socketbuffersize,
+            )
+            .field(
+                "conntrackd_socketbuffersize_max_grown",
+                &self.conntrackd_socketbuffersize_max_grown,
+            )
+            .field(
+                "conntrackd_ipv4_mcast_addr",
+                &self.conntrackd_ipv4_mcast_addr,
+            )
+            .field("conntrackd_group", &self.conntrackd_group)
+            .field(
+                "conntrackd_sndsocketbuffer",
+                &self.conntrackd_sndsocketbuffer,
+            )
+            .field(
+                "conntrackd_rcvsocketbuffer",
+                &self.conntrackd_rcvsocketbuffer,
             )
             .finish()
     }
@@ -598,6 +655,8 @@ pub struct HaSettings {
     pub advert_int: u32,
     /// `ha_vrrp_health_check_interval` (seconds, 0: none).
     pub health_check_interval: u32,
+    /// `ha_conntrackd_enabled` with the `ha_conntrackd_*` options (`None`: no conntrackd).
+    pub conntrackd: Option<l3agent_daemons::conntrackd::ConntrackdOptions>,
 }
 
 impl Default for HaSettings {
@@ -606,9 +665,16 @@ impl Default for HaSettings {
             auth: None,
             advert_int: 2,
             health_check_interval: 0,
+            conntrackd: None,
         }
     }
 }
+
+/// The longest `agent.state_path` with which conntrackd's control socket,
+/// `<state_path>/daemons/<router id>.conntrackd.ctl`, fits the 107 characters of a unix
+/// socket path for every router id (36 characters at most).
+pub const CONNTRACKD_MAX_STATE_PATH: usize =
+    l3agent_daemons::conntrackd::UNIX_PATH_MAX - "/daemons/".len() - 36 - ".conntrackd.ctl".len();
 
 /// The metadata proxy, validated.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -880,7 +946,7 @@ fn metadata_proxy(doc: &MetadataProxyDoc, p: &mut Problems) -> Option<MetadataPr
 }
 
 /// `agent.ha`, validated (the password is checked without ever being echoed).
-fn ha_settings(doc: Option<&HaDoc>, p: &mut Problems) -> HaSettings {
+fn ha_settings(doc: Option<&HaDoc>, state_path: &std::path::Path, p: &mut Problems) -> HaSettings {
     use l3agent_daemons::keepalived::{AuthType, VrrpPassword};
     let mut out = HaSettings::default();
     let Some(doc) = doc else {
@@ -916,7 +982,109 @@ fn ha_settings(doc: Option<&HaDoc>, p: &mut Problems) -> HaSettings {
             "the VRRP health check is not supported yet (0 turns it off)",
         );
     }
+    out.conntrackd = conntrackd_options(doc, state_path, p);
     out
+}
+
+/// The `agent.ha.conntrackd_*` options when `conntrackd_enabled` (Neutron's
+/// `ha_conntrackd_*`, `conf/agent/l3/ha.py`): the counts at least 1 (`min=1`), the multicast
+/// address an IPv4 multicast address (Neutron takes any IPv4 address, which conntrackd then
+/// fails to join), the group port plus any VRID (up to 254) a UDP port, and the state path
+/// short enough for conntrackd's control socket.
+fn conntrackd_options(
+    doc: &HaDoc,
+    state_path: &std::path::Path,
+    p: &mut Problems,
+) -> Option<l3agent_daemons::conntrackd::ConntrackdOptions> {
+    if !doc.conntrackd_enabled.unwrap_or(false) {
+        return None;
+    }
+    let mut o = l3agent_daemons::conntrackd::ConntrackdOptions::default();
+    for (field, value, slot) in [
+        ("hashsize", doc.conntrackd_hashsize, &mut o.hashsize),
+        ("hashlimit", doc.conntrackd_hashlimit, &mut o.hashlimit),
+        (
+            "unix_backlog",
+            doc.conntrackd_unix_backlog,
+            &mut o.unix_backlog,
+        ),
+        (
+            "socketbuffersize",
+            doc.conntrackd_socketbuffersize,
+            &mut o.socketbuffersize,
+        ),
+        (
+            "socketbuffersize_max_grown",
+            doc.conntrackd_socketbuffersize_max_grown,
+            &mut o.socketbuffersize_max_grown,
+        ),
+        (
+            "sndsocketbuffer",
+            doc.conntrackd_sndsocketbuffer,
+            &mut o.sndsocketbuffer,
+        ),
+        (
+            "rcvsocketbuffer",
+            doc.conntrackd_rcvsocketbuffer,
+            &mut o.rcvsocketbuffer,
+        ),
+    ] {
+        match value {
+            Some(0) => p.add(
+                &format!("agent.ha.conntrackd_{field}"),
+                "must be at least 1",
+            ),
+            Some(v) => *slot = v,
+            None => {}
+        }
+    }
+    if let Some(raw) = &doc.conntrackd_ipv4_mcast_addr {
+        match raw.parse::<Ipv4Addr>() {
+            Ok(a) if a.is_multicast() => o.ipv4_mcast_addr = a,
+            Ok(_) => p.add(
+                "agent.ha.conntrackd_ipv4_mcast_addr",
+                format!(
+                    "{} is not an IPv4 multicast address (224.0.0.0/4)",
+                    Echo(raw)
+                ),
+            ),
+            Err(_) => p.add(
+                "agent.ha.conntrackd_ipv4_mcast_addr",
+                format!("{} is not an IPv4 address", Echo(raw)),
+            ),
+        }
+    }
+    if let Some(g) = doc.conntrackd_group {
+        match u16::try_from(g) {
+            Ok(port) if u32::from(port) + 254 <= u32::from(u16::MAX) => o.group = port,
+            _ => p.add(
+                "agent.ha.conntrackd_group",
+                format!(
+                    "{g}: the group port plus a router's VRID (up to 254) must be a UDP port, \
+                     so at most {}",
+                    u16::MAX - 254
+                ),
+            ),
+        }
+    }
+    let len = state_path.as_os_str().len();
+    if len > CONNTRACKD_MAX_STATE_PATH {
+        p.add(
+            "agent.ha.conntrackd_enabled",
+            format!(
+                "conntrackd's control socket <state_path>/daemons/<router id>.conntrackd.ctl \
+                 must fit the {} characters of a unix socket path: agent.state_path is {len} \
+                 characters, at most {CONNTRACKD_MAX_STATE_PATH} fit",
+                l3agent_daemons::conntrackd::UNIX_PATH_MAX
+            ),
+        );
+    } else if let Err(e) = l3agent_daemons::ConfPath::new("agent.state_path", state_path) {
+        p.add(
+            "agent.ha.conntrackd_enabled",
+            format!("conntrackd's config names files under agent.state_path: {e}"),
+        );
+    }
+    Some(o)
 }
 
 /// `agent.router_advertisements`, validated as radvd checks its intervals: min >= 3,
@@ -1813,7 +1981,7 @@ impl ConfigDoc {
             .as_ref()
             .and_then(|m| metadata_proxy(m, p));
         let ra = router_advertisements(self.agent.router_advertisements.as_ref(), p);
-        let ha = ha_settings(self.agent.ha.as_ref(), p);
+        let ha = ha_settings(self.agent.ha.as_ref(), &self.agent.state_path, p);
         Agent {
             mode: self.agent.mode,
             host: self.agent.host.clone(),

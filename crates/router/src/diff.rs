@@ -17,7 +17,7 @@ use ipnet::IpNet;
 use l3agent_ovsdb::PortRecord;
 use l3agent_rtnl::port::VethPort;
 use l3agent_rtnl::route::Route;
-use l3agent_supervise::{ConfigDigest, Service};
+use l3agent_supervise::{ConfigDigest, Service, SyncRole};
 use l3agent_types::{IfName, MacAddr, NetnsName};
 
 use crate::change::Change;
@@ -149,7 +149,13 @@ pub fn diff(host: &HostSpec, name: &NetnsName, observed: &ObservedNs) -> Vec<Cha
 
 /// The router's daemons: a wanted one that does not run is started (the respawn of one that
 /// died), one whose config file differs is reloaded, and one not wanted, running or only
-/// leaving files, is stopped and its files removed.
+/// leaving files, is stopped and its files removed. conntrackd starts before keepalived
+/// (Neutron: "conntrackd first when enabled", so that it hears of the first transition) and
+/// stops after it. An HA router's conntrackd is synced ([`Change::SyncConntrackd`]) when the
+/// VRRP state observed now is not the one the running conntrackd was last synced for: once
+/// per transition, and once after each start of conntrackd (its caches are empty). The
+/// role is recorded with conntrackd's pid, so a restart of l3agent syncs nothing again (no
+/// commit or flush on a running master).
 fn daemons(
     spec: &NsSpec,
     ns: &NetnsName,
@@ -165,8 +171,11 @@ fn daemons(
         .iter()
         .filter(|(s, _)| wanted_daemon(spec, state, **s))
         .collect();
-    for (service, config) in wanted.iter().map(|(s, c)| (*s, *c)) {
-        let (router, service, ns, config) = (router.clone(), *service, ns.clone(), config.clone());
+    let mut starting: Vec<_> = wanted.iter().map(|(s, c)| (**s, *c)).collect();
+    starting.sort_by_key(|(s, _)| start_order(*s));
+    let before = out.len();
+    for (service, config) in starting {
+        let (router, ns, config) = (router.clone(), ns.clone(), config.clone());
         out.push(match observed.daemons.get(&service) {
             Some(d) if d.running && d.config == Some(ConfigDigest::of(&config)) => continue,
             Some(d) if d.running => Change::ReloadDaemon {
@@ -183,14 +192,59 @@ fn daemons(
             },
         });
     }
-    for service in observed.daemons.keys() {
-        if !wanted.contains_key(service) {
-            out.push(Change::StopDaemon {
-                ns: ns.clone(),
-                router: router.clone(),
-                service: *service,
-            });
-        }
+    let mut stopping: Vec<Service> = observed
+        .daemons
+        .keys()
+        .filter(|s| !wanted.contains_key(s))
+        .copied()
+        .collect();
+    stopping.sort_by_key(|s| std::cmp::Reverse(start_order(*s)));
+    for service in stopping {
+        out.push(Change::StopDaemon {
+            ns: ns.clone(),
+            router: router.clone(),
+            service,
+        });
+    }
+    // (Re)started conntrackd has empty caches and no record of a sync; a running one is
+    // synced only when the state moved since its last sync.
+    let role = match state {
+        Some(HaState::Master) => SyncRole::Primary,
+        Some(HaState::Backup) => SyncRole::Backup,
+        None => return,
+    };
+    let conntrackd_starts = out[before..].iter().any(|c| {
+        matches!(
+            c,
+            Change::StartDaemon {
+                service: Service::Conntrackd,
+                ..
+            } | Change::ReloadDaemon {
+                service: Service::Conntrackd,
+                ..
+            }
+        )
+    });
+    let synced = observed
+        .daemons
+        .get(&Service::Conntrackd)
+        .and_then(|d| d.synced);
+    if wanted.contains_key(&Service::Conntrackd) && (conntrackd_starts || synced != Some(role)) {
+        out.push(Change::SyncConntrackd {
+            ns: ns.clone(),
+            router: router.clone(),
+            role,
+        });
+    }
+}
+
+/// Daemons start in this order (and stop in the reverse): conntrackd before keepalived, both
+/// before the rest.
+fn start_order(service: Service) -> u8 {
+    match service {
+        Service::Conntrackd => 0,
+        Service::Keepalived => 1,
+        Service::Radvd | Service::Haproxy => 2,
     }
 }
 

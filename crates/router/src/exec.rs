@@ -5,7 +5,7 @@
 //! OVSDB change set, in one transaction.
 
 use l3agent_ovsdb::{ChangeSet, InternalPort, OvsdbError};
-use l3agent_supervise::Key;
+use l3agent_supervise::{Key, Service};
 use l3agent_types::{IfName, NetnsName, RouterId};
 use tracing::{debug, warn};
 
@@ -162,6 +162,15 @@ fn run(
             kernel
                 .stop_daemon(dir, &key)
                 .map_err(|e| daemon(router, e))?;
+        }
+        Change::SyncConntrackd { ns, router, role } => {
+            let key = Key::new(router.clone(), Service::Conntrackd);
+            let failed = kernel
+                .sync_conntrackd(dir, &key, ns, *role)
+                .map_err(|e| daemon(router, e))?;
+            for f in failed {
+                warn!(%router, %role, command = %f.command, error = %f.error, "conntrackd sync command failed (ignored, as Neutron does)");
+            }
         }
         Change::DeleteNamespace { ns } => {
             firewall.forget(ns);

@@ -29,7 +29,9 @@ use l3agent_rtnl::route::Route;
 use l3agent_rtnl::rule::Rule;
 use l3agent_rtnl::sysctl::Sysctl;
 use l3agent_rtnl::Error;
-use l3agent_supervise::{ConfigDigest, Error as SuperviseError, Key, Service};
+use l3agent_supervise::{
+    ConfigDigest, Error as SuperviseError, Key, Service, Supervisor, SyncFailure, SyncRole,
+};
 use l3agent_types::{IfName, NetnsName, RouterId};
 use std::path::Path;
 
@@ -108,6 +110,8 @@ pub struct FakeDaemon {
     pub config: Vec<u8>,
     /// It runs (false: it died, its files are left).
     pub running: bool,
+    /// conntrackd: the role it was last synced for (cleared by a start).
+    pub synced: Option<SyncRole>,
 }
 
 impl World {
@@ -851,6 +855,7 @@ impl Kernel for FakeKernel {
                     DaemonState {
                         running: d.running && &d.ns == ns && w.namespaces.contains_key(ns),
                         config: Some(ConfigDigest::of(&d.config)),
+                        synced: d.synced.filter(|_| d.running),
                     },
                 )
             })
@@ -883,6 +888,7 @@ impl Kernel for FakeKernel {
                 ns: ns.clone(),
                 config: config.to_vec(),
                 running: true,
+                synced: None,
             },
         );
         Ok(())
@@ -909,6 +915,41 @@ impl Kernel for FakeKernel {
         let mut w = self.daemon_op(format!("stop {key}"))?;
         w.daemons.remove(&(key.router.clone(), key.service));
         Ok(())
+    }
+
+    /// Logs one line per command (`NS: conntrackd -C CONF OPTION`); an injected failure of
+    /// one is returned as a [`SyncFailure`] and the rest still run, as for real.
+    fn sync_conntrackd(
+        &mut self,
+        dir: &Path,
+        key: &Key,
+        ns: &NetnsName,
+        role: SyncRole,
+    ) -> Result<Vec<SyncFailure>, SuperviseError> {
+        let mut w = self.world();
+        let id = (key.router.clone(), key.service);
+        let running = w
+            .daemons
+            .get(&id)
+            .is_some_and(|d| d.running && &d.ns == ns && key.service == Service::Conntrackd);
+        if !running {
+            return Err(SuperviseError::NotRunning { key: key.clone() });
+        }
+        let conf = Supervisor::paths(dir, key).conf;
+        let mut failures = Vec::new();
+        for o in role.options() {
+            let command = format!("conntrackd -C {} {o}", conf.display());
+            if let Err(e) = w.op(format!("{ns}: {command}")) {
+                failures.push(SyncFailure {
+                    command,
+                    error: e.to_string(),
+                });
+            }
+        }
+        if let Some(d) = w.daemons.get_mut(&id) {
+            d.synced = Some(role);
+        }
+        Ok(failures)
     }
 
     fn attach_ovs_device(&mut self, ns: &NetnsName, dev: &OvsDevice) -> Result<(), Error> {

@@ -24,7 +24,9 @@ use l3agent_rtnl::port::{create_veth_port, VethPort};
 use l3agent_rtnl::prelude::*;
 use l3agent_rtnl::sysctl::Sysctl;
 use l3agent_rtnl::{conntrack, netns, Error, Netns, Rtnl};
-use l3agent_supervise::{ConfigDigest, Error as SuperviseError, Key, Service, Supervisor};
+use l3agent_supervise::{
+    ConfigDigest, Error as SuperviseError, Key, Service, Supervisor, SyncFailure, SyncRole,
+};
 use l3agent_types::{IfName, MacAddr, NetnsName, RouterId};
 use nix::fcntl::{openat, OFlag};
 use nix::sys::stat::Mode;
@@ -137,6 +139,16 @@ pub trait Kernel {
     ) -> Result<(), SuperviseError>;
     /// Stops the daemon and removes its files.
     fn stop_daemon(&mut self, dir: &Path, key: &Key) -> Result<(), SuperviseError>;
+    /// Tells the running conntrackd of `key` in `ns` that its router took `role`
+    /// ([`Supervisor::conntrackd_sync`]): the commands that failed are returned (and
+    /// ignored), an error means nothing ran or the role could not be recorded.
+    fn sync_conntrackd(
+        &mut self,
+        dir: &Path,
+        key: &Key,
+        ns: &NetnsName,
+        role: SyncRole,
+    ) -> Result<Vec<SyncFailure>, SuperviseError>;
 }
 
 /// A daemon as observed.
@@ -146,6 +158,8 @@ pub struct DaemonState {
     pub running: bool,
     /// The digest of the config it was started or reloaded with (`None`: none).
     pub config: Option<ConfigDigest>,
+    /// conntrackd: the VRRP role the running process was last synced for.
+    pub synced: Option<SyncRole>,
 }
 
 /// How long a daemon has between SIGTERM and SIGKILL (radvd sends its final advertisements,
@@ -471,6 +485,7 @@ impl Kernel for RealKernel {
                     DaemonState {
                         running: o.running,
                         config: o.config,
+                        synced: o.synced,
                     },
                 );
             }
@@ -507,6 +522,16 @@ impl Kernel for RealKernel {
 
     fn stop_daemon(&mut self, dir: &Path, key: &Key) -> Result<(), SuperviseError> {
         Supervisor::new(dir)?.stop(key, DAEMON_GRACE)
+    }
+
+    fn sync_conntrackd(
+        &mut self,
+        dir: &Path,
+        key: &Key,
+        ns: &NetnsName,
+        role: SyncRole,
+    ) -> Result<Vec<SyncFailure>, SuperviseError> {
+        Supervisor::new(dir)?.conntrackd_sync(key, ns, role)
     }
 
     fn settle(&mut self, timeout: std::time::Duration) {

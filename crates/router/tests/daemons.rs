@@ -230,6 +230,7 @@ fn daemons_of_routers_gone_from_every_record_are_stopped() {
             ns: stray_ns,
             config: b"interface x {};".to_vec(),
             running: true,
+            synced: None,
         },
     );
     let r = apply(&w, &config(&state, md.clone(), &[legacy_router()]));
@@ -431,4 +432,267 @@ fn ha_settings_and_dicts_are_checked() {
     r["distributed"] = json!(true);
     let e = bad(json!({}), r);
     assert!(e.iter().any(|x| x.contains("DVR+HA")), "{e:?}");
+}
+
+/// `agent.ha` with conntrackd state sync on.
+fn conntrackd_on() -> Value {
+    json!({"ha": {"conntrackd_enabled": true}})
+}
+
+/// The log lines of conntrackd sync commands (`NS: conntrackd -C CONF OPTION`), as the
+/// options only.
+fn sync_commands(log: &[String]) -> Vec<String> {
+    log.iter()
+        .filter(|l| l.starts_with(&format!("{NS}: conntrackd -C ")))
+        .map(|l| l.rsplit(' ').next().unwrap().to_owned())
+        .collect()
+}
+
+fn position(log: &[String], what: &str) -> usize {
+    log.iter()
+        .position(|l| l.contains(what))
+        .unwrap_or_else(|| panic!("no {what:?} in {log:#?}"))
+}
+
+#[test]
+fn with_conntrackd_enabled_an_ha_router_starts_conntrackd_before_keepalived_with_neutrons_config() {
+    let w = ha_world();
+    let state = state_dir();
+    let cfg = ha_config(&state, conntrackd_on(), &[ha_router()]);
+    let r = apply(&w, &cfg);
+    assert!(!r.failed(), "{r:#?}");
+    let log = log(&w);
+    let conntrackd = position(&log, &format!("start {ROUTER}.conntrackd in {NS}"));
+    let keepalived = position(&log, &format!("start {ROUTER}.keepalived in {NS}"));
+    assert!(conntrackd < keepalived, "{log:#?}");
+    assert!(
+        r.routers[0].daemons.contains(&Service::Conntrackd),
+        "{r:#?}"
+    );
+    let conf = String::from_utf8(daemon(&w, Service::Conntrackd).unwrap().config).unwrap();
+    let dir = state.join("daemons");
+    for line in [
+        format!("LockFile {}/{ROUTER}.conntrackd.lock", dir.display()),
+        format!("Path {}/{ROUTER}.conntrackd.ctl", dir.display()),
+        "IPv4_address 169.254.192.5".to_owned(),
+        "IPv4_interface 169.254.192.5".to_owned(),
+        "IPv4_address 225.0.0.50".to_owned(),
+        "Group 3787".to_owned(),
+        "Interface ha-1111aaaa-bb".to_owned(),
+    ] {
+        assert!(conf.contains(&line), "missing {line:?} in\n{conf}");
+    }
+    assert!(conf.starts_with("\nGeneral {\n"), "{conf}");
+}
+
+#[test]
+fn conntrackd_is_synced_once_per_vrrp_transition_and_not_in_a_steady_state() {
+    let w = ha_world();
+    let state = state_dir();
+    let cfg = ha_config(&state, conntrackd_on(), &[ha_router()]);
+    let r = apply(&w, &cfg);
+    assert!(!r.failed(), "{r:#?}");
+    let text = changes(&r).join("\n");
+    assert!(
+        text.contains(&format!(
+            "{NS}: conntrackd sync of router {ROUTER} as backup"
+        )),
+        "{text}"
+    );
+    let first = log(&w);
+    assert_eq!(sync_commands(&first), ["-t", "-n"], "{first:#?}");
+    let conf = state.join(format!("daemons/{ROUTER}.conntrackd.conf"));
+    assert!(
+        first.contains(&format!("{NS}: conntrackd -C {} -t", conf.display())),
+        "{first:#?}"
+    );
+    assert!(
+        position(&first, "start") < position(&first, "conntrackd -C"),
+        "the sync runs once conntrackd runs: {first:#?}"
+    );
+
+    // Steady state: nothing planned, nothing run (an agent restart finds the same).
+    assert!(!plan(&w, &cfg).changed(), "{:#?}", changes(&plan(&w, &cfg)));
+    apply(&w, &cfg);
+    assert_eq!(sync_commands(&log(&w)), Vec::<String>::new());
+
+    // keepalived makes this host the master: commit, flush, resync, bulk send, in order.
+    vrrp(&w, true);
+    let p = plan(&w, &cfg);
+    assert!(
+        changes(&p)
+            .iter()
+            .any(|c| c.contains("conntrackd sync") && c.contains("as primary")),
+        "{:#?}",
+        changes(&p)
+    );
+    let r = apply(&w, &cfg);
+    assert!(!r.failed(), "{r:#?}");
+    assert_eq!(sync_commands(&log(&w)), ["-c", "-f", "-R", "-B"]);
+    apply(&w, &cfg);
+    assert_eq!(sync_commands(&log(&w)), Vec::<String>::new());
+
+    // And back.
+    vrrp(&w, false);
+    apply(&w, &cfg);
+    assert_eq!(sync_commands(&log(&w)), ["-t", "-n"]);
+    apply(&w, &cfg);
+    assert_eq!(sync_commands(&log(&w)), Vec::<String>::new());
+}
+
+#[test]
+fn a_conntrackd_started_again_is_synced_again_and_a_failing_sync_command_is_ignored() {
+    let w = ha_world();
+    let state = state_dir();
+    let cfg = ha_config(&state, conntrackd_on(), &[ha_router()]);
+    apply(&w, &cfg);
+    vrrp(&w, true);
+    apply(&w, &cfg);
+    log(&w);
+    // conntrackd died: it is started again (empty caches) and synced for the current state,
+    // even though that state did not change.
+    let id = RouterId::new("id", ROUTER).unwrap();
+    w.lock()
+        .unwrap()
+        .daemons
+        .get_mut(&(id, Service::Conntrackd))
+        .unwrap()
+        .running = false;
+    w.lock().unwrap().fail_on = Some("conntrackd.conf -f".into());
+    let r = apply(&w, &cfg);
+    assert!(!r.failed(), "a failing sync command fails nothing: {r:#?}");
+    let log = log(&w);
+    assert!(
+        log.iter()
+            .any(|l| l == &format!("start {ROUTER}.conntrackd in {NS}")),
+        "{log:#?}"
+    );
+    assert_eq!(
+        sync_commands(&log),
+        ["-c", "-f", "-R", "-B"],
+        "the rest still run"
+    );
+    assert!(!plan(&w, &cfg).changed(), "{:#?}", changes(&plan(&w, &cfg)));
+}
+
+#[test]
+fn conntrackd_stops_after_keepalived_with_its_router_and_when_turned_off() {
+    let w = ha_world();
+    let state = state_dir();
+    let cfg = ha_config(&state, conntrackd_on(), &[ha_router()]);
+    apply(&w, &cfg);
+    log(&w);
+    // Turned off: conntrackd stops, keepalived stays.
+    let off = ha_config(&state, json!({}), &[ha_router()]);
+    let r = apply(&w, &off);
+    assert!(!r.failed(), "{r:#?}");
+    let text = changes(&r).join("\n");
+    assert!(text.contains("stop conntrackd"), "{text}");
+    assert!(!text.contains("keepalived"), "{text}");
+    assert!(daemon(&w, Service::Conntrackd).is_none());
+    // On again, then the router goes: keepalived stops first, then conntrackd.
+    apply(&w, &cfg);
+    log(&w);
+    let r = apply(&w, &ha_config(&state, conntrackd_on(), &[]));
+    assert!(!r.failed(), "{r:#?}");
+    let log = log(&w);
+    let keepalived = position(&log, &format!("stop {ROUTER}.keepalived"));
+    let conntrackd = position(&log, &format!("stop {ROUTER}.conntrackd"));
+    assert!(keepalived < conntrackd, "{log:#?}");
+    assert!(daemon(&w, Service::Conntrackd).is_none());
+    assert!(daemon(&w, Service::Keepalived).is_none());
+}
+
+#[test]
+fn without_conntrackd_enabled_nothing_of_conntrackd_runs() {
+    let w = ha_world();
+    let state = state_dir();
+    let cfg = ha_config(&state, json!({}), &[ha_router()]);
+    apply(&w, &cfg);
+    vrrp(&w, true);
+    apply(&w, &cfg);
+    vrrp(&w, false);
+    apply(&w, &cfg);
+    let log = log(&w);
+    assert!(!log.iter().any(|l| l.contains("conntrackd")), "{log:#?}");
+    assert!(daemon(&w, Service::Conntrackd).is_none());
+}
+
+#[test]
+fn conntrackd_settings_are_checked_with_their_paths() {
+    let state = state_dir();
+    let bad = |ha: Value, state: &std::path::Path| -> Vec<String> {
+        let a = json!({"mode": "legacy", "host": "host-a", "state_path": state, "ha": ha,
+            "bridges": {
+                "90e4912c-0eb8-4be4-a793-e6a3bba6ae8b": "br-t1",
+                "c6910e18-fb1f-4988-9af4-211a8c2e2926": "br-t2",
+                "65566f91-133a-44ff-87f5-ecffc1193d3d": "br-ex", HA_NET: "br-ha"}});
+        let doc: ConfigDoc =
+            serde_json::from_value(json!({"agent": a, "routers": [ha_router()]})).unwrap();
+        match doc.validate() {
+            Ok(_) => Vec::new(),
+            Err(e) => e.iter().map(ToString::to_string).collect(),
+        }
+    };
+    let on = |extra: Value| {
+        let mut h = json!({"conntrackd_enabled": true});
+        for (k, v) in extra.as_object().unwrap() {
+            h[k] = v.clone();
+        }
+        h
+    };
+    let starts = |e: Vec<String>, path: &str| {
+        assert!(
+            e.len() == 1 && e[0].starts_with(path),
+            "expected one error at {path}: {e:?}"
+        );
+    };
+    starts(
+        bad(on(json!({"conntrackd_hashsize": 0})), &state),
+        "agent.ha.conntrackd_hashsize",
+    );
+    starts(
+        bad(on(json!({"conntrackd_rcvsocketbuffer": 0})), &state),
+        "agent.ha.conntrackd_rcvsocketbuffer",
+    );
+    starts(
+        bad(
+            on(json!({"conntrackd_ipv4_mcast_addr": "192.0.2.1"})),
+            &state,
+        ),
+        "agent.ha.conntrackd_ipv4_mcast_addr",
+    );
+    starts(
+        bad(
+            on(json!({"conntrackd_ipv4_mcast_addr": "not an address"})),
+            &state,
+        ),
+        "agent.ha.conntrackd_ipv4_mcast_addr",
+    );
+    starts(
+        bad(on(json!({"conntrackd_group": 65282})), &state),
+        "agent.ha.conntrackd_group",
+    );
+    assert_eq!(
+        bad(on(json!({"conntrackd_group": 65281})), &state),
+        Vec::<String>::new()
+    );
+    // The control socket must fit 107 characters for a 36-character router id.
+    let long = std::path::PathBuf::from(format!(
+        "/{}",
+        "s".repeat(l3agent_router::config::CONNTRACKD_MAX_STATE_PATH)
+    ));
+    let e = bad(on(json!({})), &long);
+    starts(e.clone(), "agent.ha.conntrackd_enabled");
+    assert!(e[0].contains("107"), "{e:?}");
+    let fits = std::path::PathBuf::from(format!(
+        "/{}",
+        "s".repeat(l3agent_router::config::CONNTRACKD_MAX_STATE_PATH - 1)
+    ));
+    assert_eq!(bad(on(json!({})), &fits), Vec::<String>::new());
+    // Off: the knobs are not looked at, the path not limited.
+    assert_eq!(
+        bad(json!({"conntrackd_hashsize": 0}), &long),
+        Vec::<String>::new()
+    );
 }

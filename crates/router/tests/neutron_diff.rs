@@ -926,3 +926,112 @@ fn metadata_iptables_rules_are_neutrons() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// conntrackd (`agent.ha.conntrackd_enabled`)
+
+/// `ConntrackdManager.build_config` with the inputs `HaRouter` gives it, taken from the
+/// router dict: the HA port's first fixed IP, `ha_vr_id`, and the `ha-` device
+/// (`get_ha_device_name`: `('ha-' + port id)[:14]`); `ensure_tree` is mocked.
+const CONNTRACKD_FROM_DICT_PY: &str = r#"
+import json, sys
+from unittest import mock
+from oslo_config import cfg
+from neutron.agent.l3 import ha_router
+from neutron.agent.linux import conntrackd, interface
+from neutron.conf.agent.l3 import ha as ha_conf
+
+out = []
+for case in json.load(sys.stdin):
+    conf = cfg.ConfigOpts()
+    ha_conf.register_l3_agent_ha_opts(conf)
+    conf.set_override('ha_confs_path', case['ha_confs_path'])
+    for key, value in case['options'].items():
+        conf.set_override(key, value)
+    r = case['router']
+    port = r['_ha_interface']
+    dev = (ha_router.HA_DEV_PREFIX + port['id'])[:interface.LinuxInterfaceDriver.DEV_NAME_LEN]
+    with mock.patch.object(conntrackd, 'ensure_tree'):
+        manager = conntrackd.ConntrackdManager(
+            r['id'], None, conf, port['fixed_ips'][0]['ip_address'], r['ha_vr_id'], dev)
+        out.append(manager.build_config())
+json.dump(out, sys.stdout)
+"#;
+
+/// The conntrackd.conf l3agent compiles for an HA router is Neutron's for the same dict
+/// and options, but for the `LockFile` and `UNIX { Path }` lines: l3agent's supervisor keeps
+/// them in `<state_path>/daemons/<rid>.conntrackd.{lock,ctl}`, Neutron in
+/// `$ha_confs/<rid>/conntrackd.{lock,ctl}`.
+#[test]
+fn conntrackd_conf_is_neutrons_for_the_same_ha_router_dicts_but_for_its_two_paths() {
+    let ha_confs = "/var/lib/neutron/ha_confs";
+    let mut other = ha_example();
+    other["ha_vr_id"] = json!(254);
+    other["_ha_interface"]["fixed_ips"][0]["ip_address"] = json!("169.254.255.254");
+    let knobs = json!({"conntrackd_hashsize": 1, "conntrackd_hashlimit": 2,
+        "conntrackd_unix_backlog": 3, "conntrackd_socketbuffersize": 4,
+        "conntrackd_socketbuffersize_max_grown": 5,
+        "conntrackd_ipv4_mcast_addr": "239.1.2.3", "conntrackd_group": 0,
+        "conntrackd_sndsocketbuffer": 6, "conntrackd_rcvsocketbuffer": 7});
+    let cases = [(ha_example(), json!({})), (other, knobs)];
+    let mut ours = Vec::new();
+    let mut theirs_in = Vec::new();
+    for (router, knobs) in &cases {
+        let mut a = agent(None, None);
+        let mut ha = json!({"conntrackd_enabled": true});
+        let mut options = json!({});
+        for (k, v) in knobs.as_object().unwrap() {
+            ha[k] = v.clone();
+            options[format!("ha_{k}")] = v.clone();
+        }
+        a["ha"] = ha;
+        let doc: ConfigDoc =
+            serde_json::from_value(json!({"agent": a, "routers": [router]})).unwrap();
+        let cfg = doc.validate().unwrap_or_else(|e| panic!("{e:#?}"));
+        let spec = compile(&cfg, &Allocations::default(), &HostFacts::default());
+        assert!(spec.failed.is_empty(), "{:?}", spec.failed);
+        let ns = &spec.namespaces[&names::router_ns(&router_id(router))];
+        ours.push(daemon(ns, Service::Conntrackd).expect("conntrackd's config"));
+        theirs_in.push(json!({"router": router, "ha_confs_path": ha_confs, "options": options}));
+    }
+    let python = python();
+    let input = Value::Array(theirs_in).to_string();
+    let out = l3agent_process::run(
+        &python,
+        &["-W", "ignore", "-c", CONNTRACKD_FROM_DICT_PY],
+        Some(input.as_bytes()),
+        None,
+        Duration::from_secs(120),
+    )
+    .unwrap_or_else(|e| panic!("{}: {e}", python.display()));
+    assert!(out.success(), "{}", out.stderr);
+    let theirs: Vec<String> = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(theirs.len(), cases.len());
+    for (((router, _), ours), theirs) in cases.iter().zip(&ours).zip(&theirs) {
+        let id = router_id(router);
+        let mine = Supervisor::paths(
+            &daemons_dir(Path::new(STATE_PATH)),
+            &Key::new(id.clone(), Service::Conntrackd),
+        );
+        let swap = [
+            (
+                format!("LockFile {}", mine.lock.unwrap().display()),
+                format!("LockFile {ha_confs}/{id}/conntrackd.lock"),
+            ),
+            (
+                format!("Path {}", mine.socket.unwrap().display()),
+                format!("Path {ha_confs}/{id}/conntrackd.ctl"),
+            ),
+        ];
+        let mut as_neutron = ours.clone();
+        for (a, b) in &swap {
+            assert!(ours.contains(a.as_str()), "{a:?} in\n{ours}");
+            as_neutron = as_neutron.replace(a.as_str(), b);
+        }
+        assert_eq!(
+            &as_neutron, theirs,
+            "router {id}, vrid {}",
+            router["ha_vr_id"]
+        );
+    }
+}

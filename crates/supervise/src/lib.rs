@@ -27,6 +27,7 @@
 //! | `<router>.<service>.applied` | digest of the config the daemon was last given |
 //! | `<router>.keepalived.vrrp.pid` | keepalived's VRRP child |
 //! | `<router>.conntrackd.lock`, `<router>.conntrackd.ctl` | conntrackd's `LockFile` and `UNIX Path` |
+//! | `<router>.conntrackd.synced` | the VRRP role conntrackd was last synced for, and its pid ([`Supervisor::conntrackd_sync`]) |
 //! | `.<router>.<service>.*.tmp-*` | a temporary being written (removed by `stop`) |
 //!
 //! [`Supervisor::paths`] is a pure function of the directory and the key, so the router
@@ -87,6 +88,12 @@
 //!   conntrackd of this key runs. SIGTERM removes both (Neutron's `conntrackd -k` does the
 //!   same through the control socket). Its man page documents no config reload (Neutron never
 //!   reloads it either): reload restarts it.
+//!   [`Supervisor::conntrackd_sync`] runs the commands Neutron's state-change script runs on
+//!   a VRRP transition (`conntrackd -C <conf> -c`, `-f`, `-R`, `-B` on the primary; `-t`,
+//!   `-n` on a backup), each in the router's namespace, and records the role with the
+//!   daemon's pid in `<router>.conntrackd.synced`: [`Observed::synced`] reports it while that
+//!   very process runs, so a restart of l3agent does not sync again, and a conntrackd started
+//!   again (empty caches) is synced again.
 //!
 //! # Bounded
 //!
@@ -324,6 +331,8 @@ pub struct Paths {
     pub lock: Option<PathBuf>,
     /// conntrackd: its control socket (`UNIX { Path }`), at most 107 bytes long.
     pub socket: Option<PathBuf>,
+    /// conntrackd: the role it was last synced for, and its pid.
+    pub synced: Option<PathBuf>,
 }
 
 impl Paths {
@@ -335,6 +344,7 @@ impl Paths {
             .chain(self.vrrp_pid.as_deref())
             .chain(self.lock.as_deref())
             .chain(self.socket.as_deref())
+            .chain(self.synced.as_deref())
     }
 }
 
@@ -396,6 +406,65 @@ pub struct Observed {
     /// changed since (l3agent stopped between writing it and signalling the daemon): a reload
     /// is due.
     pub config: Option<ConfigDigest>,
+    /// conntrackd: the role [`Supervisor::conntrackd_sync`] last synced the running process
+    /// for (`None`: never, or a process that is not running any more).
+    pub synced: Option<SyncRole>,
+}
+
+/// The VRRP role an HA router took on this host, as conntrackd is told of it (Neutron's
+/// `neutron-keepalived-state-change` runs these on each transition, NEUTRON-OPS §1.6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncRole {
+    /// keepalived holds the router's addresses here.
+    Primary,
+    /// Another node does.
+    Backup,
+}
+
+impl SyncRole {
+    /// `primary` or `backup`.
+    pub fn name(self) -> &'static str {
+        match self {
+            SyncRole::Primary => "primary",
+            SyncRole::Backup => "backup",
+        }
+    }
+
+    /// The `conntrackd -C <conf> <option>` commands, in order. Primary: commit the external
+    /// cache (the other node's connections) into the kernel (`-c`), flush both caches
+    /// (`-f`), resync the internal cache with the kernel (`-R`), send a bulk update to the
+    /// other node (`-B`). Backup: shorten the kernel entries' timers so that connections now
+    /// handled elsewhere expire (`-t`), ask the primary for a resync (`-n`).
+    pub fn options(self) -> &'static [&'static str] {
+        match self {
+            SyncRole::Primary => &["-c", "-f", "-R", "-B"],
+            SyncRole::Backup => &["-t", "-n"],
+        }
+    }
+
+    fn parse(s: &str) -> Option<SyncRole> {
+        match s {
+            "primary" => Some(SyncRole::Primary),
+            "backup" => Some(SyncRole::Backup),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for SyncRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One command of a [`Supervisor::conntrackd_sync`] that failed (Neutron ignores them too).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncFailure {
+    /// The command, `conntrackd -C <conf> <option>`.
+    pub command: String,
+    /// What went wrong: its exit and output, or why it could not run.
+    pub error: String,
 }
 
 /// A supervisor operation failed.
@@ -606,6 +675,7 @@ impl Supervisor {
             vrrp_pid: (key.service == Service::Keepalived).then(|| file("vrrp.pid")),
             lock: (key.service == Service::Conntrackd).then(|| file("lock")),
             socket: (key.service == Service::Conntrackd).then(|| file("ctl")),
+            synced: (key.service == Service::Conntrackd).then(|| file("synced")),
         }
     }
 
@@ -637,12 +707,88 @@ impl Supervisor {
                 }
             },
         };
+        let pid = seen.as_ref().map(|s| s.proc.pid());
+        let synced = match (&paths.synced, pid) {
+            (Some(marker), Some(pid)) if running => self.synced(marker, pid)?,
+            _ => None,
+        };
         let observed = Observed {
-            pid: seen.as_ref().map(|s| s.proc.pid()),
+            pid,
             running,
             config,
+            synced,
         };
         Ok((observed, seen.filter(|_| running)))
+    }
+
+    /// The role in conntrackd's `.synced` marker (`<role> <pid>`) when it was written for
+    /// the process `pid`.
+    fn synced(&self, marker: &Path, pid: u32) -> Result<Option<SyncRole>, Error> {
+        let Some(raw) = files::read_small(marker, MAX_MARK)? else {
+            return Ok(None);
+        };
+        let text = String::from_utf8_lossy(&raw);
+        let mut words = text.split_whitespace();
+        let role = words.next().and_then(SyncRole::parse);
+        let of = words.next().and_then(|p| parse_pid(p.as_bytes()));
+        Ok(role.filter(|_| of == Some(pid) && words.next().is_none()))
+    }
+
+    /// Tells the conntrackd of `key` (running in `ns`) that its router took `role`, as
+    /// Neutron's state-change script does on each VRRP transition: one
+    /// `conntrackd -C <conf> <option>` per [`SyncRole::options`], run in `ns` with argv only
+    /// (never a shell), each bounded by 10 s. A command that fails is logged and returned,
+    /// and the rest still run (Neutron ignores their errors). Then `role` is recorded for the
+    /// running process ([`Observed::synced`]), so that it is not done again for the same
+    /// transition. Not conntrackd, or not running in `ns`: [`Error::NotRunning`], and nothing
+    /// is recorded.
+    pub fn conntrackd_sync(
+        &self,
+        key: &Key,
+        ns: &NetnsName,
+        role: SyncRole,
+    ) -> Result<Vec<SyncFailure>, Error> {
+        let paths = self.paths_of(key);
+        let (Some(marker), (_, Some(daemon))) = (&paths.synced, self.look(key, ns)?) else {
+            return Err(Error::NotRunning { key: key.clone() });
+        };
+        let pid = daemon.proc.pid();
+        drop(daemon);
+        let program =
+            l3agent_process::find_program(key.service.name()).map_err(|source| Error::Spawn {
+                key: key.clone(),
+                source,
+            })?;
+        let netns = Netns::open(ns).map_err(|source| Error::Namespace {
+            key: key.clone(),
+            source,
+        })?;
+        let conf = paths.conf.display().to_string();
+        let mut failures = Vec::new();
+        tracing::info!(router = %key.router, role = %role, pid, "conntrackd sync");
+        for option in role.options() {
+            let command = format!("conntrackd -C {conf} {option}");
+            let error = match l3agent_process::run(
+                &program,
+                &["-C", &conf, option],
+                None,
+                Some(netns.fd()),
+                CHECK_TIMEOUT,
+            ) {
+                Ok(out) if out.success() => continue,
+                Ok(out) => format!(
+                    "exited with {}: {}",
+                    out.code
+                        .map_or("a signal".to_owned(), |c| format!("code {c}")),
+                    format!("{}{}", out.stderr, out.stdout).trim()
+                ),
+                Err(e) => e.to_string(),
+            };
+            tracing::warn!(router = %key.router, %command, %error, "conntrackd sync command failed (ignored, as Neutron does)");
+            failures.push(SyncFailure { command, error });
+        }
+        files::write_atomic(marker, format!("{role} {pid}\n").as_bytes())?;
+        Ok(failures)
     }
 
     /// The config file's digest if the daemon was given that file (see [`Observed::config`]).
@@ -1000,6 +1146,7 @@ impl Supervisor {
             paths.vrrp_pid.as_ref(),
             paths.lock.as_ref(),
             paths.socket.as_ref(),
+            paths.synced.as_ref(),
         ]
         .into_iter()
         .flatten()

@@ -541,6 +541,87 @@ fn conntrackd_gets_a_pid_file_and_starts_again_past_its_stale_lock() {
     assert!(files(&fx).is_empty(), "{:?}", files(&fx));
 }
 
+/// conntrackd with the config the router compiles for an HA router (Neutron's template,
+/// the lock file and control socket in the daemons directory), on an `ha-` veth with the HA
+/// port's address: it starts, answers `conntrackd -C <conf> -s` on its control socket, and
+/// takes the sync commands of both roles; the role is recorded for the running process
+/// only, and a conntrackd started again has none.
+#[test]
+fn conntrackd_runs_with_neutrons_config_answers_its_socket_and_records_each_sync() {
+    use l3agent_daemons::conntrackd::{self, ConntrackdConf, ConntrackdFiles, ConntrackdOptions};
+    use l3agent_daemons::ConfPath;
+    use l3agent_supervise::SyncRole;
+
+    let ns = TestNs::new("ctsync");
+    let fx = Fixture::new();
+    let key = fx.key(Service::Conntrackd);
+    let n = ns.netns_name();
+    let p = fx.paths(&key);
+    ns.ok(&[
+        "ip", "link", "add", "ha-ct0", "type", "veth", "peer", "name", "ha-ct0p",
+    ]);
+    ns.ok(&["ip", "link", "set", "ha-ct0", "up"]);
+    ns.ok(&["ip", "link", "set", "ha-ct0p", "up"]);
+    ns.ok(&["ip", "addr", "add", "169.254.192.5/18", "dev", "ha-ct0"]);
+    let path = |p: &Option<PathBuf>| ConfPath::new("test", p.as_ref().unwrap()).unwrap();
+    let conf = conntrackd::render(&ConntrackdConf {
+        files: ConntrackdFiles {
+            lockfile: path(&p.lock),
+            ctl: path(&p.socket),
+        },
+        options: ConntrackdOptions::default(),
+        ha_ip: "169.254.192.5".parse().unwrap(),
+        vrid: 7,
+        ha_dev: l3agent_types::IfName::new("dev", "ha-ct0").unwrap(),
+    });
+    let pid = fx.sup.start(&key, n, conf.as_bytes()).unwrap();
+    let seen = fx.sup.observe(&key, n).unwrap();
+    assert!(seen.running);
+    assert_eq!(seen.synced, None, "never synced yet");
+    let conf_path = p.conf.to_str().unwrap();
+    let stats = ns.run(&["conntrackd", "-C", conf_path, "-s"]);
+    assert_eq!(stats.code, Some(0), "{stats:?}");
+    assert!(
+        !stats.stdout.trim().is_empty(),
+        "conntrackd -s printed nothing: {stats:?}"
+    );
+
+    let failed = fx.sup.conntrackd_sync(&key, n, SyncRole::Primary).unwrap();
+    assert_eq!(failed, Vec::new(), "every primary command succeeds");
+    assert_eq!(
+        fx.sup.observe(&key, n).unwrap().synced,
+        Some(SyncRole::Primary)
+    );
+    let failed = fx.sup.conntrackd_sync(&key, n, SyncRole::Backup).unwrap();
+    assert_eq!(failed, Vec::new(), "every backup command succeeds");
+    assert_eq!(
+        fx.sup.observe(&key, n).unwrap().synced,
+        Some(SyncRole::Backup)
+    );
+    assert_eq!(
+        std::fs::read_to_string(p.synced.as_ref().unwrap()).unwrap(),
+        format!("backup {pid}\n")
+    );
+
+    // Started again: its caches are empty and it has no sync on record.
+    sigkill(pid);
+    wait_until("observe to see it gone", Duration::from_secs(5), || {
+        !fx.sup.observe(&key, n).unwrap().running
+    });
+    assert_eq!(fx.sup.observe(&key, n).unwrap().synced, None);
+    assert!(matches!(
+        fx.sup.conntrackd_sync(&key, n, SyncRole::Primary),
+        Err(Error::NotRunning { .. })
+    ));
+    fx.sup.start(&key, n, conf.as_bytes()).unwrap();
+    assert_eq!(fx.sup.observe(&key, n).unwrap().synced, None);
+    assert!(!p.synced.as_ref().unwrap().exists());
+
+    fx.sup.stop(&key, Duration::from_secs(5)).unwrap();
+    assert!(procs_with(&p.conf).is_empty());
+    assert!(files(&fx).is_empty(), "{:?}", files(&fx));
+}
+
 /// Pid files naming garbage, group-wide pids, init, the test itself, a process in the root
 /// namespace, or a process in the router's namespace that merely names our config: none is
 /// "running", none is signalled.
