@@ -865,7 +865,13 @@ fn state_path(path: &std::path::Path) -> Result<(), String> {
     } else {
         text
     };
-    if text.split('/').skip(1).any(|c| c == "." || c == "..") || normal.as_os_str() != trimmed {
+    if text.split('/').skip(1).any(|c| c == "..") {
+        return Err(format!(
+            "{} must not contain `..` (name the directory itself)",
+            Echo(text)
+        ));
+    }
+    if text.split('/').skip(1).any(|c| c == ".") || normal.as_os_str() != trimmed {
         return Err(format!(
             "{} is not normalised (write {})",
             Echo(text),
@@ -1424,6 +1430,24 @@ fn extra_route(
             ".nexthop",
             format!("{nexthop} is not on-link: it is in none of the router's subnets"),
         ));
+    }
+    // A next hop is a host of the subnet it is in: not its network or broadcast address.
+    if let Some(why) = routed()
+        .flat_map(|(_, p)| &p.subnets)
+        .filter(|s| s.cidr.contains(&nexthop))
+        .find_map(|s| host_address(&s.cidr, nexthop).err())
+    {
+        return Err((".nexthop", why));
+    }
+    // The gateway's extra subnets are routes compile writes on qg-: a route to the same
+    // destination would replace one (the kernel keeps one route per destination).
+    for (at, p) in routed().filter(|(_, p)| p.dev.as_str().starts_with("qg-")) {
+        if let Some(e) = p.extra_subnets.iter().find(|e| **e == dst) {
+            return Err((
+                ".destination",
+                format!("{dst} is the extra subnet {e} of {at}: the route would replace it"),
+            ));
+        }
     }
     if let Some((at, s)) =
         routed().find_map(|(at, p)| p.subnets.iter().find(|s| s.cidr == dst).map(|s| (at, s)))
@@ -2618,6 +2642,12 @@ mod tests {
             ("next hop = own address",
              |v| v["routes"][0]["nexthop"] = "203.0.113.4".into(),
              "routers[0].routes[0].nexthop: 203.0.113.4 is one of the router's own addresses"),
+            ("next hop = a subnet's network address",
+             |v| v["routes"][0]["nexthop"] = "203.0.113.0".into(),
+             "routers[0].routes[0].nexthop: 203.0.113.0 is the network address of 203.0.113.0/24"),
+            ("route replacing the gateway's extra subnet route",
+             |v| v["routes"][0]["destination"] = "100.64.5.0/24".into(),
+             "routers[0].routes[0].destination: 100.64.5.0/24 is the extra subnet 100.64.5.0/24 of routers[0].gw_port"),
             ("route replacing a connected route",
              |v| v["routes"][0]["destination"] = "203.0.113.0/24".into(),
              "routers[0].routes[0].destination: 203.0.113.0/24 is the connected subnet"),
@@ -2788,7 +2818,7 @@ mod tests {
             ("a relative socket", serde_json::json!({"ovsdb": "unix:run/db.sock"}),
              "agent.ovsdb: socket \"run/db.sock\" must be an absolute path"),
             ("a socket path with ..", serde_json::json!({"ovsdb": "unix:/run/../db.sock"}),
-             "agent.ovsdb: socket \"/run/../db.sock\" is not normalised"),
+             "agent.ovsdb: socket \"/run/../db.sock\" must not contain `..`"),
             ("a socket path with a control character", serde_json::json!({"ovsdb": "unix:/run/db\n.sock"}),
              "agent.ovsdb: socket \"/run/db\\n.sock\" holds a control or format character"),
             ("a socket path too long for sun_path", serde_json::json!({"ovsdb": long}),
@@ -2834,7 +2864,7 @@ mod tests {
             (
                 "h",
                 "/var/lib/../tmp/x",
-                "agent.state_path: \"/var/lib/../tmp/x\" is not normalised",
+                "agent.state_path: \"/var/lib/../tmp/x\" must not contain `..`",
             ),
             (
                 "h",
