@@ -1591,7 +1591,7 @@ fn dispatch_one(
         }
     };
     if !dups.first_time(req.unique_id.as_deref()) {
-        info!(topic, method = %req.method, unique_id = ?req.unique_id, "duplicate RPC message: dropped");
+        info!(topic, method = %req.method, unique_id = req.unique_id.as_deref().unwrap_or("-"), "duplicate RPC message: dropped");
         return;
     }
     let started = Instant::now();

@@ -1833,7 +1833,7 @@ fn report_loop(
         match result {
             Ok(status) => {
                 if failing {
-                    info!(?status, "state reports get through again");
+                    info!(status = status.as_str(), "state reports get through again");
                     failing = false;
                 }
                 debug!(?status, counts = ?state.counts, "state reported");
@@ -1924,7 +1924,7 @@ fn status_loop(
                     .collect();
                 match api.update_ha_routers_states(&states) {
                     Ok(()) => {
-                        info!(states = ?states.iter().map(|(i, s)| (i.as_str(), s.as_str())).collect::<Vec<_>>(), "HA router states reported");
+                        info!(states = %states.iter().map(|(i, s)| format!("{}={}", i.as_str(), s.as_str())).collect::<Vec<_>>().join(", "), "HA router states reported");
                         let mut b = lock(book);
                         for (id, state) in changed {
                             if let Some(e) = b.ha.get_mut(&id) {
@@ -1953,7 +1953,7 @@ fn status_loop(
             }
             match api.update_floatingip_statuses(&id, &send) {
                 Ok(()) => {
-                    info!(router = %id, statuses = ?send.iter().map(|(f, s)| (f.as_str(), s.as_str())).collect::<Vec<_>>(), "floating IP statuses reported");
+                    info!(router = %id, statuses = %send.iter().map(|(f, s)| format!("{}={}", f.as_str(), s.as_str())).collect::<Vec<_>>().join(", "), "floating IP statuses reported");
                     lock(book).reported(&id, &send);
                     retry.remove(&id);
                 }

@@ -460,6 +460,18 @@ pub enum AgentStatus {
     Ignored,
 }
 
+impl AgentStatus {
+    /// The server's word for it (`new`, `alive`, `revived`), or `ignored` for `null`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentStatus::New => "new",
+            AgentStatus::Alive => "alive",
+            AgentStatus::Revived => "revived",
+            AgentStatus::Ignored => "ignored",
+        }
+    }
+}
+
 /// The agent → server calls (`L3PluginApi`, `PluginReportStateAPI`), with this agent's host
 /// and the config's `rpc_response_timeout`.
 #[derive(Debug, Clone)]
