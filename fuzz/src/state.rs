@@ -3,8 +3,10 @@
 //! `records::allocate`), through a real state directory so that `StateDir`'s reading and
 //! `Records`' sanitizing run too.
 //!
-//! The first byte of the input picks the file ([`KINDS`], by value modulo their number; the
-//! seeds use ASCII digits), the rest is its content. The other records hold a valid baseline
+//! The first byte of the input picks the file ([`KINDS`], by its distance from ASCII `0`
+//! modulo their number, so the seeds' digits name the kind), the rest is its content. The
+//! last kind is not in the state directory: it is the record `iptables apply` keeps in
+//! `/run/l3agent/iptables`, read by `AppliedRecord::parse`. The other records hold a valid baseline
 //! (a `dvr_snat` agent, a legacy router, `random_fully: false`), so that a fuzzed router or
 //! agent record meets a valid counterpart. `applied/facts.json` is not fuzzed: its type is
 //! private, and `last_applied` runs `iptables -V` when it is corrupt.
@@ -22,14 +24,18 @@ use l3agent_router::spec::names;
 use l3agent_types::{PortId, RouterId};
 
 /// What the first byte selects: the record's name in the state directory.
-pub const KINDS: [&str; 6] = [
+pub const KINDS: [&str; 7] = [
     "records.json",
     "applied/agent.json",
     ROUTER_RECORD,
     "fip-linklocal-networks",
     "fip-priorities",
     "snat-tables",
+    IPTABLES_APPLIED,
 ];
+
+/// The kind read by [`l3agent_iptables_exec::applied::AppliedRecord::parse`].
+const IPTABLES_APPLIED: &str = "iptables/<dev>-<ino>.<wrap>.applied";
 
 const ROUTER_ID: &str = "87c7c2ae-d0ba-4691-820c-8053abf50b8d";
 const ROUTER_RECORD: &str = "applied/router-87c7c2ae-d0ba-4691-820c-8053abf50b8d.json";
@@ -91,8 +97,12 @@ pub fn state_files(data: &[u8]) {
     let Some((&selector, content)) = data.split_first() else {
         return;
     };
+    let rel = KINDS[usize::from(selector.wrapping_sub(b'0')) % KINDS.len()];
+    if rel == IPTABLES_APPLIED {
+        iptables_applied(content);
+        return;
+    }
     let dir = dir();
-    let rel = KINDS[usize::from(selector) % KINDS.len()];
     write(dir, rel, content);
     let state = State::inspect(dir).expect("the fuzz state directory stays safe");
 
@@ -145,5 +155,18 @@ pub fn state_files(data: &[u8]) {
         "applied/agent.json" => write(dir, rel, AGENT.as_bytes()),
         ROUTER_RECORD => write(dir, rel, router()),
         _ => fs::remove_file(dir.join(rel)).expect("removing a fuzz state record"),
+    }
+}
+
+/// An iptables applied record: refused with a reason or read; what is read renders to a
+/// record that reads back the same (the next apply trusts it to skip reading the kernel).
+fn iptables_applied(content: &[u8]) {
+    use l3agent_iptables_exec::applied::AppliedRecord;
+    if let Ok(record) = AppliedRecord::parse(content) {
+        assert_eq!(
+            AppliedRecord::parse(&record.render()).as_ref(),
+            Ok(&record),
+            "an applied record does not survive render and parse"
+        );
     }
 }

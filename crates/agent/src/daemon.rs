@@ -818,7 +818,10 @@ fn run_batch(
                 if r.is_some_and(|r| !r.changes.is_empty()) {
                     v.last_change = Some(now);
                 }
-                error!(error = %why, next = ?completion.map(|c| c.next_run), "router failed");
+                match completion {
+                    Some(c) => error!(error = %why, next = %c.next_run, "router failed"),
+                    None => error!(error = %why, "router failed"),
+                }
             }
         }
         let reading = r.and_then(|r| ha_reading(r));

@@ -152,6 +152,17 @@ pub enum NextRun {
     After(Duration),
 }
 
+/// For log lines: `when marked`, `now`, `in 2.5s` (never Rust debug syntax).
+impl std::fmt::Display for NextRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NextRun::WhenMarked => f.write_str("when marked"),
+            NextRun::Now => f.write_str("now"),
+            NextRun::After(d) => write!(f, "in {:.1}s", d.as_secs_f64()),
+        }
+    }
+}
+
 /// The outcome of [`WorkQueue::done`], for the worker's log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Completion {
@@ -785,6 +796,16 @@ mod tests {
         assert!(
             total < EVENTS as u64 * 2,
             "coalescing should bound runs: {total}"
+        );
+    }
+
+    #[test]
+    fn next_run_displays_for_people() {
+        assert_eq!(NextRun::WhenMarked.to_string(), "when marked");
+        assert_eq!(NextRun::Now.to_string(), "now");
+        assert_eq!(
+            NextRun::After(Duration::from_millis(2500)).to_string(),
+            "in 2.5s"
         );
     }
 }

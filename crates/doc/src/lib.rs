@@ -179,10 +179,19 @@ pub fn parse<T: DeserializeOwned>(
                 .map_err(|e| {
                     let path = e.path().to_string();
                     let message = e.into_inner().to_string();
-                    // serde_norway puts the path in its message already.
-                    let message = match message.strip_prefix(&format!("{path}: ")) {
-                        Some(rest) => rest.to_owned(),
-                        None => message,
+                    // serde_norway puts the path in its message already: the field's, or
+                    // (for an error raised on a null value, like `rules:` with no value) its
+                    // enclosing mapping's, which is a prefix of the field's path.
+                    let message = match message.split_once(": ") {
+                        Some((p, rest))
+                            if path == p
+                                || path
+                                    .strip_prefix(p)
+                                    .is_some_and(|r| r.starts_with(['.', '['])) =>
+                        {
+                            rest.to_owned()
+                        }
+                        _ => message,
                     };
                     (path, message)
                 })
@@ -250,6 +259,32 @@ where
             "no value: write [] for an empty list",
         )),
     }
+}
+
+/// `#[serde(default, deserialize_with = "l3agent_doc::explicit_value")]`: a mapping whose key
+/// is present must hold a mapping. `ipv4:` with no value is null, and taking it as "no tables"
+/// would be a stray edit removing every rule of a family; `ipv4: {}` says so on purpose.
+pub fn explicit_value<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    match Option::<T>::deserialize(d)? {
+        Some(value) => Ok(value),
+        None => Err(serde::de::Error::custom(
+            "no value: write {} for an empty mapping",
+        )),
+    }
+}
+
+/// Like [`explicit_value`] for an optional field: absent is `None` (with `#[serde(default)]`),
+/// present must hold a value, never null.
+pub fn explicit_some<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    explicit_value(d).map(Some)
 }
 
 /// Reads and parses a file ([`read`] then [`parse`], the format by extension).

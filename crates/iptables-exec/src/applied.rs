@@ -34,7 +34,7 @@
 //! record is written, so l3agent processes never interleave here.
 
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -289,21 +289,28 @@ pub fn records_where(
 /// Writes the record of namespace `id` atomically (a temporary file renamed over it).
 pub fn store(dir: &Path, id: NsId, record: &AppliedRecord) -> Result<(), ExecError> {
     let io = |what: String| move |source| ExecError::Io { what, source };
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(io(format!("creating {}", dir.display())))?;
+    crate::error::private_dir(dir)?;
     let path = record_path(dir, id, &record.wrap);
     let tmp = dir.join(format!(".{id}.{}.{}.tmp", record.wrap, std::process::id()));
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&tmp)
-        .map_err(io(format!("creating {}", tmp.display())))?;
+    // O_EXCL|O_NOFOLLOW: never write through a link or into a file planted at the name. A
+    // leftover (ours, from a process with the same pid that died; or planted) is unlinked,
+    // which removes the link itself, never its target, and the name is created afresh.
+    let create = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)
+    };
+    let mut f = match create() {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::fs::remove_file(&tmp).map_err(io(format!("removing {}", tmp.display())))?;
+            create()
+        }
+        other => other,
+    }
+    .map_err(io(format!("creating {}", tmp.display())))?;
     f.write_all(&record.render())
         .map_err(io(format!("writing {}", tmp.display())))?;
     drop(f);
@@ -441,6 +448,7 @@ impl OneShot {
         dir: &Path,
     ) -> Result<OneShot, ExecError> {
         let netns = Netns::open_target(target)?;
+        crate::error::private_dir(dir)?;
         let lock = Arc::new(NamespaceLock::acquire(
             &options.lock_dir,
             netns.id(),
@@ -805,6 +813,48 @@ mod tests {
         assert_eq!(records_of(&dir, id), vec![r]);
         std::fs::write(record_path(&dir, other, "x"), b"garbage").unwrap();
         assert!(records_of(&dir, other).is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A link planted at the temporary name (it is predictable: namespace, wrap, pid) is
+    /// neither followed nor written through: its target keeps its content, the record is
+    /// stored, and the link is gone.
+    #[test]
+    fn a_link_planted_at_the_temporary_name_is_not_followed() {
+        let dir = std::env::temp_dir().join(format!("l3agent-applied-link-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let victim = std::env::temp_dir().join(format!("l3agent-victim-{}", std::process::id()));
+        std::fs::write(&victim, b"precious").unwrap();
+        let id = NsId { dev: 4, ino: 79 };
+        let r = record();
+        crate::error::private_dir(&dir).unwrap();
+        let tmp = dir.join(format!(".{id}.{}.{}.tmp", r.wrap, std::process::id()));
+        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        store(&dir, id, &r).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert!(std::fs::symlink_metadata(&tmp).is_err(), "the link is left");
+        assert_eq!(records_of(&dir, id), vec![r]);
+        let _ = std::fs::remove_file(&victim);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A records directory others can write to is refused before anything is read or
+    /// written, with a message naming it and its mode.
+    #[test]
+    fn a_group_writable_records_directory_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("l3agent-applied-gw-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o770)).unwrap();
+        let e = store(&dir, NsId { dev: 4, ino: 80 }, &record()).unwrap_err();
+        assert!(matches!(e, ExecError::UnsafeDir { .. }), "{e}");
+        let text = e.to_string();
+        assert!(
+            text.contains(&dir.display().to_string()) && text.contains("0770"),
+            "{text}"
+        );
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "wrote anyway");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

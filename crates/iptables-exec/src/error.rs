@@ -40,6 +40,16 @@ pub enum ExecError {
         /// How long we waited.
         secs: u64,
     },
+    /// A directory of records or locks is not root's private directory (a parent or itself
+    /// writable by group or others, owned by someone else, or a link): using it would let
+    /// another user plant files root then writes or trusts.
+    #[error("refusing {path}: it {reason}")]
+    UnsafeDir {
+        /// The offending directory (the directory used or one of its parents).
+        path: String,
+        /// What is wrong (names the mode or the owner).
+        reason: String,
+    },
     /// Backend detection refused the namespace.
     #[error("{0}")]
     Backend(String),
@@ -61,6 +71,27 @@ impl From<l3agent_netns::NetnsError> for ExecError {
             },
             e @ NetnsError::PrivateMounts => ExecError::Backend(e.to_string()),
         }
+    }
+}
+
+/// Checks `dir` (and its parents) like the state directory, creating it 0700 if missing; see
+/// [`l3agent_state::check_private_dir`].
+pub(crate) fn private_dir(dir: &std::path::Path) -> Result<(), ExecError> {
+    use l3agent_state::StateError;
+    match l3agent_state::check_private_dir(dir) {
+        Ok(_) => Ok(()),
+        Err(StateError::Unsafe { path, reason }) => Err(ExecError::UnsafeDir {
+            path: path.display().to_string(),
+            reason,
+        }),
+        Err(StateError::Io { what, path, source }) => Err(ExecError::Io {
+            what: format!("{what} {}", path.display()),
+            source,
+        }),
+        Err(other) => Err(ExecError::UnsafeDir {
+            path: dir.display().to_string(),
+            reason: other.to_string(),
+        }),
     }
 }
 

@@ -19,8 +19,8 @@
 //! one process holds the lock of the file the path names: mutual exclusion holds although files
 //! come and go.
 
-use std::fs::{DirBuilder, File, OpenOptions};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -50,14 +50,7 @@ pub struct NamespaceLock {
 impl NamespaceLock {
     /// Takes the lock for namespace `id` in `dir`, waiting at most `wait`.
     pub fn acquire(dir: &Path, id: NsId, wait: Duration) -> Result<NamespaceLock, ExecError> {
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|source| ExecError::Io {
-                what: format!("creating {}", dir.display()),
-                source,
-            })?;
+        crate::error::private_dir(dir)?;
         let path = lock_path(dir, id);
         sweep(dir, &path);
         let start = Instant::now();
@@ -274,6 +267,34 @@ mod tests {
         });
         assert_eq!(entered.load(Ordering::SeqCst), 6 * 150);
         assert_eq!(files(&dir), 0);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A lock directory others can write to is refused (they could plant the lock file);
+    /// the message names the directory and its mode.
+    #[test]
+    fn a_group_writable_lock_directory_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = dir("gw");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o775)).unwrap();
+        let e = NamespaceLock::acquire(&dir, id(3), Duration::from_millis(50)).unwrap_err();
+        assert!(matches!(e, ExecError::UnsafeDir { .. }), "{e}");
+        assert!(e.to_string().contains("0775"), "{e}");
+        assert_eq!(files(&dir), 0);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A link planted at the lock file's name is not followed (O_NOFOLLOW).
+    #[test]
+    fn a_link_planted_at_the_lock_name_is_not_followed() {
+        let dir = dir("link");
+        crate::error::private_dir(&dir).unwrap();
+        let victim = dir.join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        std::os::unix::fs::symlink(&victim, lock_path(&dir, id(4))).unwrap();
+        assert!(NamespaceLock::acquire(&dir, id(4), Duration::from_millis(50)).is_err());
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -423,7 +423,17 @@ impl<R: Runner> Manager<R> {
                         stderr: failure.stderr,
                         rollback,
                     };
-                    warn!(netns = %self.runner.label(), %family, line = ?err.line, "iptables-restore failed");
+                    match err.line {
+                        Some(line) => warn!(
+                            netns = %self.runner.label(),
+                            %family,
+                            %line,
+                            "iptables-restore failed"
+                        ),
+                        None => {
+                            warn!(netns = %self.runner.label(), %family, "iptables-restore failed")
+                        }
+                    }
                     return Err(ApplyError::Restore(Box::new(err)));
                 }
             }

@@ -30,10 +30,10 @@ pub struct RulesFile {
     #[serde(default)]
     pub options: FileOptions,
     /// IPv4 tables.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "l3agent_doc::explicit_value")]
     pub ipv4: FamilySpec,
     /// IPv6 tables.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "l3agent_doc::explicit_value")]
     pub ipv6: FamilySpec,
 }
 
@@ -79,16 +79,16 @@ impl Default for FileOptions {
 #[serde(deny_unknown_fields)]
 pub struct FamilySpec {
     /// `filter:`
-    #[serde(default)]
+    #[serde(default, deserialize_with = "l3agent_doc::explicit_some")]
     pub filter: Option<TableSpec>,
     /// `nat:`
-    #[serde(default)]
+    #[serde(default, deserialize_with = "l3agent_doc::explicit_some")]
     pub nat: Option<TableSpec>,
     /// `mangle:`
-    #[serde(default)]
+    #[serde(default, deserialize_with = "l3agent_doc::explicit_some")]
     pub mangle: Option<TableSpec>,
     /// `raw:`
-    #[serde(default)]
+    #[serde(default, deserialize_with = "l3agent_doc::explicit_some")]
     pub raw: Option<TableSpec>,
 }
 
@@ -97,13 +97,13 @@ pub struct FamilySpec {
 #[serde(deny_unknown_fields)]
 pub struct TableSpec {
     /// Wrapped chains (ours).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "l3agent_doc::explicit_list")]
     pub chains: Vec<String>,
     /// Shared, unwrapped chains.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "l3agent_doc::explicit_list")]
     pub unwrapped_chains: Vec<String>,
     /// Rules, in order.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "l3agent_doc::explicit_list")]
     pub rules: Vec<RuleEntry>,
 }
 
@@ -401,6 +401,81 @@ mod tests {
             "{}",
             text[4]
         );
+    }
+
+    /// A YAML rules file as `iptables apply` reads it; the error as `path: message`.
+    fn read_yaml(text: &str) -> Result<RulesFile, String> {
+        l3agent_doc::parse(
+            text.as_bytes(),
+            l3agent_doc::Format::Yaml,
+            &l3agent_doc::Limits::default(),
+            "wrap_name: <name> with no rules",
+        )
+        .map_err(|e| match e {
+            l3agent_doc::DocError::Invalid { path, message } => format!("{path}: {message}"),
+            other => other.to_string(),
+        })
+    }
+
+    /// `key:` with no value is null in YAML. For a list or a mapping of the rules file that is
+    /// an error naming the key, never "empty": the file is the complete desired state, and a
+    /// stray edit would otherwise remove every rule of a chain, a table or a family.
+    #[test]
+    fn a_list_or_mapping_key_with_no_value_is_an_error_naming_it() {
+        for (text, field) in [
+            ("wrap_name: w\nipv4:\n", "ipv4"),
+            ("wrap_name: w\nipv6:\n", "ipv6"),
+            ("wrap_name: w\nipv4: ~\n", "ipv4"),
+            ("wrap_name: w\nipv4:\n  filter:\n", "ipv4.filter"),
+            ("wrap_name: w\nipv4:\n  nat:\n", "ipv4.nat"),
+            ("wrap_name: w\nipv4:\n  mangle:\n", "ipv4.mangle"),
+            ("wrap_name: w\nipv6:\n  raw:\n", "ipv6.raw"),
+            (
+                "wrap_name: w\nipv4:\n  filter:\n    rules:\n",
+                "ipv4.filter.rules",
+            ),
+            (
+                "wrap_name: w\nipv4:\n  filter:\n    chains:\n",
+                "ipv4.filter.chains",
+            ),
+            (
+                "wrap_name: w\nipv4:\n  nat:\n    unwrapped_chains:\n",
+                "ipv4.nat.unwrapped_chains",
+            ),
+        ] {
+            let e = read_yaml(text).expect_err(text);
+            assert!(e.starts_with(&format!("{field}: ")), "{text:?}: {e}");
+            assert!(e.contains("no value"), "{text:?}: {e}");
+        }
+        // The same in JSON.
+        for (text, field) in [
+            (r#"{"wrap_name":"w","ipv4":null}"#, "ipv4"),
+            (r#"{"wrap_name":"w","ipv4":{"filter":null}}"#, "ipv4.filter"),
+            (
+                r#"{"wrap_name":"w","ipv4":{"filter":{"rules":null}}}"#,
+                "ipv4.filter.rules",
+            ),
+        ] {
+            let e = l3agent_doc::parse::<RulesFile>(
+                text.as_bytes(),
+                l3agent_doc::Format::Json,
+                &l3agent_doc::Limits::default(),
+                "x",
+            )
+            .expect_err(text)
+            .to_string();
+            assert!(e.contains(field) && e.contains("no value"), "{text}: {e}");
+        }
+        // Explicitly empty forms, and absent keys, still read.
+        for text in [
+            "wrap_name: w\nipv4: {}\n",
+            "wrap_name: w\nipv4:\n  filter: {}\n",
+            "wrap_name: w\nipv4:\n  filter:\n    rules: []\n    chains: []\n    unwrapped_chains: []\n",
+            "wrap_name: w\n",
+        ] {
+            let f = read_yaml(text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+            assert!(f.into_model().is_ok(), "{text:?}");
+        }
     }
 
     #[test]

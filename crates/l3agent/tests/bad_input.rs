@@ -326,7 +326,115 @@ fn every_class_of_bad_input_exits_2_names_the_field_and_changes_nothing() {
         &[],
         "agent.ovsdb: connecting to ovsdb-server at /nonexistent/l3agent/db.sock",
     );
-    assert_eq!(cases, 27);
+    // Semantic checks as neutron-server would refuse (unit-tested in crates/router's
+    // `what_neutron_server_would_refuse_is_refused_by_path`), here end to end.
+    let fip = |v: &mut Value, a: &str| {
+        v["routers"][0]["_floatingips"][0]["floating_ip_address"] = a.into()
+    };
+    run(
+        "floating IP = the gateway subnet's network address",
+        edit(&t, |v| fip(v, "203.0.113.0")),
+        &[],
+        "routers[0]._floatingips[0].floating_ip_address: 203.0.113.0 is the network address",
+    );
+    run(
+        "floating IP = the gateway subnet's broadcast address",
+        edit(&t, |v| fip(v, "203.0.113.255")),
+        &[],
+        "routers[0]._floatingips[0].floating_ip_address: 203.0.113.255 is the broadcast address",
+    );
+    run(
+        "floating IP = the gateway subnet's gateway_ip",
+        edit(&t, |v| fip(v, "203.0.113.1")),
+        &[],
+        "routers[0]._floatingips[0].floating_ip_address: 203.0.113.1 is the gateway_ip of subnet",
+    );
+    run(
+        "fixed IP outside its subnet",
+        edit(&t, |v| {
+            v["routers"][0]["_interfaces"][0]["fixed_ips"][0]["ip_address"] = "198.18.0.4".into()
+        }),
+        &[],
+        "routers[0]._interfaces[0].fixed_ips[0].ip_address: 198.18.0.4 is outside its subnet",
+    );
+    run(
+        "gateway_ip outside its subnet",
+        edit(&t, |v| {
+            v["routers"][0]["_interfaces"][0]["subnets"][0]["gateway_ip"] = "198.51.100.1".into()
+        }),
+        &[],
+        "routers[0]._interfaces[0].subnets[0].gateway_ip: 198.51.100.1 is outside its subnet",
+    );
+    run(
+        "extra route next hop not on-link",
+        edit(&t, |v| {
+            v["routers"][0]["routes"][0]["nexthop"] = "198.18.0.1".into()
+        }),
+        &[],
+        "routers[0].routes[0].nexthop: 198.18.0.1 is not on-link",
+    );
+    run(
+        "multicast MAC",
+        edit(&t, |v| {
+            v["routers"][0]["_interfaces"][0]["mac_address"] = "01:00:5e:00:00:01".into()
+        }),
+        &[],
+        "routers[0]._interfaces[0].mac_address: invalid value \"01:00:5e:00:00:01\": is a multicast address",
+    );
+    run(
+        "port id with a bidi override",
+        edit(&t, |v| {
+            v["routers"][0]["_interfaces"][0]["id"] = "081ed401\u{202e}".into()
+        }),
+        &[],
+        "routers[0]._interfaces[0].id: invalid value \"081ed401\\u{202e}\"",
+    );
+    run(
+        "network id with a zero-width space",
+        edit(&t, |v| {
+            v["routers"][0]["_interfaces"][0]["network_id"] = "90e4912c\u{200b}".into()
+        }),
+        &[],
+        "routers[0]._interfaces[0].network_id: invalid value \"90e4912c\\u{200b}\"",
+    );
+    run(
+        "floating IP id with a bidi override",
+        edit(&t, |v| {
+            v["routers"][0]["_floatingips"][0]["id"] = "9cb45fce\u{202e}".into()
+        }),
+        &[],
+        "routers[0]._floatingips[0].id: invalid value \"9cb45fce\\u{202e}\"",
+    );
+    run(
+        "bridge mapping key with a leading dash",
+        edit(&t, |v| v["agent"]["bridges"]["-rf"] = "br-t1".into()),
+        &[],
+        "agent.bridges: invalid value \"-rf\"",
+    );
+    // A "billion laughs": 10 * 8^20 scalars if expanded. The anchors sit in a field Neutron's
+    // dicts may carry and l3agent ignores (ignoring does not follow aliases); the alias is
+    // used where a router belongs, and refused by type at its first level.
+    let mut bomb = String::from("[&a [x,x,x,x,x,x,x,x,x,x]");
+    for i in 0..20 {
+        let p = if i == 0 {
+            "a".to_owned()
+        } else {
+            format!("b{}", i - 1)
+        };
+        bomb.push_str(&format!(
+            ", &b{i} [*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p}]"
+        ));
+    }
+    bomb.push(']');
+    run(
+        "YAML alias bomb",
+        yaml(&format!(
+            "{agent_yaml}routers:\n  - id: {LEGACY_ID}\n    x: {bomb}\n  - *b19\n"
+        )),
+        &[],
+        "routers[1]: invalid type: sequence",
+    );
+    assert_eq!(cases, 39);
 }
 
 /// Under `ip netns exec` (a private mount namespace) the namespaces l3agent creates would
@@ -392,7 +500,9 @@ fn validate_checks_offline_with_the_exit_codes_of_apply() {
 }
 
 /// Bad rules files, one row per class, on both iptables backends: exit 2, the field named
-/// (message and `--json`), and the namespace's rules of both backends unchanged.
+/// (message and `--json`), and the namespace's rules of both backends and the iptables
+/// applied-state directory (a private one here, `/run/l3agent/iptables` in production)
+/// unchanged.
 #[test]
 fn bad_rules_files_exit_2_on_both_backends_and_apply_nothing() {
     let bin = env!("CARGO_BIN_EXE_l3agent");
@@ -433,13 +543,52 @@ fn bad_rules_files_exit_2_on_both_backends_and_apply_nothing() {
             "wrap_name: l3agent\noptions: {filter_top_chain: INPUT}\n".into(),
             "options.filter_top_chain",
         ),
+        (
+            "rules: with no value",
+            "wrap_name: l3agent\nipv4:\n  filter:\n    rules:\n".into(),
+            "ipv4.filter.rules: no value",
+        ),
+        (
+            "JSON type error",
+            r#"{"wrap_name": "l3agent", "ipv4": {"filter": {"rules": [{"chain": "INPUT", "rule": "-j ACCEPT", "top": "yes"}]}}}"#.into(),
+            "ipv4.filter.rules[0].top: invalid type: string",
+        ),
+        (
+            "1 MB comment",
+            format!(
+                "wrap_name: l3agent\nipv4:\n  filter:\n    rules:\n      - {{chain: INPUT, rule: \"-j ACCEPT\", comment: {}}}\n",
+                "a".repeat(1 << 20)
+            ),
+            "ipv4.filter.rules[0].comment",
+        ),
+        (
+            "deep nesting",
+            format!("wrap_name: l3agent\nipv4: {}\n", "[".repeat(100_000)),
+            "nested deeper than 32 levels",
+        ),
     ];
+    let state = dir.join("state");
+    let _ = std::fs::remove_dir_all(&state);
+    std::fs::create_dir(&state).unwrap();
+    let state_files = || {
+        let mut files = Vec::new();
+        walk(&state, &mut files);
+        files.sort();
+        files
+    };
     for backend in ["nft", "legacy"] {
         // A namespace per backend: one namespace never holds rules of both.
         let ns = l3agent_testkit::TestNs::new(backend);
         let path = dir.join(format!("good-{backend}.yaml"));
         std::fs::write(&path, good).unwrap();
-        let args = ["--netns", &ns.name, "--backend", backend];
+        let args = [
+            "--netns",
+            &ns.name,
+            "--backend",
+            backend,
+            "--state-dir",
+            state.to_str().unwrap(),
+        ];
         let o = Command::new(bin)
             .args(["iptables", "apply", "--rules", path.to_str().unwrap()])
             .args(args)
@@ -453,7 +602,13 @@ fn bad_rules_files_exit_2_on_both_backends_and_apply_nothing() {
         );
         let before = (ns.save("nft", false), ns.save("legacy", false));
         for (class, text, field) in &rows {
-            let path = dir.join(format!("bad-{backend}.yaml"));
+            let files_before = state_files();
+            let ext = if text.starts_with('{') {
+                "json"
+            } else {
+                "yaml"
+            };
+            let path = dir.join(format!("bad-{backend}.{ext}"));
             std::fs::write(&path, text).unwrap();
             let o = Command::new(bin)
                 .args([
@@ -471,6 +626,16 @@ fn bad_rules_files_exit_2_on_both_backends_and_apply_nothing() {
             assert!(
                 stderr.contains(field),
                 "{backend} {class}: {field:?} not in {stderr}"
+            );
+            assert!(
+                stderr.len() < 4000,
+                "{backend} {class}: {} bytes of error",
+                stderr.len()
+            );
+            assert_eq!(
+                state_files(),
+                files_before,
+                "{backend} {class}: the applied-state directory changed"
             );
             let j: Value = serde_json::from_slice(&o.stdout)
                 .unwrap_or_else(|e| panic!("{backend} {class}: stdout is not JSON: {e}"));

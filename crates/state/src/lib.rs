@@ -142,6 +142,17 @@ pub struct StateDir {
     counter: AtomicU64,
 }
 
+/// Checks a private directory of root's outside the state directory (`/run/l3agent/iptables`,
+/// `/run/l3agent/lock`) by the rules [`StateDir::open`] applies to the state directory: every
+/// parent owned by root (or us) and not writable by group or others unless root's and sticky,
+/// the directory itself real (not a link), ours, not writable by group or others; missing
+/// ones are created 0700. Returns the path normalized. Takes no lock.
+pub fn check_private_dir(path: &Path) -> Result<PathBuf, StateError> {
+    let path = check::normalize(path)?;
+    check::check_tree(&path, Missing::Create, nix::unistd::geteuid().as_raw())?;
+    Ok(path)
+}
+
 impl StateDir {
     /// Creates the directory (0700, parents 0700 where it creates them) if missing, checks it
     /// is safe, takes the exclusive lock, removes leftover temporary files.
