@@ -1269,6 +1269,7 @@ mod tests {
             }
             r["gw_port"]["id"] = json!("7b7b7b7b-0000-4000-8000-000000000000");
             r["_floatingips"] = json!([]);
+            l3agent_testkit::renumber_router(&mut r, 5);
         }
         r
     }

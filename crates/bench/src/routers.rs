@@ -86,7 +86,7 @@ pub(crate) fn router(i: usize, fips: usize) -> Value {
     json!({
         "id": format!("{i:08x}-bbbb-4000-8000-000000000000"),
         "gw_port": port(2, format!("ext-{k}"), &gw, 10, "100.64.0.0/10", "100.64.0.1"),
-        "_interfaces": [port(1, format!("int-{k}"), "192.0.2.1", 24, "192.0.2.0/24", "192.0.2.1")],
+        "_interfaces": [port(1, format!("int-{i}"), "192.0.2.1", 24, "192.0.2.0/24", "192.0.2.1")],
         "_floatingips": floatingips,
     })
 }
@@ -448,11 +448,17 @@ pub(crate) fn host_with_bridges(
     let host_ns = TestNs::new(tag);
     let mut nets = serde_json::Map::new();
     for k in 0..count.div_ceil(PER_BRIDGE) {
-        for (kind, net) in [("bi", format!("int-{k}")), ("be", format!("ext-{k}"))] {
+        for kind in ["bi", "be"] {
             let br = format!("{kind}{k}");
             host_ns.ok(&["ip", "link", "add", &br, "type", "bridge"]);
             host_ns.ok(&["ip", "link", "set", &br, "up"]);
-            nets.insert(net, json!(br));
+        }
+        // One external network per bridge (the gateways have addresses of their own on it);
+        // each router's tenant network is its own (they all use 192.0.2.0/24), all of a
+        // bridge's routers' tenant networks on its tenant bridge.
+        nets.insert(format!("ext-{k}"), json!(format!("be{k}")));
+        for i in k * PER_BRIDGE..count.min((k + 1) * PER_BRIDGE) {
+            nets.insert(format!("int-{i}"), json!(format!("bi{k}")));
         }
     }
     (host_ns, nets)

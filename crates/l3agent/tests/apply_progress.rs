@@ -28,7 +28,8 @@ fn router(i: usize) -> Value {
     json!({
         "id": format!("a77e{i:04x}-0000-4000-8000-000000000000"),
         "gw_port": port(2, NET_EX, format!("203.0.113.{}", 20 + i), "203.0.113.0/24", "203.0.113.1"),
-        "_interfaces": [port(1, NET_T1, "192.0.2.1".into(), "192.0.2.0/24", "192.0.2.1")],
+        // An address of its own on the shared tenant network (an address is one port's).
+        "_interfaces": [port(1, NET_T1, format!("192.0.2.{}", 10 + i), "192.0.2.0/24", "192.0.2.1")],
         "_floatingips": [],
     })
 }

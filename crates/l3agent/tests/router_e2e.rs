@@ -252,8 +252,9 @@ fn killed_apply_is_repaired_by_the_next() {
             port["id"] = json!(format!("{}{i:07x}-0000-4000-8000-000000000000", k + 1));
         }
         r["gw_port"]["id"] = json!(format!("9{i:07x}-0000-4000-8000-000000000000"));
-        // Floating IPs are unique across a host's routers.
+        // Floating IPs and port addresses are unique across a host's routers.
         r["_floatingips"][0]["floating_ip_address"] = json!(format!("203.0.113.{}", 100 + i));
+        l3agent_testkit::renumber_router(&mut r, u8::try_from(10 + i).unwrap());
         routers.push(r);
     }
     let cfg = json!({
@@ -533,6 +534,7 @@ fn a_failing_router_is_undone_and_others_converge() {
     }
     bad["gw_port"]["id"] = json!("b9adbadb-0000-4000-8000-000000000000");
     bad["_floatingips"] = json!([]);
+    l3agent_testkit::renumber_router(&mut bad, 5);
     // What validation and the preflight cannot know: the bad router's namespace name is
     // taken by a directory (not a namespace, not a file l3agent may replace).
     let blocker = std::path::PathBuf::from(format!("/run/netns/qrouter-{bad_id}"));

@@ -60,7 +60,8 @@ fn router(case: u32, i: u32) -> Value {
         ));
     }
     r["gw_port"]["id"] = json!(format!("f{i:03x}{case:04x}-0000-4000-8000-000000000000"));
-    r["gw_port"]["fixed_ips"][0]["ip_address"] = json!(format!("203.0.113.{}", 10 + i));
+    // Addresses of its own on the example's networks (an address is one port's).
+    l3agent_testkit::renumber_router(&mut r, u8::try_from(10 + i).unwrap());
     // The example's extra subnet and route are not documentation prefixes.
     r["gw_port"]["extra_subnets"] = json!([]);
     r["routes"] = json!([]);

@@ -1775,6 +1775,10 @@ fn across_routers(routers: &[(usize, &Router)], agent: &Agent, p: &mut Problems)
     let mut fg_ports: HashMap<&NetworkId, (usize, &'static str, &PortId)> = HashMap::new();
     let mut links: HashMap<IfName, (usize, &RouterId)> = HashMap::new();
     let mut floating: HashMap<Ipv4Addr, usize> = HashMap::new();
+    // Addresses on each network: one port's each (neutron-server's IPAM hands an address out
+    // once; two routers with one address on one network would answer ARP for each other).
+    let mut addresses: HashMap<(&NetworkId, IpAddr), (usize, &'static str, &PortId)> =
+        HashMap::new();
     for &(i, r) in routers {
         let lists: [(&'static str, &[Port], bool); 3] = [
             ("_interfaces", &r.interfaces, false),
@@ -1790,6 +1794,26 @@ fn across_routers(routers: &[(usize, &Router)], agent: &Agent, p: &mut Problems)
             .flat_map(|(field, list, shared)| list.iter().map(move |port| (field, port, shared)))
             .chain(r.gw_port.iter().map(|g| ("gw_port", g, false)));
         for (field, port, shared) in ports {
+            // (A FIP agent gateway port is one per network: its own check below.)
+            for ip in port.ips.iter().map(IpNet::addr).filter(|_| !shared) {
+                match addresses.get(&(&port.network_id, ip)) {
+                    // Another port of this router: the router's own check names that one.
+                    Some(&(j, _, _)) if j == i => {}
+                    Some(&(j, other, id)) => p.add(
+                        &format!("{}.{field}", at(i)),
+                        format!(
+                            "address {ip} of port {} is also port {id}'s ({}.{other}) on network \
+                             {}",
+                            port.id,
+                            at(j),
+                            port.network_id
+                        ),
+                    ),
+                    None => {
+                        addresses.insert((&port.network_id, ip), (i, field, &port.id));
+                    }
+                }
+            }
             match host_ends.get(&port.host_dev) {
                 Some((_, _, id)) if shared && *id == &port.id => {}
                 Some(&(j, other, id)) => p.add(
@@ -1851,6 +1875,26 @@ fn across_routers(routers: &[(usize, &Router)], agent: &Agent, p: &mut Problems)
                 );
             } else {
                 floating.insert(f.floating, i);
+            }
+        }
+    }
+    // A floating IP is no other router's port address on its external network (the router's
+    // own gateway address is its own check's).
+    for &(i, r) in routers {
+        let Some(gw) = &r.gw_port else { continue };
+        for (k, f) in r.fips.iter().enumerate() {
+            if let Some(&(j, other, id)) = addresses
+                .get(&(&gw.network_id, IpAddr::V4(f.floating)))
+                .filter(|(j, _, _)| *j != i)
+            {
+                p.add(
+                    &format!("{}._floatingips[{k}].floating_ip_address", at(i)),
+                    format!(
+                        "floating IP {} is the address of port {id} ({}.{other})",
+                        f.floating,
+                        at(j)
+                    ),
+                );
             }
         }
     }
@@ -2115,6 +2159,8 @@ mod tests {
         serde_json::from_str(include_str!("../tests/data/neutron-router-legacy.json")).unwrap()
     }
 
+    use l3agent_testkit::renumber_router as renumber;
+
     /// A copy of shared/examples/neutron-router-dvr.json.
     fn dvr_example() -> serde_json::Value {
         serde_json::from_str(include_str!("../tests/data/neutron-router-dvr.json")).unwrap()
@@ -2266,6 +2312,7 @@ mod tests {
         b["_interfaces"] = serde_json::json!([]);
         b["_floatingips"] = serde_json::json!([]);
         b["gw_port"]["id"] = "184a6791-c4ff-0000-0000-000000000000".into();
+        renumber(&mut b, 5);
         let text = errors(load(&format!("{a},{b}")));
         assert_eq!(
             text,
@@ -2291,6 +2338,7 @@ mod tests {
             b[port.0][port.1]["id"] = format!("{i}0000000-0000-0000-0000-000000000000").into();
         }
         b["gw_port"]["id"] = "90000000-0000-0000-0000-000000000000".into();
+        renumber(&mut b, 5);
         b["_floatingips"] = serde_json::json!([]);
         let text = errors(load_as("dvr", &format!("{a},{b}")));
         assert_eq!(
@@ -2318,6 +2366,7 @@ mod tests {
         b["_floatingips"] = serde_json::json!([]);
         b["gw_port"]["id"] = "90000000-0000-0000-0000-000000000000".into();
         b["_floatingip_agent_interfaces"][0]["id"] = "80000000-0000-0000-0000-000000000000".into();
+        renumber(&mut b, 5);
         let text = errors(load_as("dvr_snat", &format!("{a},{b}")));
         assert_eq!(
             text,
@@ -2438,6 +2487,7 @@ mod tests {
         b["gw_port"]["id"] = "90000000-0000-0000-0000-000000000000".into();
         b["_floatingips"][0]["id"] = "f0000000-0000-0000-0000-000000000000".into();
         b["_floatingips"][0]["floating_ip_address"] = "203.0.113.3".into();
+        renumber(&mut b, 7);
         let in_force = doc_of(&[a.clone(), b.clone()]).validate().unwrap();
 
         // A change to b alone that conflicts with a, which did not change: a floating IP in
@@ -2511,6 +2561,7 @@ mod tests {
         b["gw_port"]["id"] = "90000000-0000-0000-0000-000000000000".into();
         b["_floatingips"][0]["id"] = "f0000000-0000-0000-0000-000000000000".into();
         b["_floatingips"][0]["floating_ip_address"] = "203.0.113.3".into();
+        renumber(&mut b, 7);
         let mut same_fip = b.clone();
         same_fip["_floatingips"][0]["floating_ip_address"] = "203.0.113.2".into();
         let mut same_tap = b.clone();
@@ -2523,6 +2574,7 @@ mod tests {
         other_bridge["_floatingips"] = serde_json::json!([]);
         other_bridge["routes"] = serde_json::json!([]);
         other_bridge["gw_port"]["id"] = "c1000000-0000-0000-0000-000000000000".into();
+        renumber(&mut other_bridge, 8);
         let pool = [a, b, same_fip, same_tap, bad_mac, other_bridge];
         let mut lists: Vec<Vec<serde_json::Value>> = vec![Vec::new()];
         for _ in 0..3 {
@@ -2570,6 +2622,7 @@ mod tests {
             b[f][i]["id"] = format!("{i}0000000-0000-0000-0000-000000000000").into();
         }
         b["gw_port"]["id"] = "90000000-0000-0000-0000-000000000000".into();
+        renumber(&mut b, 5);
         let text = errors(load(&format!("{a},{b}")));
         assert_eq!(
             text,
@@ -2578,6 +2631,63 @@ mod tests {
                  in routers[0]"
             ]
         );
+    }
+
+    /// Two routers of one host never share an address on a network, and a floating IP is no
+    /// other router's port address (neutron-server's IPAM hands an address out once).
+    #[test]
+    fn an_address_on_a_network_belongs_to_one_router() {
+        let a = legacy_example();
+        let mut b = legacy_example();
+        b["id"] = "b0000000-0000-0000-0000-000000000000".into();
+        for i in 0..2 {
+            b["_interfaces"][i]["id"] = format!("{i}0000000-0000-0000-0000-000000000000").into();
+        }
+        b["gw_port"]["id"] = "90000000-0000-0000-0000-000000000000".into();
+        b["_floatingips"] = serde_json::json!([]);
+        renumber(&mut b, 5);
+        load(&format!("{a},{b}")).expect("addresses of its own");
+
+        let mut same_qr = b.clone();
+        same_qr["_interfaces"][0]["fixed_ips"][0]["ip_address"] = "192.0.2.4".into();
+        assert_eq!(
+            errors(load(&format!("{a},{same_qr}"))),
+            vec![
+                "routers[1]._interfaces: address 192.0.2.4 of port \
+                 00000000-0000-0000-0000-000000000000 is also port \
+                 081ed401-2ab1-4bd0-968b-e05235398bb2's (routers[0]._interfaces) on network \
+                 90e4912c-0eb8-4be4-a793-e6a3bba6ae8b"
+            ]
+        );
+        let mut same_gw = b.clone();
+        same_gw["gw_port"]["fixed_ips"][0]["ip_address"] = "203.0.113.4".into();
+        let e = errors(load(&format!("{a},{same_gw}")));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("routers[1].gw_port: address 203.0.113.4 of port"),
+            "{e:?}"
+        );
+        // A floating IP on another router's gateway address, whichever comes first.
+        let mut fip_on_gw = b.clone();
+        fip_on_gw["_floatingips"] = serde_json::json!([{"id": "f0000000-0000-0000-0000-000000000000",
+            "floating_ip_address": "203.0.113.4", "fixed_ip_address": "192.0.2.10"}]);
+        for (doc, at) in [
+            (format!("{a},{fip_on_gw}"), "routers[1]"),
+            (format!("{fip_on_gw},{a}"), "routers[0]"),
+        ] {
+            let e = errors(load(&doc));
+            assert!(
+                e.iter().any(|t| t.starts_with(&format!(
+                    "{at}._floatingips[0].floating_ip_address: floating IP 203.0.113.4 is the \
+                     address of port 184a6791-c482-44ff-948c-90af734c72de"
+                ))),
+                "{e:?}"
+            );
+        }
+        // The same address on different networks is fine.
+        let mut other_net = same_qr.clone();
+        other_net["_interfaces"][0]["network_id"] = "c6910e18-fb1f-4988-9af4-211a8c2e2926".into();
+        load(&format!("{a},{other_net}")).expect("another network");
     }
 
     /// One row per class of semantic mistake neutron-server refuses: the field path and the

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 mod common;
 
-use common::{config, legacy_router, state_dir, world};
+use common::{config, legacy_router, renumber, state_dir, world};
 use l3agent_router::compile::HostFacts;
 use l3agent_router::config::HostConfig;
 use l3agent_router::fake::{self, SharedWorld};
@@ -36,8 +36,23 @@ fn router(id: &str) -> Value {
         }
         r["gw_port"]["id"] = json!(format!("7b7b7b{tag}0-0000-4000-8000-000000000000"));
         r["_floatingips"] = json!([]);
+        renumber(&mut r, host(id));
     }
     r
+}
+
+/// The host number of router `id`'s addresses (the example's, 4, for A).
+fn host(id: &str) -> u8 {
+    if id == A {
+        4
+    } else {
+        10 + u8::from_str_radix(&id[id.len() - 1..], 16).unwrap()
+    }
+}
+
+/// Router `id`'s address on the first interface's subnet.
+fn qr_address(id: &str) -> String {
+    format!("192.0.2.{}/24", host(id))
 }
 
 fn opts(only: Option<&[&str]>, unchanged: Unchanged) -> ApplyOptions {
@@ -106,19 +121,19 @@ fn only_repairs_the_routers_named_and_leaves_the_others_drift_and_report_alone()
     let state = state_dir();
     let cfg = config(&state, &[router(A), router(B)]);
     apply(&w, &cfg, None);
-    drop_address(&w, A, "192.0.2.4/24");
-    drop_address(&w, B, "192.0.2.4/24");
+    drop_address(&w, A, &qr_address(A));
+    drop_address(&w, B, &qr_address(B));
 
     let r = apply(&w, &cfg, Some(&[A]));
     assert_eq!(ids(&r), [A], "{r:#?}");
     assert_eq!(status(&r, A), Some(RouterStatus::Converged));
-    assert!(has_address(&w, A, "192.0.2.4/24"), "A was not repaired");
-    assert!(!has_address(&w, B, "192.0.2.4/24"), "B was touched");
+    assert!(has_address(&w, A, &qr_address(A)), "A was not repaired");
+    assert!(!has_address(&w, B, &qr_address(B)), "B was touched");
 
     // B's turn repairs it.
     let r = apply(&w, &cfg, Some(&[B]));
     assert_eq!(ids(&r), [B], "{r:#?}");
-    assert!(has_address(&w, B, "192.0.2.4/24"));
+    assert!(has_address(&w, B, &qr_address(B)));
 }
 
 #[test]

@@ -52,6 +52,10 @@ fn router(id: &str) -> Value {
     r["gw_port"]["id"] = json!(format!("0a5e{n}900-0000-4000-8000-000000000009"));
     r["gw_port"]["mac_address"] = json!(format!("fa:16:3e:0{n}:00:09"));
     if n != "1" {
+        // The first router keeps the example's addresses; the others have their own.
+        common::renumber(&mut r, 10 + n.parse::<u8>().unwrap());
+    }
+    if n != "1" {
         r["_floatingips"] = json!([]);
     }
     r

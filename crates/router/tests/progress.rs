@@ -29,6 +29,7 @@ fn router(n: usize) -> Value {
     }
     r["gw_port"]["id"] = json!(format!("7b{n:03}000-0000-4000-8000-000000000000"));
     r["_floatingips"] = json!([]);
+    common::renumber(&mut r, 10 + u8::try_from(n).unwrap());
     r
 }
 

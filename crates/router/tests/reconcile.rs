@@ -251,6 +251,7 @@ fn one_failing_router_does_not_stop_the_others_and_a_new_one_is_undone() {
     }
     bad["gw_port"]["id"] = json!("7b7b7b7b-0000-4000-8000-000000000000");
     bad["_floatingips"] = json!([]);
+    common::renumber(&mut bad, 5);
     let cfg = config(&state, &[good, bad]);
     w.lock().unwrap().fail_on = Some("add port qr-7a7a7a70".into());
     let r = apply(&w, &cfg);

@@ -50,6 +50,40 @@ pub struct Run {
     pub stderr: String,
 }
 
+/// A router dict's port addresses (`_interfaces`, `_snat_router_interfaces`, `gw_port`)
+/// with their last byte (IPv4) or group (IPv6) set to `host` (SNAT ports: `host + 100`, as
+/// they sit on the interfaces' subnets): a copy of an example router on the same networks
+/// with addresses of its own (an address is one port's on a network).
+pub fn renumber_router(v: &mut serde_json::Value, host: u8) {
+    for (field, host) in [
+        ("_interfaces", host),
+        ("_snat_router_interfaces", host.wrapping_add(100)),
+        ("gw_port", host),
+    ] {
+        match v.get_mut(field) {
+            Some(serde_json::Value::Array(ports)) => {
+                ports.iter_mut().for_each(|p| renumber_port(p, host));
+            }
+            Some(port @ serde_json::Value::Object(_)) => renumber_port(port, host),
+            _ => {}
+        }
+    }
+}
+
+fn renumber_port(port: &mut serde_json::Value, host: u8) {
+    for ip in port["fixed_ips"].as_array_mut().into_iter().flatten() {
+        let addr = ip["ip_address"].as_str().expect("an address").to_owned();
+        let cut = addr.rfind(['.', ':']).expect("an IP address");
+        let sep = &addr[cut..=cut];
+        let last = if sep == "." {
+            host.to_string()
+        } else {
+            format!("{host:x}")
+        };
+        ip["ip_address"] = serde_json::Value::from(format!("{}{sep}{last}", &addr[..cut]));
+    }
+}
+
 /// The bytes of a hex capture file (tests' captured kernel answers): lines starting with `#`
 /// describe it, whitespace is ignored, the rest is hex digit pairs.
 pub fn hex_capture(text: &str) -> Vec<u8> {

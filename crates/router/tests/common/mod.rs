@@ -29,6 +29,9 @@ pub fn legacy_router() -> Value {
     serde_json::from_str(include_str!("../data/neutron-router-legacy.json")).expect("json")
 }
 
+#[allow(unused_imports)] // each test binary uses its own subset
+pub use l3agent_testkit::renumber_router as renumber;
+
 /// A validated legacy host config of `routers`, with the example's three bridges.
 pub fn config(state: &PathBuf, routers: &[Value]) -> HostConfig {
     let v = json!({
