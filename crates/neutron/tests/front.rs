@@ -53,6 +53,10 @@ fn dict(i: usize) -> Value {
     d["_interfaces"][0]["id"] = json!(format!("{:08x}-0000-4000-8000-00000000000b", 0x5000 + i));
     d["_interfaces"][0]["mac_address"] =
         json!(format!("fa:16:3e:01:{:02x}:{:02x}", i / 256, i % 256));
+    // Each router's tenant network is its own: the copies keep the dict's interface address,
+    // which is one port's on a network.
+    d["_interfaces"][0]["network_id"] =
+        json!(format!("{:08x}-0000-4000-8000-00000000000c", 0x6000 + i));
     if i == 0 || i == INVALID {
         d["_floatingips"][0]["id"] = json!(fip_id(i));
         d["_floatingips"][0]["router_id"] = json!(router_id(i));
