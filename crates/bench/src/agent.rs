@@ -282,9 +282,29 @@ fn nat_rules(ns: &Netns) -> Result<String> {
 }
 
 /// Runs `f` on a thread inside `ns`.
-fn inside<T: Send>(ns: &Netns, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+pub(crate) fn inside<T: Send>(ns: &Netns, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
     ns.run::<_, NetnsError>(f)
         .map_err(|e| anyhow::anyhow!("{e}"))?
+}
+
+/// `iptables-nft-restore --noflush` of `input` inside `ns` (the floors' kernel write).
+pub(crate) fn restore_noflush(ns: &Netns, input: &str) -> Result<()> {
+    let ok = inside(ns, || {
+        let mut child = Command::new("iptables-nft-restore")
+            .arg("--noflush")
+            .stdin(Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .context("piped")?
+            .write_all(input.as_bytes())?;
+        Ok(child.wait()?.success())
+    })?;
+    if !ok {
+        bail!("the floor's iptables-restore failed");
+    }
+    Ok(())
 }
 
 /// One floating IP's rules as l3agent writes them for a legacy router (iptables-save form).
@@ -321,24 +341,10 @@ fn floor(n: usize) -> Result<Vec<f64>> {
             fip_rules(&addr, &format!("192.0.2.{}", 100 + e % 100)).join("\n")
         );
         let t = Instant::now();
-        let ok = inside(&netns, || {
-            let mut child = Command::new("iptables-nft-restore")
-                .arg("--noflush")
-                .stdin(Stdio::piped())
-                .spawn()?;
-            child
-                .stdin
-                .take()
-                .context("piped")?
-                .write_all(input.as_bytes())?;
-            Ok(child.wait()?.success())
-        })?;
+        restore_noflush(&netns, &input)?;
         rtnl.add_address(&dev, format!("{addr}/32").parse()?, false)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         took.push(t.elapsed().as_secs_f64());
-        if !ok {
-            bail!("the floor's iptables-restore failed");
-        }
     }
     Ok(took)
 }

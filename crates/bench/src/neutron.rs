@@ -56,7 +56,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args as ClapArgs;
-use l3agent_netns::NetnsError;
 use l3agent_neutron::l3::{REPORTS_TOPIC, REPORT_STATE_VERSION};
 use l3agent_neutron::{
     AgentRpcServer, AgentState, Notification, PluginApi, RouterCounts, Transport, TransportOptions,
@@ -158,10 +157,7 @@ fn netns_err(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow!("{e}")
 }
 
-/// Runs `f` on a thread inside `ns`.
-fn inside<T: Send>(ns: &Netns, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
-    ns.run::<_, NetnsError>(f).map_err(netns_err)?
-}
+use crate::agent::inside;
 
 // ---------------------------------------------------------------------------------------
 // Fixtures: the work directory, the namespace the bench runs in, extra API servers.
@@ -1343,22 +1339,7 @@ impl KernelFloor {
     }
 
     fn restore(&self, input: &str) -> Result<()> {
-        let ok = inside(&self.ns.open(), || {
-            let mut child = Command::new("iptables-nft-restore")
-                .arg("--noflush")
-                .stdin(Stdio::piped())
-                .spawn()?;
-            child
-                .stdin
-                .take()
-                .context("piped")?
-                .write_all(input.as_bytes())?;
-            Ok(child.wait()?.success())
-        })?;
-        if !ok {
-            bail!("the floor's iptables-restore failed");
-        }
-        Ok(())
+        crate::agent::restore_noflush(&self.ns.open(), input)
     }
 
     fn apply(&mut self, fip: &str) -> Result<()> {

@@ -138,26 +138,7 @@ impl GenerationSocket {
             Some(ns) => ns.run::<_, ExecError>(open)?,
         }
         .map_err(gen_err("opening a netfilter netlink socket"))?;
-        // The kernel answers at once; a bound on the wait keeps a caller from hanging anyway.
-        let timeout = libc::timeval {
-            tv_sec: 5,
-            tv_usec: 0,
-        };
-        // SAFETY: setsockopt with a timeval we own, of its size.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&timeout as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(gen_err("setting a receive timeout")(
-                std::io::Error::last_os_error(),
-            ));
-        }
+        bound_recv(fd.as_raw_fd()).map_err(gen_err("setting a receive timeout"))?;
         Ok(GenerationSocket {
             fd,
             seq: std::sync::atomic::AtomicU32::new(1),
@@ -222,6 +203,30 @@ impl GenerationSocket {
 /// of any program (any family, any table) in that namespace; namespaces have their own.
 pub fn ruleset_generation(netns: Option<&Netns>) -> Result<u32, ExecError> {
     GenerationSocket::open(netns)?.query()
+}
+
+/// A 5 s bound on every receive on `fd`: the kernel answers at once; the bound keeps a caller
+/// from hanging anyway.
+pub(crate) fn bound_recv(fd: std::os::fd::RawFd) -> std::io::Result<()> {
+    let timeout = libc::timeval {
+        tv_sec: 5,
+        tv_usec: 0,
+    };
+    // SAFETY: setsockopt on the caller's socket with a timeval we own, of its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&timeout as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 /// Sends one netlink request on `fd` to the kernel (port id 0).

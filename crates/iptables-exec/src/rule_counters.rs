@@ -471,29 +471,10 @@ impl NftSocket {
     }
 }
 
-/// A bound on every wait for the kernel (it answers at once; this keeps a caller from
-/// hanging anyway).
+/// A bound on every wait for the kernel.
 fn set_timeout(fd: &OwnedFd) -> Result<(), ExecError> {
-    let timeout = libc::timeval {
-        tv_sec: 5,
-        tv_usec: 0,
-    };
-    // SAFETY: setsockopt with a timeval we own, of its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&timeout as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io_err("setting a receive timeout".into())(
-            std::io::Error::last_os_error(),
-        ));
-    }
-    Ok(())
+    crate::generation::bound_recv(fd.as_raw_fd())
+        .map_err(io_err("setting a receive timeout".into()))
 }
 
 // ---------------------------------------------------------------------------------------

@@ -15,7 +15,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -165,24 +164,6 @@ fn nat_rules() -> String {
 
 fn routes() -> String {
     in_ns(&router_ns(), &["ip", "-4", "route", "show", "table", "all"])
-}
-
-/// One HTTP GET inside the host namespace (where the agent's loopback listener is).
-fn http_get(t: &Topology, addr: &str, path: &str) -> String {
-    let addr = addr.to_owned();
-    let path = path.to_owned();
-    t.host.inside(move || {
-        let mut s = std::net::TcpStream::connect(&addr).expect("connect to the metrics listener");
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
-    })
 }
 
 /// Writes `text` to `target` and points the link `link` at it with an atomic rename.

@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::net::{Ipv4Addr, UdpSocket};
 use std::path::Path;
 use std::process::{Child, Stdio};
@@ -74,23 +73,6 @@ fn status(socket: &Path) -> Option<Value> {
         Duration::from_secs(5),
     )
     .ok()
-}
-
-/// `/metrics` of the agent listening at `addr` in the host namespace.
-fn scrape(t: &Topology, addr: &str) -> String {
-    let addr = addr.to_owned();
-    t.host.inside(move || {
-        let mut s = std::net::TcpStream::connect(&addr).expect("connect to the metrics listener");
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        write!(
-            s,
-            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
-    })
 }
 
 /// The value of series `series` (`name{labels}`), if exported.
@@ -196,7 +178,7 @@ fn one_backend(backend: &'static str, id: &str) {
         );
         std::thread::sleep(Duration::from_millis(200));
     };
-    let metrics = scrape(&t, &addr);
+    let metrics = http_get(&t, &addr, "/metrics");
     let before = seen(&metrics, id).unwrap_or_else(|| {
         panic!(
             "{backend}: no traffic series in\n{metrics}\n{}",
@@ -233,7 +215,7 @@ fn one_backend(backend: &'static str, id: &str) {
     // A reading is at most 5 s old: scrape until the floating IP's counters moved.
     let deadline = Instant::now() + Duration::from_secs(20);
     let after = loop {
-        let m = scrape(&t, &addr);
+        let m = http_get(&t, &addr, "/metrics");
         let now = seen(&m, id).unwrap_or_else(|| panic!("{backend}: series gone in\n{m}"));
         if now.fip_in.1 >= before.fip_in.1 + 7.0 && now.fip_out.1 >= before.fip_out.1 + 7.0 {
             break now;

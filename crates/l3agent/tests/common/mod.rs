@@ -273,3 +273,23 @@ pub fn has_change(plan: &Value, kind: &str, what: &str) -> bool {
         })
     })
 }
+
+/// One HTTP GET inside the host namespace (where the agent's loopback listener is), read to
+/// the end (bounded: 10 s per read).
+pub fn http_get(t: &Topology, addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let (addr, path) = (addr.to_owned(), path.to_owned());
+    t.host.inside(move || {
+        let mut s = std::net::TcpStream::connect(&addr).expect("connect to the metrics listener");
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    })
+}
