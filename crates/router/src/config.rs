@@ -2161,6 +2161,21 @@ mod tests {
 
     use l3agent_testkit::renumber_router as renumber;
 
+    /// The legacy example as router `b0000000-…` on the same networks: its own port ids,
+    /// floating IP (203.0.113.3) and addresses (host number `host`).
+    fn second_router(host: u8) -> serde_json::Value {
+        let mut b = legacy_example();
+        b["id"] = "b0000000-0000-0000-0000-000000000000".into();
+        for i in 0..2 {
+            b["_interfaces"][i]["id"] = format!("{i}0000000-0000-0000-0000-000000000000").into();
+        }
+        b["gw_port"]["id"] = "90000000-0000-0000-0000-000000000000".into();
+        b["_floatingips"][0]["id"] = "f0000000-0000-0000-0000-000000000000".into();
+        b["_floatingips"][0]["floating_ip_address"] = "203.0.113.3".into();
+        renumber(&mut b, host);
+        b
+    }
+
     /// A copy of shared/examples/neutron-router-dvr.json.
     fn dvr_example() -> serde_json::Value {
         serde_json::from_str(include_str!("../tests/data/neutron-router-dvr.json")).unwrap()
@@ -2479,15 +2494,7 @@ mod tests {
     #[test]
     fn a_validation_since_the_config_in_force_finds_what_a_full_one_finds() {
         let a = legacy_example();
-        let mut b = legacy_example();
-        b["id"] = "b0000000-0000-0000-0000-000000000000".into();
-        for i in 0..2 {
-            b["_interfaces"][i]["id"] = format!("{i}0000000-0000-0000-0000-000000000000").into();
-        }
-        b["gw_port"]["id"] = "90000000-0000-0000-0000-000000000000".into();
-        b["_floatingips"][0]["id"] = "f0000000-0000-0000-0000-000000000000".into();
-        b["_floatingips"][0]["floating_ip_address"] = "203.0.113.3".into();
-        renumber(&mut b, 7);
+        let b = second_router(7);
         let in_force = doc_of(&[a.clone(), b.clone()]).validate().unwrap();
 
         // A change to b alone that conflicts with a, which did not change: a floating IP in
@@ -2553,15 +2560,7 @@ mod tests {
         // listed twice too) is validated in full and since every valid list, under the same
         // agent section and under one that lost a bridge.
         let a = legacy_example();
-        let mut b = legacy_example();
-        b["id"] = "b0000000-0000-0000-0000-000000000000".into();
-        for i in 0..2 {
-            b["_interfaces"][i]["id"] = format!("{i}0000000-0000-0000-0000-000000000000").into();
-        }
-        b["gw_port"]["id"] = "90000000-0000-0000-0000-000000000000".into();
-        b["_floatingips"][0]["id"] = "f0000000-0000-0000-0000-000000000000".into();
-        b["_floatingips"][0]["floating_ip_address"] = "203.0.113.3".into();
-        renumber(&mut b, 7);
+        let b = second_router(7);
         let mut same_fip = b.clone();
         same_fip["_floatingips"][0]["floating_ip_address"] = "203.0.113.2".into();
         let mut same_tap = b.clone();
@@ -2616,13 +2615,8 @@ mod tests {
     #[test]
     fn a_floating_ip_belongs_to_one_router() {
         let a = legacy_example();
-        let mut b = legacy_example();
-        b["id"] = "b0000000-0000-0000-0000-000000000000".into();
-        for (i, f) in ["_interfaces", "_interfaces"].iter().enumerate() {
-            b[f][i]["id"] = format!("{i}0000000-0000-0000-0000-000000000000").into();
-        }
-        b["gw_port"]["id"] = "90000000-0000-0000-0000-000000000000".into();
-        renumber(&mut b, 5);
+        let mut b = second_router(5);
+        b["_floatingips"][0]["floating_ip_address"] = "203.0.113.2".into();
         let text = errors(load(&format!("{a},{b}")));
         assert_eq!(
             text,
@@ -2638,14 +2632,8 @@ mod tests {
     #[test]
     fn an_address_on_a_network_belongs_to_one_router() {
         let a = legacy_example();
-        let mut b = legacy_example();
-        b["id"] = "b0000000-0000-0000-0000-000000000000".into();
-        for i in 0..2 {
-            b["_interfaces"][i]["id"] = format!("{i}0000000-0000-0000-0000-000000000000").into();
-        }
-        b["gw_port"]["id"] = "90000000-0000-0000-0000-000000000000".into();
+        let mut b = second_router(5);
         b["_floatingips"] = serde_json::json!([]);
-        renumber(&mut b, 5);
         load(&format!("{a},{b}")).expect("addresses of its own");
 
         let mut same_qr = b.clone();
