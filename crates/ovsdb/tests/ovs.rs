@@ -624,6 +624,16 @@ fn a_stopped_server_times_out_and_a_killed_one_fails_fast_never_hanging() {
         "{e}"
     );
     assert!(took < Duration::from_secs(3), "{took:?}");
+    // The kernel closes a killed process's descriptors one by one: the listening socket may
+    // outlive the connection briefly. Wait (bounded) until the process is gone.
+    let gone = Instant::now();
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(
+            gone.elapsed() < Duration::from_secs(5),
+            "ovsdb-server {pid} still there"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     // Nobody listens any more: the reconnect fails at once, naming the socket.
     let t = Instant::now();
     let e = db.bridge_exists(&name("br-int")).unwrap_err();
