@@ -129,12 +129,19 @@ pub fn input_digest(context: &str, bytes: &[u8]) -> String {
 impl AppliedRecord {
     /// The file's bytes.
     pub fn render(&self) -> Vec<u8> {
-        let mut out = String::new();
-        out.push_str(MAGIC);
-        out.push('\n');
+        let mut out = Vec::new();
+        self.write_to(&mut out)
+            .expect("writing to memory does not fail");
+        out
+    }
+
+    /// Writes the file's bytes to `w` ([`AppliedRecord::render`] without a copy of the rule
+    /// sets in between).
+    pub fn write_to(&self, w: &mut impl Write) -> std::io::Result<()> {
         let s = &self.stamp;
-        out.push_str(&format!(
-            "boot {}\ncookie {}\ngeneration {}\nbackend {}\nwrap {}\nnetns {}\ninput {}\nmodel {}\n",
+        write!(
+            w,
+            "{MAGIC}\nboot {}\ncookie {}\ngeneration {}\nbackend {}\nwrap {}\nnetns {}\ninput {}\nmodel {}\n",
             s.boot_id,
             s.netns_cookie,
             s.generation,
@@ -143,16 +150,17 @@ impl AppliedRecord {
             self.netns_name.as_deref().unwrap_or("-"),
             self.input_digest.as_deref().unwrap_or("-"),
             self.model_digest
-        ));
+        )?;
         for (family, text) in &self.families {
-            out.push_str(&format!(
-                "family {family} {} {}\n",
+            writeln!(
+                w,
+                "family {family} {} {}",
                 text.len(),
                 sha256_hex(text.as_bytes())
-            ));
-            out.push_str(text);
+            )?;
+            w.write_all(text.as_bytes())?;
         }
-        out.into_bytes()
+        Ok(())
     }
 
     /// Parses a record; `Err` says what is wrong (the caller then reads the kernel). The rule
@@ -311,8 +319,13 @@ pub fn store(dir: &Path, id: NsId, record: &AppliedRecord) -> Result<(), ExecErr
         other => other,
     }
     .map_err(io(format!("creating {}", tmp.display())))?;
-    f.write_all(&record.render())
+    // The small parts through a buffer, each rule set straight from its string.
+    let mut w = std::io::BufWriter::with_capacity(64 * 1024, &mut f);
+    record
+        .write_to(&mut w)
+        .and_then(|()| w.flush())
         .map_err(io(format!("writing {}", tmp.display())))?;
+    drop(w);
     drop(f);
     std::fs::rename(&tmp, &path).map_err(io(format!("renaming to {}", path.display())))
 }
@@ -644,6 +657,10 @@ impl OneShot {
         let families = model.families();
         let (mut manager, basis) = self.manager(model)?;
         let backend = manager.runner().backend();
+        // A record may follow: its rule sets are rendered while iptables-restore runs.
+        manager.prepare_committed_save(
+            backend == Backend::Nft && self.socket.is_some() && self.before.is_some(),
+        );
         debug!(?basis, "one-shot apply: planning");
         let result = manager.apply();
         debug!("one-shot apply: applied");
@@ -657,7 +674,13 @@ impl OneShot {
         };
         let recorded = backend == Backend::Nft
             && !report.namespace_gone
-            && self.record(&manager, &report, &families, input_digest, &model_digest);
+            && self.record(
+                &mut manager,
+                &report,
+                &families,
+                input_digest,
+                &model_digest,
+            );
         if !recorded {
             forget(&self.dir, self.netns.id(), &wrap);
         }
@@ -675,7 +698,7 @@ impl OneShot {
     /// committed since it was read at [`OneShot::begin`].
     fn record(
         &self,
-        manager: &Manager<ProcessRunner>,
+        manager: &mut Manager<ProcessRunner>,
         report: &ApplyReport,
         families: &[Family],
         input_digest: Option<&str>,
@@ -702,8 +725,8 @@ impl OneShot {
         }
         let mut saved = Vec::new();
         for f in families {
-            match manager.committed(*f) {
-                Some(state) => saved.push((*f, state.to_save())),
+            match manager.take_committed_save(*f) {
+                Some(text) => saved.push((*f, text)),
                 None => return false,
             }
         }

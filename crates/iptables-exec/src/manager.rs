@@ -79,6 +79,11 @@ pub struct Manager<R: Runner = ProcessRunner> {
     /// Set by [`Manager::assume_state`]: the kernel's rule set of the family is known without
     /// reading it; used like a read by the next plan or apply.
     known: [Option<KernelState>; 2],
+    /// Set by [`Manager::prepare_committed_save`].
+    prepare_save: bool,
+    /// `committed[i].to_save()`, rendered during the apply that committed it (see
+    /// [`Manager::prepare_committed_save`]); `None` whenever `committed[i]` changes otherwise.
+    committed_save: [Option<String>; 2],
     deferred: u32,
 }
 
@@ -92,6 +97,8 @@ impl<R: Runner> Manager<R> {
             planned_read: [None, None],
             assumed_empty: [false, false],
             known: [None, None],
+            prepare_save: false,
+            committed_save: [None, None],
             deferred: 0,
         }
     }
@@ -121,6 +128,7 @@ impl<R: Runner> Manager<R> {
     /// Forgets the committed state: the next apply reads the kernel and repairs any drift.
     pub fn refresh(&mut self) {
         self.committed = [None, None];
+        self.committed_save = [None, None];
         self.planned_read = [None, None];
         self.assumed_empty = [false, false];
         self.known = [None, None];
@@ -133,6 +141,7 @@ impl<R: Runner> Manager<R> {
     /// a failed apply the kernel is read as usual, and [`Manager::refresh`] forgets it.
     pub fn assume_state(&mut self, family: Family, state: KernelState) {
         self.committed[family.index()] = None;
+        self.committed_save[family.index()] = None;
         self.planned_read[family.index()] = None;
         self.assumed_empty[family.index()] = false;
         self.known[family.index()] = Some(state);
@@ -142,6 +151,27 @@ impl<R: Runner> Manager<R> {
     /// state the next apply plans from); `None` before one, and after a failure.
     pub fn committed(&self, family: Family) -> Option<&KernelState> {
         self.committed[family.index()].as_ref()
+    }
+
+    /// For a caller that writes the committed state down after each apply (a one-shot apply's
+    /// record, see [`crate::applied`]): a big apply renders it in `iptables-save` form on the
+    /// thread that simulates the plan while `iptables-restore` runs, instead of after it
+    /// ([`Manager::take_committed_save`]).
+    pub fn prepare_committed_save(&mut self, on: bool) {
+        self.prepare_save = on;
+    }
+
+    /// [`Manager::committed`] in `iptables-save` form ([`KernelState::to_save`]): the text
+    /// rendered during the apply if [`Manager::prepare_committed_save`] asked for it (and
+    /// taken: a second call renders it again), else rendered now.
+    pub fn take_committed_save(&mut self, family: Family) -> Option<String> {
+        let i = family.index();
+        let state = self.committed[i].as_ref()?;
+        Some(
+            self.committed_save[i]
+                .take()
+                .unwrap_or_else(|| state.to_save()),
+        )
     }
 
     /// Ends the manager, keeping its runner (and with it a lock the runner holds): the model
@@ -157,9 +187,10 @@ impl<R: Runner> Manager<R> {
             committed,
             planned_read,
             known,
+            committed_save,
             ..
         } = self;
-        drop_in_background((model, committed, planned_read, known));
+        drop_in_background((model, committed, planned_read, known, committed_save));
         runner
     }
 
@@ -175,6 +206,7 @@ impl<R: Runner> Manager<R> {
     /// usual, and [`Manager::refresh`] forgets the assumption.
     pub fn assume_empty(&mut self) {
         self.committed = [None, None];
+        self.committed_save = [None, None];
         self.planned_read = [None, None];
         self.assumed_empty = [true, true];
         self.known = [None, None];
@@ -303,6 +335,7 @@ impl<R: Runner> Manager<R> {
         };
         for family in families {
             let dirty = self.model.take_dirty(family);
+            self.committed_save[family.index()] = None;
             let (mut current, scope) = match self.committed[family.index()].take() {
                 Some(c) => (c, Some(dirty.clone())),
                 None if self.planned_read[family.index()].is_some() => {
@@ -357,13 +390,18 @@ impl<R: Runner> Manager<R> {
             info!(netns = %self.runner.label(), %family, lines = lines.len(), "applying iptables changes");
             debug!(netns = %self.runner.label(), %family, input = %text, "restore input");
             // A big plan: simulate its effect on a copy while iptables-restore runs (two cores
-            // are cheaper than one); a small one: after it succeeded, in place.
+            // are cheaper than one), and render it if asked to; a small one: after it
+            // succeeded, in place.
             let (restored, simulated) = if plan.len() > PARALLEL_SIMULATION_OPS {
                 let (plan_ref, current_ref) = (&plan, &current);
+                let prepare = self.prepare_save;
                 std::thread::scope(|s| {
                     let sim = s.spawn(move || {
                         let mut after = current_ref.clone();
-                        plan_ref.apply_to(&mut after).map(|()| after)
+                        plan_ref.apply_to(&mut after).map(|()| {
+                            let text = prepare.then(|| after.to_save());
+                            (after, text)
+                        })
                     });
                     let restored = self.runner.restore(family, &text);
                     let simulated = sim
@@ -378,12 +416,13 @@ impl<R: Runner> Manager<R> {
                 Ok(()) => {
                     let simulated = simulated.unwrap_or_else(|| {
                         let mut after = std::mem::take(&mut current);
-                        plan.apply_to(&mut after).map(|()| after)
+                        plan.apply_to(&mut after).map(|()| (after, None))
                     });
                     match simulated {
-                        Ok(after) => {
+                        Ok((after, text)) => {
                             self.forget_released(family, &after, &dirty);
                             self.committed[family.index()] = Some(after);
+                            self.committed_save[family.index()] = text;
                         }
                         Err(e) => {
                             warn!(%family, "committed state diverged from the plan ({e}); will resync");

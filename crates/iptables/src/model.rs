@@ -162,6 +162,59 @@ pub fn default_threads() -> usize {
         .min(4)
 }
 
+/// Threads that join a model build only once [`Standby::release`]d: for a caller whose other
+/// threads are busy at first (reading the kernel, which may take a moment or much longer) and
+/// should help as soon as they are free. Until then the build goes on without them; a build
+/// that is done before the release never uses them.
+#[derive(Debug)]
+pub struct Standby {
+    helpers: usize,
+    released: std::sync::Mutex<bool>,
+    changed: std::sync::Condvar,
+}
+
+impl Standby {
+    /// `helpers` threads on standby.
+    pub fn new(helpers: usize) -> Standby {
+        Standby {
+            helpers,
+            released: std::sync::Mutex::new(false),
+            changed: std::sync::Condvar::new(),
+        }
+    }
+
+    /// Lets the standby threads join (now and in every later part of the build).
+    pub fn release(&self) {
+        *self.released.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.changed.notify_all();
+    }
+
+    /// Waits until released (true) or until the part of the build is `finished` (false).
+    fn wait(&self, finished: &std::sync::atomic::AtomicBool) -> bool {
+        let mut released = self.released.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if *released {
+                return true;
+            }
+            if finished.load(std::sync::atomic::Ordering::Acquire) {
+                return false;
+            }
+            released = self
+                .changed
+                .wait(released)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Ends the waits of one part of the build.
+    fn finish(&self, finished: &std::sync::atomic::AtomicBool) {
+        // Under the lock: a thread between its check and its wait cannot miss this.
+        let _guard = self.released.lock().unwrap_or_else(|e| e.into_inner());
+        finished.store(true, std::sync::atomic::Ordering::Release);
+        self.changed.notify_all();
+    }
+}
+
 /// A rule to add or remove, as Neutron's `add_rule(chain, rule, wrap, top, tag, comment)`.
 #[derive(Debug, Clone, Copy)]
 pub struct RuleSpec<'a> {
@@ -671,29 +724,73 @@ impl IptablesModel {
         specs: &[RuleSpec<'_>],
         threads: usize,
     ) -> Vec<Result<(), Error>> {
+        self.add_rules_helped(family, table, specs, threads, None)
+    }
+
+    /// [`IptablesModel::add_rules_on`], where `standby` threads more join in once released
+    /// (see [`Standby`]): for a caller whose other threads are busy for a while, and then not.
+    pub fn add_rules_helped(
+        &mut self,
+        family: Family,
+        table: Table,
+        specs: &[RuleSpec<'_>],
+        threads: usize,
+        standby: Option<&Standby>,
+    ) -> Vec<Result<(), Error>> {
         /// Below this, one thread does it faster than starting others.
         const PARALLEL_RULES: usize = 2048;
+        /// Rules per piece of work: threads take the next piece as they finish one, so one
+        /// that starts late (or runs on a busier core) still takes its share.
+        const CHUNK: usize = 256;
+        let this = &*self;
         let resolve = |chunk: &[RuleSpec<'_>]| -> Vec<Result<Resolved, Error>> {
             chunk
                 .iter()
-                .map(|spec| self.resolve_rule(family, table, spec))
+                .map(|spec| this.resolve_rule(family, table, spec))
                 .collect()
         };
-        let resolved: Vec<Result<Resolved, Error>> = if specs.len() >= PARALLEL_RULES && threads > 1
-        {
-            let size = specs.len().div_ceil(threads);
-            std::thread::scope(|s| {
-                let handles: Vec<_> = specs
-                    .chunks(size)
-                    .map(|chunk| s.spawn(move || resolve(chunk)))
-                    .collect();
-                handles
-                    .into_iter()
-                    .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                    .collect()
-            })
-        } else {
+        let big = specs.len() >= PARALLEL_RULES;
+        let helpers = if big { threads.saturating_sub(1) } else { 0 };
+        let standby = standby.filter(|s| big && s.helpers > 0);
+        let resolved: Vec<Result<Resolved, Error>> = if helpers == 0 && standby.is_none() {
             resolve(specs)
+        } else {
+            let next = std::sync::atomic::AtomicUsize::new(0);
+            let work = || {
+                let mut done = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let start = i.saturating_mul(CHUNK);
+                    if start >= specs.len() {
+                        return done;
+                    }
+                    done.push((i, resolve(&specs[start..specs.len().min(start + CHUNK)])));
+                }
+            };
+            let finished = std::sync::atomic::AtomicBool::new(false);
+            std::thread::scope(|s| {
+                let mut handles: Vec<_> = (0..helpers).map(|_| s.spawn(work)).collect();
+                if let Some(standby) = standby {
+                    handles.extend((0..standby.helpers).map(|_| {
+                        s.spawn(|| {
+                            if standby.wait(&finished) {
+                                work()
+                            } else {
+                                Vec::new()
+                            }
+                        })
+                    }));
+                }
+                let mut parts = work();
+                if let Some(standby) = standby {
+                    standby.finish(&finished);
+                }
+                for h in handles {
+                    parts.extend(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+                }
+                parts.sort_unstable_by_key(|(i, _)| *i);
+                parts.into_iter().flat_map(|(_, r)| r).collect()
+            })
         };
         specs
             .iter()
@@ -905,6 +1002,51 @@ mod tests {
 
     fn model() -> IptablesModel {
         IptablesModel::new(WrapName::new("w").unwrap(), ModelOptions::default())
+    }
+
+    /// Many rules read on several threads, with standby threads released at once, part-way
+    /// or never: the same model and the same errors, in order, as one thread.
+    #[test]
+    fn rules_read_with_helpers_make_the_same_model() {
+        let texts: Vec<String> = (0..5000)
+            .map(|i| match i % 997 {
+                // A few invalid rules, to check the errors keep their places.
+                13 => "-j $nosuch".to_owned(),
+                _ => format!(
+                    "-s 192.0.2.{}/32 -p tcp -m tcp --dport {} -j ACCEPT",
+                    i % 256,
+                    1024 + i / 256
+                ),
+            })
+            .collect();
+        let specs: Vec<RuleSpec<'_>> = texts.iter().map(|t| RuleSpec::new("c", t)).collect();
+        let build = |threads: usize, standby: Option<&Standby>| {
+            let mut m = model();
+            m.add_chain(Family::V4, Table::Filter, "c", true).unwrap();
+            let errors: Vec<String> = m
+                .add_rules_helped(Family::V4, Table::Filter, &specs, threads, standby)
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, r)| r.err().map(|e| format!("{i}: {e}")))
+                .collect();
+            (m.digest(), errors)
+        };
+        let one = build(1, None);
+        assert_eq!(one.1.len(), 6, "{:?}", one.1);
+        assert_eq!(build(3, None), one);
+        let never = Standby::new(1);
+        assert_eq!(build(1, Some(&never)), one);
+        let released = Standby::new(2);
+        released.release();
+        assert_eq!(build(1, Some(&released)), one);
+        let later = Standby::new(1);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+                later.release();
+            });
+            assert_eq!(build(1, Some(&later)), one);
+        });
     }
 
     #[test]

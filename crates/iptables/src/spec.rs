@@ -7,7 +7,7 @@ use std::hash::{Hash, Hasher};
 use serde::Deserialize;
 
 use crate::error::Error;
-use crate::model::{IptablesModel, ModelOptions, RuleSpec};
+use crate::model::{IptablesModel, ModelOptions, RuleSpec, Standby};
 use crate::names::{ChainName, Family, Table, WrapName};
 
 fn default_wrap() -> String {
@@ -137,6 +137,15 @@ impl RulesFile {
 
     /// [`RulesFile::into_model`] reading the rules on at most `threads` threads.
     pub fn into_model_on(self, threads: usize) -> Result<IptablesModel, Vec<Error>> {
+        self.into_model_helped(threads, None)
+    }
+
+    /// [`RulesFile::into_model_on`], with the threads of `standby` joining in once released.
+    pub fn into_model_helped(
+        self,
+        threads: usize,
+        standby: Option<&Standby>,
+    ) -> Result<IptablesModel, Vec<Error>> {
         let mut errors = Vec::new();
         let rules = [&self.ipv4, &self.ipv6]
             .iter()
@@ -219,7 +228,15 @@ impl RulesFile {
                     ));
                     continue;
                 }
-                load_table(&mut model, family, table, t, &path, threads, &mut errors);
+                load_table(
+                    &mut model,
+                    family,
+                    table,
+                    t,
+                    &path,
+                    (threads, standby),
+                    &mut errors,
+                );
             }
         }
         if errors.is_empty() {
@@ -236,7 +253,7 @@ fn load_table(
     table: Table,
     t: &TableSpec,
     path: &str,
-    threads: usize,
+    (threads, standby): (usize, Option<&Standby>),
     errors: &mut Vec<Error>,
 ) {
     for (i, c) in t.chains.iter().enumerate() {
@@ -299,7 +316,7 @@ fn load_table(
         index.push(i);
     }
     for (result, i) in model
-        .add_rules_on(family, table, &specs, threads)
+        .add_rules_helped(family, table, &specs, threads, standby)
         .into_iter()
         .zip(index)
     {

@@ -17,6 +17,7 @@
 use std::path::{Path, PathBuf};
 
 use clap::Args;
+use l3agent_iptables::model::Standby;
 use l3agent_iptables::spec::RulesFile;
 use l3agent_iptables::IptablesModel;
 use l3agent_iptables_exec::applied::{input_digest, Basis, OneShot, STATE_DIR};
@@ -47,9 +48,14 @@ pub struct ApplyArgs {
     state_dir: PathBuf,
 }
 
-/// The model of a rules file already read, its rules read on at most `threads` threads; every
-/// problem is listed (exit 2).
-fn model_of(path: &Path, bytes: &[u8], threads: usize) -> Result<IptablesModel, Failure> {
+/// The model of a rules file already read, its rules read on `threads` threads and those of
+/// `standby` once released; every problem is listed (exit 2).
+fn model_of(
+    path: &Path,
+    bytes: &[u8],
+    threads: usize,
+    standby: Option<&Standby>,
+) -> Result<IptablesModel, Failure> {
     // A JSON document that is a mapping and reads as a rules file is read without tracking
     // field paths (several times faster on a large file); any problem, and any other
     // document, goes through the document reader for its checks and its error by path.
@@ -73,7 +79,7 @@ fn model_of(path: &Path, bytes: &[u8], threads: usize) -> Result<IptablesModel, 
             Failure::invalid(format!("{}: {e}", path.display())).with_problems(vec![problem])
         })?,
     };
-    file.into_model_on(threads).map_err(|errors| {
+    file.into_model_helped(threads, standby).map_err(|errors| {
         let list = errors
             .iter()
             .map(|e| match e.to_string().split_once(": ") {
@@ -91,39 +97,59 @@ pub fn run(a: ApplyArgs) -> Result<(), Failure> {
         Failure::invalid(format!("{}: {e}", a.rules.display()))
             .with_problems(vec![(".".to_owned(), e.to_string())])
     })?;
-    let digest = input_digest(&format!("backend {:?}", a.target.backend), &bytes);
+    let context = format!("backend {:?}", a.target.backend);
     let begun = target(&a.target.netns).and_then(|t| {
         OneShot::begin(&t, a.target.backend, ExecOptions::default(), &a.state_dir)
             .map_err(Failure::from)
     });
+    // The input's digest decides the no-op when a current record exists; otherwise it is only
+    // recorded after the apply, and is computed off the critical path (below).
+    let mut digest = None;
     if let Ok(shot) = &begun {
-        if !a.dry_run && !a.check && shot.unchanged(&digest) {
-            report_unchanged(&a, "nft");
-            return Ok(());
+        if !shot.will_save() {
+            let d = input_digest(&context, &bytes);
+            if !a.dry_run && !a.check && shot.unchanged(&d) {
+                report_unchanged(&a, "nft");
+                return Ok(());
+            }
+            digest = Some(d);
         }
     }
     // Build the model (and its digest) here while another thread reads the kernel. While an
-    // iptables-save runs (the longer of the two), one thread builds: more would only take
-    // the save's core.
-    let threads = match &begun {
-        Ok(shot) if shot.will_save() => 1,
-        _ => l3agent_iptables::model::default_threads(),
+    // iptables-save runs, one core is the save's: the model starts on the others, and the
+    // reading thread's core joins in once the save is done (at once in an empty namespace,
+    // after a while at tens of thousands of rules).
+    let cores = l3agent_iptables::model::default_threads();
+    let (threads, standby) = match &begun {
+        Ok(shot) if shot.will_save() => {
+            let now = cores.saturating_sub(1).max(1);
+            (now, cores - now)
+        }
+        _ => (cores, 0),
     };
-    let (model, begun) = std::thread::scope(|s| {
-        let reader = s.spawn(move || {
-            let mut shot = begun?;
-            shot.read()?;
-            Ok::<OneShot, Failure>(shot)
+    let standby = Standby::new(standby);
+    let (model, begun, digest) = std::thread::scope(|s| {
+        let reader = s.spawn(|| {
+            let read = begun.and_then(|mut shot| {
+                shot.read()?;
+                Ok::<OneShot, Failure>(shot)
+            });
+            let digest = digest.unwrap_or_else(|| input_digest(&context, &bytes));
+            standby.release();
+            (read, digest)
         });
-        let model = model_of(&a.rules, &bytes, threads).map(|m| {
+        let model = model_of(&a.rules, &bytes, threads, Some(&standby)).map(|m| {
             let digest = m.digest();
             (m, digest)
         });
         tracing::debug!("model built");
-        let shot = reader
-            .join()
-            .unwrap_or_else(|_| Err(Failure::failed("reading the kernel panicked")));
-        (model, shot)
+        let (shot, digest) = reader.join().unwrap_or_else(|_| {
+            (
+                Err(Failure::failed("reading the kernel panicked")),
+                String::new(),
+            )
+        });
+        (model, shot, digest)
     });
     let (model, model_digest) = model?;
     let shot = begun?;
