@@ -12,6 +12,8 @@
 //! - every error names the field by its path in the document (`routers[3].admin_state_up`),
 //!   for JSON as for YAML, with the value echoed escaped and cut.
 
+pub mod splice;
+
 use std::io::Read;
 use std::path::Path;
 

@@ -19,6 +19,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use l3agent_types::{
@@ -28,6 +29,43 @@ use l3agent_types::{
 use serde::{Deserialize, Serialize};
 
 pub use l3agent_daemons::radvd::RaMode;
+
+/// `$outer(Arc<$inner>)`: reads as `$inner`, copies on write, debug-prints as `$inner`.
+macro_rules! shared {
+    ($outer:ident, $inner:ident) => {
+        impl std::ops::Deref for $outer {
+            type Target = $inner;
+            fn deref(&self) -> &$inner {
+                &self.0
+            }
+        }
+
+        impl std::ops::DerefMut for $outer {
+            fn deref_mut(&mut self) -> &mut $inner {
+                Arc::make_mut(&mut self.0)
+            }
+        }
+
+        impl From<$inner> for $outer {
+            fn from(fields: $inner) -> $outer {
+                $outer(Arc::new(fields))
+            }
+        }
+
+        impl std::fmt::Debug for $outer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+
+        impl $outer {
+            /// Whether `self` and `other` are one shared value (not only equal ones).
+            pub fn same(&self, other: &$outer) -> bool {
+                Arc::ptr_eq(&self.0, &other.0)
+            }
+        }
+    };
+}
 
 use crate::spec::names;
 
@@ -263,9 +301,28 @@ fn yes() -> bool {
     true
 }
 
-/// A router dict (Neutron's shape; unknown fields ignored).
+/// A router dict (Neutron's shape; unknown fields ignored), shared like [`Router`]: a config
+/// rebuilt around one changed dict keeps the others without copying them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RouterDoc(Arc<RouterDocFields>);
+
+shared!(RouterDoc, RouterDocFields);
+
+impl<'de> Deserialize<'de> for RouterDoc {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<RouterDoc, D::Error> {
+        RouterDocFields::deserialize(d).map(RouterDoc::from)
+    }
+}
+
+impl Serialize for RouterDoc {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+/// The fields of a [`RouterDoc`].
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-pub struct RouterDoc {
+pub struct RouterDocFields {
     /// Router id.
     pub id: String,
     /// Admin state.
@@ -547,9 +604,17 @@ impl Fip {
     }
 }
 
-/// A router, validated.
+/// A router, validated: shared, so that a new config keeps the routers that did not change
+/// without copying them (a clone is a reference count, an unchanged router compares equal by
+/// address, and a write through `DerefMut` copies first). Hashes as its fields.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Router(Arc<RouterFields>);
+
+shared!(Router, RouterFields);
+
+/// The fields of a [`Router`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Router {
+pub struct RouterFields {
     /// Id.
     pub id: RouterId,
     /// Admin state.
@@ -1680,7 +1745,7 @@ fn router(doc: &RouterDoc, path: &str, agent: &Agent, p: &mut Problems) -> Optio
         .and_then(|g| g.enable_snat)
         .or(doc.enable_snat)
         .unwrap_or(true);
-    Some(Router {
+    Some(Router::from(RouterFields {
         id: id?,
         admin_state_up: doc.admin_state_up,
         distributed: doc.distributed,
@@ -1694,7 +1759,7 @@ fn router(doc: &RouterDoc, path: &str, agent: &Agent, p: &mut Problems) -> Optio
         routes,
         arp_table,
         ha,
-    })
+    }))
 }
 
 /// The HA part of a router dict: `ha_vr_id` in 1..254 and `_ha_interface` with an IPv4

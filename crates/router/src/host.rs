@@ -787,7 +787,16 @@ fn narrowable<'a>(
 /// bridge a router port plugs into exists and is a bridge (plugging into anything else would
 /// fail half-way, after the router's old port was gone); with `openvswitch`, the OVSDB
 /// answers and holds the integration bridge.
-pub fn preflight(cfg: &HostConfig, make: Factory<'_>) -> Result<(), HostError> {
+///
+/// With `only` (an apply of some routers) on a host without distributed routers, only the
+/// bridges of those routers are checked: the others are not touched (a DVR host's shared
+/// `fip-` namespaces are converged whatever `only` says, so there every bridge is checked).
+pub fn preflight(
+    cfg: &HostConfig,
+    only: Option<&BTreeSet<RouterId>>,
+    make: Factory<'_>,
+) -> Result<(), HostError> {
+    let only = only.filter(|_| !cfg.routers.iter().any(|r| r.distributed));
     let (mut kernel, _) = make()?;
     let mut problems = Vec::new();
     if let Err(why) = kernel.namespaces_outlive_us() {
@@ -810,6 +819,7 @@ pub fn preflight(cfg: &HostConfig, make: Factory<'_>) -> Result<(), HostError> {
     let used: BTreeSet<(&l3agent_types::NetworkId, &l3agent_types::IfName)> = cfg
         .routers
         .iter()
+        .filter(|r| only.is_none_or(|o| o.contains(&r.id)))
         .flat_map(|r| {
             r.interfaces
                 .iter()
@@ -853,7 +863,7 @@ pub fn apply(
     opts: &ApplyOptions,
     make: Factory<'_>,
 ) -> Result<HostReport, HostError> {
-    preflight(cfg, make)?;
+    preflight(cfg, opts.only.as_ref(), make)?;
     let state = State::open(&cfg.agent.state_path, &opts.stop)?;
     let mut records = load_records(&state, make)?;
     let narrow = narrowable(cfg, &records, opts.only.as_ref());
@@ -916,14 +926,20 @@ pub fn apply(
         .filter(|r| r.status == RouterStatus::Removed)
         .map(|r| r.id.as_str())
         .collect();
-    records
-        .namespaces
-        .retain(|n| wanted.contains(n) || !removed.contains(owner_of(n).as_str()));
+    if !removed.is_empty() {
+        records
+            .namespaces
+            .retain(|n| wanted.contains(n) || !removed.contains(owner_of(n).as_str()));
+    }
+    let processed: BTreeSet<&str> = report
+        .routers
+        .iter()
+        .filter(|x| matches!(x.status, RouterStatus::Converged | RouterStatus::Unchanged))
+        .map(|x| x.id.as_str())
+        .collect();
     for r in &cfg.routers {
         let id = r.id.as_str();
-        let processed = report.routers.iter().any(|x| {
-            x.id == id && matches!(x.status, RouterStatus::Converged | RouterStatus::Unchanged)
-        });
+        let processed = processed.contains(id);
         if failed.contains(id) {
             records.routers.insert(id.to_owned(), String::new());
         } else if processed {
@@ -932,9 +948,10 @@ pub fn apply(
                 .insert(id.to_owned(), records::fingerprint(r));
         }
     }
-    records.routers.retain(|id, _| {
-        cfg.routers.iter().any(|r| r.id.as_str() == id) && !removed.contains(id.as_str())
-    });
+    let configured: BTreeSet<&str> = cfg.routers.iter().map(|r| r.id.as_str()).collect();
+    records
+        .routers
+        .retain(|id, _| configured.contains(id.as_str()) && !removed.contains(id.as_str()));
     state.save_records(&records)?;
     state.save_applied(cfg, &opts.facts, opts.only.as_ref())?;
     if !report.interrupted {
@@ -955,7 +972,7 @@ pub fn plan(
     facts: &HostFacts,
     make: Factory<'_>,
 ) -> Result<HostReport, HostError> {
-    preflight(cfg, make)?;
+    preflight(cfg, None, make)?;
     let state = State::inspect(&cfg.agent.state_path)?;
     let records = load_records(&state, make)?;
     let (spec, _) = compile_host(&state, cfg, facts, false, None)?;

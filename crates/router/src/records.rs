@@ -214,7 +214,7 @@ impl State {
                 .ok()
                 .flatten();
             if let Some(net) = doc
-                .and_then(|d| d.gw_port)
+                .and_then(|d| d.gw_port.clone())
                 .and_then(|p| NetworkId::new("network_id", &p.network_id).ok())
             {
                 r.namespaces.insert(names::fip_ns(&net));

@@ -181,3 +181,33 @@ fn a_removed_router_is_deleted_only_when_only_names_it() {
     let r = apply(&w, &cfg, None);
     assert!(!r.changed(), "{r:#?}");
 }
+
+#[test]
+fn a_missing_bridge_fails_the_applies_of_its_router_only() {
+    let w = world();
+    let state = state_dir();
+    let net = "3d3d3d3d-0000-4000-8000-000000000000";
+    let mut b = router(B);
+    b["_interfaces"][1]["network_id"] = json!(net);
+    let v = json!({
+        "agent": {"mode": "legacy", "host": "host-a", "state_path": state, "bridges": {
+            "90e4912c-0eb8-4be4-a793-e6a3bba6ae8b": "br-t1",
+            "c6910e18-fb1f-4988-9af4-211a8c2e2926": "br-t2",
+            "65566f91-133a-44ff-87f5-ecffc1193d3d": "br-ex",
+            net: "br-gone"}},
+        "routers": [router(A), b],
+    });
+    let cfg = serde_json::from_value::<l3agent_router::config::ConfigDoc>(v)
+        .unwrap()
+        .validate()
+        .unwrap();
+    // A's turn: B's bridge is none of its business.
+    let r = apply(&w, &cfg, Some(&[A]));
+    assert_eq!(status(&r, A), Some(RouterStatus::Converged));
+    // B's turn, or everyone's: refused before anything is touched.
+    for only in [Some(&[B][..]), None] {
+        let e = host::apply(&cfg, &opts(only, Unchanged::Verify), &fake::sides(&w)).unwrap_err();
+        assert!(e.to_string().contains("br-gone"), "{e}");
+    }
+    assert!(!namespace_exists(&w, B));
+}

@@ -17,7 +17,7 @@ use l3agent_agent::Notifier;
 use l3agent_router::config::HostConfig;
 use l3agent_router::kernel::Managers;
 
-use super::{load_host_config, load_host_config_since, sides, Failure, Sides};
+use super::{sides, Failure, Reloader, Sides};
 
 /// Arguments of `agent`.
 #[derive(Debug, Args)]
@@ -107,7 +107,8 @@ pub fn run(a: AgentArgs) -> Result<(), Failure> {
     let Some(config) = a.config.clone() else {
         return run_neutron(a);
     };
-    let initial = load_host_config(&config)?;
+    let reloader = Arc::new(Reloader::default());
+    let initial = reloader.load(&config, None)?;
     let mut opts = daemon_options(&a, &config)?;
     let Sides {
         stop,
@@ -116,8 +117,10 @@ pub fn run(a: AgentArgs) -> Result<(), Failure> {
         announcer,
     } = sides()?;
     opts.facts = facts;
-    let load: Arc<Loader> = Arc::new(|p: &Path, in_force: &HostConfig| {
-        load_host_config_since(p, Some(in_force)).map_err(|f| f.message.clone())
+    let load: Arc<Loader> = Arc::new(move |p: &Path, in_force: &HostConfig| {
+        reloader
+            .load(p, Some(in_force))
+            .map_err(|f| f.message.clone())
     });
     let make = sides_factory(backend, announcer);
     let notifier = Notifier::from_env().map_err(|e| Failure::failed(format!("sd_notify: {e}")))?;

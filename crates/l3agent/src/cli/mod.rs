@@ -4,6 +4,7 @@ mod agent;
 mod iptables_apply;
 mod iptables_counters;
 mod iptables_show;
+mod reload;
 mod router_apply;
 mod router_destroy;
 mod router_plan;
@@ -19,6 +20,8 @@ use l3agent_iptables::{IptablesModel, NetnsName};
 use l3agent_iptables_exec::{
     BackendChoice, ExecError, ExecOptions, Manager, NetnsTarget, ProcessRunner,
 };
+use l3agent_router::config::{ConfigDoc, HostConfig};
+use reload::Reloader;
 
 /// The dataplane of Neutron's L3 agent (routers, iptables manager, the agent), in Rust.
 #[derive(Debug, Parser)]
@@ -167,6 +170,7 @@ struct Target {
 }
 
 /// A failure with its exit status: 1 failed, 2 invalid input (nothing touched).
+#[derive(Debug)]
 pub struct Failure {
     code: u8,
     message: String,
@@ -300,13 +304,26 @@ fn load_doc<T: serde::de::DeserializeOwned>(
     path: &Path,
     explicit: &'static str,
 ) -> Result<T, Failure> {
-    l3agent_doc::load(path, &limits(), explicit).map_err(|e| {
-        let problem = match &e {
-            l3agent_doc::DocError::Invalid { path, message } => (path.clone(), message.clone()),
-            other => (".".to_owned(), other.to_string()),
-        };
-        Failure::invalid(format!("{}: {e}", path.display())).with_problems(vec![problem])
-    })
+    let bytes = l3agent_doc::read(path, &limits()).map_err(|e| doc_failure(path, &e))?;
+    parse_doc(path, &bytes, explicit)
+}
+
+/// Parses `bytes`, the document `path` read, like [`load_doc`].
+fn parse_doc<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    bytes: &[u8],
+    explicit: &'static str,
+) -> Result<T, Failure> {
+    l3agent_doc::parse(bytes, l3agent_doc::Format::of(path), &limits(), explicit)
+        .map_err(|e| doc_failure(path, &e))
+}
+
+fn doc_failure(path: &Path, e: &l3agent_doc::DocError) -> Failure {
+    let problem = match e {
+        l3agent_doc::DocError::Invalid { path, message } => (path.clone(), message.clone()),
+        other => (".".to_owned(), other.to_string()),
+    };
+    Failure::invalid(format!("{}: {e}", path.display())).with_problems(vec![problem])
 }
 
 /// A list of problems as one failure: `<file>: N problem(s), <what>:` and one line each.
@@ -337,18 +354,22 @@ fn load_rules(path: &Path) -> Result<IptablesModel, Failure> {
 }
 
 /// Reads a host config (YAML, or JSON for `.json`); every problem is listed with its path.
-fn load_host_config(path: &Path) -> Result<l3agent_router::config::HostConfig, Failure> {
-    load_host_config_since(path, None)
+fn load_host_config(path: &Path) -> Result<HostConfig, Failure> {
+    let doc: ConfigDoc = load_doc(path, EXPLICIT_HOST)?;
+    validated(path, doc, None)
 }
 
-/// [`load_host_config`] of a new version of `in_force` (the agent's reload): the routers
+/// What an intentionally empty host config looks like.
+const EXPLICIT_HOST: &str = "routers: []";
+
+/// `doc` (read from `path`) validated, as a new version of `in_force` if given (the routers
 /// whose dicts did not change are not validated again; the result and the problems are the
-/// same.
-fn load_host_config_since(
+/// same).
+fn validated(
     path: &Path,
-    in_force: Option<&l3agent_router::config::HostConfig>,
-) -> Result<l3agent_router::config::HostConfig, Failure> {
-    let doc: l3agent_router::config::ConfigDoc = load_doc(path, "routers: []")?;
+    doc: ConfigDoc,
+    in_force: Option<&HostConfig>,
+) -> Result<HostConfig, Failure> {
     match in_force {
         Some(cfg) => doc.validate_since(cfg),
         None => doc.into_validated(),
