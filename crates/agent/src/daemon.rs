@@ -708,9 +708,6 @@ fn run_batch(
         (make.forget)();
     }
     let result = host::apply(&cfg, &apply_opts, &*make.make);
-    if let Some((chains, rules)) = (make.owned)() {
-        shared.metrics.set_iptables_owned(chains, rules);
-    }
     let now = SystemTime::now();
     let report = match result {
         Ok(r) => r,
@@ -969,12 +966,23 @@ pub fn run_fed(
         ha_settle: Mutex::new(Settle::new(opts.ha_settle)),
     });
 
-    // Traffic counters are read when scraped, for the config in force. The hook holds the
-    // shared state weakly: the metrics it lives in are the shared state's.
-    if let Some(source) = &make.traffic {
-        let meter = TrafficMeter::new(Arc::clone(source), opts.traffic_max_age);
+    // Counted when scraped, not after every batch (a walk over every namespace's rules): the
+    // iptables rules and chains owned, and the traffic counters of the config in force. The
+    // hook holds the shared state weakly: the metrics it lives in are the shared state's.
+    {
+        let meter = make
+            .traffic
+            .as_ref()
+            .map(|source| TrafficMeter::new(Arc::clone(source), opts.traffic_max_age));
+        let owned = Arc::clone(&make.owned);
         let weak = Arc::downgrade(&shared);
         metrics.on_scrape(move |m| {
+            if let Some((chains, rules)) = owned() {
+                m.set_iptables_owned(chains, rules);
+            }
+            let Some(meter) = &meter else {
+                return;
+            };
             let Some(cfg) = weak.upgrade().map(|s| Arc::clone(&lock(&s.state).config)) else {
                 return;
             };

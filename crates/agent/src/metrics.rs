@@ -51,8 +51,8 @@ pub const METRICS_DOC: &str = "\
 | `l3agent_iptables_restore_total` | counter | | `iptables-restore --noflush` runs, successful or not. |
 | `l3agent_iptables_restore_errors_total` | counter | | `iptables-restore` runs that failed (the table was left as it was). |
 | `l3agent_iptables_restore_lines_total` | counter | | Lines of restore input written to `iptables-restore`: the size of the changes applied. |
-| `l3agent_iptables_rules` | gauge | | Rules in the chains l3agent owns, over all namespaces and families, as last committed. |
-| `l3agent_iptables_chains` | gauge | | Chains l3agent owns, over all namespaces and families, as last committed. |
+| `l3agent_iptables_rules` | gauge | | Rules in the chains l3agent owns, over all namespaces and families, as last committed (counted when scraped). |
+| `l3agent_iptables_chains` | gauge | | Chains l3agent owns, over all namespaces and families, as last committed (counted when scraped). |
 | `l3agent_routers` | gauge | `state`: `converged`, `pending`, `failed`, `removing` | Routers in each state: converged (the kernel matches), pending (queued or in progress), failed (last reconcile failed; retried with backoff), removing (being torn down). |
 | `l3agent_floating_ips` | gauge | `state`: `active`, `down`, `error` | Floating IPs in each Neutron status: active (configured), down (router or port not up), error (configuring it failed). |
 | `l3agent_drift_repairs_total` | counter | `kind`: what drifted (`iptables`, `address`, `route`, `rule`, `link`, `namespace`, `sysctl`, `neighbour`, ...) | Differences between the kernel and the last applied state that a drift check found and repaired. |

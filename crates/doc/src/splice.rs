@@ -81,16 +81,10 @@ impl ArrayIndex {
         if *old == new {
             return Splice::Same;
         }
-        let prefix = old.iter().zip(&new).take_while(|(a, b)| a == b).count();
+        let prefix = common_prefix(old, &new);
         // The common suffix, not overlapping the prefix in either version.
         let room = old.len().min(new.len()) - prefix;
-        let suffix = old
-            .iter()
-            .rev()
-            .zip(new.iter().rev())
-            .take(room)
-            .take_while(|(a, b)| a == b)
-            .count();
+        let suffix = common_suffix(&old[old.len() - room..], &new[new.len() - room..]);
         let changed = prefix..old.len() - suffix;
         // The element whose first and last bytes are outside the changed bytes, which lie
         // strictly within it (an insertion next to an element may be a new element).
@@ -121,6 +115,41 @@ impl ArrayIndex {
             next: ArrayIndex { bytes: new, spans },
         }
     }
+}
+
+/// Bytes compared at once: slices compare with `memcmp` (vectorised), a byte loop does not,
+/// and a megabyte document is compared on every event.
+const BLOCK: usize = 4096;
+
+/// The length of the longest common prefix of `a` and `b`.
+fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+    let n = a.len().min(b.len());
+    let mut at = 0;
+    while at + BLOCK <= n && a[at..at + BLOCK] == b[at..at + BLOCK] {
+        at += BLOCK;
+    }
+    at + a[at..n]
+        .iter()
+        .zip(&b[at..n])
+        .take_while(|(x, y)| x == y)
+        .count()
+}
+
+/// The length of the longest common suffix of `a` and `b`.
+fn common_suffix(a: &[u8], b: &[u8]) -> usize {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[a.len() - n..], &b[b.len() - n..]);
+    let mut end = n;
+    while end >= BLOCK && a[end - BLOCK..end] == b[end - BLOCK..end] {
+        end -= BLOCK;
+    }
+    n - end
+        + a[..end]
+            .iter()
+            .rev()
+            .zip(b[..end].iter().rev())
+            .take_while(|(x, y)| x == y)
+            .count()
 }
 
 #[cfg(test)]
@@ -223,6 +252,40 @@ mod tests {
                 Splice::Same => panic!("{new}"),
             }
         }
+    }
+
+    #[test]
+    fn common_ends_are_found_across_blocks() {
+        let a: Vec<u8> = (0..3 * BLOCK + 17).map(|i| (i % 251) as u8).collect();
+        for at in [
+            0,
+            1,
+            BLOCK - 1,
+            BLOCK,
+            BLOCK + 1,
+            2 * BLOCK + 5,
+            a.len() - 1,
+        ] {
+            let mut b = a.clone();
+            b[at] ^= 0xff;
+            assert_eq!(common_prefix(&a, &b), at);
+            assert_eq!(common_suffix(&a, &b), a.len() - at - 1);
+            let mut longer = a.clone();
+            longer.insert(at, 7);
+            let p = common_prefix(&a, &longer);
+            let naive = a.iter().zip(&longer).take_while(|(x, y)| x == y).count();
+            assert_eq!(p, naive);
+            let naive = a
+                .iter()
+                .rev()
+                .zip(longer.iter().rev())
+                .take_while(|(x, y)| x == y)
+                .count();
+            assert_eq!(common_suffix(&a, &longer), naive);
+        }
+        assert_eq!(common_prefix(&a, &a), a.len());
+        assert_eq!(common_suffix(&a, &a[5..]), a.len() - 5);
+        assert_eq!(common_prefix(b"", &a), 0);
     }
 
     /// Every single-byte edit of the document either names an element whose new text,

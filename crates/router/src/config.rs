@@ -1836,14 +1836,27 @@ fn across_routers(routers: &[(usize, &Router)], agent: &Agent, p: &mut Problems)
     let at = |i: usize| format!("routers[{i}]");
     // Host ends: one per port, shared only by the FIP agent gateway port (one fg- device per
     // external network, whichever router carries it).
-    let mut host_ends: HashMap<&IfName, (usize, &'static str, &PortId)> = HashMap::new();
+    // Sized up front: at 1,000 routers, growing them was a good part of this check, which
+    // every reload of the agent runs.
+    let ports: usize = routers
+        .iter()
+        .map(|(_, r)| {
+            r.interfaces.len()
+                + r.snat_interfaces.len()
+                + r.fip_agent_interfaces.len()
+                + usize::from(r.gw_port.is_some())
+        })
+        .sum();
+    let fips: usize = routers.iter().map(|(_, r)| r.fips.len()).sum();
+    let mut host_ends: HashMap<&IfName, (usize, &'static str, &PortId)> =
+        HashMap::with_capacity(ports);
     let mut fg_ports: HashMap<&NetworkId, (usize, &'static str, &PortId)> = HashMap::new();
     let mut links: HashMap<IfName, (usize, &RouterId)> = HashMap::new();
-    let mut floating: HashMap<Ipv4Addr, usize> = HashMap::new();
+    let mut floating: HashMap<Ipv4Addr, usize> = HashMap::with_capacity(fips);
     // Addresses on each network: one port's each (neutron-server's IPAM hands an address out
     // once; two routers with one address on one network would answer ARP for each other).
     let mut addresses: HashMap<(&NetworkId, IpAddr), (usize, &'static str, &PortId)> =
-        HashMap::new();
+        HashMap::with_capacity(ports);
     for &(i, r) in routers {
         let lists: [(&'static str, &[Port], bool); 3] = [
             ("_interfaces", &r.interfaces, false),

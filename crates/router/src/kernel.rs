@@ -296,7 +296,18 @@ impl Kernel for RealKernel {
     }
 
     fn namespaces_outlive_us(&mut self) -> Result<(), String> {
-        netns::check_host_visible().map_err(|e| e.to_string())
+        // Once seen right, not read again by this process: its mount namespace cannot change
+        // under it, and reading /proc/self/mountinfo with a thousand namespaces mounted costs
+        // milliseconds, every apply of one router. (A failure is read again each time: it
+        // may be fixed.)
+        static SEEN_RIGHT: std::sync::atomic::AtomicBool =
+            std::sync::atomic::AtomicBool::new(false);
+        if SEEN_RIGHT.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(());
+        }
+        netns::check_host_visible().map_err(|e| e.to_string())?;
+        SEEN_RIGHT.store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
     fn create_namespace(&mut self, ns: &NetnsName) -> Result<bool, Error> {
