@@ -275,8 +275,13 @@ fn write_config(path: &Path, agent: &Value, routers: &[Value]) -> Result<()> {
 
 /// Runs `iptables-save -t nat` in `ns` (a thread inside it starts the process).
 fn nat_rules(ns: &Netns) -> Result<String> {
+    save(ns, &["-t", "nat"])
+}
+
+/// Runs `iptables-save ARGS` in `ns`.
+fn save(ns: &Netns, args: &[&str]) -> Result<String> {
     let out = inside(ns, || {
-        Ok(Command::new("iptables-save").args(["-t", "nat"]).output()?)
+        Ok(Command::new("iptables-save").args(args).output()?)
     })?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -317,8 +322,11 @@ fn fip_rules(fip: &str, fixed: &str) -> [String; 3] {
 }
 
 /// The floor of one event, `n` times: one `iptables-restore --noflush` of a floating IP's three
-/// rules plus one address add, in a namespace of their own. Seconds each.
-fn floor(n: usize) -> Result<Vec<f64>> {
+/// rules plus one address add, in a namespace of their own holding the three chains they go
+/// in, empty — or, with `like`, every rule of a router's namespace (an `iptables-save` of
+/// it): `iptables-nft-restore --noflush` reads the tables it writes first, so what they hold
+/// is part of the cost of any write into a router. Seconds each.
+fn floor(n: usize, like: Option<&str>) -> Result<Vec<f64>> {
     let ns = TestNs::new("afloor");
     ns.ok(&[
         "ip", "link", "add", "qg-floor", "type", "veth", "peer", "name", "qg-peer",
@@ -327,8 +335,10 @@ fn floor(n: usize) -> Result<Vec<f64>> {
     ns.restore(
         "nft",
         false,
-        "*nat\n:neutron-l3-agent-PREROUTING - [0:0]\n:neutron-l3-agent-OUTPUT - [0:0]\n\
-         :neutron-l3-agent-float-snat - [0:0]\nCOMMIT\n",
+        like.unwrap_or(
+            "*nat\n:neutron-l3-agent-PREROUTING - [0:0]\n:neutron-l3-agent-OUTPUT - [0:0]\n\
+             :neutron-l3-agent-float-snat - [0:0]\nCOMMIT\n",
+        ),
     );
     let netns = ns.open();
     let dev = IfName::new("dev", "qg-floor").map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -436,7 +446,16 @@ pub fn run_bench(a: &Args) -> Result<String> {
             events.push(addr_at.max(rule_at).unwrap_or_default().as_secs_f64());
             std::thread::sleep(Duration::from_millis(100));
         }
-        let mut floors = floor(a.events)?;
+        let mut floors = floor(a.events, None)?;
+        let router_ns = Netns::open(
+            &NetnsName::new(
+                "ns",
+                &format!("qrouter-{}", routers[0]["id"].as_str().context("id")?),
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut populated = floor(a.events, Some(&save(&router_ns, &[])?))?;
 
         // Idle.
         settled(agent.pid(), Duration::from_secs(120))?;
@@ -476,6 +495,10 @@ pub fn run_bench(a: &Args) -> Result<String> {
         let ms = |s: f64| s * 1000.0;
         let (p50, p99) = (quantile(&mut events, 0.5), quantile(&mut events, 0.99));
         let (f50, f99) = (quantile(&mut floors, 0.5), quantile(&mut floors, 0.99));
+        let (g50, g99) = (
+            quantile(&mut populated, 0.5),
+            quantile(&mut populated, 0.99),
+        );
         let spawns = match (spawns_before, spawns_after) {
             (Some(b), Some(a)) => format!("{}", a - b),
             _ => "not exported".into(),
@@ -488,10 +511,14 @@ pub fn run_bench(a: &Args) -> Result<String> {
              its addresses and its nf_tables ruleset generation; the DNAT rule then checked with `iptables-save`); \
              {n} events, one router each. \
              Floor: one `iptables-restore --noflush` of the same three rules plus one address add over rtnetlink, \
-             in a namespace of its own, {n} times in the same run.\n\n\
+             in a namespace of its own, {n} times in the same run; the namespace holds the three chains they go \
+             in, empty, or (*floor in a router-like namespace*) every rule of a router's namespace, restored from \
+             its `iptables-save`: `iptables-nft-restore --noflush` reads the tables it writes first.\n\n\
              | measure | value | floor | ratio |\n|---|---:|---:|---:|\n\
              | event to kernel, p50 | {p50:.1} ms | {f50:.1} ms | {r50:.2}x |\n\
              | event to kernel, p99 | {p99:.1} ms | {f99:.1} ms | {r99:.2}x |\n\
+             | event to kernel against the floor in a router-like namespace, p50 | {p50:.1} ms | {g50:.1} ms | {q50:.2}x |\n\
+             | event to kernel against the floor in a router-like namespace, p99 | {p99:.1} ms | {g99:.1} ms | {q99:.2}x |\n\
              | cold start to ready (empty host) | {cold:.1} s | | |\n\
              | – its announcements (3 rounds per address) done | {announced:.1} s after ready | | |\n\
              | idle CPU over {idle} s | {cpu:.2}% of a core ({busiest}) | | |\n\
@@ -509,6 +536,10 @@ pub fn run_bench(a: &Args) -> Result<String> {
             f99 = ms(f99),
             r50 = p50 / f50,
             r99 = p99 / f99,
+            g50 = ms(g50),
+            g99 = ms(g99),
+            q50 = p50 / g50,
+            q99 = p99 / g99,
             idle = a.idle_secs,
             cpu = idle_cpu * 100.0,
             busiest = if busiest.is_empty() { "no thread ran".into() } else { busiest.join(", ") },
