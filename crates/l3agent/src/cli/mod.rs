@@ -304,8 +304,7 @@ fn load_doc<T: serde::de::DeserializeOwned>(
     path: &Path,
     explicit: &'static str,
 ) -> Result<T, Failure> {
-    let bytes = l3agent_doc::read(path, &limits()).map_err(|e| doc_failure(path, &e))?;
-    parse_doc(path, &bytes, explicit)
+    l3agent_doc::load(path, &limits(), explicit).map_err(|e| doc_failure(path, &e))
 }
 
 /// Parses `bytes`, the document `path` read, like [`load_doc`].

@@ -31,11 +31,37 @@ impl Reloader {
         let kept = last
             .take()
             .filter(|(_, cfg)| json && in_force.is_some_and(|f| same_config(cfg, f)));
-        let bytes = l3agent_doc::read(path, &limits()).map_err(|e| doc_failure(path, &e));
-        let loaded = bytes.and_then(|bytes| match (&kept, in_force) {
-            (Some((index, _)), Some(in_force)) => Self::splice(path, index, bytes, in_force),
-            _ => Self::whole(path, bytes, in_force),
-        });
+        let bytes = match l3agent_doc::read(path, &limits()) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                *last = kept;
+                return Err(doc_failure(path, &e));
+            }
+        };
+        let loaded = match (&kept, in_force) {
+            (Some((index, _)), Some(in_force)) => match index.splice(bytes) {
+                // The file as it was: the config in force, and what was kept of it, stay.
+                Splice::Same => {
+                    *last = kept;
+                    return Ok(in_force.clone());
+                }
+                Splice::One { index, text, next } => {
+                    match serde_json::from_slice::<RouterDoc>(&next.bytes()[text]) {
+                        Ok(router) => {
+                            tracing::debug!(router = index, "one router dict changed: read alone");
+                            let mut doc = in_force.doc.clone();
+                            doc.routers[index] = router;
+                            validated(path, doc, Some(in_force)).map(|cfg| (Some(next), cfg))
+                        }
+                        // Not one router dict: the whole document says what is wrong, and
+                        // where.
+                        Err(_) => Self::whole(path, json, next.into_bytes(), Some(in_force)),
+                    }
+                }
+                Splice::Other(bytes) => Self::whole(path, json, bytes, Some(in_force)),
+            },
+            _ => Self::whole(path, json, bytes, in_force),
+        };
         match loaded {
             Ok((index, cfg)) => {
                 *last = index.map(|i| (i, cfg.clone()));
@@ -49,43 +75,17 @@ impl Reloader {
         }
     }
 
-    /// A new version of `in_force` (read from `index`) in `bytes`.
-    fn splice(
-        path: &Path,
-        index: &ArrayIndex,
-        bytes: Vec<u8>,
-        in_force: &HostConfig,
-    ) -> Result<(Option<ArrayIndex>, HostConfig), Failure> {
-        match index.splice(bytes) {
-            Splice::Same => Ok((Some(index.clone()), in_force.clone())),
-            Splice::One { index, text, next } => {
-                match serde_json::from_slice::<RouterDoc>(&next.bytes()[text]) {
-                    Ok(router) => {
-                        tracing::debug!(router = index, "one router dict changed: read alone");
-                        let mut doc = in_force.doc.clone();
-                        doc.routers[index] = router;
-                        Ok((Some(next), validated(path, doc, Some(in_force))?))
-                    }
-                    // Not one router dict: the whole document says what is wrong, and where.
-                    Err(_) => Self::whole(path, next.into_bytes(), Some(in_force)),
-                }
-            }
-            Splice::Other(bytes) => Self::whole(path, bytes, Some(in_force)),
-        }
-    }
-
-    /// `bytes` parsed and validated whole (and indexed, if JSON).
+    /// `bytes` parsed and validated whole (and indexed, if `json`).
     fn whole(
         path: &Path,
+        json: bool,
         bytes: Vec<u8>,
         in_force: Option<&HostConfig>,
     ) -> Result<(Option<ArrayIndex>, HostConfig), Failure> {
         tracing::debug!(bytes = bytes.len(), "reading the whole config");
         let doc: ConfigDoc = parse_doc(path, &bytes, EXPLICIT_HOST)?;
         let cfg = validated(path, doc, in_force)?;
-        let index = (l3agent_doc::Format::of(path) == l3agent_doc::Format::Json)
-            .then(|| ArrayIndex::new(bytes, "routers"))
-            .flatten();
+        let index = json.then(|| ArrayIndex::new(bytes, "routers")).flatten();
         Ok((index, cfg))
     }
 }
@@ -239,6 +239,12 @@ mod tests {
             f.write_text(&bad);
             let e = both(&r, &f, &first).unwrap_err();
             assert!(e.contains("routers["), "{e}");
+        }
+        // Not a host config at all: empty, or of the wrong type.
+        for bad in ["", "[]", "{\"agent\": 1, \"routers\": []}"] {
+            f.write_text(bad);
+            let e = both(&r, &f, &first).unwrap_err();
+            assert!(e.contains("host.json"), "{e}");
         }
         rs[0]["enable_snat"] = false.into();
         f.write(&agent(), &rs);
