@@ -11,7 +11,6 @@ mod router_plan;
 mod validate;
 
 use std::path::Path;
-use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use l3agent_doc::Limits;
@@ -260,7 +259,7 @@ impl Command {
 }
 
 /// Runs the parsed command line.
-pub fn run(cli: Cli) -> ExitCode {
+pub fn run(cli: Cli) -> u8 {
     let _ = LIMITS.set(Limits {
         max_bytes: cli.max_input_bytes,
         ..Limits::default()
@@ -281,13 +280,13 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Man(a) => manpage(a),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => 0,
         Err(f) => {
             if json && !f.reported {
                 print_json(&f.to_json());
             }
             eprintln!("l3agent: {}", f.message);
-            ExitCode::from(f.code)
+            f.code
         }
     }
 }
