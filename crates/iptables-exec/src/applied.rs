@@ -39,7 +39,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use l3agent_iptables::kernel::KernelState;
-use l3agent_iptables::{Family, IptablesModel};
+use l3agent_iptables::{created_chains, Family, IptablesModel, Op, Table};
 use sha2::{Digest, Sha256};
 use tracing::{debug, info};
 
@@ -50,6 +50,7 @@ use crate::lock::NamespaceLock;
 use crate::manager::{ApplyReport, Manager};
 use crate::netns::{Netns, NetnsTarget, NsId};
 use crate::runner::{ExecOptions, ProcessRunner};
+use crate::stream::Streamed;
 
 /// Where the records live.
 pub const STATE_DIR: &str = "/run/l3agent/iptables";
@@ -441,6 +442,9 @@ pub struct OneShot {
     current: Vec<AppliedRecord>,
     /// Filled by [`OneShot::read`].
     read: Option<Read>,
+    /// The detection's saves parsed for [`OneShot::stream_start`], per family: the manager
+    /// takes them as known instead of parsing them again.
+    parsed: [Option<KernelState>; 2],
 }
 
 #[derive(Debug)]
@@ -497,6 +501,7 @@ impl OneShot {
             before,
             current,
             read: None,
+            parsed: [None, None],
         })
     }
 
@@ -594,7 +599,15 @@ impl OneShot {
                 }
                 (m, Basis::Recorded)
             }
-            Read::Saved(runner) => (Manager::with_runner(model, *runner), Basis::Read),
+            Read::Saved(runner) => {
+                let mut m = Manager::with_runner(model, *runner);
+                for f in Family::ALL {
+                    if let Some(s) = self.parsed[f.index()].take() {
+                        m.assume_state(f, s);
+                    }
+                }
+                (m, Basis::Read)
+            }
         })
     }
 
@@ -630,10 +643,77 @@ impl OneShot {
     /// [`OneShot::apply`] with the model's [`IptablesModel::digest`] computed by the caller
     /// (e.g. on the thread that built the model, while the kernel was being read).
     pub fn apply_digested(
+        self,
+        model: IptablesModel,
+        model_digest: [u8; 32],
+        input_digest: Option<&str>,
+    ) -> Result<OneShotReport, ApplyError> {
+        self.apply_streamed(model, model_digest, input_digest, None)
+    }
+
+    /// Starts streaming `table` of `family` into a restore while the rest of `model` is built
+    /// (see [`crate::stream`]), when the kernel was read by the backend detection and the plan
+    /// will create chains in that table: the restore gets the table's header and the
+    /// declarations of those chains at once. `model` holds every chain of the table. Returns
+    /// the stream and the chains created (whose appended rules may follow).
+    pub fn stream_start(
+        &mut self,
+        model: &IptablesModel,
+        family: Family,
+        table: Table,
+    ) -> Option<(Streamed, Vec<String>)> {
+        let Some(Read::Saved(runner)) = &self.read else {
+            return None;
+        };
+        let i = family.index();
+        if self.parsed[i].is_none() {
+            let text = runner.take_detected(family)?;
+            match KernelState::parse_save(&text) {
+                Ok(s) => self.parsed[i] = Some(s),
+                Err(e) => {
+                    // The manager's own read reports it.
+                    debug!(error = %e, "the detection's save does not parse; not streaming");
+                    return None;
+                }
+            }
+        }
+        let state = self.parsed[i].as_ref()?;
+        // iptables-legacy-restore instantiates a table when it reads its `*table` line, even if
+        // it is killed before `COMMIT`: on legacy only a table already there is streamed
+        // (nf_tables creates nothing before the commit).
+        if runner.backend() == Backend::Legacy && !state.tables.contains_key(&table) {
+            return None;
+        }
+        let created = created_chains(state, model, family, table);
+        if created.is_empty() {
+            return None;
+        }
+        let mut prefix = format!("*{table}\n");
+        for c in &created {
+            Op::Declare(c.clone()).render_into(&mut prefix);
+            prefix.push('\n');
+        }
+        match runner.start_restore(family) {
+            Ok(fed) => {
+                debug!(%family, %table, chains = created.len(), "one-shot apply: streaming");
+                Some((Streamed::start(fed, family, prefix), created))
+            }
+            Err(e) => {
+                debug!(error = %e, "could not start a streamed restore");
+                None
+            }
+        }
+    }
+
+    /// [`OneShot::apply_digested`], the restore of `stream` (see [`OneShot::stream_start`])
+    /// ended with the rest of the plan if it begins with what was streamed, killed unapplied
+    /// otherwise.
+    pub fn apply_streamed(
         mut self,
         model: IptablesModel,
         model_digest: [u8; 32],
         input_digest: Option<&str>,
+        stream: Option<Streamed>,
     ) -> Result<OneShotReport, ApplyError> {
         let wrap = model.wrap().as_str().to_owned();
         let model_digest = hex(&model_digest);
@@ -656,6 +736,9 @@ impl OneShot {
         }
         let families = model.families();
         let (mut manager, basis) = self.manager(model)?;
+        if let Some(stream) = stream {
+            manager.attach_stream(stream);
+        }
         let backend = manager.runner().backend();
         // A record may follow: its rule sets are rendered while iptables-restore runs.
         manager.prepare_committed_save(

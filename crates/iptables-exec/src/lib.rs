@@ -29,6 +29,7 @@ pub mod manager;
 pub mod rule_counters;
 pub mod runner;
 pub mod stats;
+pub mod stream;
 
 pub use l3agent_netns as netns;
 pub use l3agent_process as process;

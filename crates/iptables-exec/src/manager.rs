@@ -18,6 +18,7 @@ use tracing::{debug, info, warn};
 
 use crate::error::{ApplyError, ExecError, RestoreError, Rollback};
 use crate::runner::{ProcessRunner, Runner};
+use crate::stream::{Streamed, Writer};
 
 /// Plans with more operations than this simulate their effect in parallel with the restore.
 const PARALLEL_SIMULATION_OPS: usize = 2000;
@@ -42,6 +43,9 @@ pub struct ApplyReport {
     pub deferred: bool,
     /// Planner notes (e.g. a stale chain kept because a foreign rule uses it).
     pub notes: Vec<String>,
+    /// A family's restore got the start of its input while the model was still being built
+    /// (see [`crate::stream`]).
+    pub streamed: bool,
 }
 
 impl ApplyReport {
@@ -85,6 +89,8 @@ pub struct Manager<R: Runner = ProcessRunner> {
     /// [`Manager::prepare_committed_save`]); `None` whenever `committed[i]` changes otherwise.
     committed_save: [Option<String>; 2],
     deferred: u32,
+    /// A restore already fed the start of the next apply's input (see [`crate::stream`]).
+    stream: Option<Streamed>,
 }
 
 impl<R: Runner> Manager<R> {
@@ -100,7 +106,16 @@ impl<R: Runner> Manager<R> {
             prepare_save: false,
             committed_save: [None, None],
             deferred: 0,
+            stream: None,
         }
+    }
+
+    /// Gives the next [`Manager::apply`] a restore of its family already fed the start of its
+    /// input (see [`crate::stream`]): if the plan can begin with exactly that, the restore gets
+    /// the rest; otherwise it is killed unapplied and the plan restored as usual. Not used by
+    /// that apply, it is killed when the manager drops it.
+    pub fn attach_stream(&mut self, stream: Streamed) {
+        self.stream = Some(stream);
     }
 
     /// The desired state.
@@ -374,7 +389,7 @@ impl<R: Runner> Manager<R> {
                     }
                 }
             };
-            let plan = plan_family(&current, &self.model, family, scope.as_ref());
+            let mut plan = plan_family(&current, &self.model, family, scope.as_ref());
             report
                 .notes
                 .extend(plan.notes.iter().map(|n| format!("{family} {n}")));
@@ -386,8 +401,40 @@ impl<R: Runner> Manager<R> {
                 self.committed[family.index()] = Some(current);
                 continue;
             }
+            // A streamed restore: its input is known now (the writer may still be writing it),
+            // so the plan is reordered and rendered meanwhile.
+            let led = self
+                .stream
+                .take_if(|s| s.family() == family)
+                .and_then(Streamed::end)
+                .and_then(|(written, writer)| {
+                    if plan.lead_with(&written) {
+                        Some((writer, written))
+                    } else {
+                        debug!(netns = %self.runner.label(), %family, "the plan does not begin with what was streamed; restoring it whole");
+                        writer.kill();
+                        None
+                    }
+                });
             let (text, lines) = plan.render();
-            info!(netns = %self.runner.label(), %family, lines = lines.len(), "applying iptables changes");
+            let led = led.and_then(|(writer, written)| {
+                if text.starts_with(&written) {
+                    Some((writer, written.len()))
+                } else {
+                    warn!(netns = %self.runner.label(), %family, "a reordered plan does not render what was streamed; restoring it whole");
+                    writer.kill();
+                    None
+                }
+            });
+            let streamed = led.is_some();
+            info!(netns = %self.runner.label(), %family, lines = lines.len(), streamed, "applying iptables changes");
+            let runner = &self.runner;
+            let restore = |led: Option<(Writer, usize)>| match led
+                .and_then(|(w, sent)| Some((w.written()?, sent)))
+            {
+                Some((fed, sent)) => runner.restore_rest(family, fed, &text, sent),
+                None => runner.restore(family, &text),
+            };
             debug!(netns = %self.runner.label(), %family, input = %text, "restore input");
             // A big plan: simulate its effect on a copy while iptables-restore runs (two cores
             // are cheaper than one), and render it if asked to; a small one: after it
@@ -403,14 +450,14 @@ impl<R: Runner> Manager<R> {
                             (after, text)
                         })
                     });
-                    let restored = self.runner.restore(family, &text);
+                    let restored = restore(led);
                     let simulated = sim
                         .join()
                         .unwrap_or_else(|_| Err("simulation panicked".into()));
                     (restored, Some(simulated))
                 })
             } else {
-                (self.runner.restore(family, &text), None)
+                (restore(led), None)
             };
             match restored {
                 Ok(()) => {
@@ -430,6 +477,7 @@ impl<R: Runner> Manager<R> {
                         }
                     }
                     report.sent.push((family, text));
+                    report.streamed |= streamed;
                     drop_in_background((plan, current));
                 }
                 Err(failure) => {

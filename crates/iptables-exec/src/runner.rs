@@ -14,7 +14,7 @@ use crate::error::{sanitize, ExecError};
 use crate::lock::{NamespaceLock, LOCK_DIR};
 use crate::netns::{Netns, NetnsTarget};
 use crate::stats::{record, record_in, Stats, StatsSnapshot};
-use l3agent_process::{find_program, run, Output};
+use l3agent_process::{find_program, run, Fed, Output};
 
 /// A failed restore: exit code and message.
 #[derive(Debug, Clone)]
@@ -37,6 +37,19 @@ pub trait Runner {
     /// `Err(Err(..))` a failure to run at all.
     fn restore(&self, family: Family, input: &str)
         -> Result<(), Result<RestoreFailure, ExecError>>;
+    /// [`Runner::restore`] of `input`, whose first `sent` bytes `fed` (a restore started by
+    /// [`ProcessRunner::start_restore`]) already has: it gets the rest. A runner that starts
+    /// no processes drops `fed` and restores `input` whole.
+    fn restore_rest(
+        &self,
+        family: Family,
+        fed: Fed,
+        input: &str,
+        _sent: usize,
+    ) -> Result<(), Result<RestoreFailure, ExecError>> {
+        fed.abort();
+        self.restore(family, input)
+    }
     /// `iptables -t table -L chain -n -v -x [-Z]`.
     fn list(
         &self,
@@ -194,6 +207,56 @@ impl ProcessRunner {
         &self.netns
     }
 
+    /// Starts the `iptables-restore --noflush` of `family` with its input still to come (see
+    /// [`crate::stream`]); [`Runner::restore_rest`] ends it.
+    pub fn start_restore(&self, family: Family) -> Result<Fed, ExecError> {
+        let path = find_program(&self.backend.program(family, "restore"))?;
+        record_in(&self.stats, |s| &s.processes, 1);
+        let wait = self.options.xtables_wait.to_string();
+        Ok(l3agent_process::start(
+            &path,
+            &["--noflush", "-w", &wait],
+            Some(self.netns.fd()),
+            self.options.timeout,
+        )?)
+    }
+
+    /// What the backend detection's save of `family` printed, if still kept (taken: the next
+    /// [`Runner::save`] runs the program).
+    pub fn take_detected(&self, family: Family) -> Option<String> {
+        self.detected.lock().unwrap_or_else(|e| e.into_inner())[family.index()].take()
+    }
+
+    /// Counts a finished restore of `input` and reads its outcome.
+    fn restored(
+        &self,
+        input: &str,
+        ran: Result<Output, ExecError>,
+    ) -> Result<(), Result<RestoreFailure, ExecError>> {
+        record_in(&self.stats, |s| &s.restores, 1);
+        record_in(
+            &self.stats,
+            |s| &s.restore_lines,
+            input.lines().count() as u64,
+        );
+        let out = match ran {
+            Ok(out) => out,
+            Err(e) => {
+                record_in(&self.stats, |s| &s.restore_failures, 1);
+                return Err(Err(e));
+            }
+        };
+        if out.success() {
+            Ok(())
+        } else {
+            record_in(&self.stats, |s| &s.restore_failures, 1);
+            Err(Ok(RestoreFailure {
+                code: out.code,
+                stderr: sanitize(&out.stderr),
+            }))
+        }
+    }
+
     /// What this runner made the system do (see [`crate::stats`]).
     pub fn stats(&self) -> StatsSnapshot {
         self.stats.snapshot()
@@ -346,34 +409,25 @@ impl Runner for ProcessRunner {
         input: &str,
     ) -> Result<(), Result<RestoreFailure, ExecError>> {
         let wait = self.options.xtables_wait.to_string();
-        record_in(&self.stats, |s| &s.restores, 1);
-        record_in(
-            &self.stats,
-            |s| &s.restore_lines,
-            input.lines().count() as u64,
-        );
         let ran = self.run_tool(
             family,
             "restore",
             &["--noflush", "-w", &wait],
             Some(input.as_bytes()),
         );
-        let out = match ran {
-            Ok((_, out)) => out,
-            Err(e) => {
-                record_in(&self.stats, |s| &s.restore_failures, 1);
-                return Err(Err(e));
-            }
-        };
-        if out.success() {
-            Ok(())
-        } else {
-            record_in(&self.stats, |s| &s.restore_failures, 1);
-            Err(Ok(RestoreFailure {
-                code: out.code,
-                stderr: sanitize(&out.stderr),
-            }))
-        }
+        self.restored(input, ran.map(|(_, out)| out))
+    }
+
+    fn restore_rest(
+        &self,
+        _family: Family,
+        fed: Fed,
+        input: &str,
+        sent: usize,
+    ) -> Result<(), Result<RestoreFailure, ExecError>> {
+        let rest = input.as_bytes().get(sent..).unwrap_or_default();
+        tracing::debug!(sent, rest = rest.len(), "streamed restore: the rest");
+        self.restored(input, fed.finish(rest).map_err(ExecError::from))
     }
 
     fn list(

@@ -416,12 +416,23 @@ impl Op {
         s
     }
 
+    /// `-A CHAIN SPEC` without an [`Op`] made for it (a line written before its plan is).
+    pub fn render_append(out: &mut String, chain: &str, spec: &str) {
+        out.push_str("-A ");
+        out.push_str(chain);
+        out.push_str(sep(spec));
+        out.push_str(spec);
+    }
+
     /// Appends the restore line to `out`.
     pub fn render_into(&self, out: &mut String) {
         use std::fmt::Write;
         let _ = match self {
             Op::Declare(c) => write!(out, ":{c} - [0:0]"),
-            Op::Append(c, s) => write!(out, "-A {c}{}{s}", sep(s)),
+            Op::Append(c, s) => {
+                Op::render_append(out, c, s);
+                Ok(())
+            }
             Op::Insert(c, p, s) => write!(out, "-I {c} {p}{}{s}", sep(s)),
             Op::DeleteAt(c, p) => write!(out, "-D {c} {p}"),
             Op::DeleteSpec(c, s) => write!(out, "-D {c}{}{s}", sep(s)),

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use crate::error::Error;
+use crate::kernel::Op;
 use crate::marker::{marker_text, rule_hash};
 use crate::names::{is_jump_chain, ChainName, Comment, Family, Table, Tag, WrapName};
 use crate::rule::ParsedRule;
@@ -212,6 +213,60 @@ impl Standby {
         let _guard = self.released.lock().unwrap_or_else(|e| e.into_inner());
         finished.store(true, std::sync::atomic::Ordering::Release);
         self.changed.notify_all();
+    }
+}
+
+/// Takes one table's rules as `iptables-restore` lines while the model is being built: a
+/// one-shot apply writes them into a restore that commits only once the whole model is built
+/// and planned (see `l3agent_iptables_exec::stream`).
+pub trait Feed: Sync {
+    /// Called before the rules of one table are read (the model holds every chain of it):
+    /// whether this table's rules are wanted.
+    fn table(
+        &self,
+        model: &IptablesModel,
+        family: Family,
+        table: Table,
+        rules: &[RuleSpec<'_>],
+    ) -> bool;
+    /// Whether the rules of `chain` (its kernel name) are wanted. Only rules appended to a
+    /// wrapped chain (`wrap`, not `top`) are offered.
+    fn takes(&self, chain: &str) -> bool;
+    /// The `-A` lines of the wanted rules of piece `index` of the table's rules: pieces are
+    /// consecutive runs of rules numbered from 0 in rule order, each given once, from any
+    /// thread and in any order. A rule that fails to read is left out (the model then fails).
+    fn lines(&self, index: usize, text: String);
+}
+
+/// What helps a model build besides the calling thread.
+#[derive(Clone, Copy)]
+pub struct Help<'a> {
+    /// Threads in all (at least the caller's).
+    pub threads: usize,
+    /// Threads that join once released.
+    pub standby: Option<&'a Standby>,
+    /// Takes a table's rules as restore lines as soon as they are read.
+    pub feed: Option<&'a dyn Feed>,
+}
+
+impl std::fmt::Debug for Help<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Help")
+            .field("threads", &self.threads)
+            .field("standby", &self.standby)
+            .field("feed", &self.feed.is_some())
+            .finish()
+    }
+}
+
+impl Help<'_> {
+    /// `threads` threads, nothing else.
+    pub fn threads(threads: usize) -> Help<'static> {
+        Help {
+            threads,
+            standby: None,
+            feed: None,
+        }
     }
 }
 
@@ -724,18 +779,18 @@ impl IptablesModel {
         specs: &[RuleSpec<'_>],
         threads: usize,
     ) -> Vec<Result<(), Error>> {
-        self.add_rules_helped(family, table, specs, threads, None)
+        self.add_rules_helped(family, table, specs, Help::threads(threads))
     }
 
-    /// [`IptablesModel::add_rules_on`], where `standby` threads more join in once released
-    /// (see [`Standby`]): for a caller whose other threads are busy for a while, and then not.
+    /// [`IptablesModel::add_rules_on`] with `help`: `standby` threads join in once released
+    /// (see [`Standby`]: for a caller whose other threads are busy for a while, and then
+    /// not), and a [`Feed`] that wants this table gets its rules as restore lines.
     pub fn add_rules_helped(
         &mut self,
         family: Family,
         table: Table,
         specs: &[RuleSpec<'_>],
-        threads: usize,
-        standby: Option<&Standby>,
+        help: Help<'_>,
     ) -> Vec<Result<(), Error>> {
         /// Below this, one thread does it faster than starting others.
         const PARALLEL_RULES: usize = 2048;
@@ -743,17 +798,35 @@ impl IptablesModel {
         /// that starts late (or runs on a busier core) still takes its share.
         const CHUNK: usize = 256;
         let this = &*self;
-        let resolve = |chunk: &[RuleSpec<'_>]| -> Vec<Result<Resolved, Error>> {
-            chunk
+        let feed = help.feed.filter(|f| f.table(this, family, table, specs));
+        let resolve = |index: usize, chunk: &[RuleSpec<'_>]| -> Vec<Result<Resolved, Error>> {
+            let resolved: Vec<_> = chunk
                 .iter()
                 .map(|spec| this.resolve_rule(family, table, spec))
-                .collect()
+                .collect();
+            if let Some(feed) = feed {
+                let mut text = String::new();
+                for (spec, r) in chunk.iter().zip(&resolved) {
+                    if let Ok((full, _, rule)) = r {
+                        if spec.wrap && !spec.top && feed.takes(full) {
+                            Op::render_append(&mut text, full, &rule.spec);
+                            text.push('\n');
+                        }
+                    }
+                }
+                feed.lines(index, text);
+            }
+            resolved
         };
         let big = specs.len() >= PARALLEL_RULES;
-        let helpers = if big { threads.saturating_sub(1) } else { 0 };
-        let standby = standby.filter(|s| big && s.helpers > 0);
+        let helpers = if big {
+            help.threads.saturating_sub(1)
+        } else {
+            0
+        };
+        let standby = help.standby.filter(|s| big && s.helpers > 0);
         let resolved: Vec<Result<Resolved, Error>> = if helpers == 0 && standby.is_none() {
-            resolve(specs)
+            resolve(0, specs)
         } else {
             let next = std::sync::atomic::AtomicUsize::new(0);
             let work = || {
@@ -764,7 +837,7 @@ impl IptablesModel {
                     if start >= specs.len() {
                         return done;
                     }
-                    done.push((i, resolve(&specs[start..specs.len().min(start + CHUNK)])));
+                    done.push((i, resolve(i, &specs[start..specs.len().min(start + CHUNK)])));
                 }
             };
             let finished = std::sync::atomic::AtomicBool::new(false);
@@ -1004,6 +1077,79 @@ mod tests {
         IptablesModel::new(WrapName::new("w").unwrap(), ModelOptions::default())
     }
 
+    /// A feed that wants chain `w-a` only, recording its pieces.
+    struct Recording {
+        pieces: std::sync::Mutex<Vec<(usize, String)>>,
+    }
+
+    impl Feed for Recording {
+        fn table(&self, _: &IptablesModel, _: Family, t: Table, _: &[RuleSpec<'_>]) -> bool {
+            t == Table::Filter
+        }
+        fn takes(&self, chain: &str) -> bool {
+            chain == "w-a"
+        }
+        fn lines(&self, index: usize, text: String) {
+            self.pieces.lock().unwrap().push((index, text));
+        }
+    }
+
+    /// A feed gets, over its pieces in index order, exactly the appended rules of the chains
+    /// it takes (never a top rule, a rule of another chain, or one that does not read), as
+    /// the plan writes them; on one thread or several.
+    #[test]
+    fn a_feed_gets_the_appended_rules_of_its_chains_in_order() {
+        let texts: Vec<String> = (0..5000)
+            .map(|i| {
+                format!(
+                    "-s 192.0.2.{}/32 -p tcp -m tcp --dport {} -j ACCEPT",
+                    i % 256,
+                    1024 + i / 256
+                )
+            })
+            .collect();
+        for threads in [1, 2, 3] {
+            let mut m = model();
+            for c in ["a", "b"] {
+                m.add_chain(Family::V4, Table::Filter, c, true).unwrap();
+            }
+            let specs: Vec<RuleSpec<'_>> = texts
+                .iter()
+                .enumerate()
+                .map(|(i, t)| RuleSpec {
+                    top: i % 1000 == 7,
+                    ..RuleSpec::new(
+                        if i % 3 == 0 { "b" } else { "a" },
+                        if i == 4321 { "-j NOPE" } else { t },
+                    )
+                })
+                .collect();
+            let feed = Recording {
+                pieces: std::sync::Mutex::new(Vec::new()),
+            };
+            let help = Help {
+                threads,
+                standby: None,
+                feed: Some(&feed),
+            };
+            let results = m.add_rules_helped(Family::V4, Table::Filter, &specs, help);
+            assert_eq!(results.iter().filter(|r| r.is_err()).count(), 1);
+            let mut pieces = feed.pieces.into_inner().unwrap();
+            pieces.sort_by_key(|(i, _)| *i);
+            let indices: Vec<usize> = pieces.iter().map(|(i, _)| *i).collect();
+            assert_eq!(indices, (0..indices.len()).collect::<Vec<_>>(), "{threads}");
+            let fed: String = pieces.into_iter().map(|(_, t)| t).collect();
+            let chain = &m.table(Family::V4, Table::Filter).unwrap().chains["w-a"];
+            let want: String = chain
+                .bottom
+                .iter()
+                .map(|r| format!("{}\n", Op::Append("w-a".into(), r.spec.clone()).render()))
+                .collect();
+            assert_eq!(fed, want, "{threads}");
+            assert!(!chain.top.is_empty());
+        }
+    }
+
     /// Many rules read on several threads, with standby threads released at once, part-way
     /// or never: the same model and the same errors, in order, as one thread.
     #[test]
@@ -1024,7 +1170,16 @@ mod tests {
             let mut m = model();
             m.add_chain(Family::V4, Table::Filter, "c", true).unwrap();
             let errors: Vec<String> = m
-                .add_rules_helped(Family::V4, Table::Filter, &specs, threads, standby)
+                .add_rules_helped(
+                    Family::V4,
+                    Table::Filter,
+                    &specs,
+                    Help {
+                        threads,
+                        standby,
+                        feed: None,
+                    },
+                )
                 .into_iter()
                 .enumerate()
                 .filter_map(|(i, r)| r.err().map(|e| format!("{i}: {e}")))

@@ -65,6 +65,109 @@ impl Plan {
         self.tables.iter().map(|t| t.ops.len()).sum()
     }
 
+    /// Reorders the plan so that its restore input ([`Plan::render`]) begins with `prefix`:
+    /// the start of one table's block, written before the plan was made (a one-shot apply
+    /// streams a table into `iptables-restore` while its model is still being built), as
+    /// `*table`, declarations, then `-A` lines, each ending in a newline. That table's block
+    /// moves first (blocks commit one by one and independently), and in it the operations the
+    /// prefix wrote come first, in its order, then the others in the plan's order.
+    ///
+    /// That does what the plan does only if the prefix declares exactly the chains the plan
+    /// creates in that table, appends only to those, in each exactly the plan's first rules in
+    /// their order, and the plan does nothing to those chains but declare and append. Anything
+    /// else leaves the plan as it was and answers `false`.
+    pub fn lead_with(&mut self, prefix: &str) -> bool {
+        use std::collections::{HashMap, VecDeque};
+        let Some(body) = prefix.strip_suffix('\n') else {
+            return false;
+        };
+        let mut lines = body.split('\n');
+        let Some(head) = lines.next().and_then(|l| l.strip_prefix('*')) else {
+            return false;
+        };
+        let Some(at) = self
+            .tables
+            .iter()
+            .position(|t| t.table.as_str() == head && !t.ops.is_empty())
+        else {
+            return false;
+        };
+        let ops = &self.tables[at].ops;
+        let created: HashMap<&str, usize> = ops
+            .iter()
+            .enumerate()
+            .filter_map(|(i, o)| match &o.op {
+                Op::Declare(c) => Some((c.as_str(), i)),
+                _ => None,
+            })
+            .collect();
+        let mut appends: HashMap<&str, VecDeque<usize>> = HashMap::new();
+        for (i, o) in ops.iter().enumerate() {
+            match &o.op {
+                Op::Declare(_) => {}
+                Op::Append(c, _) => {
+                    if created.contains_key(c.as_str()) {
+                        appends.entry(c.as_str()).or_default().push_back(i);
+                    }
+                }
+                Op::Insert(c, ..)
+                | Op::DeleteAt(c, _)
+                | Op::DeleteSpec(c, _)
+                | Op::Flush(c)
+                | Op::DeleteChain(c) => {
+                    if created.contains_key(c.as_str()) {
+                        return false;
+                    }
+                }
+            }
+        }
+        let mut taken = vec![false; ops.len()];
+        let mut order = Vec::new();
+        let mut declared = 0;
+        for line in lines {
+            if let Some(decl) = line.strip_prefix(':') {
+                let Some(&i) = decl
+                    .strip_suffix(" - [0:0]")
+                    .and_then(|name| created.get(name))
+                else {
+                    return false;
+                };
+                if taken[i] || declared < order.len() {
+                    // Declared twice, or after an append.
+                    return false;
+                }
+                declared += 1;
+                taken[i] = true;
+                order.push(i);
+            } else if let Some(rest) = line.strip_prefix("-A ") {
+                let (chain, spec) = rest.split_once(' ').unwrap_or((rest, ""));
+                if !created.get(chain).is_some_and(|&d| taken[d]) {
+                    return false;
+                }
+                let Some(i) = appends.get_mut(chain).and_then(VecDeque::pop_front) else {
+                    return false;
+                };
+                if !matches!(&ops[i].op, Op::Append(_, s) if s == spec) {
+                    return false;
+                }
+                taken[i] = true;
+                order.push(i);
+            } else {
+                return false;
+            }
+        }
+        if declared != created.len() {
+            return false;
+        }
+        let mut t = self.tables.remove(at);
+        let mut old: Vec<Option<PlannedOp>> =
+            std::mem::take(&mut t.ops).into_iter().map(Some).collect();
+        t.ops = order.iter().filter_map(|&i| old[i].take()).collect();
+        t.ops.extend(old.into_iter().flatten());
+        self.tables.insert(0, t);
+        true
+    }
+
     /// The restore input (`*table` ... `COMMIT` per changed table) and a map from each line
     /// (index = line number - 1) to what it does.
     pub fn render(&self) -> (String, Vec<LineInfo>) {
@@ -119,6 +222,37 @@ pub fn owns_chain(wrap: &WrapName, wraps_seen: &BTreeSet<String>, name: &str) ->
                     .strip_prefix(o.as_str())
                     .is_some_and(|r| r.starts_with('-'))
         })
+}
+
+/// Whether a plan creates `name` (of `kind`, in `table`) when the kernel lacks it: our own
+/// chains and declared shared chains, never a builtin or someone else's.
+fn created_when_absent(table: Table, name: &str, kind: ChainKind) -> bool {
+    match kind {
+        ChainKind::Own => true,
+        ChainKind::Shared => !table.is_builtin(name),
+        ChainKind::Foreign => false,
+    }
+}
+
+/// The chains of `table` that a full plan ([`plan_family`] without a scope) from `current` to
+/// `model` declares, in its order: known as soon as the model holds its chains, before any of
+/// its rules.
+pub fn created_chains(
+    current: &KernelState,
+    model: &IptablesModel,
+    family: Family,
+    table: Table,
+) -> Vec<String> {
+    let cur = current.table(table);
+    model.table(family, table).map_or_else(Vec::new, |want| {
+        want.chains
+            .iter()
+            .filter(|(name, dc)| {
+                cur.chain(name).is_none() && created_when_absent(table, name, dc.kind)
+            })
+            .map(|(name, _)| name.clone())
+            .collect()
+    })
 }
 
 /// Plans one family. With a scope, only the named chains are compared (the incremental path);
@@ -250,7 +384,7 @@ fn plan_table(
         let kernel_rules: &[KernelRule] = kc.map_or(&[], |c| &c.rules);
         match dc.kind {
             ChainKind::Own => {
-                if kc.is_none() {
+                if kc.is_none() && created_when_absent(table, name, dc.kind) {
                     decl.push(bare(Op::Declare(name.clone())));
                 }
                 let desired: Vec<&DesiredRule> = dc.rules().collect();
@@ -282,7 +416,7 @@ fn plan_table(
                 }
             }
             ChainKind::Shared | ChainKind::Foreign => {
-                if dc.kind == ChainKind::Shared && kc.is_none() && !table.is_builtin(name) {
+                if kc.is_none() && created_when_absent(table, name, dc.kind) {
                     decl.push(bare(Op::Declare(name.clone())));
                 }
                 plan_shared(

@@ -7,7 +7,7 @@ use std::hash::{Hash, Hasher};
 use serde::Deserialize;
 
 use crate::error::Error;
-use crate::model::{IptablesModel, ModelOptions, RuleSpec, Standby};
+use crate::model::{Help, IptablesModel, ModelOptions, RuleSpec, Standby};
 use crate::names::{ChainName, Family, Table, WrapName};
 
 fn default_wrap() -> String {
@@ -146,6 +146,15 @@ impl RulesFile {
         threads: usize,
         standby: Option<&Standby>,
     ) -> Result<IptablesModel, Vec<Error>> {
+        self.into_model_with(Help {
+            threads,
+            standby,
+            feed: None,
+        })
+    }
+
+    /// [`RulesFile::into_model`] with `help` (see [`Help`]).
+    pub fn into_model_with(self, help: Help<'_>) -> Result<IptablesModel, Vec<Error>> {
         let mut errors = Vec::new();
         let rules = [&self.ipv4, &self.ipv6]
             .iter()
@@ -228,15 +237,7 @@ impl RulesFile {
                     ));
                     continue;
                 }
-                load_table(
-                    &mut model,
-                    family,
-                    table,
-                    t,
-                    &path,
-                    (threads, standby),
-                    &mut errors,
-                );
+                load_table(&mut model, family, table, t, &path, help, &mut errors);
             }
         }
         if errors.is_empty() {
@@ -253,7 +254,7 @@ fn load_table(
     table: Table,
     t: &TableSpec,
     path: &str,
-    (threads, standby): (usize, Option<&Standby>),
+    help: Help<'_>,
     errors: &mut Vec<Error>,
 ) {
     for (i, c) in t.chains.iter().enumerate() {
@@ -286,12 +287,25 @@ fn load_table(
             && a.comment == b.comment
             && a.rule.split_whitespace().eq(b.rule.split_whitespace())
     };
-    // Problems by rule index, reported in file order.
+    // Every rule is read first (a duplicate too: it fails the file anyway, and the rules reach
+    // a feed sooner without this pass in front); then duplicates are found.
+    let specs: Vec<RuleSpec<'_>> = t
+        .rules
+        .iter()
+        .map(|r| RuleSpec {
+            chain: &r.chain,
+            rule: &r.rule,
+            wrap: r.wrap,
+            top: r.top,
+            tag: r.tag.as_deref(),
+            comment: r.comment.as_deref(),
+        })
+        .collect();
+    let results = model.add_rules_helped(family, table, &specs, help);
+    // Problems by rule index, reported in file order; a duplicate's only problem is that.
     let mut found: Vec<(usize, Error)> = Vec::new();
     let mut seen: HashMap<u64, Vec<usize>> = HashMap::with_capacity(t.rules.len());
-    let mut specs = Vec::with_capacity(t.rules.len());
-    let mut index = Vec::with_capacity(t.rules.len());
-    for (i, r) in t.rules.iter().enumerate() {
+    for ((i, r), result) in t.rules.iter().enumerate().zip(results) {
         let earlier = seen.entry(identity(r)).or_default();
         if let Some(&first) = earlier.iter().find(|&&j| same(&t.rules[j], r)) {
             found.push((
@@ -305,21 +319,6 @@ fn load_table(
             continue;
         }
         earlier.push(i);
-        specs.push(RuleSpec {
-            chain: &r.chain,
-            rule: &r.rule,
-            wrap: r.wrap,
-            top: r.top,
-            tag: r.tag.as_deref(),
-            comment: r.comment.as_deref(),
-        });
-        index.push(i);
-    }
-    for (result, i) in model
-        .add_rules_helped(family, table, &specs, threads, standby)
-        .into_iter()
-        .zip(index)
-    {
         if let Err(e) = result {
             found.push((i, e.within(&format!("{path}.rules[{i}]"))));
         }

@@ -9,7 +9,8 @@
 use std::collections::BTreeSet;
 
 use l3agent_iptables::kernel::KernelState;
-use l3agent_iptables::plan::{owns_chain, plan_family, revert_table};
+use l3agent_iptables::kernel::Op;
+use l3agent_iptables::plan::{created_chains, owns_chain, plan_family, revert_table};
 use l3agent_iptables::{Family, IptablesModel, ModelOptions, RuleSpec, Table, WrapName};
 use proptest::prelude::*;
 
@@ -189,6 +190,84 @@ proptest! {
         a.sort();
         b.sort();
         prop_assert_eq!(a, b);
+    }
+
+    #[test]
+    fn a_plan_led_by_what_was_streamed_does_the_same(
+        foreign in prop::collection::vec((any::<bool>(), any::<u8>()), 0..6),
+        earlier in prop::option::of(desired()),
+        want in desired(),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        // What a one-shot apply streams before its plan exists: the declarations of the chains
+        // the plan will create, then the appended rules of those without top rules, chains
+        // interleaved in another order than the plan's (each in its own order), any prefix.
+        let state = kernel(&foreign, earlier.as_ref());
+        let model = build(&want);
+        let mut plan = plan_family(&state, &model, Family::V4, None);
+        let created = created_chains(&state, &model, Family::V4, Table::Filter);
+        let mut prefix = String::from("*filter\n");
+        for c in &created {
+            prefix.push_str(&Op::Declare(c.clone()).render());
+            prefix.push('\n');
+        }
+        let table = model.table(Family::V4, Table::Filter).unwrap();
+        let mut queues: Vec<Vec<&str>> = created
+            .iter()
+            .rev()
+            .filter_map(|c| table.chains.get(c))
+            .filter(|c| c.top.is_empty())
+            .map(|c| c.bottom.iter().map(|r| r.spec.as_str()).collect())
+            .collect();
+        let names: Vec<&String> = created.iter().rev().filter(|c| table.chains.get(*c).is_some_and(|d| d.top.is_empty())).collect();
+        let mut appends = Vec::new();
+        while queues.iter().any(|q| !q.is_empty()) {
+            for (q, name) in queues.iter_mut().zip(&names) {
+                if !q.is_empty() {
+                    appends.push(Op::Append((*name).clone(), q.remove(0).to_owned()).render());
+                }
+            }
+        }
+        for a in &appends[..cut.index(appends.len() + 1)] {
+            prefix.push_str(a);
+            prefix.push('\n');
+        }
+        let original = plan.clone();
+        if plan.lead_with(&prefix) {
+            prop_assert!(plan.render().0.starts_with(&prefix), "{}\n---\n{}", prefix, plan.render().0);
+            let (mut a, mut b) = (state.clone(), state.clone());
+            original.apply_to(&mut a).map_err(TestCaseError::fail)?;
+            plan.apply_to(&mut b).map_err(TestCaseError::fail)?;
+            prop_assert_eq!(a.to_save(), b.to_save());
+        } else {
+            prop_assert_eq!(&plan, &original);
+            // Refused only where the plan does more to a created chain than declare and append.
+            let touched = original.tables.iter().flat_map(|t| &t.ops).any(|o| matches!(&o.op,
+                Op::Insert(c, ..) | Op::DeleteAt(c, _) | Op::DeleteSpec(c, _) | Op::Flush(c) | Op::DeleteChain(c)
+                    if created.contains(c)));
+            prop_assert!(created.is_empty() || touched, "refused:\n{}\n---\n{}", prefix, original.render().0);
+        }
+        // A prefix that swaps two appends of one chain, or leaves out a declaration, is refused.
+        if let Some(i) = (1..appends.len()).find(|&i| appends[i].split(' ').nth(1) == appends[i - 1].split(' ').nth(1) && appends[i] != appends[i - 1]) {
+            let mut bad = String::from("*filter\n");
+            for c in &created {
+                bad.push_str(&Op::Declare(c.clone()).render());
+                bad.push('\n');
+            }
+            for (j, a) in appends.iter().enumerate().take(i + 1) {
+                bad.push_str(if j == i - 1 { &appends[i] } else if j == i { &appends[i - 1] } else { a });
+                bad.push('\n');
+            }
+            let mut p = original.clone();
+            prop_assert!(!p.lead_with(&bad), "swapped:\n{}", bad);
+            prop_assert_eq!(&p, &original);
+        }
+        if created.len() > 1 {
+            let mut p = original.clone();
+            let short: String = prefix.lines().enumerate().filter(|(n, _)| *n != 1).map(|(_, l)| format!("{l}\n")).collect();
+            prop_assert!(!p.lead_with(&short));
+            prop_assert_eq!(&p, &original);
+        }
     }
 
     #[test]

@@ -71,35 +71,29 @@ pub fn run(
     netns: Option<BorrowedFd<'_>>,
     timeout: Duration,
 ) -> Result<Output, ProcessError> {
-    let name = program.display().to_string();
-    let stdin_cfg = if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    };
-    let mut child = spawn(
+    if let Some(data) = stdin {
+        return start(program, args, netns, timeout)?.finish(data);
+    }
+    let child = spawn(
         program,
         args,
         netns,
-        stdin_cfg,
+        Stdio::null(),
         Stdio::piped(),
         Stdio::piped(),
     )?;
-    let writer = match (stdin, child.stdin.take()) {
-        (Some(data), Some(mut pipe)) => {
-            let data = data.to_vec();
-            Some(std::thread::spawn(move || {
-                // A child that exits early closes the pipe: its exit status says why.
-                let _ = pipe.write_all(&data);
-            }))
-        }
-        _ => None,
-    };
-    let result = wait_bounded(child, &name, timeout, Child::wait_with_output);
-    if let Some(w) = writer {
-        let _ = w.join();
-    }
-    let out = result?.map_err(|source| ProcessError::Spawn {
+    let name = program.display().to_string();
+    collect(
+        wait_bounded(child, &name, timeout, Child::wait_with_output),
+        name,
+    )
+}
+
+fn collect(
+    waited: Result<std::io::Result<std::process::Output>, ProcessError>,
+    name: String,
+) -> Result<Output, ProcessError> {
+    let out = waited?.map_err(|source| ProcessError::Spawn {
         program: name,
         source,
     })?;
@@ -108,6 +102,86 @@ pub fn run(
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     })
+}
+
+/// A process started by [`start`], its standard input written piece by piece while the caller
+/// still works out the rest (a restore whose input is still being built). Its output is read
+/// at [`Fed::finish`]: meant for programs that say little until their input ends, as
+/// `iptables-restore` does (an error ends it, and the next write fails).
+#[derive(Debug)]
+pub struct Fed {
+    child: Child,
+    stdin: Option<std::process::ChildStdin>,
+    name: String,
+    timeout: Duration,
+}
+
+/// Starts `program args...` like [`run`] (argv only, inside `netns`), its standard input a pipe
+/// the caller writes with [`Fed::write`] and closes with [`Fed::finish`] (or drops with
+/// [`Fed::abort`]).
+pub fn start(
+    program: &Path,
+    args: &[&str],
+    netns: Option<BorrowedFd<'_>>,
+    timeout: Duration,
+) -> Result<Fed, ProcessError> {
+    let mut child = spawn(
+        program,
+        args,
+        netns,
+        Stdio::piped(),
+        Stdio::piped(),
+        Stdio::piped(),
+    )?;
+    Ok(Fed {
+        stdin: child.stdin.take(),
+        child,
+        name: program.display().to_string(),
+        timeout,
+    })
+}
+
+impl Fed {
+    /// Writes `data` to the process's input. An error means it no longer reads (it exited:
+    /// [`Fed::finish`] says how).
+    pub fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+        match &mut self.stdin {
+            Some(pipe) => pipe.write_all(data),
+            None => Err(std::io::ErrorKind::BrokenPipe.into()),
+        }
+    }
+
+    /// The process id (for a kill from another thread while a write blocks).
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Writes `rest`, closes the input and waits for the process to exit (killed past the
+    /// time limit, counted from now), with its output.
+    pub fn finish(mut self, rest: &[u8]) -> Result<Output, ProcessError> {
+        let pipe = self.stdin.take();
+        let (child, name, timeout) = (self.child, self.name, self.timeout);
+        std::thread::scope(|s| {
+            if let Some(mut pipe) = pipe {
+                // A child that exits early closes the pipe: its exit status says why.
+                s.spawn(move || {
+                    let _ = pipe.write_all(rest);
+                });
+            }
+            collect(
+                wait_bounded(child, &name, timeout, Child::wait_with_output),
+                name.clone(),
+            )
+        })
+    }
+
+    /// Kills the process and reaps it: whatever it was given is dropped unapplied (a restore
+    /// commits only when its input says so).
+    pub fn abort(mut self) {
+        drop(self.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Starts a daemon: runs `program args...` like [`run`] (argv only, inside `netns`, empty
@@ -255,6 +329,29 @@ mod tests {
         let out = run(&sh, &["a;", "$(id)"], None, None, Duration::from_secs(10)).unwrap();
         assert!(out.success());
         assert_eq!(out.stdout, "a; $(id)\n");
+    }
+
+    #[test]
+    fn a_fed_process_gets_its_pieces_in_order_and_an_aborted_one_is_gone() {
+        let wc = find_program("wc").unwrap();
+        let mut fed = start(&wc, &["-l"], None, Duration::from_secs(10)).unwrap();
+        fed.write(b"a\n").unwrap();
+        fed.write(b"b\nc").unwrap();
+        let out = fed.finish(b"\nd\n").unwrap();
+        assert!(out.success());
+        assert_eq!(out.stdout.trim(), "4");
+        let cat = find_program("cat").unwrap();
+        let mut fed = start(&cat, &[], None, Duration::from_secs(10)).unwrap();
+        fed.write(b"never finished").unwrap();
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(fed.id()).unwrap());
+        fed.abort();
+        // Reaped: the pid names no process of ours any more.
+        assert!(nix::sys::signal::kill(pid, None).is_err());
+        // A process that stops reading: the finish's time limit still holds.
+        let sleep = find_program("sleep").unwrap();
+        let fed = start(&sleep, &["5"], None, Duration::from_millis(100)).unwrap();
+        let e = fed.finish(&vec![b'x'; 1 << 20]).unwrap_err();
+        assert!(matches!(e, ProcessError::Timeout { .. }), "{e}");
     }
 
     #[test]

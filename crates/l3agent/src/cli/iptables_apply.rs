@@ -8,11 +8,14 @@
 //!    or run.
 //! 2. otherwise build the model on this thread while another reads the kernel (the recorded
 //!    rule set if the generation is unchanged, else the `iptables-save` of backend detection),
-//!    so the two costs overlap on two cores;
-//! 3. plan, restore, and record the result for the next process.
+//!    so the two costs overlap on two cores; when the kernel was read and it lacks the chains
+//!    of a large table (a cold apply), that table is streamed into its `iptables-restore` as
+//!    its rules are read, without `COMMIT` (l3agent_iptables_exec::stream);
+//! 3. plan, restore (or give a streamed restore the rest of the plan), and record the result
+//!    for the next process.
 //!
 //! An invalid file is still reported as invalid (exit 2) before any kernel problem, and nothing
-//! is written to the kernel before the file is valid.
+//! is committed to the kernel before the file is valid (a streamed restore is killed first).
 
 use std::path::{Path, PathBuf};
 
@@ -20,7 +23,9 @@ use clap::Args;
 use l3agent_iptables::model::Standby;
 use l3agent_iptables::spec::RulesFile;
 use l3agent_iptables::IptablesModel;
+use l3agent_iptables::{Feed, Help};
 use l3agent_iptables_exec::applied::{input_digest, Basis, OneShot, STATE_DIR};
+use l3agent_iptables_exec::stream::StreamFeed;
 use l3agent_iptables_exec::{ExecOptions, Manager};
 use serde_json::json;
 
@@ -50,12 +55,7 @@ pub struct ApplyArgs {
 
 /// The model of a rules file already read, its rules read on `threads` threads and those of
 /// `standby` once released; every problem is listed (exit 2).
-fn model_of(
-    path: &Path,
-    bytes: &[u8],
-    threads: usize,
-    standby: Option<&Standby>,
-) -> Result<IptablesModel, Failure> {
+fn model_of(path: &Path, bytes: &[u8], help: Help<'_>) -> Result<IptablesModel, Failure> {
     // A JSON document that is a mapping and reads as a rules file is read without tracking
     // field paths (several times faster on a large file); any problem, and any other
     // document, goes through the document reader for its checks and its error by path.
@@ -79,7 +79,7 @@ fn model_of(
             Failure::invalid(format!("{}: {e}", path.display())).with_problems(vec![problem])
         })?,
     };
-    file.into_model_helped(threads, standby).map_err(|errors| {
+    file.into_model_with(help).map_err(|errors| {
         let list = errors
             .iter()
             .map(|e| match e.to_string().split_once(": ") {
@@ -128,29 +128,39 @@ pub fn run(a: ApplyArgs) -> Result<(), Failure> {
         _ => (cores, 0),
     };
     let standby = Standby::new(standby);
-    let (model, begun, digest) = std::thread::scope(|s| {
+    // The kernel read goes to the model build through the feed: when the kernel is read (no
+    // current record), a large table it does not hold yet is streamed into its restore while
+    // the rest of the file is read (see l3agent_iptables_exec::stream; nothing commits before
+    // the whole file is valid).
+    let stream = !a.dry_run && begun.as_ref().is_ok_and(OneShot::will_save);
+    let (feed, read_to) = StreamFeed::<Failure>::new();
+    let (model, begun, stream, digest) = std::thread::scope(|s| {
         let reader = s.spawn(|| {
             let read = begun.and_then(|mut shot| {
                 shot.read()?;
                 Ok::<OneShot, Failure>(shot)
             });
+            let _ = read_to.send(read);
             let digest = digest.unwrap_or_else(|| input_digest(&context, &bytes));
             standby.release();
-            (read, digest)
+            digest
         });
-        let model = model_of(&a.rules, &bytes, threads, Some(&standby)).map(|m| {
+        let help = Help {
+            threads,
+            standby: Some(&standby),
+            feed: stream.then_some(&feed as &dyn Feed),
+        };
+        let model = model_of(&a.rules, &bytes, help).map(|m| {
             let digest = m.digest();
             (m, digest)
         });
         tracing::debug!("model built");
-        let (shot, digest) = reader.join().unwrap_or_else(|_| {
-            (
-                Err(Failure::failed("reading the kernel panicked")),
-                String::new(),
-            )
-        });
-        (model, shot, digest)
+        let digest = reader.join().unwrap_or_default();
+        let (shot, stream) = feed.finish();
+        let shot = shot.unwrap_or_else(|| Err(Failure::failed("reading the kernel panicked")));
+        (model, shot, stream, digest)
     });
+    // An invalid file or a failed read drops the stream: its restore is killed unapplied.
     let (model, model_digest) = model?;
     let shot = begun?;
     drop(bytes);
@@ -158,7 +168,7 @@ pub fn run(a: ApplyArgs) -> Result<(), Failure> {
         return dry_run(&a, shot, model);
     }
     let check_model = a.check.then(|| model.clone());
-    let report = shot.apply_digested(model, model_digest, Some(&digest))?;
+    let report = shot.apply_streamed(model, model_digest, Some(&digest), stream)?;
     let backend = report.backend.to_string();
     if report.basis == Basis::Unchanged && !a.check {
         report_unchanged(&a, &backend);
@@ -210,6 +220,7 @@ pub fn run(a: ApplyArgs) -> Result<(), Failure> {
             "notes": apply.notes,
             "converged": unconverged.is_empty(),
             "kernel_read": basis_name(report.basis),
+            "streamed": apply.streamed,
             "recorded": report.recorded,
         }));
     } else if apply.namespace_gone {
