@@ -304,10 +304,31 @@ fn load_table(
     let results = model.add_rules_helped(family, table, &specs, help);
     // Problems by rule index, reported in file order; a duplicate's only problem is that.
     let mut found: Vec<(usize, Error)> = Vec::new();
-    let mut seen: HashMap<u64, Vec<usize>> = HashMap::with_capacity(t.rules.len());
+    // The first rule of each identity hash; other rules with the same hash that are not the
+    // same rule (a collision) in `more`.
+    let mut seen: HashMap<u64, usize, Prehashed> =
+        HashMap::with_capacity_and_hasher(t.rules.len(), Prehashed);
+    let mut more: HashMap<u64, Vec<usize>, Prehashed> = HashMap::with_hasher(Prehashed);
     for ((i, r), result) in t.rules.iter().enumerate().zip(results) {
-        let earlier = seen.entry(identity(r)).or_default();
-        if let Some(&first) = earlier.iter().find(|&&j| same(&t.rules[j], r)) {
+        let h = identity(r);
+        let first = match seen.entry(h) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(i);
+                None
+            }
+            std::collections::hash_map::Entry::Occupied(o) => {
+                let j = *o.get();
+                let others = more.entry(h).or_default();
+                let first = std::iter::once(j)
+                    .chain(others.iter().copied())
+                    .find(|&j| same(&t.rules[j], r));
+                if first.is_none() {
+                    others.push(i);
+                }
+                first
+            }
+        };
+        if let Some(first) = first {
             found.push((
                 i,
                 Error::invalid(
@@ -318,13 +339,40 @@ fn load_table(
             ));
             continue;
         }
-        earlier.push(i);
         if let Err(e) = result {
             found.push((i, e.within(&format!("{path}.rules[{i}]"))));
         }
     }
     found.sort_by_key(|(i, _)| *i);
     errors.extend(found.into_iter().map(|(_, e)| e));
+}
+
+/// Keys that are already hashes (of a rule's identity) are their own hash.
+#[derive(Clone, Copy, Default)]
+struct Prehashed;
+
+impl std::hash::BuildHasher for Prehashed {
+    type Hasher = PrehashedHasher;
+    fn build_hasher(&self) -> PrehashedHasher {
+        PrehashedHasher(0)
+    }
+}
+
+#[derive(Default)]
+struct PrehashedHasher(u64);
+
+impl Hasher for PrehashedHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 impl Error {
