@@ -4,7 +4,7 @@
 //! Every mutation validates its input by type before anything is stored, and records which
 //! chains changed, so that an apply only plans what changed.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::error::Error;
@@ -155,6 +155,38 @@ pub struct DesiredTable {
 
 /// A rule resolved against the model: its kernel chain, the chain's kind, the rule.
 type Resolved = (String, ChainKind, DesiredRule);
+
+/// The rule hashes of chains, by kernel name (see [`IptablesModel::add_rules_helped`]).
+type Known = HashMap<String, HashSet<u64, Prehashed>>;
+
+/// For keys that are already hashes: their own hash.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Prehashed;
+
+impl std::hash::BuildHasher for Prehashed {
+    type Hasher = PrehashedHasher;
+    fn build_hasher(&self) -> PrehashedHasher {
+        PrehashedHasher(0)
+    }
+}
+
+/// See [`Prehashed`].
+#[derive(Default)]
+pub(crate) struct PrehashedHasher(u64);
+
+impl std::hash::Hasher for PrehashedHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
 
 /// How many threads [`IptablesModel::add_rules`] uses: the cores, at most 4.
 pub fn default_threads() -> usize {
@@ -561,10 +593,10 @@ impl IptablesModel {
     }
 
     fn mark(&mut self, family: Family, table: Table, chain: &str) {
-        self.dirty[family.index()]
-            .entry(table)
-            .or_default()
-            .insert(chain.to_owned());
+        let dirty = self.dirty[family.index()].entry(table).or_default();
+        if !dirty.contains(chain) {
+            dirty.insert(chain.to_owned());
+        }
     }
 
     /// The kernel name of a chain: `<wrap>-<name>` when wrapped.
@@ -754,7 +786,7 @@ impl IptablesModel {
         spec: RuleSpec<'_>,
     ) -> Result<(), Error> {
         let resolved = self.resolve_rule(family, table, &spec)?;
-        self.insert_rule(family, table, &spec, resolved)
+        self.insert_rule(family, table, &spec, resolved, None)
     }
 
     /// [`IptablesModel::add_rule`] for many rules of one table, in order, with one result per
@@ -865,19 +897,25 @@ impl IptablesModel {
                 parts.into_iter().flat_map(|(_, r)| r).collect()
             })
         };
+        // The hashes of each chain's rules, so that finding an earlier copy of each new rule
+        // is not a walk over the chain (quadratic in a chain of tens of thousands of rules).
+        let mut known = Known::new();
         specs
             .iter()
             .zip(resolved)
-            .map(|(spec, r)| self.insert_rule(family, table, spec, r?))
+            .map(|(spec, r)| self.insert_rule(family, table, spec, r?, Some(&mut known)))
             .collect()
     }
 
+    /// Adds a resolved rule; `known` (for many rules at once) indexes the hashes of the chains'
+    /// rules, else the chain is searched.
     fn insert_rule(
         &mut self,
         family: Family,
         table: Table,
         spec: &RuleSpec<'_>,
         (full, kind, rule): Resolved,
+        known: Option<&mut Known>,
     ) -> Result<(), Error> {
         let t = self.table_mut(family, table)?;
         let chain = t
@@ -889,9 +927,24 @@ impl IptablesModel {
                 top: Vec::new(),
                 bottom: Vec::new(),
             });
+        // Whether the chain may hold a copy: not if the rule's hash is new to it.
+        let copy = match known {
+            None => true,
+            Some(known) => match known.get_mut(full.as_str()) {
+                Some(hashes) => !hashes.insert(rule.hash),
+                None => {
+                    let mut hashes: HashSet<u64, Prehashed> =
+                        chain.rules().map(|r| r.hash).collect();
+                    let copy = !hashes.insert(rule.hash);
+                    known.insert(full.clone(), hashes);
+                    copy
+                }
+            },
+        };
         if let Some(existing) = chain
             .all_mut()
             .flat_map(|v| v.iter_mut())
+            .filter(|_| copy)
             .find(|r| r.hash == rule.hash)
         {
             existing.refs += 1;
@@ -1075,6 +1128,42 @@ mod tests {
 
     fn model() -> IptablesModel {
         IptablesModel::new(WrapName::new("w").unwrap(), ModelOptions::default())
+    }
+
+    /// Many rules added at once count copies (of each other, and of rules already there) as
+    /// adding them one by one does.
+    #[test]
+    fn many_rules_at_once_count_copies_as_one_by_one() {
+        let texts = [
+            "-s 192.0.2.1/32 -j ACCEPT",
+            "-s 192.0.2.2/32 -j ACCEPT",
+            "-s 192.0.2.1/32 -j ACCEPT",
+            "-s 192.0.2.3/32 -j ACCEPT",
+        ];
+        let (mut one, mut many) = (model(), model());
+        for m in [&mut one, &mut many] {
+            m.add_chain(Family::V4, Table::Filter, "c", true).unwrap();
+            m.add_rule(Family::V4, Table::Filter, RuleSpec::new("c", texts[1]))
+                .unwrap();
+        }
+        for t in texts {
+            one.add_rule(Family::V4, Table::Filter, RuleSpec::new("c", t))
+                .unwrap();
+        }
+        let specs: Vec<RuleSpec<'_>> = texts.iter().map(|t| RuleSpec::new("c", t)).collect();
+        assert!(many
+            .add_rules(Family::V4, Table::Filter, &specs)
+            .iter()
+            .all(Result::is_ok));
+        assert_eq!(
+            one.table(Family::V4, Table::Filter),
+            many.table(Family::V4, Table::Filter)
+        );
+        let refs: Vec<u32> = many.table(Family::V4, Table::Filter).unwrap().chains["w-c"]
+            .rules()
+            .map(|r| r.refs)
+            .collect();
+        assert_eq!(refs, [2, 2, 1]);
     }
 
     /// A feed that wants chain `w-a` only, recording its pieces.

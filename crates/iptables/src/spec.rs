@@ -7,7 +7,7 @@ use std::hash::{Hash, Hasher};
 use serde::Deserialize;
 
 use crate::error::Error;
-use crate::model::{Help, IptablesModel, ModelOptions, RuleSpec, Standby};
+use crate::model::{Help, IptablesModel, ModelOptions, Prehashed, RuleSpec, Standby};
 use crate::names::{ChainName, Family, Table, WrapName};
 
 fn default_wrap() -> String {
@@ -345,34 +345,6 @@ fn load_table(
     }
     found.sort_by_key(|(i, _)| *i);
     errors.extend(found.into_iter().map(|(_, e)| e));
-}
-
-/// Keys that are already hashes (of a rule's identity) are their own hash.
-#[derive(Clone, Copy, Default)]
-struct Prehashed;
-
-impl std::hash::BuildHasher for Prehashed {
-    type Hasher = PrehashedHasher;
-    fn build_hasher(&self) -> PrehashedHasher {
-        PrehashedHasher(0)
-    }
-}
-
-#[derive(Default)]
-struct PrehashedHasher(u64);
-
-impl Hasher for PrehashedHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
 }
 
 impl Error {
