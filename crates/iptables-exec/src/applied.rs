@@ -696,7 +696,10 @@ impl OneShot {
         match runner.start_restore(family) {
             Ok(fed) => {
                 debug!(%family, %table, chains = created.len(), "one-shot apply: streaming");
-                Some((Streamed::start(fed, family, prefix), created))
+                Some((
+                    Streamed::start(fed, family, prefix, self.options.timeout),
+                    created,
+                ))
             }
             Err(e) => {
                 debug!(error = %e, "could not start a streamed restore");

@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use l3agent_iptables::{Family, Feed, IptablesModel, RuleSpec, Table};
 use l3agent_process::Fed;
@@ -30,7 +31,7 @@ const STREAM_RULES: usize = 2048;
 /// How long a table to stream waits for the kernel read: an empty namespace is read in
 /// about 10 ms; at 50,000 rules it takes a quarter of a second, which the model build then
 /// overlaps instead.
-const READ_WAIT: std::time::Duration = std::time::Duration::from_millis(40);
+const READ_WAIT: Duration = Duration::from_millis(40);
 
 /// A restore whose input is being written: the prefix of a table block, then pieces of `-A`
 /// lines in order as they arrive. Dropped without [`Streamed::end`], it kills the restore.
@@ -50,23 +51,41 @@ pub struct Streamed {
 pub struct Writer {
     pid: u32,
     thread: JoinHandle<Fed>,
+    /// Told when the thread is done writing (in a mutex: the stream is shared with the model
+    /// build's threads, which never touch it).
+    done: Mutex<mpsc::Receiver<()>>,
+    /// How long the restore may take to read what it was given.
+    timeout: Duration,
 }
 
 impl Writer {
-    /// Waits until everything queued is written; the restore, to be given the rest.
+    /// Waits until everything queued is written (a restore that stops reading is killed after
+    /// the time limit); the restore, to be given the rest.
     pub fn written(self) -> Option<Fed> {
+        let finished = self
+            .done
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .recv_timeout(self.timeout);
+        if finished.is_err() {
+            self.signal();
+        }
         self.thread.join().ok()
     }
 
-    /// Kills the restore (nothing it was given is applied) and reaps it.
-    pub fn kill(self) {
+    fn signal(&self) {
         if let Ok(pid) = i32::try_from(self.pid) {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
-        if let Some(fed) = self.written() {
+    }
+
+    /// Kills the restore (nothing it was given is applied) and reaps it.
+    pub fn kill(self) {
+        self.signal();
+        if let Ok(fed) = self.thread.join() {
             fed.abort();
         }
     }
@@ -85,9 +104,10 @@ fn in_order<T>(mut pieces: Vec<(usize, T)>) -> impl Iterator<Item = T> {
 impl Streamed {
     /// Writes `prefix` to `fed`, then each piece in index order, on a thread of its own (a full
     /// pipe blocks it, never the model build).
-    pub(crate) fn start(fed: Fed, family: Family, prefix: String) -> Streamed {
+    pub(crate) fn start(fed: Fed, family: Family, prefix: String, timeout: Duration) -> Streamed {
         let pid = fed.id();
         let (tx, rx) = mpsc::channel::<(usize, Arc<str>)>();
+        let (done_tx, done) = mpsc::channel();
         let head = prefix.clone();
         let thread = std::thread::spawn(move || {
             let mut fed = fed;
@@ -104,6 +124,7 @@ impl Streamed {
                 }
             }
             tracing::debug!(pieces = next, "streamed input written");
+            let _ = done_tx.send(());
             fed
         });
         Streamed {
@@ -111,7 +132,12 @@ impl Streamed {
             prefix,
             queued: Mutex::new(Vec::new()),
             pieces: Some(tx),
-            writer: Some(Writer { pid, thread }),
+            writer: Some(Writer {
+                pid,
+                thread,
+                done: Mutex::new(done),
+                timeout,
+            }),
         }
     }
 
@@ -252,5 +278,78 @@ impl<E: Send> Feed for StreamFeed<E> {
         if let Some(stream) = self.stream.get() {
             stream.piece(index, text);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fed(program: &str, args: &[&str]) -> Fed {
+        let path = l3agent_process::find_program(program).unwrap();
+        l3agent_process::start(&path, args, None, Duration::from_secs(10)).unwrap()
+    }
+
+    fn gone(pid: u32) -> bool {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap());
+        nix::sys::signal::kill(pid, None).is_err()
+    }
+
+    /// Pieces arriving out of order are written in order after the prefix; the text known at
+    /// the end is exactly what the process read, and the rest follows it.
+    #[test]
+    fn pieces_are_written_in_order_and_the_rest_follows() {
+        let s = Streamed::start(
+            fed("cat", &[]),
+            Family::V4,
+            "*filter\n".into(),
+            Duration::from_secs(10),
+        );
+        for i in [2, 0, 3, 1] {
+            s.piece(i, format!("-A c{i}\n"));
+        }
+        let (text, writer) = s.end().unwrap();
+        assert_eq!(text, "*filter\n-A c0\n-A c1\n-A c2\n-A c3\n");
+        let out = writer.written().unwrap().finish(b"COMMIT\n").unwrap();
+        assert_eq!(out.stdout, format!("{text}COMMIT\n"));
+    }
+
+    /// A piece after a missing one is neither written nor counted as written.
+    #[test]
+    fn a_gap_stops_the_text_where_the_writing_stops() {
+        let s = Streamed::start(
+            fed("cat", &[]),
+            Family::V4,
+            "h\n".into(),
+            Duration::from_secs(10),
+        );
+        s.piece(0, "a\n".into());
+        s.piece(2, "c\n".into());
+        let (text, writer) = s.end().unwrap();
+        assert_eq!(text, "h\na\n");
+        assert_eq!(writer.written().unwrap().finish(b"").unwrap().stdout, text);
+    }
+
+    /// Dropped without being ended (an invalid file), the restore is killed and reaped, even
+    /// while a write is blocked on a full pipe; a restore that stops reading is killed after
+    /// the time limit.
+    #[test]
+    fn a_stream_dropped_or_stuck_kills_its_process() {
+        let f = fed("sleep", &["30"]);
+        let pid = f.id();
+        let s = Streamed::start(f, Family::V4, String::new(), Duration::from_secs(10));
+        s.piece(0, "x".repeat(1 << 20));
+        drop(s);
+        assert!(gone(pid));
+
+        let f = fed("sleep", &["30"]);
+        let pid = f.id();
+        let s = Streamed::start(f, Family::V4, String::new(), Duration::from_millis(200));
+        s.piece(0, "x".repeat(1 << 20));
+        let (_, writer) = s.end().unwrap();
+        let fed = writer.written().unwrap();
+        let out = fed.finish(b"").unwrap();
+        assert_eq!(out.code, None, "killed by a signal");
+        assert!(gone(pid));
     }
 }
