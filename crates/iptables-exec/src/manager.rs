@@ -112,8 +112,8 @@ impl<R: Runner> Manager<R> {
 
     /// Gives the next [`Manager::apply`] a restore of its family already fed the start of its
     /// input (see [`crate::stream`]): if the plan can begin with exactly that, the restore gets
-    /// the rest; otherwise it is killed unapplied and the plan restored as usual. Not used by
-    /// that apply, it is killed when the manager drops it.
+    /// the rest; otherwise it is killed unapplied and the plan restored as usual. That apply
+    /// restores its family first, and kills the restore if it does not use it.
     pub fn attach_stream(&mut self, stream: Streamed) {
         self.stream = Some(stream);
     }
@@ -309,6 +309,10 @@ impl<R: Runner> Manager<R> {
     /// and makes the next apply resync from the kernel.
     pub fn apply(&mut self) -> Result<ApplyReport, ApplyError> {
         let mut report = ApplyReport::default();
+        // A streamed restore lives only through this apply (any return kills it), and its
+        // family goes first: a legacy restore holds the xtables lock from its start, so another
+        // family's restore must not wait behind one that is still being fed.
+        let mut stream = self.stream.take();
         if self.deferred > 0 {
             report.deferred = true;
             return Ok(report);
@@ -319,6 +323,9 @@ impl<R: Runner> Manager<R> {
             .into_iter()
             .filter(|f| self.committed[f.index()].is_none() || !self.model.dirty(*f).is_empty())
             .collect();
+        let first = stream.as_ref().map(Streamed::family);
+        let mut families = families;
+        families.sort_by_key(|f| Some(*f) != first);
         if families.is_empty() {
             return Ok(report);
         }
@@ -403,8 +410,7 @@ impl<R: Runner> Manager<R> {
             }
             // A streamed restore: its input is known now (the writer may still be writing it),
             // so the plan is reordered and rendered meanwhile.
-            let led = self
-                .stream
+            let led = stream
                 .take_if(|s| s.family() == family)
                 .and_then(Streamed::end)
                 .and_then(|(written, writer)| {

@@ -234,3 +234,53 @@ fn a_large_cold_apply_is_streamed_and_a_file_invalid_at_its_end_applies_nothing(
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+/// On legacy a restore holds the xtables lock from its start: a streamed IPv6 table's restore
+/// is finished before IPv4's restore starts, which would otherwise wait for the lock until it
+/// gave up.
+#[test]
+fn a_streamed_ipv6_table_does_not_hold_up_ipv4_on_legacy() {
+    let ns = TestNs::new("stream6");
+    let dir = scratch("stream6");
+    // The IPv6 filter table exists (legacy streams only into an existing table).
+    ns.ok(&[
+        "ip6tables-legacy",
+        "-A",
+        "OUTPUT",
+        "-d",
+        "2001:db8::9/128",
+        "-j",
+        "ACCEPT",
+    ]);
+    let mut rules = Vec::new();
+    for c in 0..25 {
+        rules.push(serde_json::json!({"chain": "FORWARD", "rule": format!("-j $c{c}")}));
+        for r in 0..100 {
+            let i = c * 100 + r;
+            rules.push(serde_json::json!({
+                "chain": format!("c{c}"),
+                "rule": format!("-s 2001:db8::{:x}/128 -p tcp -m tcp --dport {} -j ACCEPT", i, 1024 + i / 256),
+            }));
+        }
+    }
+    let chains: Vec<String> = (0..25).map(|c| format!("c{c}")).collect();
+    let file = dir.join("rules.json");
+    std::fs::write(
+        &file,
+        serde_json::json!({
+            "wrap_name": "l3agent",
+            "ipv4": {"filter": {"chains": ["v4"], "rules": [{"chain": "v4", "rule": "-s 192.0.2.1/32 -j DROP"}]}},
+            "ipv6": {"filter": {"chains": chains, "rules": rules}},
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let report = apply(&file, &ns, "legacy", &dir.join("state"));
+    assert_eq!(report["streamed"], true, "{report}");
+    assert!(ns
+        .save("legacy", false)
+        .contains("-A l3agent-v4 -s 192.0.2.1/32 -j DROP\n"));
+    let v6 = ns.save("legacy", true);
+    assert_eq!(v6.matches("-A l3agent-c").count(), 2500, "{v6}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
