@@ -88,6 +88,26 @@ impl Drop for Topology {
         if let Some((dir, _)) = &self.alternatives {
             let _ = std::fs::remove_dir_all(dir);
         }
+        // What tests put beside the state directory: configs (`<state>.<n>.json`), the
+        // metadata proxy's socket directory (`<state>.md`).
+        let (Some(dir), Some(name)) = (
+            self.state.parent(),
+            self.state.file_name().and_then(|n| n.to_str()),
+        ) else {
+            return;
+        };
+        let prefix = format!("{name}.");
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if e.file_name()
+                .to_str()
+                .is_some_and(|f| f.starts_with(&prefix))
+            {
+                let _ = match e.file_type() {
+                    Ok(t) if t.is_dir() => std::fs::remove_dir_all(e.path()),
+                    _ => std::fs::remove_file(e.path()),
+                };
+            }
+        }
     }
 }
 
