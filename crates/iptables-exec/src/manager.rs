@@ -317,14 +317,13 @@ impl<R: Runner> Manager<R> {
             report.deferred = true;
             return Ok(report);
         }
-        let families: Vec<Family> = self
+        let mut families: Vec<Family> = self
             .model
             .families()
             .into_iter()
             .filter(|f| self.committed[f.index()].is_none() || !self.model.dirty(*f).is_empty())
             .collect();
         let first = stream.as_ref().map(Streamed::family);
-        let mut families = families;
         families.sort_by_key(|f| Some(*f) != first);
         if families.is_empty() {
             return Ok(report);

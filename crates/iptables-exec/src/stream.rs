@@ -21,7 +21,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use l3agent_iptables::{Family, Feed, IptablesModel, RuleSpec, Table};
-use l3agent_process::Fed;
+use l3agent_process::{Fed, Killer};
 
 use crate::applied::OneShot;
 
@@ -45,11 +45,11 @@ pub struct Streamed {
     writer: Option<Writer>,
 }
 
-/// The thread writing a streamed restore's input, and the restore's pid (to kill it while a
+/// The thread writing a streamed restore's input, and what kills the restore (while a
 /// write may be blocked on a full pipe: the child is not reaped before the thread ends).
 #[derive(Debug)]
 pub struct Writer {
-    pid: u32,
+    killer: Killer,
     thread: JoinHandle<Fed>,
     /// Told when the thread is done writing (in a mutex: the stream is shared with the model
     /// build's threads, which never touch it).
@@ -68,23 +68,14 @@ impl Writer {
             .unwrap_or_else(|e| e.into_inner())
             .recv_timeout(self.timeout);
         if finished.is_err() {
-            self.signal();
+            self.killer.kill();
         }
         self.thread.join().ok()
     }
 
-    fn signal(&self) {
-        if let Ok(pid) = i32::try_from(self.pid) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    }
-
     /// Kills the restore (nothing it was given is applied) and reaps it.
     pub fn kill(self) {
-        self.signal();
+        self.killer.kill();
         if let Ok(fed) = self.thread.join() {
             fed.abort();
         }
@@ -105,7 +96,7 @@ impl Streamed {
     /// Writes `prefix` to `fed`, then each piece in index order, on a thread of its own (a full
     /// pipe blocks it, never the model build).
     pub(crate) fn start(fed: Fed, family: Family, prefix: String, timeout: Duration) -> Streamed {
-        let pid = fed.id();
+        let killer = fed.killer();
         let (tx, rx) = mpsc::channel::<(usize, Arc<str>)>();
         let (done_tx, done) = mpsc::channel();
         let head = prefix.clone();
@@ -133,7 +124,7 @@ impl Streamed {
             queued: Mutex::new(Vec::new()),
             pieces: Some(tx),
             writer: Some(Writer {
-                pid,
+                killer,
                 thread,
                 done: Mutex::new(done),
                 timeout,

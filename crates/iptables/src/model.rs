@@ -944,8 +944,7 @@ impl IptablesModel {
         if let Some(existing) = chain
             .all_mut()
             .flat_map(|v| v.iter_mut())
-            .filter(|_| copy)
-            .find(|r| r.hash == rule.hash)
+            .find(|r| copy && r.hash == rule.hash)
         {
             existing.refs += 1;
             return Ok(());

@@ -27,15 +27,30 @@ fn scratch(tag: &str) -> PathBuf {
     d
 }
 
-/// `iptables apply --json` in a fresh process; the JSON report.
-fn apply(rules: &Path, ns: &TestNs, be: &str, state: &Path) -> serde_json::Value {
-    let o = Command::new(env!("CARGO_BIN_EXE_l3agent"))
-        .args(["iptables", "apply", "--json", "--rules"])
+/// `iptables apply [extra...] --rules RULES` in a fresh process, logging at `log`.
+fn run_apply(
+    rules: &Path,
+    ns: &TestNs,
+    be: &str,
+    state: &Path,
+    extra: &[&str],
+    log: &str,
+) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_l3agent"))
+        .args(["iptables", "apply"])
+        .args(extra)
+        .arg("--rules")
         .arg(rules)
         .args(["--netns", &ns.name, "--backend", be, "--state-dir"])
         .arg(state)
+        .env("L3AGENT_LOG", log)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// `iptables apply --json` in a fresh process; the JSON report.
+fn apply(rules: &Path, ns: &TestNs, be: &str, state: &Path) -> serde_json::Value {
+    let o = run_apply(rules, ns, be, state, &["--json"], "warn");
     assert_eq!(
         o.status.code(),
         Some(0),
@@ -178,14 +193,7 @@ fn a_large_cold_apply_is_streamed_and_a_file_invalid_at_its_end_applies_nothing(
 
         let bad = dir.join("bad.json");
         std::fs::write(&bad, large(40, Some("-s 198.51.100.300/32 -j ACCEPT"))).unwrap();
-        let o = Command::new(env!("CARGO_BIN_EXE_l3agent"))
-            .args(["iptables", "apply", "--rules"])
-            .arg(&bad)
-            .args(["--netns", &ns.name, "--backend", be, "--state-dir"])
-            .arg(&state)
-            .env("L3AGENT_LOG", "l3agent_iptables_exec=debug")
-            .output()
-            .unwrap();
+        let o = run_apply(&bad, &ns, be, &state, &[], "l3agent_iptables_exec=debug");
         let stderr = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(2), "{be}: {stderr}");
         assert!(stderr.contains("198.51.100.300"), "{be}: {stderr}");
@@ -201,13 +209,7 @@ fn a_large_cold_apply_is_streamed_and_a_file_invalid_at_its_end_applies_nothing(
 
         let good = dir.join("good.json");
         std::fs::write(&good, large(40, None)).unwrap();
-        let first = Command::new(env!("CARGO_BIN_EXE_l3agent"))
-            .args(["iptables", "apply", "--json", "--check", "--rules"])
-            .arg(&good)
-            .args(["--netns", &ns.name, "--backend", be, "--state-dir"])
-            .arg(&state)
-            .output()
-            .unwrap();
+        let first = run_apply(&good, &ns, be, &state, &["--json", "--check"], "warn");
         assert_eq!(
             first.status.code(),
             Some(0),

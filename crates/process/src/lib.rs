@@ -116,6 +116,23 @@ pub struct Fed {
     timeout: Duration,
 }
 
+/// Kills one started process by its id: valid until the process is reaped, which for a [`Fed`]
+/// is at [`Fed::finish`] or [`Fed::abort`] (and for [`run`] after its kill).
+#[derive(Debug, Clone, Copy)]
+pub struct Killer(u32);
+
+impl Killer {
+    /// SIGKILL.
+    pub fn kill(self) {
+        if let Ok(pid) = i32::try_from(self.0) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
 /// Starts `program args...` like [`run`] (argv only, inside `netns`), its standard input a pipe
 /// the caller writes with [`Fed::write`] and closes with [`Fed::finish`] (or drops with
 /// [`Fed::abort`]).
@@ -151,9 +168,14 @@ impl Fed {
         }
     }
 
-    /// The process id (for a kill from another thread while a write blocks).
+    /// The process id.
     pub fn id(&self) -> u32 {
         self.child.id()
+    }
+
+    /// What kills the process from another thread (while a write to it may be blocked).
+    pub fn killer(&self) -> Killer {
+        Killer(self.child.id())
     }
 
     /// Writes `rest`, closes the input and waits for the process to exit (killed past the
@@ -304,12 +326,7 @@ fn wait_bounded<T: Send + 'static>(
             Ok(r)
         }
         Err(_) => {
-            if let Ok(pid) = i32::try_from(pid) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
+            Killer(pid).kill();
             let _ = waiter.join();
             Err(ProcessError::Timeout {
                 program: name.to_owned(),

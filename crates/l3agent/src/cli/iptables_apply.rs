@@ -132,7 +132,7 @@ pub fn run(a: ApplyArgs) -> Result<(), Failure> {
     // current record), a large table it does not hold yet is streamed into its restore while
     // the rest of the file is read (see l3agent_iptables_exec::stream; nothing commits before
     // the whole file is valid).
-    let stream = !a.dry_run && begun.as_ref().is_ok_and(OneShot::will_save);
+    let feeding = !a.dry_run && begun.as_ref().is_ok_and(OneShot::will_save);
     let (feed, read_to) = StreamFeed::<Failure>::new();
     let (model, begun, stream, digest) = std::thread::scope(|s| {
         let reader = s.spawn(|| {
@@ -148,7 +148,7 @@ pub fn run(a: ApplyArgs) -> Result<(), Failure> {
         let help = Help {
             threads,
             standby: Some(&standby),
-            feed: stream.then_some(&feed as &dyn Feed),
+            feed: feeding.then_some(&feed as &dyn Feed),
         };
         let model = model_of(&a.rules, &bytes, help).map(|m| {
             let digest = m.digest();
