@@ -16,7 +16,7 @@
 //! (default `br-int`) through the OVSDB at `agent.ovsdb` (`unix:PATH`, default
 //! `unix:/run/openvswitch/db.sock`). The settings of the driver not chosen are refused.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -125,8 +125,10 @@ pub struct AgentDoc {
     /// Where allocator and state files live.
     pub state_path: PathBuf,
     /// Network id → Linux bridge in l3agent's own namespace (`linuxbridge` driver only).
+    /// Shared: a host of 1,000 networks has 1,000 of them, which a config rebuilt around one
+    /// changed router dict keeps without copying.
     #[serde(default)]
-    pub bridges: BTreeMap<String, String>,
+    pub bridges: Arc<BTreeMap<String, String>>,
     /// `linuxbridge` (absent) or `openvswitch`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interface_driver: Option<InterfaceDriver>,
@@ -693,7 +695,7 @@ pub struct Agent {
     /// State directory.
     pub state_path: PathBuf,
     /// Network id → bridge (`linuxbridge` driver; empty with `openvswitch`).
-    pub bridges: BTreeMap<NetworkId, IfName>,
+    pub bridges: Arc<BTreeMap<NetworkId, IfName>>,
     /// How router ports are plugged.
     pub interface_driver: InterfaceDriver,
     /// The integration bridge and its database (`Some` exactly with `openvswitch`).
@@ -1827,6 +1829,92 @@ fn ha_router(doc: &RouterDoc, path: &str, agent: &Agent, p: &mut Problems) -> Op
     })
 }
 
+/// What one router holds that no other router of the host may hold alike: the keys
+/// [`across_routers`] indexes. Two routers can only be in conflict there if they share one
+/// of these (a floating IP is keyed as an address on its gateway's network, where it must not
+/// be another router's port address).
+#[derive(Debug, PartialEq, Eq, Hash)]
+enum Claim<'a> {
+    Address(&'a NetworkId, IpAddr),
+    HostEnd(&'a IfName),
+    FipGateway(&'a NetworkId),
+    Link(IfName),
+    Floating(Ipv4Addr),
+}
+
+/// Calls `f` with each of `r`'s claims (some twice: what matters is that none is missed).
+fn claims<'a>(r: &'a Router, agent: &Agent, mut f: impl FnMut(Claim<'a>)) {
+    let ports = r
+        .interfaces
+        .iter()
+        .chain(&r.snat_interfaces)
+        .chain(&r.fip_agent_interfaces)
+        .chain(r.gw_port.iter());
+    for port in ports {
+        for ip in &port.ips {
+            f(Claim::Address(&port.network_id, ip.addr()));
+        }
+        f(Claim::HostEnd(&port.host_dev));
+    }
+    if r.distributed {
+        for port in &r.fip_agent_interfaces {
+            f(Claim::FipGateway(&port.network_id));
+        }
+        if agent.is_dvr() {
+            f(Claim::Link(names::device("fpr-", r.id.as_str())));
+        }
+    }
+    for fip in &r.fips {
+        f(Claim::Floating(fip.floating));
+        if let Some(gw) = &r.gw_port {
+            f(Claim::Address(&gw.network_id, IpAddr::V4(fip.floating)));
+        }
+    }
+}
+
+/// [`across_routers`] for a new version of a valid host config, where `reused[k]` says that
+/// `routers[k]` is the config in force's own, unchanged: any problem between routers then
+/// involves a router that changed, and another router sharing one of its [`Claim`]s. Those
+/// routers alone are checked (at 1,000 routers an agent's reload for one router's edit reads
+/// every router's claims once, and indexes a handful); if they hold any problem, the whole
+/// set is checked, so that every problem, its path and its order are [`across_routers`]'s.
+fn across_routers_since(
+    routers: &[(usize, &Router)],
+    reused: &[bool],
+    agent: &Agent,
+    p: &mut Problems,
+) {
+    let mut changed: HashSet<Claim<'_>> = HashSet::new();
+    for (&(_, r), same) in routers.iter().zip(reused) {
+        if !same {
+            claims(r, agent, |c| {
+                changed.insert(c);
+            });
+        }
+    }
+    if changed.is_empty() {
+        // Routers of a valid config, fewer or the same: nothing new to be in conflict.
+        return;
+    }
+    let involved: Vec<(usize, &Router)> = routers
+        .iter()
+        .zip(reused)
+        .filter(|(&(_, r), same)| {
+            let mut shares = !**same;
+            if !shares {
+                claims(r, agent, |c| shares = shares || changed.contains(&c));
+            }
+            shares
+        })
+        .map(|(x, _)| *x)
+        .collect();
+    let mut found = Problems::default();
+    across_routers(&involved, agent, &mut found);
+    if !found.0.is_empty() {
+        across_routers(routers, agent, p);
+    }
+}
+
 /// Checks between the routers of one host: names that collide after truncation (host ends
 /// `tap` + 11 id characters, and `rfp-`/`fpr-` + 10 router id characters, B-10), one FIP
 /// gateway port per external network, and a floating IP in one router only. `routers` are
@@ -2111,7 +2199,7 @@ impl ConfigDoc {
             p.add("agent.state_path", why);
         }
         let mut bridges = BTreeMap::new();
-        for (net, br) in &self.agent.bridges {
+        for (net, br) in self.agent.bridges.iter() {
             let Some(net) = p.check(NetworkId::new("agent.bridges", net)) else {
                 continue;
             };
@@ -2132,7 +2220,7 @@ impl ConfigDoc {
             mode: self.agent.mode,
             host: self.agent.host.clone(),
             state_path: self.agent.state_path.clone(),
-            bridges,
+            bridges: Arc::new(bridges),
             interface_driver,
             ovs,
             metadata,
@@ -2149,7 +2237,12 @@ impl ConfigDoc {
         in_force: Option<&HostConfig>,
     ) -> Result<(Agent, Vec<Router>), Vec<ConfigError>> {
         let mut p = Problems::default();
-        let agent = self.agent(&mut p);
+        // The agent section's checks depend on it alone: the same section as the config in
+        // force's is its validated form.
+        let agent = match in_force {
+            Some(cfg) if cfg.doc.agent == self.agent => cfg.agent.clone(),
+            _ => self.agent(&mut p),
+        };
         // The routers of `in_force` by id, with the dict each was validated from: only under
         // the same agent section, and only where its routers are its document's, in order
         // (what validate makes; anything else is validated in full).
@@ -2172,6 +2265,8 @@ impl ConfigDoc {
         };
         let mut routers = Vec::with_capacity(self.routers.len());
         let mut indices = Vec::with_capacity(self.routers.len());
+        // Per router kept: whether it is `in_force`'s own (its dict unchanged).
+        let mut reused = Vec::with_capacity(self.routers.len());
         let mut ids: HashMap<&str, usize> = HashMap::with_capacity(self.routers.len());
         for (i, doc) in self.routers.iter().enumerate() {
             if let Some(first) = ids.insert(doc.id.as_str(), i) {
@@ -2182,16 +2277,21 @@ impl ConfigDoc {
                 continue;
             }
             let checked = match previous.get(doc.id.as_str()) {
-                Some((before, r)) if *before == doc => Some((*r).clone()),
-                _ => router(doc, &format!("routers[{i}]"), &agent, &mut p),
+                Some((before, r)) if *before == doc => Some(((*r).clone(), true)),
+                _ => router(doc, &format!("routers[{i}]"), &agent, &mut p).map(|r| (r, false)),
             };
-            if let Some(r) = checked {
+            if let Some((r, same)) = checked {
                 routers.push(r);
                 indices.push(i);
+                reused.push(same);
             }
         }
         let indexed: Vec<(usize, &Router)> = indices.into_iter().zip(routers.iter()).collect();
-        across_routers(&indexed, &agent, &mut p);
+        if previous.is_empty() {
+            across_routers(&indexed, &agent, &mut p);
+        } else {
+            across_routers_since(&indexed, &reused, &agent, &mut p);
+        }
         if p.0.is_empty() {
             Ok((agent, routers))
         } else {
@@ -2226,6 +2326,24 @@ mod tests {
 
     fn load(routers: &str) -> Result<HostConfig, Vec<ConfigError>> {
         load_as("legacy", routers)
+    }
+
+    /// `routers` validated since `in_force` (under the `mode` agent), asserted to be what a
+    /// full validation gives.
+    fn since_as(
+        mode: &str,
+        routers: &str,
+        in_force: &HostConfig,
+    ) -> Result<HostConfig, Vec<ConfigError>> {
+        let text = format!("{{{}, \"routers\": [{routers}]}}", agent_json(mode));
+        let doc: ConfigDoc = serde_json::from_str(&text).unwrap();
+        let since = doc.clone().validate_since(in_force);
+        match (&since, &doc.validate()) {
+            (Ok(a), Ok(b)) => assert_eq!(a.routers, b.routers),
+            (Err(a), Err(b)) => assert_eq!(a, b),
+            (a, b) => panic!("since: {a:?}\nfull: {b:?}"),
+        }
+        since
     }
 
     fn errors(r: Result<HostConfig, Vec<ConfigError>>) -> Vec<String> {
@@ -2443,10 +2561,14 @@ mod tests {
             ]
         );
         // The agent gateway port is shared: no host end collision for it.
-        b["id"] = "0b221852-b000-0000-0000-000000000000".into();
-        let cfg = load_as("dvr", &format!("{a},{b}")).unwrap();
+        let mut fine = b.clone();
+        fine["id"] = "0b221852-b000-0000-0000-000000000000".into();
+        let cfg = load_as("dvr", &format!("{a},{fine}")).unwrap();
         assert_eq!(cfg.routers.len(), 2);
         assert!(cfg.agent.is_dvr());
+        // The same collision made by an edit of one router of a valid config in force.
+        let e = since_as("dvr", &format!("{a},{b}"), &cfg).unwrap_err();
+        assert_eq!(e.len(), 1);
     }
 
     #[test]
@@ -2460,6 +2582,17 @@ mod tests {
         b["gw_port"]["id"] = "90000000-0000-0000-0000-000000000000".into();
         b["_floatingip_agent_interfaces"][0]["id"] = "80000000-0000-0000-0000-000000000000".into();
         renumber(&mut b, 5);
+        // Valid while b's agent gateway port is a's; an edit of b alone that gives it
+        // another one is refused as a full validation refuses it.
+        let mut shared = b.clone();
+        shared["_floatingip_agent_interfaces"] = a["_floatingip_agent_interfaces"].clone();
+        let in_force = load_as("dvr_snat", &format!("{a},{shared}")).unwrap();
+        assert_eq!(
+            since_as("dvr_snat", &format!("{a},{b}"), &in_force)
+                .unwrap_err()
+                .len(),
+            1
+        );
         let text = errors(load_as("dvr_snat", &format!("{a},{b}")));
         assert_eq!(
             text,
@@ -2605,9 +2738,7 @@ mod tests {
         // A changed agent section is validated with every router again: an unchanged router
         // whose gateway network lost its bridge is refused.
         let mut doc = doc_of(&[a.clone(), b.clone()]);
-        doc.agent
-            .bridges
-            .remove("65566f91-133a-44ff-87f5-ecffc1193d3d");
+        Arc::make_mut(&mut doc.agent.bridges).remove("65566f91-133a-44ff-87f5-ecffc1193d3d");
         let e = both_ways(doc, &in_force).unwrap_err();
         for r in 0..2 {
             let missing = format!(
@@ -2652,7 +2783,22 @@ mod tests {
         other_bridge["routes"] = serde_json::json!([]);
         other_bridge["gw_port"]["id"] = "c1000000-0000-0000-0000-000000000000".into();
         renumber(&mut other_bridge, 8);
-        let pool = [a, b, same_fip, same_tap, bad_mac, other_bridge];
+        // A floating IP that is the other router's gateway address, and a gateway address
+        // that is the other router's.
+        let mut fip_on_port = b.clone();
+        fip_on_port["_floatingips"][0]["floating_ip_address"] = "203.0.113.4".into();
+        let mut same_address = b.clone();
+        same_address["gw_port"]["fixed_ips"][0]["ip_address"] = "203.0.113.4".into();
+        let pool = [
+            a,
+            b,
+            same_fip,
+            same_tap,
+            bad_mac,
+            other_bridge,
+            fip_on_port,
+            same_address,
+        ];
         let mut lists: Vec<Vec<serde_json::Value>> = vec![Vec::new()];
         for _ in 0..3 {
             let longer: Vec<Vec<serde_json::Value>> = lists
@@ -2674,9 +2820,7 @@ mod tests {
         let (mut ok, mut refused) = (0, 0);
         for doc in &docs {
             let mut narrower = doc.clone();
-            narrower
-                .agent
-                .bridges
+            Arc::make_mut(&mut narrower.agent.bridges)
                 .remove("c6910e18-fb1f-4988-9af4-211a8c2e2926");
             for doc in [doc, &narrower] {
                 for cfg in &in_force {

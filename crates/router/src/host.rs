@@ -36,7 +36,7 @@ use l3agent_ovsdb::OvsdbError;
 use l3agent_supervise::Service;
 use l3agent_types::{IfName, NetnsName, RouterId};
 use serde::Serialize;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::change::Change;
 use crate::compile::{self, HostFacts};
@@ -45,6 +45,7 @@ use crate::diff::diff;
 use crate::error::RouterError;
 use crate::exec::execute;
 use crate::kernel::{Firewall, Kernel};
+use crate::laps::Laps;
 use crate::observe::{observe, BridgePorts};
 use crate::records::{self, Records, State};
 use crate::spec::{names, DeviceKind, HaState, HostSpec, NsKind};
@@ -241,6 +242,7 @@ fn converge_unit(
 ) -> (Vec<Change>, Option<RouterError>) {
     let (kernel, firewall) = sides;
     let mut all = Vec::new();
+    let mut laps = Laps::start();
     for ns in names {
         let observed = match observe(
             kernel.as_mut(),
@@ -254,20 +256,24 @@ fn converge_unit(
             Ok(o) => o,
             Err(e) => return (all, Some(e)),
         };
+        laps.lap("observe");
         if let Some(ns_spec) = spec.namespaces.get(ns) {
             read.ha_state = read.ha_state.or(crate::diff::ha_state(ns_spec, &observed));
             read.daemons
                 .extend(crate::diff::wanted_daemons(ns_spec, &observed));
         }
         let changes = diff(spec, ns, &observed);
+        laps.lap("diff");
         if execute_it {
             if let Err(e) = execute(kernel.as_mut(), firewall.as_mut(), spec, &changes) {
                 all.extend(changes);
                 return (all, Some(e));
             }
         }
+        laps.lap("execute");
         all.extend(changes);
     }
+    debug!(%laps, "unit steps");
     (all, None)
 }
 
@@ -366,12 +372,15 @@ fn run(
     execute_it: bool,
 ) -> Result<HostReport, HostError> {
     let stop = &opts.stop;
+    let mut laps = Laps::start();
     let mut sides = make()?;
+    laps.lap("sides");
     // The integration bridge's ports, read once for every router of this run.
     let bridge = match &spec.ovs {
         Some(ovs) => Some(read_bridge(sides.0.as_mut(), ovs)?),
         None => None,
     };
+    laps.lap("bridge");
     let bridge = bridge.as_ref();
     let mut report = HostReport::default();
     let mut pre: BTreeMap<String, Vec<Change>> = BTreeMap::new();
@@ -406,6 +415,7 @@ fn run(
             }
         }
     }
+    laps.lap("namespaces");
     let units = units(spec);
     // 2. Shared fip- namespaces.
     for ns in &units.fip {
@@ -496,6 +506,7 @@ fn run(
             });
         }
     });
+    laps.lap("routers");
     if let Some(e) = setup_error.into_inner().expect("lock") {
         return Err(e.into());
     }
@@ -523,9 +534,21 @@ fn run(
     if !stop.load(Ordering::SeqCst) {
         let mut removed: BTreeMap<String, Vec<Change>> = BTreeMap::new();
         let mut errors: BTreeMap<String, RouterError> = BTreeMap::new();
+        // With `only`, the namespaces of those routers (and the shared fip- ones) alone: at
+        // 1,000 routers the others are thousands of names to look at for nothing.
+        let only_ns: Option<BTreeSet<NetnsName>> = opts.only.as_ref().map(|only| {
+            only.iter()
+                .flat_map(|id| [names::router_ns(id), names::snat_ns(id)])
+                .collect()
+        });
+        let looked_at = |n: &NetnsName| {
+            only_ns
+                .as_ref()
+                .is_none_or(|o| o.contains(n) || n.as_str().starts_with("fip-"))
+        };
         for ns in recorded
             .iter()
-            .filter(|n| !spec.namespaces.contains_key(*n) && ours(n))
+            .filter(|n| looked_at(n) && !spec.namespaces.contains_key(*n) && ours(n))
         {
             let owner = owner_of(ns);
             // A router that could not be compiled keeps what it has.
@@ -595,9 +618,12 @@ fn run(
             });
         }
     }
+    laps.lap("removals");
     if execute_it {
         sides.0.settle(std::time::Duration::from_secs(10));
     }
+    laps.lap("settle");
+    debug!(%laps, "run steps");
     report.interrupted = stop.load(Ordering::SeqCst);
     report.routers.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(report)
@@ -863,11 +889,15 @@ pub fn apply(
     opts: &ApplyOptions,
     make: Factory<'_>,
 ) -> Result<HostReport, HostError> {
+    let mut laps = Laps::start();
     preflight(cfg, opts.only.as_ref(), make)?;
+    laps.lap("preflight");
     let state = State::open(&cfg.agent.state_path, &opts.stop)?;
     let mut records = load_records(&state, make)?;
+    laps.lap("records");
     let narrow = narrowable(cfg, &records, opts.only.as_ref());
     let (spec, needs) = compile_host(&state, cfg, &opts.facts, true, narrow)?;
+    laps.lap("compile");
     // Routers outside `only`: skipped like trusted ones, and left out of the report.
     let excluded: BTreeSet<RouterId> = match &opts.only {
         Some(only) => cfg
@@ -907,8 +937,10 @@ pub fn apply(
     if dirty {
         state.save_records(&records)?;
     }
+    laps.lap("record");
     let recorded = records.namespaces.clone();
     let mut report = run(&spec, &recorded, make, opts, &skip, true)?;
+    laps.lap("run");
     report.routers.extend(not_compiled(&spec));
     report
         .routers
@@ -953,15 +985,19 @@ pub fn apply(
         .routers
         .retain(|id, _| configured.contains(id.as_str()) && !removed.contains(id.as_str()));
     state.save_records(&records)?;
+    laps.lap("records_saved");
     state.save_applied(cfg, &opts.facts, opts.only.as_ref())?;
+    laps.lap("applied_saved");
     if !report.interrupted {
         records::collect_garbage(&state, &needs)?;
     }
+    laps.lap("gc");
     info!(
         routers = report.routers.len(),
         failed = report.failed(),
         "apply finished"
     );
+    debug!(%laps, "apply steps");
     Ok(report)
 }
 

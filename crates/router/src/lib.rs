@@ -19,6 +19,7 @@ pub mod exec;
 pub mod fake;
 pub mod host;
 pub mod kernel;
+pub mod laps;
 pub mod observe;
 pub mod records;
 pub mod spec;

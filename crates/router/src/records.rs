@@ -94,6 +94,35 @@ struct Facts {
 
 const RECORDS: &str = "records.json";
 
+/// The records this process last read or wrote, with the bytes of the file that held them:
+/// the agent reads `records.json` before every apply, and parsing and checking it again (at
+/// 1,000 routers, milliseconds an event waits for) gives what it gave the last time whenever
+/// the file holds the same bytes (what was read is always read again; a record written by
+/// another program reads as new bytes).
+#[derive(Default)]
+struct LastRecords(Option<(std::path::PathBuf, Vec<u8>, Records)>);
+
+impl LastRecords {
+    fn get(&self, path: &Path, bytes: &[u8]) -> Option<Records> {
+        match &self.0 {
+            Some((p, b, r)) if p == path && b.as_slice() == bytes => Some(r.clone()),
+            _ => None,
+        }
+    }
+
+    /// `r` must be what `bytes` reads as (sanitized, not rebuilt).
+    fn set(&mut self, path: &Path, bytes: Vec<u8>, r: &Records) {
+        let mut r = r.clone();
+        r.rebuilt = false;
+        self.0 = Some((path.to_owned(), bytes, r));
+    }
+}
+
+fn lock_last() -> std::sync::MutexGuard<'static, LastRecords> {
+    static LAST: std::sync::Mutex<LastRecords> = std::sync::Mutex::new(LastRecords(None));
+    LAST.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The state directory of one host, opened for the router layer.
 #[derive(Debug)]
 pub struct State {
@@ -179,11 +208,29 @@ impl State {
     /// candidates of a rebuild with [`Records::rebuilt`] set: the caller keeps those of its
     /// namespaces that exist (`host` asks its kernel).
     pub fn records(&self) -> Result<Records, HostError> {
-        match self.read_json::<Records>(RECORDS) {
-            Ok(Some(mut r)) => {
-                r.sanitize(&self.path.join(RECORDS));
-                Ok(r)
+        let path = self.path.join(RECORDS);
+        let read = match &self.dir {
+            Some(d) => d.read(RECORDS),
+            None => Ok(None),
+        };
+        let parsed = read.and_then(|bytes| match bytes {
+            None => Ok(None),
+            Some(bytes) => {
+                if let Some(r) = lock_last().get(&path, &bytes) {
+                    return Ok(Some(r));
+                }
+                let mut r: Records =
+                    serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt {
+                        path: path.clone(),
+                        reason: format!("not valid JSON of the expected shape: {e}"),
+                    })?;
+                r.sanitize(&path);
+                lock_last().set(&path, bytes, &r);
+                Ok(Some(r))
             }
+        });
+        match parsed {
+            Ok(Some(r)) => Ok(r),
             Ok(None) => self.rebuild(),
             Err(StateError::Corrupt { path, reason }) => {
                 warn!(path = %path.display(), %reason, "records corrupt: rebuilding them from the applied records and the kernel");
@@ -231,13 +278,21 @@ impl State {
     /// writes them before its first kernel change: an fsync there is milliseconds added to
     /// every event of the agent.
     pub fn save_records(&self, r: &Records) -> Result<(), HostError> {
-        Ok(self.dir()?.write_json_volatile(RECORDS, r)?)
+        let mut bytes = serde_json::to_vec(r).map_err(|e| StateError::Encode {
+            path: self.path.join(RECORDS),
+            reason: e.to_string(),
+        })?;
+        bytes.push(b'\n');
+        self.dir()?.write_volatile(RECORDS, &bytes)?;
+        lock_last().set(&self.path.join(RECORDS), bytes, r);
+        Ok(())
     }
 
     /// Saves what was applied: the agent section, the facts, and every router whose record
     /// is missing or whose dict changed; removes the records of routers no longer there.
-    /// With `only`, the routers outside it were not applied: a record they have stays as it
-    /// is (not even read; at 1,000 routers that is most of an agent event's writing).
+    /// With `only`, the routers outside it were not applied: their records are not looked at
+    /// (not even listed: at 1,000 routers that was most of an agent event's writing); those
+    /// of the routers in it are written, or removed if they are no longer configured.
     pub fn save_applied(
         &self,
         cfg: &HostConfig,
@@ -251,31 +306,49 @@ impl State {
                 random_fully: facts.random_fully,
             },
         )?;
+        let record = |id: &str| format!("applied/router-{id}.json");
+        if let Some(only) = only {
+            let docs: BTreeMap<&str, &RouterDoc> = cfg
+                .doc
+                .routers
+                .iter()
+                .filter(|r| only.iter().any(|id| id.as_str() == r.id))
+                .map(|r| (r.id.as_str(), r))
+                .collect();
+            for id in only {
+                match docs.get(id.as_str()) {
+                    Some(r) => self.write_router(&record(&r.id), r)?,
+                    None => {
+                        self.dir()?.remove(&record(id.as_str()))?;
+                    }
+                }
+            }
+            return Ok(());
+        }
         let present: BTreeSet<String> = self.list("applied")?.into_iter().collect();
         let mut keep = BTreeSet::new();
         for r in &cfg.doc.routers {
-            let file = format!("router-{}.json", r.id);
-            let name = format!("applied/{file}");
-            let outside = only.is_some_and(|o| !o.iter().any(|id| id.as_str() == r.id));
-            if outside && present.contains(&file) {
-                keep.insert(file);
-                continue;
-            }
-            let same = self
-                .read_json::<RouterDoc>(&name)
-                .ok()
-                .flatten()
-                .is_some_and(|old| serde_json::to_value(&old).ok() == serde_json::to_value(r).ok());
-            if !same {
-                self.dir()?.write_json(&name, r)?;
-            }
-            keep.insert(file);
+            self.write_router(&record(&r.id), r)?;
+            keep.insert(format!("router-{}.json", r.id));
         }
         for f in present
             .iter()
             .filter(|f| f.starts_with("router-") && !keep.contains(*f))
         {
             self.dir()?.remove(&format!("applied/{f}"))?;
+        }
+        Ok(())
+    }
+
+    /// Writes a router's applied record unless it already holds `r`.
+    fn write_router(&self, name: &str, r: &RouterDoc) -> Result<(), HostError> {
+        let same = self
+            .read_json::<RouterDoc>(name)
+            .ok()
+            .flatten()
+            .is_some_and(|old| serde_json::to_value(&old).ok() == serde_json::to_value(r).ok());
+        if !same {
+            self.dir()?.write_json(name, r)?;
         }
         Ok(())
     }
@@ -531,6 +604,36 @@ mod tests {
         d.remove(RECORDS).unwrap();
         assert_eq!(s.records().unwrap(), r);
         let _ = std::fs::remove_dir_all(p);
+    }
+
+    #[test]
+    fn records_read_again_are_what_the_file_holds_now() {
+        let p = dir("again");
+        let s = open(&p);
+        let mut r = Records::default();
+        r.namespaces
+            .insert(NetnsName::new("ns", &format!("qrouter-{ID}")).unwrap());
+        r.routers.insert(ID.to_owned(), "00ff".to_owned());
+        s.save_records(&r).unwrap();
+        assert_eq!(s.records().unwrap(), r);
+        assert_eq!(s.records().unwrap(), r);
+        // Another writer: its bytes are read, checked and parsed.
+        let other = serde_json::json!({"namespaces": ["victim"], "routers": {ID: ""}});
+        s.dir()
+            .unwrap()
+            .write(RECORDS, other.to_string().as_bytes())
+            .unwrap();
+        let again = s.records().unwrap();
+        assert!(again.namespaces.is_empty());
+        assert_eq!(again.routers[ID], "");
+        // The same records in another state directory are that directory's.
+        let q = dir("again-other");
+        let t = open(&q);
+        t.save_records(&r).unwrap();
+        assert_eq!(s.records().unwrap(), again);
+        assert_eq!(t.records().unwrap(), r);
+        let _ = std::fs::remove_dir_all(p);
+        let _ = std::fs::remove_dir_all(q);
     }
 
     #[test]

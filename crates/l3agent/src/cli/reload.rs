@@ -25,6 +25,7 @@ impl Reloader {
         path: &Path,
         in_force: Option<&HostConfig>,
     ) -> Result<HostConfig, Failure> {
+        let mut laps = l3agent_router::laps::Laps::start();
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         let json = l3agent_doc::Format::of(path) == l3agent_doc::Format::Json;
         // What was kept is of no use unless it is the config in force.
@@ -38,6 +39,7 @@ impl Reloader {
                 return Err(doc_failure(path, &e));
             }
         };
+        laps.lap("read");
         let loaded = match (&kept, in_force) {
             (Some((index, _)), Some(in_force)) => match index.splice(bytes) {
                 // The file as it was: the config in force, and what was kept of it, stay.
@@ -46,12 +48,18 @@ impl Reloader {
                     return Ok(in_force.clone());
                 }
                 Splice::One { index, text, next } => {
+                    laps.lap("splice");
                     match serde_json::from_slice::<RouterDoc>(&next.bytes()[text]) {
                         Ok(router) => {
-                            tracing::debug!(router = index, "one router dict changed: read alone");
+                            laps.lap("parse");
                             let mut doc = in_force.doc.clone();
                             doc.routers[index] = router;
-                            validated(path, doc, Some(in_force)).map(|cfg| (Some(next), cfg))
+                            laps.lap("clone");
+                            let v =
+                                validated(path, doc, Some(in_force)).map(|cfg| (Some(next), cfg));
+                            laps.lap("validate");
+                            tracing::debug!(router = index, %laps, "one router dict changed: read alone");
+                            v
                         }
                         // Not one router dict: the whole document says what is wrong, and
                         // where.
