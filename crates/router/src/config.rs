@@ -1829,17 +1829,15 @@ fn ha_router(doc: &RouterDoc, path: &str, agent: &Agent, p: &mut Problems) -> Op
     })
 }
 
-/// What one router holds that no other router of the host may hold alike: the keys
-/// [`across_routers`] indexes. Two routers can only be in conflict there if they share one
-/// of these (a floating IP is keyed as an address on its gateway's network, where it must not
-/// be another router's port address).
+/// What one router holds that no other router of the host may hold alike, coarsely: two
+/// routers can only be in conflict in [`across_routers`] if they share one of these (an
+/// address, whatever its network, and a floating IP as an address; a host device, `fpr-`
+/// device or FIP gateway network by name). Coarser than the checks, never finer.
 #[derive(Debug, PartialEq, Eq, Hash)]
 enum Claim<'a> {
-    Address(&'a NetworkId, IpAddr),
-    HostEnd(&'a IfName),
-    FipGateway(&'a NetworkId),
+    Address(IpAddr),
+    Name(&'a str),
     Link(IfName),
-    Floating(Ipv4Addr),
 }
 
 /// Calls `f` with each of `r`'s claims (some twice: what matters is that none is missed).
@@ -1852,23 +1850,57 @@ fn claims<'a>(r: &'a Router, agent: &Agent, mut f: impl FnMut(Claim<'a>)) {
         .chain(r.gw_port.iter());
     for port in ports {
         for ip in &port.ips {
-            f(Claim::Address(&port.network_id, ip.addr()));
+            f(Claim::Address(ip.addr()));
         }
-        f(Claim::HostEnd(&port.host_dev));
+        f(Claim::Name(port.host_dev.as_str()));
     }
     if r.distributed {
         for port in &r.fip_agent_interfaces {
-            f(Claim::FipGateway(&port.network_id));
+            f(Claim::Name(port.network_id.as_str()));
         }
         if agent.is_dvr() {
             f(Claim::Link(names::device("fpr-", r.id.as_str())));
         }
     }
     for fip in &r.fips {
-        f(Claim::Floating(fip.floating));
-        if let Some(gw) = &r.gw_port {
-            f(Claim::Address(&gw.network_id, IpAddr::V4(fip.floating)));
+        f(Claim::Address(IpAddr::V4(fip.floating)));
+    }
+}
+
+/// FxHash's mixing (rustc's own hasher): the claims of 1,000 routers are hashed on every
+/// reload, and SipHash's resistance to chosen keys buys nothing for a set of a few dozen
+/// that lives for one call.
+#[derive(Default)]
+struct FxHasher(u64);
+
+impl std::hash::Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
         }
+    }
+    fn write_u8(&mut self, n: u8) {
+        self.add(u64::from(n));
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.add(u64::from(n));
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+impl FxHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
     }
 }
 
@@ -1884,7 +1916,8 @@ fn across_routers_since(
     agent: &Agent,
     p: &mut Problems,
 ) {
-    let mut changed: HashSet<Claim<'_>> = HashSet::new();
+    let mut changed: HashSet<Claim<'_>, std::hash::BuildHasherDefault<FxHasher>> =
+        HashSet::default();
     for (&(_, r), same) in routers.iter().zip(reused) {
         if !same {
             claims(r, agent, |c| {

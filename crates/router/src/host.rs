@@ -924,18 +924,23 @@ pub fn apply(
     // - a router whose dict changed loses its fingerprint ("" = not applied): a change cut
     //   short is never taken for its old, converged state (`--changed-only` would trust it).
     let wanted: BTreeSet<NetnsName> = spec.namespaces.keys().cloned().collect();
-    let mut dirty = !wanted.is_subset(&records.namespaces);
+    //   With no namespace to add, only the voided fingerprints are written (a small record
+    //   of their own), not every router's.
+    let new_namespaces = !wanted.is_subset(&records.namespaces);
     records.namespaces.extend(wanted.iter().cloned());
+    let mut voided = Vec::new();
     for r in cfg.routers.iter().filter(|r| !skip.contains(&r.id)) {
         if let Some(fp) = records.routers.get_mut(r.id.as_str()) {
             if !fp.is_empty() && *fp != records::fingerprint(r) {
                 fp.clear();
-                dirty = true;
+                voided.push(r.id.as_str());
             }
         }
     }
-    if dirty {
+    if new_namespaces {
         state.save_records(&records)?;
+    } else if !voided.is_empty() {
+        state.void_fingerprints(&voided)?;
     }
     laps.lap("record");
     let recorded = records.namespaces.clone();

@@ -7,6 +7,9 @@
 //!                              and per router the fingerprint of its last successful apply
 //!                              ("" = its last apply failed, or was cut short: a router's
 //!                              fingerprint is cleared BEFORE its dict's changes are made)
+//!   voided.json                routers whose fingerprints are void since records.json was
+//!                              written (a change under way: written before it, removed
+//!                              with the next records.json)
 //!   applied/agent.json         the agent section of the last apply
 //!   applied/facts.json         the host facts of the last apply (random_fully)
 //!   applied/router-<id>.json   each router's dict as last applied (rewritten when it changed)
@@ -93,6 +96,7 @@ struct Facts {
 }
 
 const RECORDS: &str = "records.json";
+const VOIDED: &str = "voided.json";
 
 /// The records this process last read or wrote, with the bytes of the file that held them:
 /// the agent reads `records.json` before every apply, and parsing and checking it again (at
@@ -230,7 +234,10 @@ impl State {
             }
         });
         match parsed {
-            Ok(Some(r)) => Ok(r),
+            Ok(Some(mut r)) => {
+                self.apply_voided(&mut r);
+                Ok(r)
+            }
             Ok(None) => self.rebuild(),
             Err(StateError::Corrupt { path, reason }) => {
                 warn!(path = %path.display(), %reason, "records corrupt: rebuilding them from the applied records and the kernel");
@@ -238,6 +245,34 @@ impl State {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Clears the fingerprints `voided.json` lists (all of them if it is unreadable: every
+    /// router is verified again).
+    fn apply_voided(&self, r: &mut Records) {
+        match self.read_json::<Vec<String>>(VOIDED) {
+            Ok(None) => {}
+            Ok(Some(ids)) => {
+                for id in ids {
+                    if let Some(fp) = r.routers.get_mut(&id) {
+                        fp.clear();
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "voided fingerprints unreadable: every router is verified again");
+                r.routers.values_mut().for_each(String::clear);
+            }
+        }
+    }
+
+    /// Voids the fingerprints of `ids` before their routers' changes are made, in a record of
+    /// its own beside `records.json` (read with it, removed by the next
+    /// [`State::save_records`]): a change cut short is never taken for the router's old,
+    /// converged state, and an event does not rewrite every router's record first. Not
+    /// fsynced, like the records.
+    pub fn void_fingerprints(&self, ids: &[&str]) -> Result<(), HostError> {
+        Ok(self.dir()?.write_json_volatile(VOIDED, &ids)?)
     }
 
     /// Candidates for the namespaces l3agent made: those of the routers in `applied/`.
@@ -285,6 +320,7 @@ impl State {
         bytes.push(b'\n');
         self.dir()?.write_volatile(RECORDS, &bytes)?;
         lock_last().set(&self.path.join(RECORDS), bytes, r);
+        self.dir()?.remove(VOIDED)?;
         Ok(())
     }
 
@@ -634,6 +670,30 @@ mod tests {
         assert_eq!(t.records().unwrap(), r);
         let _ = std::fs::remove_dir_all(p);
         let _ = std::fs::remove_dir_all(q);
+    }
+
+    #[test]
+    fn voided_fingerprints_read_as_cleared_until_the_records_are_saved_again() {
+        let p = dir("voided");
+        let s = open(&p);
+        let other = "0badc0de-0000-4000-8000-000000000000";
+        let mut r = Records::default();
+        r.routers.insert(ID.to_owned(), "00ff".to_owned());
+        r.routers.insert(other.to_owned(), "11ee".to_owned());
+        s.save_records(&r).unwrap();
+        s.void_fingerprints(&[ID]).unwrap();
+        let read = s.records().unwrap();
+        assert_eq!(read.routers[ID], "");
+        assert_eq!(read.routers[other], "11ee");
+        // Read-only views see it too.
+        assert_eq!(State::inspect(&p).unwrap().records().unwrap(), read);
+        s.save_records(&r).unwrap();
+        assert!(!p.join(VOIDED).exists());
+        assert_eq!(s.records().unwrap(), r);
+        // An unreadable list voids every fingerprint.
+        s.dir().unwrap().write(VOIDED, b"{not json").unwrap();
+        assert!(s.records().unwrap().routers.values().all(String::is_empty));
+        let _ = std::fs::remove_dir_all(p);
     }
 
     #[test]

@@ -13,6 +13,8 @@
 //!   <name>                a record, 0600
 //!   <dir>/<name>          a record in a subdirectory (one level only), directories 0700
 //!   .tmp-<name>-<pid>-<n> a record being written; removed by the next `open` if left behind
+//!                         (in a subdirectory: by a process's first open, then at most once
+//!                         a minute: the agent opens the directory for every event)
 //! ```
 //!
 //! - **Names** ([`MAX_NAME_LEN`]): each component of a record name is 1 to 128 characters of
@@ -78,6 +80,7 @@
 mod check;
 mod error;
 
+use std::collections::HashMap;
 use std::fs::{self, File, Permissions};
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -504,9 +507,12 @@ impl StateDir {
     /// Removes the temporaries of dead writers (we hold the lock: no writer is alive).
     fn remove_temporaries(&self) -> Result<(), StateError> {
         let mut dirs = vec![self.path.clone()];
-        for (name, kind) in entries(&self.path, "cleaning")? {
-            if kind == Kind::Dir && valid_component(&name) {
-                dirs.push(self.path.join(name));
+        let top = entries(&self.path, "cleaning")?;
+        if subdirectories_due(&self.path) {
+            for (name, kind) in top {
+                if kind == Kind::Dir && valid_component(&name) {
+                    dirs.push(self.path.join(name));
+                }
             }
         }
         for dir in dirs {
@@ -623,6 +629,41 @@ fn entries(dir: &Path, what: &'static str) -> Result<Vec<(String, Kind)>, StateE
         }
     }
     Ok(out)
+}
+
+/// How often one process looks for leftover temporaries in the subdirectories of a state
+/// directory it opens again and again (the agent opens it for every event, and a subdirectory
+/// holds a record per router): a leftover there is litter from a writer that died, harmless
+/// until removed.
+const SUBDIRECTORY_CLEANING: Duration = Duration::from_secs(60);
+
+/// Whether this open of `path` also cleans its subdirectories: the first in this process,
+/// then at most every [`SUBDIRECTORY_CLEANING`].
+fn subdirectories_due(path: &Path) -> bool {
+    let mut last = lock_cleaned();
+    let last = last.get_or_insert_with(HashMap::new);
+    let now = Instant::now();
+    match last.get(path) {
+        Some(t) if now.duration_since(*t) < SUBDIRECTORY_CLEANING => false,
+        _ => {
+            last.insert(path.to_owned(), now);
+            true
+        }
+    }
+}
+
+/// When this process last cleaned each state directory's subdirectories.
+fn lock_cleaned() -> std::sync::MutexGuard<'static, Option<HashMap<PathBuf, Instant>>> {
+    static LAST: std::sync::Mutex<Option<HashMap<PathBuf, Instant>>> = std::sync::Mutex::new(None);
+    LAST.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Makes the next open of `path` clean its subdirectories (tests).
+#[cfg(test)]
+pub(crate) fn clean_subdirectories_next_time(path: &Path) {
+    if let Some(last) = lock_cleaned().as_mut() {
+        last.remove(path);
+    }
 }
 
 /// Writes, fsyncs (if `durable`) and renames a temporary file over its target.

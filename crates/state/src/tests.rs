@@ -258,6 +258,13 @@ fn leftover_temporaries_are_removed_by_open_but_not_by_inspect() {
     assert_eq!(v.list("").unwrap(), ["keep"]);
     assert_eq!(v.list("sub").unwrap(), ["keep"]);
     drop(v);
+    // Opened again within a minute by the same process: the directory itself is cleaned,
+    // its subdirectories are left for later.
+    let d = StateDir::open(&s.state(), &quick()).unwrap();
+    assert!(!planted[0].exists() && !planted[2].exists());
+    assert!(planted[1].exists());
+    drop(d);
+    crate::clean_subdirectories_next_time(&s.state());
     let d = StateDir::open(&s.state(), &quick()).unwrap();
     assert!(planted.iter().all(|p| !p.exists()));
     assert_eq!(names_in(&s.state()), ["keep", "lock", "sub"]);
