@@ -17,6 +17,7 @@
 //! `unix:/run/openvswitch/db.sock`). The settings of the driver not chosen are refused.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::BuildHasherDefault;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -1829,13 +1830,16 @@ fn ha_router(doc: &RouterDoc, path: &str, agent: &Agent, p: &mut Problems) -> Op
     })
 }
 
-/// What one router holds that no other router of the host may hold alike, coarsely: two
-/// routers can only be in conflict in [`across_routers`] if they share one of these (an
-/// address, whatever its network, and a floating IP as an address; a host device, `fpr-`
-/// device or FIP gateway network by name). Coarser than the checks, never finer.
+/// What one router holds that no other router of the host may hold alike: the keys
+/// [`across_routers`] indexes, some coarser (a host device, `fpr-` device or FIP gateway
+/// network by name alone). Two routers can only be in conflict there if they share one of
+/// these (a floating IP is also an address on its gateway's network, where it must not be
+/// another router's port address). Addresses are per network: tenants' routers all have
+/// 10.0.0.1, each on its own network.
 #[derive(Debug, PartialEq, Eq, Hash)]
 enum Claim<'a> {
-    Address(IpAddr),
+    Address(&'a NetworkId, IpAddr),
+    Floating(Ipv4Addr),
     Name(&'a str),
     Link(IfName),
 }
@@ -1850,7 +1854,7 @@ fn claims<'a>(r: &'a Router, agent: &Agent, mut f: impl FnMut(Claim<'a>)) {
         .chain(r.gw_port.iter());
     for port in ports {
         for ip in &port.ips {
-            f(Claim::Address(ip.addr()));
+            f(Claim::Address(&port.network_id, ip.addr()));
         }
         f(Claim::Name(port.host_dev.as_str()));
     }
@@ -1863,13 +1867,16 @@ fn claims<'a>(r: &'a Router, agent: &Agent, mut f: impl FnMut(Claim<'a>)) {
         }
     }
     for fip in &r.fips {
-        f(Claim::Address(IpAddr::V4(fip.floating)));
+        f(Claim::Floating(fip.floating));
+        if let Some(gw) = &r.gw_port {
+            f(Claim::Address(&gw.network_id, IpAddr::V4(fip.floating)));
+        }
     }
 }
 
-/// FxHash's mixing (rustc's own hasher): the claims of 1,000 routers are hashed on every
-/// reload, and SipHash's resistance to chosen keys buys nothing for a set of a few dozen
-/// that lives for one call.
+/// FxHash's mixing (rustc's own hasher): a reload hashes every router's claims, and
+/// SipHash's resistance to chosen keys buys nothing for a set that lives for one call (a
+/// collision costs time, never correctness).
 #[derive(Default)]
 struct FxHasher(u64);
 
@@ -1916,8 +1923,7 @@ fn across_routers_since(
     agent: &Agent,
     p: &mut Problems,
 ) {
-    let mut changed: HashSet<Claim<'_>, std::hash::BuildHasherDefault<FxHasher>> =
-        HashSet::default();
+    let mut changed: HashSet<Claim<'_>, BuildHasherDefault<FxHasher>> = HashSet::default();
     for (&(_, r), same) in routers.iter().zip(reused) {
         if !same {
             claims(r, agent, |c| {
