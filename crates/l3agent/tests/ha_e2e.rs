@@ -216,6 +216,8 @@ impl Drop for Node {
         let _ = self.mounts.wait();
         let _ = std::fs::remove_dir_all(&self.state);
         let _ = std::fs::remove_file(self.state.with_extension("json"));
+        // A failure shows the log in its message (`wait_for`).
+        let _ = std::fs::remove_file(&self.log);
     }
 }
 

@@ -411,7 +411,8 @@ fn a_failure_at_any_operation_is_repaired_by_the_next_apply() {
     // Every operation of a clean apply (OVSDB transactions, moves, device settings, ...),
     // failed one at a time.
     let reference = ovs_world();
-    converge(&reference, &config(&state_dir(), &[router(R1)]));
+    let reference_state = state_dir();
+    converge(&reference, &config(&reference_state, &[router(R1)]));
     let ops: Vec<String> = reference.lock().unwrap().log.clone();
     assert!(
         ops.iter().any(|o| o.starts_with("ovsdb br-int: transact")),

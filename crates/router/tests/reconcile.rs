@@ -214,7 +214,8 @@ fn every_drift_class_is_seen_and_repaired() {
 fn a_failure_at_any_operation_is_repaired_by_the_next_apply() {
     // Every operation a clean apply does, failed one at a time.
     let reference = world();
-    let cfg0 = config(&state_dir(), &[legacy_router()]);
+    let state0 = state_dir();
+    let cfg0 = config(&state0, &[legacy_router()]);
     converge(&reference, &cfg0);
     let ops: Vec<String> = reference.lock().unwrap().log.clone();
     assert!(ops.len() > 10, "{ops:#?}");

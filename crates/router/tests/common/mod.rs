@@ -12,8 +12,9 @@ use serde_json::{json, Value};
 
 pub const BRIDGES: [&str; 3] = ["br-t1", "br-t2", "br-ex"];
 
-/// A state directory path that does not exist yet (unique per process and call).
-pub fn state_dir() -> PathBuf {
+/// A state directory path that does not exist yet (unique per process and call), removed
+/// with what the test put there when the test is done with it.
+pub fn state_dir() -> StateDir {
     static N: AtomicU32 = AtomicU32::new(0);
     let d = std::env::temp_dir().join(format!(
         "l3agent-fake-{}-{}",
@@ -21,7 +22,36 @@ pub fn state_dir() -> PathBuf {
         N.fetch_add(1, Ordering::SeqCst)
     ));
     let _ = std::fs::remove_dir_all(&d);
-    d
+    StateDir(d)
+}
+
+/// See [`state_dir`]: reads as its path.
+#[derive(Debug)]
+pub struct StateDir(PathBuf);
+
+impl std::ops::Deref for StateDir {
+    type Target = PathBuf;
+    fn deref(&self) -> &PathBuf {
+        &self.0
+    }
+}
+
+impl serde::Serialize for StateDir {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl AsRef<std::path::Path> for StateDir {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for StateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Neutron's legacy example router (tests/data/neutron-router-legacy.json).
