@@ -213,21 +213,16 @@ impl State {
     /// namespaces that exist (`host` asks its kernel).
     pub fn records(&self) -> Result<Records, HostError> {
         let path = self.path.join(RECORDS);
-        let read = match &self.dir {
-            Some(d) => d.read(RECORDS),
-            None => Ok(None),
+        let Some(dir) = &self.dir else {
+            return self.rebuild();
         };
-        let parsed = read.and_then(|bytes| match bytes {
+        let parsed = dir.read(RECORDS).and_then(|bytes| match bytes {
             None => Ok(None),
             Some(bytes) => {
                 if let Some(r) = lock_last().get(&path, &bytes) {
                     return Ok(Some(r));
                 }
-                let mut r: Records =
-                    serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt {
-                        path: path.clone(),
-                        reason: format!("not valid JSON of the expected shape: {e}"),
-                    })?;
+                let mut r: Records = dir.parse_json(RECORDS, &bytes)?;
                 r.sanitize(&path);
                 lock_last().set(&path, bytes, &r);
                 Ok(Some(r))
@@ -313,14 +308,11 @@ impl State {
     /// writes them before its first kernel change: an fsync there is milliseconds added to
     /// every event of the agent.
     pub fn save_records(&self, r: &Records) -> Result<(), HostError> {
-        let mut bytes = serde_json::to_vec(r).map_err(|e| StateError::Encode {
-            path: self.path.join(RECORDS),
-            reason: e.to_string(),
-        })?;
-        bytes.push(b'\n');
-        self.dir()?.write_volatile(RECORDS, &bytes)?;
+        let dir = self.dir()?;
+        let bytes = dir.encode(RECORDS, r)?;
+        dir.write_volatile(RECORDS, &bytes)?;
         lock_last().set(&self.path.join(RECORDS), bytes, r);
-        self.dir()?.remove(VOIDED)?;
+        dir.remove(VOIDED)?;
         Ok(())
     }
 

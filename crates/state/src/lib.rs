@@ -245,12 +245,19 @@ impl StateDir {
         let Some(bytes) = self.read(rel)? else {
             return Ok(None);
         };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| StateError::Corrupt {
-                path: self.path.join(rel),
-                reason: format!("not valid JSON of the expected shape: {e}"),
-            })
+        self.parse_json(rel, &bytes).map(Some)
+    }
+
+    /// Parses `bytes`, read from the record `rel`, as [`StateDir::read_json`] does.
+    pub fn parse_json<T: serde::de::DeserializeOwned>(
+        &self,
+        rel: &str,
+        bytes: &[u8],
+    ) -> Result<T, StateError> {
+        serde_json::from_slice(bytes).map_err(|e| StateError::Corrupt {
+            path: self.path.join(rel),
+            reason: format!("not valid JSON of the expected shape: {e}"),
+        })
     }
 
     /// Replaces (or creates) a record atomically: temporary file, fsync, rename, fsync of the
@@ -307,7 +314,8 @@ impl StateDir {
         self.write_volatile(rel, &self.encode(rel, value)?)
     }
 
-    fn encode<T: serde::Serialize>(&self, rel: &str, value: &T) -> Result<Vec<u8>, StateError> {
+    /// The bytes [`StateDir::write_json`] writes for `value` as the record `rel`.
+    pub fn encode<T: serde::Serialize>(&self, rel: &str, value: &T) -> Result<Vec<u8>, StateError> {
         let mut bytes = serde_json::to_vec(value).map_err(|e| StateError::Encode {
             path: self.path.join(rel),
             reason: e.to_string(),
