@@ -48,18 +48,19 @@ pub struct WatchConfig {
     /// is written continuously is still picked up.
     pub max_delay: Duration,
     /// A file renamed into place (an atomic replace: complete by construction) with no write
-    /// after it fires this soon instead of after the quiet period. Writes in place keep the
-    /// quiet period: an editor may close and write again.
+    /// after it fires this soon instead of after the quiet period (by default at once: the
+    /// events queued with it are read first, so a burst already there is one firing). Writes
+    /// in place keep the quiet period: an editor may close and write again.
     pub settle: Duration,
 }
 
 impl Default for WatchConfig {
-    /// 200 ms quiet, at most 2 s late; 1 ms after a rename into place.
+    /// 200 ms quiet, at most 2 s late; at once after a rename into place.
     fn default() -> WatchConfig {
         WatchConfig {
             debounce: Duration::from_millis(200),
             max_delay: Duration::from_secs(2),
-            settle: Duration::from_millis(1),
+            settle: Duration::ZERO,
         }
     }
 }

@@ -766,8 +766,11 @@ fn compile_host(
     persist: bool,
     only: Option<&BTreeSet<RouterId>>,
 ) -> Result<(HostSpec, compile::Needs), HostError> {
+    let mut laps = Laps::start();
     let needs = compile::needs(cfg);
+    laps.lap("needs");
     let alloc = records::allocate(state, &needs, persist)?;
+    laps.lap("allocate");
     let spec = match only {
         None => compile::compile(cfg, &alloc, facts),
         Some(only) => {
@@ -787,6 +790,8 @@ fn compile_host(
             compile::compile(&narrowed, &alloc, facts)
         }
     };
+    laps.lap("compile");
+    debug!(%laps, "compile steps");
     Ok((spec, needs))
 }
 
@@ -1219,22 +1224,27 @@ pub fn real_sides(
     backend: l3agent_iptables_exec::Backend,
     announcer: &l3agent_rtnl::announce::Announcer,
 ) -> impl Fn() -> Result<Sides, RouterError> + Sync + '_ {
-    move || real_sides_with(&crate::kernel::Managers::new(backend), announcer)()
+    move || {
+        let opened = crate::kernel::Opened::new();
+        let sides = real_sides_with(&crate::kernel::Managers::new(backend), &opened, announcer)();
+        sides
+    }
 }
 
-/// The real side effects with the iptables managers of `managers`, which the caller keeps
-/// across applies (the agent): what they know of each namespace outlives this apply.
+/// The real side effects with the iptables managers of `managers` and what is open in each
+/// namespace from `opened`, both kept by the caller across applies (the agent): what they
+/// know of each namespace outlives this apply.
 pub fn real_sides_with<'a>(
     managers: &'a crate::kernel::Managers,
+    opened: &'a crate::kernel::Opened,
     announcer: &'a l3agent_rtnl::announce::Announcer,
 ) -> impl Fn() -> Result<Sides, RouterError> + Sync + 'a {
     move || {
-        let kernel = crate::kernel::RealKernel::new(announcer.clone()).map_err(|source| {
-            RouterError::Plumbing {
+        let kernel = crate::kernel::RealKernel::keeping(announcer.clone(), opened.clone())
+            .map_err(|source| RouterError::Plumbing {
                 router: "host".into(),
                 source,
-            }
-        })?;
+            })?;
         Ok((
             Box::new(kernel) as Box<dyn Kernel>,
             Box::new(managers.clone()) as Box<dyn Firewall>,

@@ -186,6 +186,60 @@ pub struct RealKernel {
     /// The OVSDB client (`openvswitch` driver), for the socket it was made for; connected on
     /// first use.
     ovsdb: Option<(PathBuf, Ovsdb)>,
+    /// Where what is open per namespace comes from and goes back to (see [`Opened`]).
+    kept: Option<Opened>,
+}
+
+/// What one namespace's handle, netlink socket and `/proc/sys` directories are, once open.
+type NsOpen = ((Netns, Rtnl), HashMap<String, OwnedFd>);
+
+/// What [`RealKernel`]s opened per namespace, handed from one to the next by a caller that
+/// applies again and again (the agent): an event's apply then starts no thread to enter the
+/// namespace (opening its netlink socket and its `/proc/sys` directories does; on a busy host
+/// that was a millisecond or more of each event). One set per namespace is kept; a namespace
+/// l3agent deletes or creates is forgotten, and one whose name now denotes another namespace
+/// (deleted and made anew by someone else) is opened again.
+#[derive(Debug, Clone, Default)]
+pub struct Opened(Arc<Mutex<HashMap<NetnsName, NsOpen>>>);
+
+impl Opened {
+    /// Nothing open yet.
+    pub fn new() -> Opened {
+        Opened::default()
+    }
+
+    /// The namespaces with something kept.
+    pub fn len(&self) -> usize {
+        locked(&self.0).len()
+    }
+
+    /// Whether nothing is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Drops what is kept of namespaces whose names are gone or denote another namespace
+    /// now (deleted by someone else): a kept handle would keep such a namespace, and its
+    /// devices, alive. Returns how many.
+    pub fn prune(&self) -> usize {
+        let mut kept = locked(&self.0);
+        let before = kept.len();
+        kept.retain(|_, ((n, _), _)| n.still_named());
+        before - kept.len()
+    }
+
+    fn take(&self, ns: &NetnsName) -> Option<NsOpen> {
+        let taken = locked(&self.0).remove(ns)?;
+        taken.0 .0.still_named().then_some(taken)
+    }
+
+    fn forget(&self, ns: &NetnsName) {
+        locked(&self.0).remove(ns);
+    }
+
+    fn put(&self, ns: NetnsName, open: NsOpen) {
+        locked(&self.0).entry(ns).or_insert(open);
+    }
 }
 
 /// A sysctl's path split into the directory opened inside the namespace (its first two
@@ -210,7 +264,16 @@ impl RealKernel {
             announcer,
             dying: Vec::new(),
             ovsdb: None,
+            kept: None,
         })
+    }
+
+    /// Like [`RealKernel::new`], taking what is open per namespace from `kept`, and giving
+    /// it back when dropped.
+    pub fn keeping(announcer: Announcer, kept: Opened) -> Result<RealKernel, Error> {
+        let mut k = RealKernel::new(announcer)?;
+        k.kept = Some(kept);
+        Ok(k)
     }
 
     /// The OVSDB client for `db` (made on first use, or anew for another socket).
@@ -223,9 +286,18 @@ impl RealKernel {
 
     fn entry(&mut self, ns: &NetnsName) -> Result<&mut (Netns, Rtnl), Error> {
         if !self.open.contains_key(ns) {
-            let n = Netns::open(ns)?;
-            let r = Rtnl::open(&n)?;
-            self.open.insert(ns.clone(), (n, r));
+            let (open, dirs) = match self.kept.as_ref().and_then(|k| k.take(ns)) {
+                Some(kept) => kept,
+                None => {
+                    let n = Netns::open(ns)?;
+                    let r = Rtnl::open(&n)?;
+                    ((n, r), HashMap::new())
+                }
+            };
+            self.open.insert(ns.clone(), open);
+            if !dirs.is_empty() {
+                self.sysctl_dirs.insert(ns.clone(), dirs);
+            }
         }
         Ok(self.open.get_mut(ns).expect("inserted above"))
     }
@@ -287,6 +359,20 @@ impl RealKernel {
     fn close(&mut self, ns: &NetnsName) {
         self.open.remove(ns);
         self.sysctl_dirs.remove(ns);
+        if let Some(k) = &self.kept {
+            k.forget(ns);
+        }
+    }
+}
+
+impl Drop for RealKernel {
+    fn drop(&mut self) {
+        if let Some(kept) = &self.kept {
+            for (ns, open) in self.open.drain() {
+                let dirs = self.sysctl_dirs.remove(&ns).unwrap_or_default();
+                kept.put(ns, (open, dirs));
+            }
+        }
     }
 }
 

@@ -164,6 +164,7 @@ pub fn observe(
     let Some(spec) = spec else {
         return Ok(out);
     };
+    let mut laps = crate::laps::Laps::start();
     // Host ends of ports: in the host namespace, which always exists. Each end and its
     // wanted bridge are fetched by name (the host may hold thousands of links: no dump);
     // only a master that is not the wanted bridge is looked up in a dump, by index.
@@ -231,6 +232,7 @@ pub fn observe(
                 })?;
         return Ok(out);
     }
+    laps.lap("host_ends");
     let nl = kernel.netlink(Some(ns)).map_err(plumbing)?;
     let links = nl.links().map_err(plumbing)?;
     let addrs = nl.addresses(None).map_err(plumbing)?;
@@ -251,7 +253,9 @@ pub fn observe(
             },
         );
     }
+    laps.lap("links");
     observe_ovs(kernel, &mut out, &ovs_devices, bridge, ns)?;
+    laps.lap("ovs");
     let nl = kernel.netlink(Some(ns)).map_err(plumbing)?;
     for ipv6 in [false, true] {
         out.routes.extend(
@@ -268,6 +272,7 @@ pub fn observe(
                 .filter(|r| !default_rule(r)),
         );
     }
+    laps.lap("routes");
     for name in spec.devices.keys() {
         if name.as_str() == "lo" || !out.devices.contains_key(name.as_str()) {
             continue;
@@ -279,6 +284,7 @@ pub fn observe(
             }
         }
     }
+    laps.lap("neighbours");
     if !fresh && !spec.sysctls.is_empty() {
         let mut keys: Vec<Sysctl> = spec.sysctls.keys().cloned().collect();
         if let Some(ha) = &spec.ha {
@@ -287,6 +293,7 @@ pub fn observe(
         let values = kernel.read_sysctls(ns, &keys).map_err(plumbing)?;
         out.sysctls = keys.into_iter().zip(values).collect();
     }
+    laps.lap("sysctls");
     if spec.kind == NsKind::Router {
         if let Some(router) = spec.owners.first() {
             out.daemons =
@@ -298,6 +305,7 @@ pub fn observe(
                     })?;
         }
     }
+    laps.lap("daemons");
     // A namespace this run created holds no rules yet: planned against an empty rule set
     // (as in a plan, where it does not exist), without reading it.
     out.iptables = firewall
@@ -306,6 +314,8 @@ pub fn observe(
             router: ns.to_string(),
             source,
         })?;
+    laps.lap("iptables");
+    tracing::debug!(%ns, %laps, "observe steps");
     Ok(out)
 }
 

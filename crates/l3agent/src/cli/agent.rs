@@ -15,7 +15,7 @@ use clap::Args;
 use l3agent_agent::daemon::{self, DaemonOptions, Loader, SidesFactory};
 use l3agent_agent::Notifier;
 use l3agent_router::config::HostConfig;
-use l3agent_router::kernel::Managers;
+use l3agent_router::kernel::{Managers, Opened};
 
 use super::{sides, Failure, Reloader, Sides};
 
@@ -65,30 +65,55 @@ fn metrics_listen(v: &str) -> Result<Option<SocketAddr>, Failure> {
     })
 }
 
+/// Raises the soft limit of open files to the hard one (as the Go runtime does for every
+/// program): the agent keeps a few descriptors per namespace (its handle, a netlink socket,
+/// `/proc/sys` directories, the iptables manager's), thousands at 1,000 routers, where a
+/// shell's soft limit is often 1,024 (the systemd unit sets `LimitNOFILE=65536`).
+fn raise_open_files() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::debug!(from = soft, to = hard, "raised the open files limit"),
+            Err(e) => {
+                tracing::warn!(soft, hard, error = %e, "could not raise the open files limit")
+            }
+        },
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not read the open files limit"),
+    }
+}
+
 /// One set of iptables managers for the agent's life (an event sends only what changed),
-/// forgotten before each full drift check; traffic counters read from the kernel when
+/// forgotten before each full drift check, and of what is open in each namespace (an event
+/// starts no thread to enter one; namespaces gone are let go at each full drift check); traffic counters read from the kernel when
 /// `/metrics` is scraped.
 fn sides_factory(
     backend: l3agent_iptables_exec::Backend,
     announcer: l3agent_rtnl::announce::Announcer,
 ) -> SidesFactory {
+    raise_open_files();
     let managers = Managers::new(backend);
+    let opened = Opened::new();
+    let pruned = opened.clone();
     let forget = managers.clone();
     let owned = managers.clone();
     // The error type is the router crate's (`host::Factory`'s), not ours to shrink.
     #[allow(clippy::result_large_err)]
-    let make =
-        SidesFactory::new(move || l3agent_router::host::real_sides_with(&managers, &announcer)())
-            .forgetting(move || {
-                let forgot = forget.refresh_changed();
-                tracing::debug!(
-                    forgot,
-                    "iptables managers that read the kernel at this refresh"
-                );
-            })
-            .owning(move || owned.owned())
-            // Traffic counters read in-process with the backend the routers are written with.
-            .traffic(l3agent_agent::traffic::KernelTraffic::new(backend));
+    let make = SidesFactory::new(move || {
+        l3agent_router::host::real_sides_with(&managers, &opened, &announcer)()
+    })
+    .forgetting(move || {
+        let forgot = forget.refresh_changed();
+        let pruned = pruned.prune();
+        tracing::debug!(
+            forgot,
+            pruned,
+            "iptables managers that read the kernel at this refresh; namespaces gone"
+        );
+    })
+    .owning(move || owned.owned())
+    // Traffic counters read in-process with the backend the routers are written with.
+    .traffic(l3agent_agent::traffic::KernelTraffic::new(backend));
     make
 }
 
