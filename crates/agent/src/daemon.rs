@@ -393,6 +393,25 @@ fn changed_routers(old: &HostConfig, new: &HostConfig) -> Vec<Key> {
         );
         return all;
     }
+    // The usual edit keeps every router in its place: compared pairwise (shared routers
+    // compare by address), without indexing 1,000 ids.
+    if old.routers.len() == new.routers.len()
+        && old
+            .routers
+            .iter()
+            .zip(&new.routers)
+            .all(|(a, b)| a.id == b.id)
+    {
+        return old
+            .routers
+            .iter()
+            .zip(&new.routers)
+            .filter(|(a, b)| a != b)
+            .map(|(_, b)| Key::Router(b.id.clone()))
+            .collect::<BTreeSet<Key>>()
+            .into_iter()
+            .collect();
+    }
     let before: HashMap<&RouterId, &Router> = old.routers.iter().map(|r| (&r.id, r)).collect();
     let mut dirty: BTreeSet<&RouterId> = new
         .routers

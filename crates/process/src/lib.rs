@@ -3,13 +3,15 @@
 //! exec`), every run is bounded in time, and stdout/stderr are captured ([`run`]) or written to
 //! a file ([`run_daemon`], for programs that daemonise).
 
-use std::io::Write;
-use std::os::fd::BorrowedFd;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 /// Starting or running a process failed.
 #[derive(Debug, thiserror::Error)]
@@ -82,26 +84,152 @@ pub fn run(
         Stdio::piped(),
         Stdio::piped(),
     )?;
-    let name = program.display().to_string();
-    collect(
-        wait_bounded(child, &name, timeout, Child::wait_with_output),
-        name,
-    )
+    collect(child, &program.display().to_string(), timeout)
 }
 
-fn collect(
-    waited: Result<std::io::Result<std::process::Output>, ProcessError>,
-    name: String,
-) -> Result<Output, ProcessError> {
-    let out = waited?.map_err(|source| ProcessError::Spawn {
-        program: name,
+/// Reads `child`'s standard output and error to their end and reaps it, in the calling
+/// thread (one `poll(2)` over both pipes: no thread per process, which in a process as large
+/// as the agent cost a good part of an event), for at most `timeout`: past it the child is
+/// killed (SIGKILL), reaped, and the answer is [`ProcessError::Timeout`].
+fn collect(mut child: Child, name: &str, timeout: Duration) -> Result<Output, ProcessError> {
+    let deadline = Instant::now() + timeout;
+    let spawn_err = |source: std::io::Error| ProcessError::Spawn {
+        program: name.to_owned(),
         source,
-    })?;
+    };
+    let mut pipes: [Pipe; 2] = [
+        (
+            child.stdout.take().map(|p| Box::new(p) as Box<dyn ReadFd>),
+            Vec::new(),
+        ),
+        (
+            child.stderr.take().map(|p| Box::new(p) as Box<dyn ReadFd>),
+            Vec::new(),
+        ),
+    ];
+    for (p, _) in &pipes {
+        if let Some(p) = p {
+            set_nonblocking(p.as_fd(), true).map_err(spawn_err)?;
+        }
+    }
+    let timed_out = |mut child: Child| {
+        Killer(child.id()).kill();
+        let _ = child.wait();
+        Err(ProcessError::Timeout {
+            program: name.to_owned(),
+            secs: timeout.as_secs(),
+        })
+    };
+    let mut buf = [0u8; 16 * 1024];
+    while pipes.iter().any(|(p, _)| p.is_some()) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return timed_out(child);
+        }
+        let ready = {
+            let mut fds: Vec<PollFd<'_>> = pipes
+                .iter()
+                .filter_map(|(p, _)| p.as_ref())
+                .map(|p| PollFd::new(p.as_fd(), PollFlags::POLLIN))
+                .collect();
+            match poll(&mut fds, poll_timeout(left)) {
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(spawn_err(e.into())),
+            }
+            fds.iter()
+                .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+                .collect::<Vec<bool>>()
+        };
+        let open = pipes.iter_mut().filter(|(p, _)| p.is_some());
+        for ((pipe, out), ready) in open.zip(ready) {
+            if !ready {
+                continue;
+            }
+            // Drained to EAGAIN or to its end (the child closed it: it exited, as a rule).
+            while let Some(p) = pipe.as_mut() {
+                match p.read(&mut buf) {
+                    Ok(0) => *pipe = None,
+                    Ok(n) => out.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(spawn_err(e)),
+                }
+            }
+        }
+    }
+    // Both pipes closed: the child is exiting, or closed them and goes on; either way it is
+    // waited for no longer than the deadline (woken by its pidfd when it exits).
+    let exited = pidfd(child.id());
+    let mut pause = Duration::from_micros(50);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() >= deadline => return timed_out(child),
+            Ok(None) => match &exited {
+                Some(fd) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+                    match poll(&mut fds, poll_timeout(left)) {
+                        Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                        Err(e) => return Err(spawn_err(e.into())),
+                    }
+                }
+                // No pidfd (a kernel before 5.3): looked at again shortly.
+                None => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(5));
+                }
+            },
+            Err(e) => return Err(spawn_err(e)),
+        }
+    };
+    let [(_, stdout), (_, stderr)] = pipes;
     Ok(Output {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        code: status.code(),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
     })
+}
+
+/// A descriptor that becomes readable when the process `pid` (a child not yet reaped, so
+/// that the id cannot be another's) exits; `None` where the kernel has no `pidfd_open(2)`.
+fn pidfd(pid: u32) -> Option<OwnedFd> {
+    let pid = libc::pid_t::try_from(pid).ok()?;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1; the
+    // descriptor is owned by nothing else.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let fd = std::os::fd::RawFd::try_from(fd)
+        .ok()
+        .filter(|fd| *fd >= 0)?;
+    // SAFETY: `fd` was just returned by the kernel, open, and owned by no one else.
+    Some(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+/// A child's output pipe (`None` once at its end) and what was read from it.
+type Pipe = (Option<Box<dyn ReadFd>>, Vec<u8>);
+
+/// A child's output pipe.
+trait ReadFd: Read + AsFd {}
+impl<T: Read + AsFd> ReadFd for T {}
+
+/// `O_NONBLOCK` on or off for the file description of `fd`.
+fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> std::io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
+    let flags = if on {
+        flags | OFlag::O_NONBLOCK
+    } else {
+        flags - OFlag::O_NONBLOCK
+    };
+    fcntl(fd, FcntlArg::F_SETFL(flags))?;
+    Ok(())
+}
+
+/// `left`, rounded up to whole milliseconds for `poll(2)` (a deadline a few microseconds
+/// away is not a busy loop).
+fn poll_timeout(left: Duration) -> PollTimeout {
+    let ms = u64::try_from(left.as_micros().div_ceil(1000)).unwrap_or(u64::MAX);
+    PollTimeout::try_from(Duration::from_millis(ms)).unwrap_or(PollTimeout::MAX)
 }
 
 /// A process started by [`start`], its standard input written piece by piece while the caller
@@ -180,21 +308,42 @@ impl Fed {
 
     /// Writes `rest`, closes the input and waits for the process to exit (killed past the
     /// time limit, counted from now), with its output.
+    ///
+    /// What fits in the pipe (64 KiB, as a rule: a restore of one event's changes) is written
+    /// from this thread without blocking; only a remainder gets a thread of its own, which
+    /// writes while this one reads the output (a child that writes while it reads could
+    /// otherwise block both).
     pub fn finish(mut self, rest: &[u8]) -> Result<Output, ProcessError> {
-        let pipe = self.stdin.take();
-        let (child, name, timeout) = (self.child, self.name, self.timeout);
-        std::thread::scope(|s| {
-            if let Some(mut pipe) = pipe {
-                // A child that exits early closes the pipe: its exit status says why.
-                s.spawn(move || {
-                    let _ = pipe.write_all(rest);
-                });
+        let mut pipe = self.stdin.take();
+        let mut left = rest;
+        if let Some(p) = &mut pipe {
+            if set_nonblocking(p.as_fd(), true).is_ok() {
+                while !left.is_empty() {
+                    match p.write(left) {
+                        Ok(n) => left = &left[n..],
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        // The child closed its input (it exited): its exit status says why.
+                        Err(_) => left = &[],
+                    }
+                }
             }
-            collect(
-                wait_bounded(child, &name, timeout, Child::wait_with_output),
-                name.clone(),
-            )
-        })
+        }
+        let (child, name, timeout) = (self.child, self.name, self.timeout);
+        match pipe {
+            Some(mut pipe) if !left.is_empty() => std::thread::scope(|s| {
+                s.spawn(move || {
+                    if set_nonblocking(pipe.as_fd(), false).is_ok() {
+                        let _ = pipe.write_all(left);
+                    }
+                });
+                collect(child, &name, timeout)
+            }),
+            _ => {
+                drop(pipe);
+                collect(child, &name, timeout)
+            }
+        }
     }
 
     /// Kills the process and reaps it: whatever it was given is dropped unapplied (a restore
@@ -369,6 +518,32 @@ mod tests {
         let fed = start(&sleep, &["5"], None, Duration::from_millis(100)).unwrap();
         let e = fed.finish(&vec![b'x'; 1 << 20]).unwrap_err();
         assert!(matches!(e, ProcessError::Timeout { .. }), "{e}");
+    }
+
+    #[test]
+    fn input_larger_than_a_pipe_is_written_while_the_output_is_read() {
+        // `cat` writes back while it reads: 4 MiB both ways, far more than two pipes hold.
+        let cat = find_program("cat").unwrap();
+        let input: Vec<u8> = (0..4 << 20).map(|i: u32| b'a' + (i % 23) as u8).collect();
+        let out = run(&cat, &[], Some(&input), None, Duration::from_secs(60)).unwrap();
+        assert!(out.success());
+        assert_eq!(out.stdout.as_bytes(), &input[..]);
+        // Output on both pipes, and a small input written without a thread.
+        let sh = find_program("sh").unwrap();
+        let script =
+            "head -c 300000 /dev/zero | tr '\\0' x; head -c 200000 /dev/zero | tr '\\0' y >&2; cat";
+        let out = run(
+            &sh,
+            &["-c", script],
+            Some(b"tail"),
+            None,
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        assert!(out.success());
+        assert_eq!(out.stdout.len(), 300_004);
+        assert!(out.stdout.ends_with("xtail"));
+        assert_eq!(out.stderr.len(), 200_000);
     }
 
     #[test]
