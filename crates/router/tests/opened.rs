@@ -5,7 +5,6 @@
 
 use l3agent_router::kernel::{Kernel, Opened, RealKernel};
 use l3agent_rtnl::announce::Announcer;
-use l3agent_rtnl::prelude::*;
 use l3agent_rtnl::sysctl::Sysctl;
 use l3agent_testkit::TestNs;
 
