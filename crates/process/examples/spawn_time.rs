@@ -1,0 +1,39 @@
+//! How long one short process run takes through [`l3agent_process::run`] (input written,
+//! output read, reaped, bounded in time) against std's `Command::output`-like spawn and
+//! `wait_with_output` of the same program in the same process, alternately, 300 times each:
+//! `cargo run --release -p l3agent-process --example spawn_time`.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn quantiles(mut v: Vec<f64>) -> (f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (v[v.len() / 2], v[v.len() * 9 / 10])
+}
+
+fn main() {
+    let program = l3agent_process::find_program("true").expect("true");
+    let (mut ours, mut floor) = (Vec::new(), Vec::new());
+    for _ in 0..300 {
+        let t = Instant::now();
+        l3agent_process::run(&program, &[], Some(b"x\n"), None, Duration::from_secs(5))
+            .expect("run");
+        ours.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        #[allow(clippy::disallowed_methods)] // the floor: std alone, nothing of ours
+        Command::new(&program)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .and_then(|c| c.wait_with_output())
+            .expect("spawn");
+        floor.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let ((o50, o90), (f50, f90)) = (quantiles(ours), quantiles(floor));
+    println!(
+        "l3agent_process::run: p50 {o50:.3} ms, p90 {o90:.3} ms; std spawn + wait_with_output: \
+         p50 {f50:.3} ms, p90 {f90:.3} ms; ratio p50 {:.2}x",
+        o50 / f50
+    );
+}
