@@ -53,6 +53,7 @@ use l3agent_router::compile::HostFacts;
 use l3agent_router::config::{HostConfig, Router};
 use l3agent_router::error::RouterError;
 use l3agent_router::host::{self, ApplyOptions, RouterStatus, Sides, Unchanged};
+use l3agent_router::observe::Kept;
 use l3agent_router::spec::{names, HaState};
 use l3agent_types::RouterId;
 use serde_json::{json, Value};
@@ -362,6 +363,9 @@ struct Shared {
     rechecks: Mutex<Vec<(Instant, RouterId)>>,
     /// Routers queued for a recheck (what their batch changes is drift).
     rechecking: Mutex<BTreeSet<RouterId>>,
+    /// The pictures of namespaces found converged, which an event's apply takes instead of
+    /// reading them again (re-checks and refreshes read them, and keep what they find).
+    kept: Arc<Kept>,
     /// The feed's result callback (none: the file front end).
     on_result: Mutex<Option<OnResult>>,
     /// The HA routers [`HaWatch`] watches, with their namespace.
@@ -721,6 +725,14 @@ fn run_batch(
     let mut apply_opts = ApplyOptions::new(opts.facts.clone(), Arc::clone(apply_stop));
     apply_opts.unchanged = Unchanged::Verify;
     apply_opts.workers = opts.apply_workers;
+    // An event's apply trusts the kept pictures; one that looks for drift (a refresh, or a
+    // re-check in the batch) reads every namespace.
+    let rechecks = {
+        let r = lock(&shared.rechecking);
+        only.iter().any(|id| r.contains(id))
+    };
+    apply_opts.kept = Some(Arc::clone(&shared.kept));
+    apply_opts.trust_kept = !full && !rechecks;
     apply_opts.only = if full { None } else { Some(only) };
     let started = Instant::now();
     if full {
@@ -981,6 +993,7 @@ pub fn run_fed(
         on_result: Mutex::new(None),
         rechecks: Mutex::new(Vec::new()),
         rechecking: Mutex::new(BTreeSet::new()),
+        kept: Arc::new(Kept::new()),
         ha_watched: Arc::default(),
         ha_settle: Mutex::new(Settle::new(opts.ha_settle)),
     });
@@ -1660,6 +1673,26 @@ mod tests {
         let text = d.scrape();
         assert!(text.contains(&series(A)), "{text}");
         assert!(!text.contains(B), "{text}");
+        d.stop().unwrap();
+    }
+
+    #[test]
+    fn a_later_recheck_reads_the_namespace_again_even_when_a_picture_of_it_is_kept() {
+        let s = scratch();
+        let w = world();
+        s.write_routers(&[router(A)]);
+        let d = start(&s, &w, Duration::from_secs(3600));
+        wait("ready", || d.status()["ready"] == true);
+        // The first re-check (RECHECKS[0] after the start-up's writes) finds A converged and
+        // keeps its picture; the drift comes after it, and only the second re-check (which
+        // must read, not take the picture) can see it.
+        std::thread::sleep(RECHECKS[0] + Duration::from_secs(2));
+        assert_eq!(d.status()["drift_repairs"], 0);
+        drop_address(&w, A, "192.0.2.4/24");
+        wait("the repair by the second recheck", || {
+            d.status()["drift_repairs"].as_u64() >= Some(1)
+        });
+        assert!(has_address(&w, "192.0.2.4/24"));
         d.stop().unwrap();
     }
 

@@ -46,7 +46,7 @@ use crate::error::RouterError;
 use crate::exec::execute;
 use crate::kernel::{Firewall, Kernel};
 use crate::laps::Laps;
-use crate::observe::{observe, BridgePorts};
+use crate::observe::{keepable, observe, observe_again, BridgePorts, Kept};
 use crate::records::{self, Records, State};
 use crate::spec::{names, DeviceKind, HaState, HostSpec, NsKind};
 
@@ -178,6 +178,12 @@ pub struct ApplyOptions {
     pub only: Option<BTreeSet<RouterId>>,
     /// Told as routers finish (see [`Progress`]); `None`: nobody is told.
     pub progress: Option<Progress>,
+    /// Where the pictures of namespaces found converged are kept for later applies (see
+    /// [`Kept`]); `None`: nothing is kept (a one-shot apply).
+    pub kept: Option<Arc<Kept>>,
+    /// Take the kept pictures instead of reading the namespaces again (the agent's event
+    /// applies; never its re-checks and refreshes, which look for drift).
+    pub trust_kept: bool,
 }
 
 /// A callback told `(routers done, routers in all)` each time a router of an [`apply`]
@@ -217,6 +223,8 @@ impl ApplyOptions {
             facts,
             only: None,
             progress: None,
+            kept: None,
+            trust_kept: false,
         }
     }
 }
@@ -231,46 +239,75 @@ struct Readings {
     daemons: Vec<Service>,
 }
 
+/// What every unit of one run shares.
+struct UnitCx<'a> {
+    spec: &'a HostSpec,
+    /// Namespaces this run created.
+    fresh: &'a BTreeSet<NetnsName>,
+    bridge: Option<&'a BridgePorts>,
+    execute_it: bool,
+    kept: Option<&'a Kept>,
+    trust_kept: bool,
+}
+
 fn converge_unit(
     sides: &mut Sides,
-    spec: &HostSpec,
+    cx: &UnitCx<'_>,
     names: &[NetnsName],
-    fresh: &BTreeSet<NetnsName>,
-    bridge: Option<&BridgePorts>,
-    execute_it: bool,
     read: &mut Readings,
 ) -> (Vec<Change>, Option<RouterError>) {
     let (kernel, firewall) = sides;
+    let spec = cx.spec;
     let mut all = Vec::new();
     let mut laps = Laps::start();
     for ns in names {
-        let observed = match observe(
-            kernel.as_mut(),
-            firewall.as_mut(),
-            ns,
-            spec.namespaces.get(ns),
-            fresh.contains(ns),
-            bridge,
-            &spec.daemons_dir,
-        ) {
+        let ns_spec = spec.namespaces.get(ns);
+        let fresh = cx.fresh.contains(ns);
+        // Taken out whether trusted or not: put back below only if still true.
+        let kept = cx.kept.and_then(|k| k.take(ns));
+        let observed = match (kept, ns_spec) {
+            (Some(k), Some(s)) if cx.trust_kept && cx.execute_it && !fresh => observe_again(
+                kernel.as_mut(),
+                firewall.as_mut(),
+                ns,
+                s,
+                k,
+                &spec.daemons_dir,
+            ),
+            _ => observe(
+                kernel.as_mut(),
+                firewall.as_mut(),
+                ns,
+                ns_spec,
+                fresh,
+                cx.bridge,
+                &spec.daemons_dir,
+            ),
+        };
+        let observed = match observed {
             Ok(o) => o,
             Err(e) => return (all, Some(e)),
         };
         laps.lap("observe");
-        if let Some(ns_spec) = spec.namespaces.get(ns) {
+        if let Some(ns_spec) = ns_spec {
             read.ha_state = read.ha_state.or(crate::diff::ha_state(ns_spec, &observed));
             read.daemons
                 .extend(crate::diff::wanted_daemons(ns_spec, &observed));
         }
         let changes = diff(spec, ns, &observed);
         laps.lap("diff");
-        if execute_it {
+        if cx.execute_it {
             if let Err(e) = execute(kernel.as_mut(), firewall.as_mut(), spec, &changes) {
                 all.extend(changes);
                 return (all, Some(e));
             }
         }
         laps.lap("execute");
+        if let (Some(k), Some(s), true) = (cx.kept, ns_spec, cx.execute_it) {
+            if keepable(&observed, s, &changes) {
+                k.keep(ns.clone(), observed);
+            }
+        }
         all.extend(changes);
     }
     debug!(%laps, "unit steps");
@@ -416,16 +453,21 @@ fn run(
         }
     }
     laps.lap("namespaces");
+    let cx = UnitCx {
+        spec,
+        fresh: &fresh,
+        bridge,
+        execute_it,
+        kept: opts.kept.as_deref(),
+        trust_kept: opts.trust_kept,
+    };
     let units = units(spec);
     // 2. Shared fip- namespaces.
     for ns in &units.fip {
         let (changes, error) = converge_unit(
             &mut sides,
-            spec,
+            &cx,
             std::slice::from_ref(ns),
-            &fresh,
-            bridge,
-            execute_it,
             &mut Readings::default(),
         );
         let mut all = pre.remove(ns.as_str()).unwrap_or_default();
@@ -451,61 +493,60 @@ fn run(
             p.call(*n, total);
         }
     };
-    std::thread::scope(|s| {
-        for _ in 0..workers {
-            s.spawn(|| {
-                let mut sides = match make() {
-                    Ok(x) => x,
-                    Err(e) => {
-                        *setup_error.lock().expect("lock") = Some(e);
-                        return;
-                    }
-                };
-                loop {
-                    let next = queue.lock().expect("lock").pop();
-                    let Some((id, names)) = next else { break };
-                    let mut changes = pre
-                        .lock()
-                        .expect("lock")
-                        .remove(id.as_str())
-                        .unwrap_or_default();
-                    if stop.load(Ordering::SeqCst) || skip.contains(id) {
-                        let status = if skip.contains(id) {
-                            RouterStatus::Unchanged
-                        } else {
-                            RouterStatus::Skipped
-                        };
-                        results.lock().expect("lock").push(RouterResult {
-                            id: id.to_string(),
-                            status,
-                            changes,
-                            error: None,
-                            ha_state: None,
-                            daemons: Vec::new(),
-                        });
-                        tell();
-                        continue;
-                    }
-                    let mut read = Readings::default();
-                    let (more, error) = converge_unit(
-                        &mut sides, spec, names, &fresh, bridge, execute_it, &mut read,
-                    );
-                    changes.extend(more);
-                    if error.is_some() && execute_it {
-                        undo.lock()
-                            .expect("lock")
-                            .extend(names.iter().filter(|n| fresh.contains(*n)).cloned());
-                    }
-                    results.lock().expect("lock").push(RouterResult {
-                        ha_state: read.ha_state,
-                        daemons: read.daemons,
-                        ..result(id.to_string(), changes, error)
-                    });
-                    tell();
-                }
+    // The routers' work, on `sides` of its own: one router (an agent's event) runs on this
+    // thread with the run's sides, more on worker threads each with sides of their own.
+    let work = |sides: &mut Sides| loop {
+        let next = queue.lock().expect("lock").pop();
+        let Some((id, names)) = next else { break };
+        let mut changes = pre
+            .lock()
+            .expect("lock")
+            .remove(id.as_str())
+            .unwrap_or_default();
+        if stop.load(Ordering::SeqCst) || skip.contains(id) {
+            let status = if skip.contains(id) {
+                RouterStatus::Unchanged
+            } else {
+                RouterStatus::Skipped
+            };
+            results.lock().expect("lock").push(RouterResult {
+                id: id.to_string(),
+                status,
+                changes,
+                error: None,
+                ha_state: None,
+                daemons: Vec::new(),
             });
+            tell();
+            continue;
         }
-    });
+        let mut read = Readings::default();
+        let (more, error) = converge_unit(sides, &cx, names, &mut read);
+        changes.extend(more);
+        if error.is_some() && execute_it {
+            undo.lock()
+                .expect("lock")
+                .extend(names.iter().filter(|n| fresh.contains(*n)).cloned());
+        }
+        results.lock().expect("lock").push(RouterResult {
+            ha_state: read.ha_state,
+            daemons: read.daemons,
+            ..result(id.to_string(), changes, error)
+        });
+        tell();
+    };
+    if workers == 1 {
+        work(&mut sides);
+    } else {
+        std::thread::scope(|s| {
+            for _ in 0..workers {
+                s.spawn(|| match make() {
+                    Ok(mut own) => work(&mut own),
+                    Err(e) => *setup_error.lock().expect("lock") = Some(e),
+                });
+            }
+        });
+    }
     laps.lap("routers");
     if let Some(e) = setup_error.into_inner().expect("lock") {
         return Err(e.into());
@@ -550,6 +591,10 @@ fn run(
             .iter()
             .filter(|n| looked_at(n) && !spec.namespaces.contains_key(*n) && ours(n))
         {
+            // Not wanted: its picture goes (a namespace made again later is read anew).
+            if let Some(k) = &opts.kept {
+                k.take(ns);
+            }
             let owner = owner_of(ns);
             // A router that could not be compiled keeps what it has.
             if spec.failed.keys().any(|id| id.as_str() == owner) {

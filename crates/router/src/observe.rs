@@ -107,6 +107,80 @@ pub struct ObservedNs {
     pub daemons: BTreeMap<Service, DaemonState>,
 }
 
+/// Observations kept from one apply to the next (the agent's, as Calico Felix keeps its
+/// dataplane cache): a namespace whose last apply found nothing to change but its rules is
+/// kept as it was read, and an apply that trusts them ([`crate::host::ApplyOptions::trust_kept`],
+/// the agent's event applies) takes that picture instead of reading its links, addresses,
+/// routes, policy rules, neighbours, sysctls, host ends and bridge ports again; the daemons
+/// and the rules (by their generation) are read every time. Every apply of a namespace takes
+/// its picture out, trusted or not, and puts one back only when it found nothing else to
+/// change: a change, a failure or a namespace created anew leaves none. Drift another program
+/// makes meanwhile is found by the applies that do not trust them (the re-checks after each
+/// write and the periodic refresh). HA routers are never kept (keepalived moves addresses).
+#[derive(Debug, Default)]
+pub struct Kept(std::sync::Mutex<std::collections::HashMap<NetnsName, ObservedNs>>);
+
+impl Kept {
+    /// An empty store.
+    pub fn new() -> Kept {
+        Kept::default()
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<NetnsName, ObservedNs>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Takes the picture of `ns` out, if one is kept.
+    pub fn take(&self, ns: &NetnsName) -> Option<ObservedNs> {
+        self.map().remove(ns)
+    }
+
+    /// Keeps the picture of `ns`.
+    pub fn keep(&self, ns: NetnsName, observed: ObservedNs) {
+        self.map().insert(ns, observed);
+    }
+
+    /// The namespaces kept.
+    pub fn len(&self) -> usize {
+        self.map().len()
+    }
+
+    /// Whether none is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Whether a namespace's picture may be kept after an apply that found `changes`: it existed
+/// before the apply (not created by it), is not an HA router's, and nothing but its rules
+/// (read again each time) or side effects (announcements, conntrack) was to change.
+pub fn keepable(observed: &ObservedNs, spec: &NsSpec, changes: &[crate::change::Change]) -> bool {
+    observed.exists
+        && !observed.fresh
+        && spec.ha.is_none()
+        && changes
+            .iter()
+            .all(|c| c.is_side_effect() || matches!(c, crate::change::Change::Iptables { .. }))
+}
+
+/// `kept`, the picture of `ns` an earlier apply took, made current where it is read every
+/// time: the daemons of its router, and the rules `firewall` would change for `spec`.
+pub fn observe_again(
+    kernel: &mut dyn Kernel,
+    firewall: &mut dyn Firewall,
+    ns: &NetnsName,
+    spec: &NsSpec,
+    mut kept: ObservedNs,
+    daemons_dir: &std::path::Path,
+) -> Result<ObservedNs, RouterError> {
+    kept.daemons = daemons(kernel, ns, spec, daemons_dir)?;
+    kept.iptables = rules(firewall, ns, spec, true)?;
+    tracing::debug!(%ns, "observation kept from the last apply");
+    Ok(kept)
+}
+
 /// Whether a route was installed by the kernel itself (connected, RA, redirect).
 fn kernel_route(r: &Route) -> bool {
     matches!(
@@ -223,13 +297,7 @@ pub fn observe(
         .collect();
     if !out.exists {
         observe_ovs(kernel, &mut out, &ovs_devices, bridge, ns)?;
-        out.iptables =
-            firewall
-                .plan(ns, &spec.iptables, false)
-                .map_err(|source| RouterError::Iptables {
-                    router: ns.to_string(),
-                    source,
-                })?;
+        out.iptables = rules(firewall, ns, spec, false)?;
         return Ok(out);
     }
     laps.lap("host_ends");
@@ -294,29 +362,48 @@ pub fn observe(
         out.sysctls = keys.into_iter().zip(values).collect();
     }
     laps.lap("sysctls");
-    if spec.kind == NsKind::Router {
-        if let Some(router) = spec.owners.first() {
-            out.daemons =
-                kernel
-                    .daemons(daemons_dir, router, ns)
-                    .map_err(|source| RouterError::Daemon {
-                        router: router.to_string(),
-                        source,
-                    })?;
-        }
-    }
+    out.daemons = daemons(kernel, ns, spec, daemons_dir)?;
     laps.lap("daemons");
     // A namespace this run created holds no rules yet: planned against an empty rule set
     // (as in a plan, where it does not exist), without reading it.
-    out.iptables = firewall
-        .plan(ns, &spec.iptables, !fresh)
-        .map_err(|source| RouterError::Iptables {
-            router: ns.to_string(),
-            source,
-        })?;
+    out.iptables = rules(firewall, ns, spec, !fresh)?;
     laps.lap("iptables");
     tracing::debug!(%ns, %laps, "observe steps");
     Ok(out)
+}
+
+/// The daemons of `spec`'s router that have files (a router's own `qrouter-` only).
+fn daemons(
+    kernel: &mut dyn Kernel,
+    ns: &NetnsName,
+    spec: &NsSpec,
+    daemons_dir: &std::path::Path,
+) -> Result<BTreeMap<Service, DaemonState>, RouterError> {
+    match spec.owners.first() {
+        Some(router) if spec.kind == NsKind::Router => kernel
+            .daemons(daemons_dir, router, ns)
+            .map_err(|source| RouterError::Daemon {
+                router: router.to_string(),
+                source,
+            }),
+        _ => Ok(BTreeMap::new()),
+    }
+}
+
+/// The `iptables-restore` input `firewall` would send for `spec` (`read`: the kernel's rules
+/// are read where the firewall does not know them; otherwise taken as empty).
+fn rules(
+    firewall: &mut dyn Firewall,
+    ns: &NetnsName,
+    spec: &NsSpec,
+    read: bool,
+) -> Result<Vec<(Family, Vec<String>)>, RouterError> {
+    firewall
+        .plan(ns, &spec.iptables, read)
+        .map_err(|source| RouterError::Iptables {
+            router: ns.to_string(),
+            source,
+        })
 }
 
 /// The OVS side of a namespace: the bridge's records of the spec's OVS port devices and of

@@ -13,6 +13,7 @@ use l3agent_router::compile::HostFacts;
 use l3agent_router::config::HostConfig;
 use l3agent_router::fake::{self, SharedWorld};
 use l3agent_router::host::{self, ApplyOptions, HostReport, RouterStatus, Unchanged};
+use l3agent_router::observe::Kept;
 use l3agent_types::RouterId;
 use serde_json::{json, Value};
 
@@ -210,4 +211,101 @@ fn a_missing_bridge_fails_the_applies_of_its_router_only() {
         assert!(e.to_string().contains("br-gone"), "{e}");
     }
     assert!(!namespace_exists(&w, B));
+}
+
+// ---------------------------------------------------------------------------------------
+// Kept pictures (the agent's event applies): taken instead of reading, never after a change
+// or a failure, and never by an apply that looks for drift.
+// ---------------------------------------------------------------------------------------
+
+/// The example floating IP's address, on A's `qg-` device once applied.
+const FIP: &str = "203.0.113.2/32";
+
+fn kept_opts(only: Option<&[&str]>, kept: &Arc<Kept>, trust: bool) -> ApplyOptions {
+    let mut o = opts(only, Unchanged::Verify);
+    o.kept = Some(Arc::clone(kept));
+    o.trust_kept = trust;
+    o
+}
+
+fn apply_kept(
+    w: &SharedWorld,
+    cfg: &HostConfig,
+    only: Option<&[&str]>,
+    kept: &Arc<Kept>,
+    trust: bool,
+) -> HostReport {
+    host::apply(cfg, &kept_opts(only, kept, trust), &fake::sides(w)).expect("apply")
+}
+
+/// A without its floating IP.
+fn a_without_fip() -> Value {
+    let mut a = router(A);
+    a["_floatingips"] = json!([]);
+    a
+}
+
+#[test]
+fn an_event_takes_the_kept_picture_and_an_apply_looking_for_drift_reads_again() {
+    let w = world();
+    let state = state_dir();
+    let kept = Arc::new(Kept::new());
+    let before = config(&state, &[a_without_fip(), router(B)]);
+    let after = config(&state, &[router(A), router(B)]);
+    // Namespaces made by an apply are not kept; found converged, they are.
+    apply_kept(&w, &before, None, &kept, false);
+    assert!(kept.is_empty());
+    let r = apply_kept(&w, &before, None, &kept, false);
+    assert!(!r.failed(), "{r:#?}");
+    assert_eq!(kept.len(), 2);
+
+    // Another program removes an address; then the floating IP comes (an event).
+    drop_address(&w, A, &qr_address(A));
+    let r = apply_kept(&w, &after, Some(&[A]), &kept, true);
+    assert_eq!(status(&r, A), Some(RouterStatus::Converged), "{r:#?}");
+    assert!(has_address(&w, A, FIP));
+    assert!(
+        !has_address(&w, A, &qr_address(A)),
+        "the event read the namespace instead of taking its picture"
+    );
+    // A changed: its picture is gone, B's stays.
+    assert_eq!(kept.len(), 1);
+
+    // A re-check (not trusting) reads A and repairs the drift; found converged, A is kept.
+    apply_kept(&w, &after, Some(&[A]), &kept, false);
+    assert!(has_address(&w, A, &qr_address(A)));
+    assert_eq!(kept.len(), 1);
+    let r = apply_kept(&w, &after, Some(&[A]), &kept, false);
+    assert_eq!(status(&r, A), Some(RouterStatus::Unchanged), "{r:#?}");
+    assert_eq!(kept.len(), 2);
+
+    // A router no longer configured goes, and its picture with it.
+    let without_b = config(&state, &[router(A)]);
+    apply_kept(&w, &without_b, Some(&[B]), &kept, true);
+    assert!(!namespace_exists(&w, B));
+    assert_eq!(kept.len(), 1);
+}
+
+#[test]
+fn a_failed_event_keeps_no_picture_so_the_next_one_reads_the_namespace() {
+    let w = world();
+    let state = state_dir();
+    let kept = Arc::new(Kept::new());
+    let before = config(&state, &[a_without_fip()]);
+    let after = config(&state, &[router(A)]);
+    apply_kept(&w, &before, None, &kept, false);
+    apply_kept(&w, &before, None, &kept, false);
+    assert_eq!(kept.len(), 1);
+
+    drop_address(&w, A, &qr_address(A));
+    w.lock().unwrap().fail_on = Some(format!("ip addr add {FIP}"));
+    let r = apply_kept(&w, &after, Some(&[A]), &kept, true);
+    assert_eq!(status(&r, A), Some(RouterStatus::Failed), "{r:#?}");
+    assert!(kept.is_empty());
+
+    // Retried (still an event apply): nothing kept, so it reads A and repairs all of it.
+    let r = apply_kept(&w, &after, Some(&[A]), &kept, true);
+    assert_eq!(status(&r, A), Some(RouterStatus::Converged), "{r:#?}");
+    assert!(has_address(&w, A, FIP));
+    assert!(has_address(&w, A, &qr_address(A)));
 }
