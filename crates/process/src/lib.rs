@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
+mod light;
+use light::Proc;
+
 /// Starting or running a process failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
@@ -73,25 +76,19 @@ pub fn run(
     netns: Option<BorrowedFd<'_>>,
     timeout: Duration,
 ) -> Result<Output, ProcessError> {
-    if let Some(data) = stdin {
-        return start(program, args, netns, timeout)?.finish(data);
+    let mut fed = start(program, args, netns, timeout)?;
+    if stdin.is_none() {
+        // Nothing to read: its input ends at once.
+        drop(fed.stdin.take());
     }
-    let child = spawn(
-        program,
-        args,
-        netns,
-        Stdio::null(),
-        Stdio::piped(),
-        Stdio::piped(),
-    )?;
-    collect(child, &program.display().to_string(), timeout)
+    fed.finish(stdin.unwrap_or_default())
 }
 
 /// Reads `child`'s standard output and error to their end and reaps it, in the calling
 /// thread (one `poll(2)` over both pipes: no thread per process, which in a process as large
 /// as the agent cost a good part of an event), for at most `timeout`: past it the child is
 /// killed (SIGKILL), reaped, and the answer is [`ProcessError::Timeout`].
-fn collect(mut child: Child, name: &str, timeout: Duration) -> Result<Output, ProcessError> {
+fn collect(mut child: Proc, name: &str, timeout: Duration) -> Result<Output, ProcessError> {
     let deadline = Instant::now() + timeout;
     let spawn_err = |source: std::io::Error| ProcessError::Spawn {
         program: name.to_owned(),
@@ -112,8 +109,8 @@ fn collect(mut child: Child, name: &str, timeout: Duration) -> Result<Output, Pr
             set_nonblocking(p.as_fd(), true).map_err(spawn_err)?;
         }
     }
-    let timed_out = |mut child: Child| {
-        Killer(child.id()).kill();
+    let timed_out = |mut child: Proc| {
+        child.kill();
         let _ = child.wait();
         Err(ProcessError::Timeout {
             program: name.to_owned(),
@@ -238,8 +235,8 @@ fn poll_timeout(left: Duration) -> PollTimeout {
 /// `iptables-restore` does (an error ends it, and the next write fails).
 #[derive(Debug)]
 pub struct Fed {
-    child: Child,
-    stdin: Option<std::process::ChildStdin>,
+    child: Proc,
+    stdin: Option<std::fs::File>,
     name: String,
     timeout: Duration,
 }
@@ -270,14 +267,7 @@ pub fn start(
     netns: Option<BorrowedFd<'_>>,
     timeout: Duration,
 ) -> Result<Fed, ProcessError> {
-    let mut child = spawn(
-        program,
-        args,
-        netns,
-        Stdio::piped(),
-        Stdio::piped(),
-        Stdio::piped(),
-    )?;
+    let mut child = spawn_piped(program, args, netns)?;
     Ok(Fed {
         stdin: child.stdin.take(),
         child,
@@ -350,7 +340,7 @@ impl Fed {
     /// commits only when its input says so).
     pub fn abort(mut self) {
         drop(self.stdin.take());
-        let _ = self.child.kill();
+        self.child.kill();
         let _ = self.child.wait();
     }
 }
@@ -422,6 +412,44 @@ pub fn run_daemon(
         })
 }
 
+/// The whole environment of a child.
+const ENV: [(&str, &str); 2] = [("PATH", "/usr/sbin:/sbin:/usr/bin:/bin"), ("LC_ALL", "C")];
+
+/// Spawns `program args...` with its standard input, output and error piped, a clean
+/// environment, in the namespace `netns` if given: without copying this process's
+/// descriptor table where the kernel allows it (see [`light`]), else as [`spawn`] does.
+fn spawn_piped(
+    program: &Path,
+    args: &[&str],
+    netns: Option<BorrowedFd<'_>>,
+) -> Result<Proc, ProcessError> {
+    let env: Vec<String> = ENV.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let env: Vec<&str> = env.iter().map(String::as_str).collect();
+    let light = || light::spawn_piped(program, args, &env);
+    let spawned = match netns {
+        None => light(),
+        Some(fd) => {
+            l3agent_netns::in_netns(fd, light).unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        }
+    };
+    match spawned {
+        Ok(Some(proc)) => Ok(proc),
+        Ok(None) => spawn(
+            program,
+            args,
+            netns,
+            Stdio::piped(),
+            Stdio::piped(),
+            Stdio::piped(),
+        )
+        .map(Proc::from_std),
+        Err(source) => Err(ProcessError::Spawn {
+            program: program.display().to_string(),
+            source,
+        }),
+    }
+}
+
 /// Spawns `program args...` with a clean environment, in the namespace `netns` if given.
 fn spawn(
     program: &Path,
@@ -435,8 +463,7 @@ fn spawn(
     let mut cmd = Command::new(program);
     cmd.args(args)
         .env_clear()
-        .env("PATH", "/usr/sbin:/sbin:/usr/bin:/bin")
-        .env("LC_ALL", "C")
+        .envs(ENV)
         .stdin(stdin)
         .stdout(stdout)
         .stderr(stderr);
