@@ -9,9 +9,10 @@
 //!   change are in the kernel (heard from the router namespace's address and nf_tables
 //!   notifications, each confirmed by a query), the DNAT rule then checked with
 //!   `iptables-save -t nat`; p50 and p99;
-//! - its **floor**, measured in the same run: one `iptables-restore --noflush` of the same three
-//!   rules (DNAT in PREROUTING and OUTPUT, SNAT in float-snat) into the same chains plus one
-//!   address add over rtnetlink, in a namespace of its own: what any agent must at least do;
+//! - its **floor**, measured once right after each event: one `iptables-restore --noflush` of
+//!   the same three rules (DNAT in PREROUTING and OUTPUT, SNAT in float-snat) into the same
+//!   chains plus one address add over rtnetlink, in a namespace of its own: what any agent
+//!   must at least do;
 //! - **idle**: CPU and resident memory of the agent process over `idle_secs` with nothing
 //!   changing (the refresh interval is longer than the window), and the processes it started
 //!   meanwhile (`l3agent_process_spawns_total` on its `/metrics`);
@@ -389,42 +390,65 @@ fn fip_rules(fip: &str, fixed: &str) -> [String; 3] {
     ]
 }
 
-/// The floor of one event, `n` times: one `iptables-restore --noflush` of a floating IP's three
-/// rules plus one address add, in a namespace of their own holding the three chains they go
-/// in, empty — or, with `like`, every rule of a router's namespace (an `iptables-save` of
-/// it): `iptables-nft-restore --noflush` reads the tables it writes first, so what they hold
-/// is part of the cost of any write into a router. Seconds each.
-fn floor(n: usize, like: Option<&str>) -> Result<Vec<f64>> {
-    let ns = TestNs::new("afloor");
-    ns.ok(&[
-        "ip", "link", "add", "qg-floor", "type", "veth", "peer", "name", "qg-peer",
-    ]);
-    ns.ok(&["ip", "link", "set", "qg-floor", "up"]);
-    ns.restore(
-        "nft",
-        false,
-        like.unwrap_or(
-            "*nat\n:neutron-l3-agent-PREROUTING - [0:0]\n:neutron-l3-agent-OUTPUT - [0:0]\n\
-             :neutron-l3-agent-float-snat - [0:0]\nCOMMIT\n",
-        ),
-    );
-    let netns = ns.open();
-    let dev = IfName::new("dev", "qg-floor").map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut rtnl = Rtnl::open(&netns).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut took = Vec::with_capacity(n);
-    for e in 0..n {
+/// The floor of one event: one `iptables-restore --noflush` of a floating IP's three rules
+/// plus one address add, in a namespace of its own holding the three chains they go in,
+/// empty — or, with `like`, every rule of a router's namespace (an `iptables-save` of it):
+/// `iptables-nft-restore --noflush` reads the tables it writes first, so what they hold is
+/// part of the cost of any write into a router. Measured once after each of the agent's
+/// events ([`Floor::once`]), so that both see the machine in the same state (this VM's speed
+/// moves 2–5x within minutes).
+struct Floor {
+    /// Deleted when the floor is dropped.
+    _ns: TestNs,
+    netns: Netns,
+    dev: IfName,
+    rtnl: Rtnl,
+    done: usize,
+}
+
+impl Floor {
+    fn new(like: Option<&str>) -> Result<Floor> {
+        let ns = TestNs::new("afloor");
+        ns.ok(&[
+            "ip", "link", "add", "qg-floor", "type", "veth", "peer", "name", "qg-peer",
+        ]);
+        ns.ok(&["ip", "link", "set", "qg-floor", "up"]);
+        ns.restore(
+            "nft",
+            false,
+            like.unwrap_or(
+                "*nat\n:neutron-l3-agent-PREROUTING - [0:0]\n:neutron-l3-agent-OUTPUT - [0:0]\n\
+                 :neutron-l3-agent-float-snat - [0:0]\nCOMMIT\n",
+            ),
+        );
+        let netns = ns.open();
+        let dev = IfName::new("dev", "qg-floor").map_err(|e| anyhow::anyhow!("{e}"))?;
+        let rtnl = Rtnl::open(&netns).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(Floor {
+            _ns: ns,
+            netns,
+            dev,
+            rtnl,
+            done: 0,
+        })
+    }
+
+    /// One floor event; seconds.
+    fn once(&mut self) -> Result<f64> {
+        let e = self.done;
+        self.done += 1;
         let addr = fip(1_000_000 + e, 0, 1);
         let input = format!(
             "*nat\n{}\nCOMMIT\n",
             fip_rules(&addr, &format!("192.0.2.{}", 100 + e % 100)).join("\n")
         );
         let t = Instant::now();
-        restore_noflush(&netns, &input)?;
-        rtnl.add_address(&dev, format!("{addr}/32").parse()?, false)
+        restore_noflush(&self.netns, &input)?;
+        self.rtnl
+            .add_address(&self.dev, format!("{addr}/32").parse()?, false)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        took.push(t.elapsed().as_secs_f64());
+        Ok(t.elapsed().as_secs_f64())
     }
-    Ok(took)
 }
 
 /// Runs the benchmark and returns its Markdown section.
@@ -458,7 +482,20 @@ pub fn run_bench(a: &Args) -> Result<String> {
         // `ready`: the events and the idle window are measured once they are done.
         let announced = settled(agent.pid(), Duration::from_secs(600))?;
 
-        // Events.
+        // Events, each followed by one event of each floor.
+        let router_ns = Netns::open(
+            &NetnsName::new(
+                "ns",
+                &format!("qrouter-{}", routers[0]["id"].as_str().context("id")?),
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let (mut empty_floor, mut like_floor) = (
+            Floor::new(None)?,
+            Floor::new(Some(&save(&router_ns, &[])?))?,
+        );
+        let (mut floors, mut populated) = (Vec::new(), Vec::new());
         let mut events = Vec::with_capacity(a.events);
         for e in 0..a.events {
             let i = (e * 7919) % a.count;
@@ -520,17 +557,10 @@ pub fn run_bench(a: &Args) -> Result<String> {
             }
             events.push(addr_at.max(rule_at).unwrap_or_default().as_secs_f64());
             std::thread::sleep(Duration::from_millis(100));
+            floors.push(empty_floor.once()?);
+            populated.push(like_floor.once()?);
         }
-        let mut floors = floor(a.events, None)?;
-        let router_ns = Netns::open(
-            &NetnsName::new(
-                "ns",
-                &format!("qrouter-{}", routers[0]["id"].as_str().context("id")?),
-            )
-            .map_err(|e| anyhow::anyhow!("{e}"))?,
-        )
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let mut populated = floor(a.events, Some(&save(&router_ns, &[])?))?;
+        drop((empty_floor, like_floor));
 
         // Idle.
         settled(agent.pid(), Duration::from_secs(120))?;
@@ -586,7 +616,7 @@ pub fn run_bench(a: &Args) -> Result<String> {
              notifications, each confirmed by a query; the DNAT rule then checked with `iptables-save`); \
              {n} events, one router each. \
              Floor: one `iptables-restore --noflush` of the same three rules plus one address add over rtnetlink, \
-             in a namespace of its own, {n} times in the same run; the namespace holds the three chains they go \
+             in a namespace of its own, once after each event (the same minutes of the run); the namespace holds the three chains they go \
              in, empty, or (*floor in a router-like namespace*) every rule of a router's namespace, restored from \
              its `iptables-save`: `iptables-nft-restore --noflush` reads the tables it writes first.\n\n\
              | measure | value | floor | ratio |\n|---|---:|---:|---:|\n\

@@ -483,7 +483,11 @@ impl<R: Runner> Manager<R> {
                     }
                     report.sent.push((family, text));
                     report.streamed |= streamed;
-                    drop_in_background((plan, current));
+                    // A small plan's state was moved into `after`: nothing to free that
+                    // is worth a thread.
+                    if plan.len() > PARALLEL_SIMULATION_OPS {
+                        drop_in_background((plan, current));
+                    }
                 }
                 Err(failure) => {
                     self.model.restore_dirty(family, dirty);

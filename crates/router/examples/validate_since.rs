@@ -13,7 +13,10 @@ fn main() {
     let in_force = doc.clone().into_validated().expect("valid");
     println!("full validation: {:.2} ms", t.elapsed().as_secs_f64() * 1e3);
     let mut samples = Vec::new();
-    for k in 0..20 {
+    for k in 0..std::env::args()
+        .nth(2)
+        .map_or(20, |n| n.parse().expect("rounds"))
+    {
         let mut next = in_force.doc.clone();
         let i = (k * 37) % next.routers.len();
         next.routers[i].admin_state_up = k % 2 == 0;

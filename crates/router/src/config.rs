@@ -2351,40 +2351,62 @@ impl ConfigDoc {
         // The routers of `in_force` by id, with the dict each was validated from: only under
         // the same agent section, and only where its routers are its document's, in order
         // (what validate makes; anything else is validated in full).
-        let previous: HashMap<&str, (&RouterDoc, &Router)> = match in_force {
-            Some(cfg)
-                if p.0.is_empty()
-                    && cfg.doc.agent == self.agent
-                    && cfg.agent == agent
-                    && cfg.doc.routers.len() == cfg.routers.len() =>
-            {
-                cfg.doc
+        let comparable = |cfg: &HostConfig| {
+            p.0.is_empty()
+                && cfg.doc.agent == self.agent
+                && cfg.agent == agent
+                && cfg.doc.routers.len() == cfg.routers.len()
+        };
+        // The usual reload: the same routers in the same order (one dict edited). Each is
+        // compared with its own predecessor, and ids equal to valid ones cannot repeat.
+        let aligned: Option<&HostConfig> = in_force.filter(|cfg| {
+            comparable(cfg)
+                && cfg.doc.routers.len() == self.routers.len()
+                && cfg
+                    .doc
                     .routers
                     .iter()
                     .zip(&cfg.routers)
-                    .take_while(|(d, r)| d.id == r.id.as_str())
-                    .map(|(d, r)| (d.id.as_str(), (d, r)))
-                    .collect()
-            }
+                    .zip(&self.routers)
+                    .all(|((d, r), n)| d.id == r.id.as_str() && n.id == d.id)
+        });
+        let previous: HashMap<&str, (&RouterDoc, &Router)> = match in_force {
+            Some(cfg) if aligned.is_none() && comparable(cfg) => cfg
+                .doc
+                .routers
+                .iter()
+                .zip(&cfg.routers)
+                .take_while(|(d, r)| d.id == r.id.as_str())
+                .map(|(d, r)| (d.id.as_str(), (d, r)))
+                .collect(),
             _ => HashMap::new(),
         };
         let mut routers = Vec::with_capacity(self.routers.len());
         let mut indices = Vec::with_capacity(self.routers.len());
         // Per router kept: whether it is `in_force`'s own (its dict unchanged).
         let mut reused = Vec::with_capacity(self.routers.len());
-        let mut ids: HashMap<&str, usize> = HashMap::with_capacity(self.routers.len());
+        let mut ids: HashMap<&str, usize> = match aligned {
+            Some(_) => HashMap::new(),
+            None => HashMap::with_capacity(self.routers.len()),
+        };
         for (i, doc) in self.routers.iter().enumerate() {
-            if let Some(first) = ids.insert(doc.id.as_str(), i) {
-                p.add(
-                    &format!("routers[{i}].id"),
-                    format!("router {} is also routers[{first}]", Echo(&doc.id)),
-                );
-                continue;
-            }
+            let before = match aligned {
+                Some(cfg) => Some((&cfg.doc.routers[i], &cfg.routers[i])),
+                None => {
+                    if let Some(first) = ids.insert(doc.id.as_str(), i) {
+                        p.add(
+                            &format!("routers[{i}].id"),
+                            format!("router {} is also routers[{first}]", Echo(&doc.id)),
+                        );
+                        continue;
+                    }
+                    previous.get(doc.id.as_str()).copied()
+                }
+            };
             // A router taken as it was keeps its claim hashes; one validated makes them, for
             // this check and the next reload's.
-            let checked = match previous.get(doc.id.as_str()) {
-                Some((before, r)) if *before == doc => Some(((*r).clone(), true)),
+            let checked = match before {
+                Some((before, r)) if before == doc => Some((r.clone(), true)),
                 _ => router(doc, &format!("routers[{i}]"), &agent, &mut p)
                     .map(|r| (r.with_claim_hashes(), false)),
             };
@@ -2395,7 +2417,7 @@ impl ConfigDoc {
             }
         }
         let indexed: Vec<(usize, &Router)> = indices.into_iter().zip(routers.iter()).collect();
-        if previous.is_empty() {
+        if previous.is_empty() && aligned.is_none() {
             across_routers(&indexed, &agent, &mut p);
         } else {
             across_routers_since(&indexed, &reused, &agent, &mut p);

@@ -399,13 +399,33 @@ fn remove_leftover(kernel: &mut dyn Kernel, ns: &NetnsName) {
     }
 }
 
+/// The routers a run leaves alone: those outside `only` (an agent's batch), and those trusted
+/// unchanged (`--changed-only`).
+struct Skip<'a> {
+    only: Option<&'a BTreeSet<RouterId>>,
+    trusted: BTreeSet<RouterId>,
+}
+
+impl Skip<'_> {
+    fn none() -> Skip<'static> {
+        Skip {
+            only: None,
+            trusted: BTreeSet::new(),
+        }
+    }
+
+    fn contains(&self, id: &RouterId) -> bool {
+        self.only.is_some_and(|o| !o.contains(id)) || self.trusted.contains(id)
+    }
+}
+
 /// Runs the pipeline over the whole host. `execute_it == false` is a plan.
 fn run(
     spec: &HostSpec,
     recorded: &BTreeSet<NetnsName>,
     make: Factory<'_>,
     opts: &ApplyOptions,
-    skip: &BTreeSet<RouterId>,
+    skip: &Skip<'_>,
     execute_it: bool,
 ) -> Result<HostReport, HostError> {
     let stop = &opts.stop;
@@ -949,25 +969,18 @@ pub fn apply(
     let (spec, needs) = compile_host(&state, cfg, &opts.facts, true, narrow)?;
     laps.lap("compile");
     // Routers outside `only`: skipped like trusted ones, and left out of the report.
-    let excluded: BTreeSet<RouterId> = match &opts.only {
-        Some(only) => cfg
-            .routers
-            .iter()
-            .filter(|r| !only.contains(&r.id))
-            .map(|r| r.id.clone())
-            .collect(),
-        None => BTreeSet::new(),
-    };
-    let mut skip: BTreeSet<RouterId> = match opts.unchanged {
+    let only = opts.only.as_ref();
+    let trusted: BTreeSet<RouterId> = match opts.unchanged {
         Unchanged::Trust => cfg
             .routers
             .iter()
+            .filter(|r| only.is_none_or(|o| o.contains(&r.id)))
             .filter(|r| records.routers.get(r.id.as_str()) == Some(&records::fingerprint(r)))
             .map(|r| r.id.clone())
             .collect(),
         _ => BTreeSet::new(),
     };
-    skip.extend(excluded.iter().cloned());
+    let skip = Skip { only, trusted };
     // Record first, change after, so that a crash (SIGKILL) at any point leaves records the
     // next apply can trust:
     // - the namespaces about to be created: a crash leaves a known namespace, never a leak;
@@ -997,9 +1010,11 @@ pub fn apply(
     let mut report = run(&spec, &recorded, make, opts, &skip, true)?;
     laps.lap("run");
     report.routers.extend(not_compiled(&spec));
-    report
-        .routers
-        .retain(|r| !excluded.iter().any(|id| id.as_str() == r.id));
+    let configured: BTreeSet<&str> = cfg.routers.iter().map(|r| r.id.as_str()).collect();
+    report.routers.retain(|r| {
+        only.is_none_or(|o| o.iter().any(|id| id.as_str() == r.id))
+            || !configured.contains(r.id.as_str())
+    });
     // Records: what exists now, and per router what was last applied successfully.
     let failed: BTreeSet<&str> = report
         .routers
@@ -1035,7 +1050,6 @@ pub fn apply(
                 .insert(id.to_owned(), records::fingerprint(r));
         }
     }
-    let configured: BTreeSet<&str> = cfg.routers.iter().map(|r| r.id.as_str()).collect();
     records
         .routers
         .retain(|id, _| configured.contains(id.as_str()) && !removed.contains(id.as_str()));
@@ -1073,7 +1087,7 @@ pub fn plan(
         &records.namespaces,
         make,
         &opts,
-        &BTreeSet::new(),
+        &Skip::none(),
         false,
     )?;
     report.routers.extend(not_compiled(&spec));
@@ -1115,14 +1129,7 @@ pub fn status(state_path: &Path, make: Factory<'_>) -> Result<Vec<RouterHealth>,
     let records = load_records(&state, make)?;
     let (spec, _) = compile_host(&state, &cfg, &facts, false, None)?;
     let opts = ApplyOptions::new(facts, Arc::new(AtomicBool::new(false)));
-    let report = run(
-        &spec,
-        &BTreeSet::new(),
-        make,
-        &opts,
-        &BTreeSet::new(),
-        false,
-    )?;
+    let report = run(&spec, &BTreeSet::new(), make, &opts, &Skip::none(), false)?;
     let mut out = Vec::new();
     for r in report.routers {
         let drift: Vec<Change> = r
