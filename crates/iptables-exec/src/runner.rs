@@ -277,13 +277,34 @@ impl ProcessRunner {
         let program = self.backend.program(family, tool);
         let path = find_program(&program)?;
         record_in(&self.stats, |s| &s.processes, 1);
-        let out = run(
-            &path,
-            args,
-            stdin,
-            Some(self.netns.fd()),
-            self.options.timeout,
-        )?;
+        let t = std::time::Instant::now();
+        let out = match stdin {
+            // Timed in two steps at debug level: the start, and the rest (the tool's work).
+            Some(data) => {
+                let fed = l3agent_process::start(
+                    &path,
+                    args,
+                    Some(self.netns.fd()),
+                    self.options.timeout,
+                )?;
+                let started = t.elapsed();
+                let out = fed.finish(data)?;
+                tracing::debug!(
+                    %program,
+                    start_us = started.as_micros(),
+                    total_us = t.elapsed().as_micros(),
+                    "ran"
+                );
+                out
+            }
+            None => run(
+                &path,
+                args,
+                None,
+                Some(self.netns.fd()),
+                self.options.timeout,
+            )?,
+        };
         Ok((program, out))
     }
 }
