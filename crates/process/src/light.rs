@@ -115,7 +115,7 @@ struct ChildArgs {
     /// `/proc/<parent>/fd/<n>` of the child's ends of its three pipes, and how to open them.
     paths: [*const libc::c_char; 3],
     modes: [libc::c_int; 3],
-    /// The signal mask to exec with (the calling thread's).
+    /// The calling thread's signal mask, restored in it after the clone.
     mask: libc::sigset_t,
     /// Written by the child if it does not exec: stage and errno.
     stage: libc::c_int,
@@ -135,7 +135,7 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         };
         let mut dfl: libc::sigaction = std::mem::zeroed();
         dfl.sa_sigaction = libc::SIG_DFL;
-        for sig in 1..libc::SIGRTMAX() {
+        for sig in 1..=libc::SIGRTMAX() {
             if sig == libc::SIGKILL || sig == libc::SIGSTOP {
                 continue;
             }
@@ -168,7 +168,10 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
                 libc::close(fd);
             }
         }
-        libc::sigprocmask(libc::SIG_SETMASK, &a.mask, std::ptr::null_mut());
+        // The program starts with no signal blocked, as std's children do.
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
         libc::execve(a.program, a.argv, a.envp);
         fail(a, STAGE_EXEC)
     }
@@ -317,14 +320,42 @@ mod tests {
         let stray = unsafe { libc::dup(leaky.as_raw_fd()) };
         assert!(stray > 2);
         let script = "cat; echo; ls /proc/self/fd | tr '\\n' ' '; echo; \
-                      grep -E '^(SigBlk|SigIgn)' /proc/self/status; env; echo oops >&2; exit 3";
-        let mut p = spawn_piped(
+                      env; echo oops >&2; exit 3";
+        // A signal blocked in the spawning thread is not blocked in the child.
+        // SAFETY: this test thread's own mask, put back below.
+        let mut usr1: libc::sigset_t = unsafe { std::mem::zeroed() };
+        unsafe {
+            libc::sigemptyset(&mut usr1);
+            libc::sigaddset(&mut usr1, libc::SIGUSR1);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &usr1, std::ptr::null_mut());
+        }
+        let spawned = spawn_piped(
             Path::new("/bin/sh"),
             &["-c", script],
             &["PATH=/usr/bin:/bin", "LC_ALL=C"],
-        )
-        .unwrap()
-        .expect("this kernel takes the light spawn (close_range unsharing, /proc)");
+        );
+        // Read by the child itself (a shell may change its mask at start).
+        let signals = spawn_piped(
+            Path::new("/bin/grep"),
+            &["-E", "^(SigBlk|SigIgn)", "/proc/self/status"],
+            &[],
+        );
+        // SAFETY: as above.
+        unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &usr1, std::ptr::null_mut()) };
+        let mut signals = signals.unwrap().expect("light spawn");
+        let signals_out = read_all(&mut signals.stdout);
+        assert!(signals.wait().unwrap().success());
+        let sig: Vec<&str> = signals_out.lines().collect();
+        assert_eq!(sig[0], "SigBlk:\t0000000000000000", "{signals_out}");
+        let ignored = u64::from_str_radix(sig[1].trim_start_matches("SigIgn:\t"), 16).unwrap();
+        assert_eq!(
+            ignored & (1 << (libc::SIGPIPE - 1)),
+            0,
+            "SIGPIPE ignored: {signals_out}"
+        );
+        let mut p = spawned
+            .unwrap()
+            .expect("this kernel takes the light spawn (close_range unsharing, /proc)");
         p.stdin.take().unwrap().write_all(b"fed").unwrap();
         let out = read_all(&mut p.stdout);
         let err = read_all(&mut p.stderr);
@@ -338,14 +369,7 @@ mod tests {
         // 0-2, and the directory `ls` reads.
         let fds: Vec<&str> = lines[1].split_whitespace().collect();
         assert_eq!(fds, ["0", "1", "2", "3"], "{out}");
-        assert_eq!(lines[2], "SigBlk:\t0000000000000000", "{out}");
-        let ignored = u64::from_str_radix(lines[3].trim_start_matches("SigIgn:\t"), 16).unwrap();
-        assert_eq!(
-            ignored & (1 << (libc::SIGPIPE - 1)),
-            0,
-            "SIGPIPE ignored: {out}"
-        );
-        let mut env: Vec<&str> = lines[4..]
+        let mut env: Vec<&str> = lines[2..]
             .iter()
             .copied()
             .filter(|l| !l.starts_with("PWD=") && !l.starts_with("SHLVL=") && !l.starts_with('_'))
