@@ -43,7 +43,7 @@ impl Proc {
     /// From a child std spawned (std's `Child` neither kills nor reaps when dropped).
     pub(crate) fn from_std(mut child: std::process::Child) -> Proc {
         Proc {
-            pid: libc::pid_t::try_from(child.id()).unwrap_or(-1),
+            pid: libc::pid_t::try_from(child.id()).expect("a child's pid fits a pid_t"),
             stdin: child.stdin.take().map(|p| File::from(OwnedFd::from(p))),
             stdout: child.stdout.take().map(|p| File::from(OwnedFd::from(p))),
             stderr: child.stderr.take().map(|p| File::from(OwnedFd::from(p))),
@@ -95,6 +95,17 @@ impl Proc {
         if self.reaped.is_none() && self.pid > 0 {
             // SAFETY: kill(2) on our own unreaped child.
             unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        }
+    }
+}
+
+impl Drop for Proc {
+    /// A child given up on (an error path, a panic) is killed and reaped, never left running
+    /// or as a zombie.
+    fn drop(&mut self) {
+        if self.reaped.is_none() && self.pid > 0 {
+            self.kill();
+            let _ = self.wait();
         }
     }
 }
@@ -199,14 +210,26 @@ fn cstring(s: &[u8]) -> std::io::Result<CString> {
 }
 
 /// Spawns `program args...` with its three standard descriptors piped, in the calling
-/// thread's network namespace, with environment `env` (`KEY=VALUE`). `Ok(None)`: the kernel
-/// refused the set-up (the caller spawns with std instead, as every later call does).
+/// thread's network namespace, with environment `env` (`KEY=VALUE`). `Ok(None)`: the set-up
+/// was refused (the caller spawns with std instead; where the kernel or host does not allow
+/// it, every later call does too).
 pub(crate) fn spawn_piped(
     program: &Path,
     args: &[&str],
     env: &[&str],
 ) -> std::io::Result<Option<Proc>> {
     if REFUSED.load(Ordering::Relaxed) {
+        return Ok(None);
+    }
+    // The pipes are opened again by path: `/proc` must be this process's pid namespace's
+    // (in a container with another's `/proc`, `/proc/<pid>` may be another process).
+    static PROC_IS_OURS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let ours = *PROC_IS_OURS.get_or_init(|| {
+        std::fs::read_link("/proc/self")
+            .is_ok_and(|l| l.as_os_str().as_bytes() == std::process::id().to_string().as_bytes())
+    });
+    if !ours {
+        REFUSED.store(true, Ordering::Relaxed);
         return Ok(None);
     }
     let prog = cstring(program.as_os_str().as_bytes())?;
@@ -266,7 +289,14 @@ pub(crate) fn spawn_piped(
             std::ptr::null_mut(),
         );
         if pid < 0 {
-            return Err(err);
+            // Refused (a sandbox's seccomp filter, ...): std's spawn, this time or for good.
+            if matches!(
+                err.raw_os_error(),
+                Some(libc::EPERM | libc::ENOSYS | libc::EINVAL)
+            ) {
+                REFUSED.store(true, Ordering::Relaxed);
+            }
+            return Ok(None);
         }
         pid
     };
@@ -290,8 +320,14 @@ pub(crate) fn spawn_piped(
             let _ = proc.wait();
             let err = std::io::Error::from_raw_os_error(args_for_child.errno);
             if stage == STAGE_SETUP {
-                let _ = err;
-                REFUSED.store(true, Ordering::Relaxed);
+                // What this kernel or host does not allow turns the light spawn off for
+                // good; anything else (out of memory, descriptors) only for this call.
+                if matches!(
+                    err.raw_os_error(),
+                    Some(libc::EPERM | libc::ENOSYS | libc::EINVAL | libc::ENOENT | libc::EACCES)
+                ) {
+                    REFUSED.store(true, Ordering::Relaxed);
+                }
                 Ok(None)
             } else {
                 Err(err)
