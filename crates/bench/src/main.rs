@@ -18,6 +18,7 @@
 #![allow(clippy::disallowed_methods)] // the harness spawns its contenders
 
 mod agent;
+mod floor;
 mod iptables;
 mod neutron;
 mod plumbing;

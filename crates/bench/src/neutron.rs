@@ -157,7 +157,7 @@ fn netns_err(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow!("{e}")
 }
 
-use crate::agent::inside;
+use crate::floor::{inside, FloorNs};
 
 // ---------------------------------------------------------------------------------------
 // Fixtures: the work directory, the namespace the bench runs in, extra API servers.
@@ -1305,27 +1305,14 @@ fn ovs_floor(ovsdb: &Path, routers: usize) -> Result<(f64, f64)> {
 /// The least kernel work of one floating IP: its three rules (one `iptables-restore
 /// --noflush`) and its address (rtnetlink), in a namespace of its own.
 struct KernelFloor {
-    ns: TestNs,
-    rtnl: Rtnl,
-    dev: IfName,
+    ns: FloorNs,
 }
 
 impl KernelFloor {
     fn new() -> Result<KernelFloor> {
-        let ns = TestNs::new("nbfloor");
-        ns.ok(&[
-            "ip", "link", "add", "qg-floor", "type", "veth", "peer", "name", "qg-peer",
-        ]);
-        ns.ok(&["ip", "link", "set", "qg-floor", "up"]);
-        ns.restore(
-            "nft",
-            false,
-            "*nat\n:neutron-l3-agent-PREROUTING - [0:0]\n:neutron-l3-agent-OUTPUT - [0:0]\n\
-             :neutron-l3-agent-float-snat - [0:0]\nCOMMIT\n",
-        );
-        let rtnl = Rtnl::open(&ns.open()).map_err(netns_err)?;
-        let dev = IfName::new("dev", "qg-floor").map_err(netns_err)?;
-        Ok(KernelFloor { ns, rtnl, dev })
+        Ok(KernelFloor {
+            ns: FloorNs::new("nbfloor", None)?,
+        })
     }
 
     fn rules(op: &str, fip: &str) -> String {
@@ -1338,22 +1325,14 @@ impl KernelFloor {
         )
     }
 
-    fn restore(&self, input: &str) -> Result<()> {
-        crate::agent::restore_noflush(&self.ns.open(), input)
-    }
-
     fn apply(&mut self, fip: &str) -> Result<()> {
-        self.restore(&Self::rules("-A", fip))?;
-        self.rtnl
-            .add_address(&self.dev, format!("{fip}/32").parse()?, false)
-            .map_err(netns_err)
+        self.ns.restore(&Self::rules("-A", fip))?;
+        self.ns.address(fip, true)
     }
 
     fn undo(&mut self, fip: &str) -> Result<()> {
-        self.restore(&Self::rules("-D", fip))?;
-        self.rtnl
-            .delete_address(&self.dev, format!("{fip}/32").parse()?)
-            .map_err(netns_err)
+        self.ns.restore(&Self::rules("-D", fip))?;
+        self.ns.address(fip, false)
     }
 }
 

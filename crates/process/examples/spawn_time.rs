@@ -2,8 +2,9 @@
 //! output read, reaped, bounded in time) against std's `Command::output`-like spawn and
 //! `wait_with_output` of the same program in the same process, alternately, 300 times each,
 //! with the process holding no other descriptor, then 6,000 netlink sockets (the agent's
-//! count at 1,000 routers, which std's spawn copies into each child and its exec closes):
-//! `cargo run --release -p l3agent-process --example spawn_time`.
+//! count at 1,000 routers, which std's spawn copies into each child and its exec closes); run
+//! as root, also into a network namespace (the child enters it itself; std's is spawned from a
+//! thread that entered it): `cargo run --release -p l3agent-process --example spawn_time`.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -27,32 +28,59 @@ fn main() {
                 .expect("a netlink socket (raise the open-files limit: ulimit -n 8192)"),
             );
         }
-        compare(extra);
+        compare(extra, None);
+    }
+    if nix::unistd::geteuid().is_root() {
+        let name =
+            l3agent_netns::NetnsName::new("ns", &format!("l3p-spawn-{}", std::process::id()))
+                .expect("a valid name");
+        l3agent_netns::create(&name).expect("a namespace");
+        let ns = l3agent_netns::Netns::open(&name).expect("open");
+        compare(held.len(), Some(&ns));
+        drop(ns);
+        let _ = l3agent_netns::delete(&name);
     }
 }
 
-fn compare(extra: usize) {
+fn compare(extra: usize, netns: Option<&l3agent_netns::Netns>) {
     let program = l3agent_process::find_program("true").expect("true");
     let (mut ours, mut floor) = (Vec::new(), Vec::new());
     for _ in 0..300 {
         let t = Instant::now();
-        l3agent_process::run(&program, &[], Some(b"x\n"), None, Duration::from_secs(5))
-            .expect("run");
+        l3agent_process::run(
+            &program,
+            &[],
+            Some(b"x\n"),
+            netns.map(l3agent_netns::Netns::fd),
+            Duration::from_secs(5),
+        )
+        .expect("run");
         ours.push(t.elapsed().as_secs_f64() * 1e3);
         let t = Instant::now();
         #[allow(clippy::disallowed_methods)] // the floor: std alone, nothing of ours
-        Command::new(&program)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .and_then(|c| c.wait_with_output())
-            .expect("spawn");
+        let spawn = || {
+            Command::new(&program)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+        };
+        match netns {
+            None => spawn(),
+            Some(ns) => l3agent_netns::in_netns(ns.fd(), spawn).expect("entered"),
+        }
+        .and_then(|c| c.wait_with_output())
+        .expect("spawn");
         floor.push(t.elapsed().as_secs_f64() * 1e3);
     }
     let ((o50, o90), (f50, f90)) = (quantiles(ours), quantiles(floor));
+    let place = if netns.is_some() {
+        ", into a network namespace"
+    } else {
+        ""
+    };
     println!(
-        "{extra} other descriptors: l3agent_process::run: p50 {o50:.3} ms, p90 {o90:.3} ms; std spawn + wait_with_output: \
+        "{extra} other descriptors{place}: l3agent_process::run: p50 {o50:.3} ms, p90 {o90:.3} ms; std spawn + wait_with_output: \
          p50 {f50:.3} ms, p90 {f90:.3} ms; ratio p50 {:.2}x",
         o50 / f50
     );

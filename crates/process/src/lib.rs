@@ -1,6 +1,7 @@
 //! The one place l3agent starts processes: argv only (never a shell), the child starts in the
-//! target network namespace (spawned from a thread that entered it with `setns`; no `ip netns
-//! exec`), every run is bounded in time, and stdout/stderr are captured ([`run`]) or written to
+//! target network namespace (the child enters it with `setns` before it execs, or, where the
+//! light spawn is refused, it is spawned from a thread that entered it; no `ip netns exec`),
+//! every run is bounded in time, and stdout/stderr are captured ([`run`]) or written to
 //! a file ([`run_daemon`], for programs that daemonise).
 
 use std::io::{Read, Write};
@@ -425,14 +426,7 @@ fn spawn_piped(
 ) -> Result<Proc, ProcessError> {
     let env: Vec<String> = ENV.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let env: Vec<&str> = env.iter().map(String::as_str).collect();
-    let light = || light::spawn_piped(program, args, &env);
-    let spawned = match netns {
-        None => light(),
-        Some(fd) => {
-            l3agent_netns::in_netns(fd, light).unwrap_or_else(|e| Err(std::io::Error::other(e)))
-        }
-    };
-    match spawned {
+    match light::spawn_piped(program, args, &env, netns) {
         Ok(Some(proc)) => Ok(proc),
         Ok(None) => spawn(
             program,

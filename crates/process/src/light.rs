@@ -20,7 +20,7 @@
 
 use std::ffi::CString;
 use std::fs::File;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
@@ -116,6 +116,7 @@ static REFUSED: AtomicBool = AtomicBool::new(false);
 /// What the child reports when it cannot go on: which stage, and the errno.
 const STAGE_SETUP: libc::c_int = 1;
 const STAGE_EXEC: libc::c_int = 2;
+const STAGE_NETNS: libc::c_int = 3;
 
 /// Everything the child reads, prepared by the parent (the child allocates nothing).
 #[repr(C)]
@@ -123,6 +124,8 @@ struct ChildArgs {
     program: *const libc::c_char,
     argv: *const *const libc::c_char,
     envp: *const *const libc::c_char,
+    /// The network namespace to enter (a descriptor of the shared table), or -1.
+    netns: libc::c_int,
     /// `/proc/<parent>/fd/<n>` of the child's ends of its three pipes, and how to open them.
     paths: [*const libc::c_char; 3],
     modes: [libc::c_int; 3],
@@ -157,6 +160,10 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
             {
                 libc::sigaction(sig, &dfl, std::ptr::null_mut());
             }
+        }
+        // setns(2) changes only the calling task: this child, not the suspended parent.
+        if a.netns >= 0 && libc::setns(a.netns, libc::CLONE_NEWNET) != 0 {
+            fail(a, STAGE_NETNS);
         }
         if libc::syscall(
             libc::SYS_close_range,
@@ -209,14 +216,16 @@ fn cstring(s: &[u8]) -> std::io::Result<CString> {
     CString::new(s).map_err(|_| std::io::Error::other("a NUL byte in an argument"))
 }
 
-/// Spawns `program args...` with its three standard descriptors piped, in the calling
-/// thread's network namespace, with environment `env` (`KEY=VALUE`). `Ok(None)`: the set-up
-/// was refused (the caller spawns with std instead; where the kernel or host does not allow
-/// it, every later call does too).
+/// Spawns `program args...` with its three standard descriptors piped, in the network
+/// namespace `netns` (entered by the child itself before it execs: no thread of this process
+/// changes namespace) or else the calling thread's, with environment `env` (`KEY=VALUE`).
+/// `Ok(None)`: the set-up was refused (the caller spawns with std instead; where the kernel
+/// or host does not allow it, every later call does too).
 pub(crate) fn spawn_piped(
     program: &Path,
     args: &[&str],
     env: &[&str],
+    netns: Option<BorrowedFd<'_>>,
 ) -> std::io::Result<Option<Proc>> {
     if REFUSED.load(Ordering::Relaxed) {
         return Ok(None);
@@ -260,6 +269,7 @@ pub(crate) fn spawn_piped(
         program: prog.as_ptr(),
         argv: argv_p.as_ptr(),
         envp: env_p.as_ptr(),
+        netns: netns.map_or(-1, |fd| fd.as_raw_fd()),
         paths: [paths[0].as_ptr(), paths[1].as_ptr(), paths[2].as_ptr()],
         modes: [libc::O_RDONLY, libc::O_WRONLY, libc::O_WRONLY],
         mask: unsafe { std::mem::zeroed() },
@@ -329,6 +339,11 @@ pub(crate) fn spawn_piped(
                     REFUSED.store(true, Ordering::Relaxed);
                 }
                 Ok(None)
+            } else if stage == STAGE_NETNS {
+                Err(std::io::Error::new(
+                    err.kind(),
+                    format!("entering the network namespace: {err}"),
+                ))
             } else {
                 Err(err)
             }
@@ -369,12 +384,14 @@ mod tests {
             Path::new("/bin/sh"),
             &["-c", script],
             &["PATH=/usr/bin:/bin", "LC_ALL=C"],
+            None,
         );
         // Read by the child itself (a shell may change its mask at start).
         let signals = spawn_piped(
             Path::new("/bin/grep"),
             &["-E", "^(SigBlk|SigIgn)", "/proc/self/status"],
             &[],
+            None,
         );
         // SAFETY: as above.
         unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &usr1, std::ptr::null_mut()) };
@@ -415,11 +432,30 @@ mod tests {
     }
 
     #[test]
+    fn a_namespace_the_child_cannot_enter_is_an_error_and_the_light_spawn_stays_on() {
+        let not_a_namespace = std::fs::File::open("/dev/null").unwrap();
+        let e = spawn_piped(
+            Path::new("/bin/true"),
+            &[],
+            &[],
+            Some(std::os::fd::AsFd::as_fd(&not_a_namespace)),
+        )
+        .unwrap_err();
+        assert_eq!(e.raw_os_error(), None, "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("entering the network namespace: "),
+            "{e}"
+        );
+        assert!(!REFUSED.load(Ordering::Relaxed));
+    }
+
+    #[test]
     fn a_program_that_cannot_be_executed_is_an_error_and_the_light_spawn_stays_on() {
-        let e = spawn_piped(Path::new("/nonexistent/program"), &[], &[]).unwrap_err();
+        let e = spawn_piped(Path::new("/nonexistent/program"), &[], &[], None).unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{e}");
         assert!(!REFUSED.load(Ordering::Relaxed));
-        let mut p = spawn_piped(Path::new("/bin/true"), &[], &[])
+        let mut p = spawn_piped(Path::new("/bin/true"), &[], &[], None)
             .unwrap()
             .expect("light spawn");
         assert!(p.wait().unwrap().success());
