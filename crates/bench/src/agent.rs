@@ -26,13 +26,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
-use l3agent_netns::NetnsError;
 use l3agent_rtnl::prelude::*;
 use l3agent_rtnl::{Netns, Rtnl};
 use l3agent_testkit::TestNs;
-use l3agent_types::{IfName, NetnsName};
+use l3agent_types::NetnsName;
 use serde_json::{json, Value};
 
+use crate::floor::{inside, FloorNs};
 use crate::routers::{fip, host_with_bridges, router};
 
 /// Arguments of `l3agent-bench agent`.
@@ -355,32 +355,6 @@ fn save(ns: &Netns, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Runs `f` on a thread inside `ns`.
-pub(crate) fn inside<T: Send>(ns: &Netns, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
-    ns.run::<_, NetnsError>(f)
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-}
-
-/// `iptables-nft-restore --noflush` of `input` inside `ns` (the floors' kernel write).
-pub(crate) fn restore_noflush(ns: &Netns, input: &str) -> Result<()> {
-    let ok = inside(ns, || {
-        let mut child = Command::new("iptables-nft-restore")
-            .arg("--noflush")
-            .stdin(Stdio::piped())
-            .spawn()?;
-        child
-            .stdin
-            .take()
-            .context("piped")?
-            .write_all(input.as_bytes())?;
-        Ok(child.wait()?.success())
-    })?;
-    if !ok {
-        bail!("the floor's iptables-restore failed");
-    }
-    Ok(())
-}
-
 /// One floating IP's rules as l3agent writes them for a legacy router (iptables-save form).
 fn fip_rules(fip: &str, fixed: &str) -> [String; 3] {
     [
@@ -397,38 +371,61 @@ fn fip_rules(fip: &str, fixed: &str) -> [String; 3] {
 /// part of the cost of any write into a router. Measured once after each of the agent's
 /// events ([`Floor::once`]), so that both see the machine in the same state (this VM's speed
 /// moves 2–5x within minutes).
+/// The thread that times events and floors runs at a real-time priority while it does
+/// (`SCHED_FIFO`, reset in every thread or process it starts): on two cores, the agent's work
+/// after an event (its state records, the announcements of the new address) otherwise delays
+/// the observer's own wake-up on the kernel's notification, or its clock read after the
+/// rename, by milliseconds it would count for or against the agent. Floors are timed by the
+/// same thread, their children at normal priority, as the agent's are.
+struct Observer {
+    raised: std::result::Result<(), String>,
+}
+
+impl Observer {
+    fn raise() -> Observer {
+        let param = libc::sched_param { sched_priority: 10 };
+        // SAFETY: sets this thread's own scheduling policy from a local parameter.
+        let r = unsafe {
+            libc::sched_setscheduler(0, libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, &param)
+        };
+        Observer {
+            raised: if r == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error().to_string())
+            },
+        }
+    }
+
+    /// What the measures were taken at, for the report.
+    fn describe(&self) -> String {
+        match &self.raised {
+            Ok(()) => "SCHED_FIFO".into(),
+            Err(e) => format!("normal priority (SCHED_FIFO refused: {e})"),
+        }
+    }
+}
+
+impl Drop for Observer {
+    /// Back to normal priority (also on an early return).
+    fn drop(&mut self) {
+        if self.raised.is_ok() {
+            let param = libc::sched_param { sched_priority: 0 };
+            // SAFETY: as in `raise`.
+            unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) };
+        }
+    }
+}
+
 struct Floor {
-    /// Deleted when the floor is dropped.
-    _ns: TestNs,
-    netns: Netns,
-    dev: IfName,
-    rtnl: Rtnl,
+    ns: FloorNs,
     done: usize,
 }
 
 impl Floor {
     fn new(like: Option<&str>) -> Result<Floor> {
-        let ns = TestNs::new("afloor");
-        ns.ok(&[
-            "ip", "link", "add", "qg-floor", "type", "veth", "peer", "name", "qg-peer",
-        ]);
-        ns.ok(&["ip", "link", "set", "qg-floor", "up"]);
-        ns.restore(
-            "nft",
-            false,
-            like.unwrap_or(
-                "*nat\n:neutron-l3-agent-PREROUTING - [0:0]\n:neutron-l3-agent-OUTPUT - [0:0]\n\
-                 :neutron-l3-agent-float-snat - [0:0]\nCOMMIT\n",
-            ),
-        );
-        let netns = ns.open();
-        let dev = IfName::new("dev", "qg-floor").map_err(|e| anyhow::anyhow!("{e}"))?;
-        let rtnl = Rtnl::open(&netns).map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(Floor {
-            _ns: ns,
-            netns,
-            dev,
-            rtnl,
+            ns: FloorNs::new("afloor", like)?,
             done: 0,
         })
     }
@@ -443,10 +440,8 @@ impl Floor {
             fip_rules(&addr, &format!("192.0.2.{}", 100 + e % 100)).join("\n")
         );
         let t = Instant::now();
-        restore_noflush(&self.netns, &input)?;
-        self.rtnl
-            .add_address(&self.dev, format!("{addr}/32").parse()?, false)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        self.ns.restore(&input)?;
+        self.ns.address(&addr, true)?;
         Ok(t.elapsed().as_secs_f64())
     }
 }
@@ -497,6 +492,7 @@ pub fn run_bench(a: &Args) -> Result<String> {
         );
         let (mut floors, mut populated) = (Vec::new(), Vec::new());
         let mut events = Vec::with_capacity(a.events);
+        let observer = Observer::raise();
         for e in 0..a.events {
             let i = (e * 7919) % a.count;
             let addr = fip(a.count + e, 0, a.fips);
@@ -560,6 +556,11 @@ pub fn run_bench(a: &Args) -> Result<String> {
             floors.push(empty_floor.once()?);
             populated.push(like_floor.once()?);
         }
+        // Normal priority again for the idle and restart measures.
+        let observer = {
+            let raised = observer;
+            raised.describe()
+        };
         drop((empty_floor, like_floor));
 
         // Idle.
@@ -618,7 +619,9 @@ pub fn run_bench(a: &Args) -> Result<String> {
              Floor: one `iptables-restore --noflush` of the same three rules plus one address add over rtnetlink, \
              in a namespace of its own, once after each event (the same minutes of the run); the namespace holds the three chains they go \
              in, empty, or (*floor in a router-like namespace*) every rule of a router's namespace, restored from \
-             its `iptables-save`: `iptables-nft-restore --noflush` reads the tables it writes first.\n\n\
+             its `iptables-save`: `iptables-nft-restore --noflush` reads the tables it writes first. \
+             The thread timing both runs at {observer} (its children at normal priority), so that the agent's \
+             work after an event does not delay its clock.\n\n\
              | measure | value | floor | ratio |\n|---|---:|---:|---:|\n\
              | event to kernel, p50 | {p50:.1} ms | {f50:.1} ms | {r50:.2}x |\n\
              | event to kernel, p99 | {p99:.1} ms | {f99:.1} ms | {r99:.2}x |\n\
@@ -633,6 +636,7 @@ pub fn run_bench(a: &Args) -> Result<String> {
              | restart to ready (converged host) | {restart:.2} s | | |\n\
              | routers changed by the restart | {changed} of {listed} | | |\n",
             count = a.count,
+            observer = observer,
             fips = a.fips,
             n = a.events,
             p50 = ms(p50),
