@@ -2,7 +2,8 @@
 //! [`Manager`] built on it.
 //!
 //! - [`process`] (the `l3agent-process` crate) is the only code that starts processes: argv
-//!   only, spawned from a short-lived thread that entered the target namespace, bounded in time.
+//!   only, started inside the target namespace (the child enters it before it execs), bounded
+//!   in time.
 //! - [`runner`] drives `iptables-save`/`iptables-restore --noflush -w` of the detected backend.
 //! - [`netns`] (the `l3agent-netns` crate) is the namespace handle: opened once, so the
 //!   namespace cannot be swapped under us between save and restore, with its identity for the

@@ -1,7 +1,7 @@
 //! The one place l3agent starts processes: argv only (never a shell), the child starts in the
-//! target network namespace (the child enters it with `setns` before it execs, or, where the
-//! light spawn is refused, it is spawned from a thread that entered it; no `ip netns exec`),
-//! every run is bounded in time, and stdout/stderr are captured ([`run`]) or written to
+//! target network namespace (a child whose output is captured enters it with `setns` before
+//! it execs; daemons, and every child where the light spawn is refused, are spawned from a
+//! thread that entered it; no `ip netns exec`), every run is bounded in time, and stdout/stderr are captured ([`run`]) or written to
 //! a file ([`run_daemon`], for programs that daemonise).
 
 use std::io::{Read, Write};

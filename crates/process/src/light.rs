@@ -16,7 +16,8 @@
 //! parent's handlers reset to the default first (a handler must not run in the child), as
 //! glibc's `posix_spawn` does. Where the kernel refuses the set-up (no `close_range`
 //! unsharing before 5.9, `/proc` not readable), the spawn falls back to std's for the rest of
-//! the process's life; a program that cannot be executed is an error like std's.
+//! the process's life; a program that cannot be executed is an error like std's, and so is a
+//! network namespace the child cannot enter (`setns`, made by the child before `close_range`).
 
 use std::ffi::CString;
 use std::fs::File;

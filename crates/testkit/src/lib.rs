@@ -187,7 +187,7 @@ impl TestNs {
     }
 
     /// Runs a command inside (network namespace only: started by a thread that entered it,
-    /// like l3agent starts its processes).
+    /// as l3agent starts its daemons).
     pub fn run(&self, argv: &[&str]) -> Run {
         let out = self
             .inside(|| Command::new(argv[0]).args(&argv[1..]).output())
