@@ -301,8 +301,10 @@ impl Notifications {
     }
 
     /// Waits until an address notification arrives, or with `rules` also an nf_tables one
-    /// (each drained), at most until `deadline`: which ones did, `None` past the deadline.
-    fn wait(&mut self, deadline: Instant, rules: bool) -> Result<Option<(bool, bool)>> {
+    /// (each drained), at most until `deadline`: when the kernel woke this thread (before the
+    /// draining, which can take milliseconds of its own) and which ones did, `None` past the
+    /// deadline.
+    fn wait(&mut self, deadline: Instant, rules: bool) -> Result<Option<(Instant, bool, bool)>> {
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
         use std::os::fd::AsFd;
         loop {
@@ -322,6 +324,7 @@ impl Notifications {
                 Err(e) => bail!("waiting for the kernel's notifications: {e}"),
                 Ok(_) => {}
             }
+            let woken = Instant::now();
             let (a, r) = (
                 fds[0].any().unwrap_or(false),
                 rules && fds[1].any().unwrap_or(false),
@@ -342,7 +345,7 @@ impl Notifications {
                     }
                 }
             }
-            return Ok(Some((a, r)));
+            return Ok(Some((woken, a, r)));
         }
     }
 }
@@ -531,13 +534,13 @@ pub fn run_bench(a: &Args) -> Result<String> {
             let deadline = t + Duration::from_secs(60);
             let (mut addr_at, mut rule_at) = (None, None);
             while addr_at.is_none() || rule_at.is_none() {
-                let Some((addresses, _)) = heard.wait(deadline, addr_at.is_some())? else {
+                let Some((woken, addresses, _)) = heard.wait(deadline, addr_at.is_some())? else {
                     bail!(
                         "event {e}: {addr} not in the kernel after 60 s:\n{}",
                         agent.log_tail()
                     );
                 };
-                let at = t.elapsed();
+                let at = woken.duration_since(t);
                 if addresses
                     && addr_at.is_none()
                     && rtnl
