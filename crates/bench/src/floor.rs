@@ -24,26 +24,6 @@ pub(crate) fn inside<T: Send>(ns: &Netns, f: impl FnOnce() -> Result<T> + Send) 
         .map_err(|e| anyhow::anyhow!("{e}"))?
 }
 
-/// `iptables-nft-restore --noflush` of `input` inside `ns` (the floors' kernel write).
-pub(crate) fn restore_noflush(ns: &Netns, input: &str) -> Result<()> {
-    let ok = inside(ns, || {
-        let mut child = Command::new("iptables-nft-restore")
-            .arg("--noflush")
-            .stdin(Stdio::piped())
-            .spawn()?;
-        child
-            .stdin
-            .take()
-            .context("piped")?
-            .write_all(input.as_bytes())?;
-        Ok(child.wait()?.success())
-    })?;
-    if !ok {
-        bail!("the floor's iptables-restore failed");
-    }
-    Ok(())
-}
-
 /// A floor's namespace (deleted when dropped), its device `qg-floor` (up, a veth) and an
 /// rtnetlink socket inside it.
 pub(crate) struct FloorNs {
@@ -74,9 +54,25 @@ impl FloorNs {
         })
     }
 
-    /// `iptables-nft-restore --noflush` of `input` inside the namespace.
+    /// `iptables-nft-restore --noflush` of `input` inside the namespace (the floors' kernel
+    /// write).
     pub(crate) fn restore(&self, input: &str) -> Result<()> {
-        restore_noflush(&self.netns, input)
+        let ok = inside(&self.netns, || {
+            let mut child = Command::new("iptables-nft-restore")
+                .arg("--noflush")
+                .stdin(Stdio::piped())
+                .spawn()?;
+            child
+                .stdin
+                .take()
+                .context("piped")?
+                .write_all(input.as_bytes())?;
+            Ok(child.wait()?.success())
+        })?;
+        if !ok {
+            bail!("the floor's iptables-restore failed");
+        }
+        Ok(())
     }
 
     /// Adds (or deletes) `addr`/32 on the device.
