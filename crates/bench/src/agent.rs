@@ -274,7 +274,11 @@ fn quantile(v: &mut [f64], q: f64) -> f64 {
 fn stage_config(path: &Path, agent: &Value, routers: &[Value]) -> Result<Staged> {
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(json!({"agent": agent, "routers": routers}).to_string().as_bytes())?;
+    f.write_all(
+        json!({"agent": agent, "routers": routers})
+            .to_string()
+            .as_bytes(),
+    )?;
     f.sync_all()?;
     Ok(Staged {
         tmp,

@@ -1967,6 +1967,7 @@ mod tests {
         b["_floatingips"] = json!([]);
         b["gw_port"]["id"] = "90000000-0000-0000-0000-000000000000".into();
         b["gw_port"]["fixed_ips"][0]["ip_address"] = "203.0.113.5".into();
+        b["gw_port"]["mac_address"] = "fa:16:3e:00:00:05".into();
         let cfg = config("dvr", vec![a, b]);
         let spec = build(&cfg);
         assert_eq!(spec.fip_namespaces().count(), 1);

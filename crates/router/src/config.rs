@@ -1878,6 +1878,7 @@ fn ha_router(doc: &RouterDoc, path: &str, agent: &Agent, p: &mut Problems) -> Op
 #[derive(Debug, PartialEq, Eq, Hash)]
 enum Claim<'a> {
     Address(&'a NetworkId, IpAddr),
+    Mac(&'a NetworkId, MacAddr),
     Floating(Ipv4Addr),
     Name(&'a str),
     Link(IfName),
@@ -1898,6 +1899,7 @@ fn claims<'a>(r: &'a Router, mut f: impl FnMut(Claim<'a>)) {
         for ip in &port.ips {
             f(Claim::Address(&port.network_id, ip.addr()));
         }
+        f(Claim::Mac(&port.network_id, port.mac));
         f(Claim::Name(port.host_dev.as_str()));
     }
     if r.distributed {
@@ -2050,6 +2052,10 @@ fn across_routers(routers: &[(usize, &Router)], agent: &Agent, p: &mut Problems)
     // once; two routers with one address on one network would answer ARP for each other).
     let mut addresses: HashMap<(&NetworkId, IpAddr), (usize, &'static str, &PortId)> =
         HashMap::with_capacity(ports);
+    // MACs on each network: one port's each (neutron-server refuses a MAC twice on a
+    // network; two devices with one MAC on one bridge take each other's traffic).
+    let mut macs: HashMap<(&NetworkId, MacAddr), (usize, &'static str, &PortId)> =
+        HashMap::with_capacity(ports);
     for &(i, r) in routers {
         let lists: [(&'static str, &[Port], bool); 3] = [
             ("_interfaces", &r.interfaces, false),
@@ -2083,6 +2089,23 @@ fn across_routers(routers: &[(usize, &Router)], agent: &Agent, p: &mut Problems)
                     None => {
                         addresses.insert((&port.network_id, ip), (i, field, &port.id));
                     }
+                }
+            }
+            match macs.get(&(&port.network_id, port.mac)) {
+                // The FIP agent gateway port, carried by every distributed router.
+                Some((_, _, id)) if *id == &port.id => {}
+                Some(&(j, other, id)) => p.add(
+                    &format!("{}.{field}", at(i)),
+                    format!(
+                        "MAC {} of port {} is also port {id}'s ({}.{other}) on network {}",
+                        port.mac,
+                        port.id,
+                        at(j),
+                        port.network_id
+                    ),
+                ),
+                None => {
+                    macs.insert((&port.network_id, port.mac), (i, field, &port.id));
                 }
             }
             match host_ends.get(&port.host_dev) {
@@ -2711,6 +2734,7 @@ mod tests {
         b["_floatingips"] = serde_json::json!([]);
         b["gw_port"]["id"] = "90000000-0000-0000-0000-000000000000".into();
         b["_floatingip_agent_interfaces"][0]["id"] = "80000000-0000-0000-0000-000000000000".into();
+        b["_floatingip_agent_interfaces"][0]["mac_address"] = "fa:16:3e:00:00:05".into();
         renumber(&mut b, 5);
         // Valid while b's agent gateway port is a's; an edit of b alone that gives it
         // another one is refused as a full validation refuses it.
@@ -3103,6 +3127,43 @@ mod tests {
         load(&format!("{a},{other_net}")).expect("another network");
     }
 
+    /// Two ports of a host never share a MAC on a network (neutron-server refuses it; two
+    /// devices with one MAC on one bridge take each other's traffic), found the same way by
+    /// a reload that validates only what changed; on different networks a MAC may repeat.
+    #[test]
+    fn a_mac_on_a_network_belongs_to_one_port() {
+        let a = legacy_example();
+        let b = second_router(5);
+        let in_force = load(&format!("{a},{b}")).expect("MACs of its own");
+        let mut same = b.clone();
+        same["_interfaces"][0]["mac_address"] = a["_interfaces"][0]["mac_address"].clone();
+        let expect = format!(
+            "routers[1]._interfaces: MAC {} of port 00000000-0000-0000-0000-000000000000 is also \
+             port {}'s (routers[0]._interfaces) on network {}",
+            a["_interfaces"][0]["mac_address"].as_str().unwrap(),
+            a["_interfaces"][0]["id"].as_str().unwrap(),
+            a["_interfaces"][0]["network_id"].as_str().unwrap(),
+        );
+        assert_eq!(errors(load(&format!("{a},{same}"))), vec![expect.clone()]);
+        assert_eq!(
+            errors(since_as("legacy", &format!("{a},{same}"), &in_force)),
+            vec![expect]
+        );
+        // Within one router too.
+        let mut twice = b.clone();
+        twice["_interfaces"][1]["network_id"] = twice["_interfaces"][0]["network_id"].clone();
+        twice["_interfaces"][1]["mac_address"] = twice["_interfaces"][0]["mac_address"].clone();
+        let e = errors(load(&twice.to_string()));
+        assert!(
+            e.iter()
+                .any(|t| t.starts_with("routers[0]._interfaces: MAC ")),
+            "{e:?}"
+        );
+        let mut other_net = same.clone();
+        other_net["_interfaces"][0]["network_id"] = "c6910e18-fb1f-4988-9af4-211a8c2e2926".into();
+        since_as("legacy", &format!("{a},{other_net}"), &in_force).expect("another network");
+    }
+
     /// One row per class of semantic mistake neutron-server refuses: the field path and the
     /// start of the message each must produce (and nothing is accepted).
     #[test]
@@ -3142,6 +3203,12 @@ mod tests {
                  v["_interfaces"][1]["fixed_ips"] = v["_interfaces"][0]["fixed_ips"].clone();
              },
              "routers[0]._interfaces[1].fixed_ips: 192.0.2.4 is also an address of routers[0]._interfaces[0]"),
+            ("MAC twice on a network",
+             |v| {
+                 v["_interfaces"][1]["network_id"] = v["_interfaces"][0]["network_id"].clone();
+                 v["_interfaces"][1]["mac_address"] = v["_interfaces"][0]["mac_address"].clone();
+             },
+             "routers[0]._interfaces: MAC ca:fe:de:ad:be:ef of port "),
             ("overlapping subnets",
              |v| {
                  v["_interfaces"][1]["subnets"][0]["cidr"] = "192.0.2.128/25".into();

@@ -286,6 +286,7 @@ fn dvr_routers_with_the_parity_items() {
     b["_floatingips"] = json!([]);
     b["gw_port"]["id"] = "90000000-0000-4000-8000-000000000000".into();
     b["gw_port"]["fixed_ips"][0]["ip_address"] = "203.0.113.5".into();
+    b["gw_port"]["mac_address"] = "fa:16:3e:00:00:05".into();
     b["gw_port_host"] = "host-b".into();
     let cfg = config("dvr_snat", "host-a", vec![a, b]);
     check("dvr-parity", &cfg);

@@ -52,8 +52,9 @@ pub struct Run {
 
 /// A router dict's port addresses (`_interfaces`, `_snat_router_interfaces`, `gw_port`)
 /// with their last byte (IPv4) or group (IPv6) set to `host` (SNAT ports: `host + 100`, as
-/// they sit on the interfaces' subnets): a copy of an example router on the same networks
-/// with addresses of its own (an address is one port's on a network).
+/// they sit on the interfaces' subnets), and their MACs made `xx:xx:xx:ee:<host>:xx`: a
+/// copy of an example router on the same networks with addresses and MACs of its own (each
+/// is one port's on a network).
 pub fn renumber_router(v: &mut serde_json::Value, host: u8) {
     for (field, host) in [
         ("_interfaces", host),
@@ -71,6 +72,14 @@ pub fn renumber_router(v: &mut serde_json::Value, host: u8) {
 }
 
 fn renumber_port(port: &mut serde_json::Value, host: u8) {
+    if let Some(mac) = port["mac_address"].as_str() {
+        let mut bytes: Vec<String> = mac.split(':').map(str::to_owned).collect();
+        if bytes.len() == 6 {
+            bytes[3] = "ee".into();
+            bytes[4] = format!("{host:02x}");
+            port["mac_address"] = serde_json::Value::from(bytes.join(":"));
+        }
+    }
     for ip in port["fixed_ips"].as_array_mut().into_iter().flatten() {
         let addr = ip["ip_address"].as_str().expect("an address").to_owned();
         let cut = addr.rfind(['.', ':']).expect("an IP address");
