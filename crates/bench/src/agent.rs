@@ -267,10 +267,10 @@ fn quantile(v: &mut [f64], q: f64) -> f64 {
 
 /// Writes the config beside `path` and flushes it to disk, as configuration tools do before
 /// their rename: the rename that then puts it in place (`Staged::install`) is the edit the
-/// agent hears. Unflushed, ext4's replace-by-rename would first wait for the new file's data
-/// to be written (milliseconds for the 1.5 MB of 1,000 routers), while the agent, woken by
-/// the rename, is already at work: timed from the rename's return, those milliseconds of the
-/// agent's would not be counted.
+/// agent hears. Unflushed, ext4's replace-by-rename first starts writing the new file's data
+/// back, which blocked the rename behind the disk for milliseconds (the 1.5 MB of 1,000
+/// routers) while the agent, woken by the rename, was already at work: timed from the
+/// rename's return, those milliseconds of the agent's were not counted.
 fn stage_config(path: &Path, agent: &Value, routers: &[Value]) -> Result<Staged> {
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::File::create(&tmp)?;
@@ -286,6 +286,24 @@ fn stage_config(path: &Path, agent: &Value, routers: &[Value]) -> Result<Staged>
     })
 }
 
+/// A second link to a file, removed on drop.
+struct Kept(PathBuf);
+
+impl Kept {
+    fn link(path: &Path) -> Result<Kept> {
+        let kept = path.with_extension("replaced");
+        let _ = std::fs::remove_file(&kept);
+        std::fs::hard_link(path, &kept)?;
+        Ok(Kept(kept))
+    }
+}
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// A config written and flushed beside its path, not yet in place.
 struct Staged {
     tmp: PathBuf,
@@ -299,7 +317,6 @@ impl Staged {
     }
 }
 
-/// Runs `iptables-save -t nat` in `ns` (a thread inside it starts the process).
 /// The kernel's address and nf_tables notifications of one namespace (sockets opened inside
 /// it, subscribed to `RTMGRP_IPV4_IFADDR` and `NFNLGRP_NFTABLES`).
 struct Notifications {
@@ -325,10 +342,10 @@ impl Notifications {
         Ok(Notifications { addresses, rules })
     }
 
-    /// Waits until an address notification arrives, or with `rules` also an nf_tables one
-    /// (each drained), at most until `deadline`: when the kernel woke this thread (before the
-    /// draining, which can take milliseconds of its own) and which ones did, `None` past the
-    /// deadline.
+    /// Waits until an address notification arrives, or with `rules` also an nf_tables one,
+    /// at most until `deadline`: when the kernel woke this thread and which ones did, `None`
+    /// past the deadline. They are left unread (see [`Notifications::drain`]): reading them
+    /// can take milliseconds of its own.
     fn wait(&mut self, deadline: Instant, rules: bool) -> Result<Option<(Instant, bool, bool)>> {
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
         use std::os::fd::AsFd;
@@ -350,28 +367,34 @@ impl Notifications {
                 Ok(_) => {}
             }
             let woken = Instant::now();
-            let (a, r) = (
+            return Ok(Some((
+                woken,
                 fds[0].any().unwrap_or(false),
                 rules && fds[1].any().unwrap_or(false),
-            );
-            if a {
-                self.addresses.drain().map_err(|e| anyhow::anyhow!("{e}"))?;
-            }
-            if r {
-                let mut buf = vec![0u8; 64 * 1024];
-                // Bounded: at most 1,024 messages (an overrun counts: something changed).
-                for _ in 0..1024 {
-                    match self.rules.recv(&mut &mut buf[..], 0) {
-                        Ok(0) => break,
-                        Ok(_) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                        Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {}
-                        Err(e) => bail!("reading nf_tables notifications: {e}"),
-                    }
+            )));
+        }
+    }
+
+    /// Reads the notifications [`Notifications::wait`] reported (address ones if
+    /// `addresses`, nf_tables ones if `rules`), so that the next wait sleeps until new ones.
+    fn drain(&mut self, addresses: bool, rules: bool) -> Result<()> {
+        if addresses {
+            self.addresses.drain().map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        if rules {
+            let mut buf = vec![0u8; 64 * 1024];
+            // Bounded: at most 1,024 messages (an overrun counts: something changed).
+            for _ in 0..1024 {
+                match self.rules.recv(&mut &mut buf[..], 0) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {}
+                    Err(e) => bail!("reading nf_tables notifications: {e}"),
                 }
             }
-            return Ok(Some((woken, a, r)));
         }
+        Ok(())
     }
 }
 
@@ -406,8 +429,9 @@ fn fip_rules(fip: &str, fixed: &str) -> [String; 3] {
 /// The thread that times events and floors runs at a real-time priority while it does
 /// (`SCHED_FIFO`, reset in every thread or process it starts): on two cores, the agent's work
 /// after an event (its state records, the announcements of the new address) otherwise delays
-/// the observer's own wake-up on the kernel's notification, by milliseconds it would count for or against the agent. Floors are timed by the
-/// same thread, their children at normal priority, as the agent's are.
+/// the observer's own wake-up on the kernel's notification, by milliseconds it would count
+/// against the agent. Floors are timed by the same thread, their children at normal
+/// priority, as the agent's are.
 struct Observer {
     raised: std::result::Result<(), String>,
 }
@@ -554,17 +578,24 @@ pub fn run_bench(a: &Args) -> Result<String> {
             let gen0 = gen.query().map_err(|e| anyhow::anyhow!("{e}"))?;
             let mut heard = Notifications::open(&ns)?;
             let staged = stage_config(&config, &agent_section, &routers)?;
+            // The file replaced is kept (a link) until the event is timed: the rename does not
+            // free its 1.5 MB on this thread meanwhile.
+            let kept = Kept::link(&config)?;
             let t = Instant::now();
             staged.install()?;
             let deadline = t + Duration::from_secs(60);
             let (mut addr_at, mut rule_at) = (None, None);
             while addr_at.is_none() || rule_at.is_none() {
-                let Some((woken, addresses, _)) = heard.wait(deadline, addr_at.is_some())? else {
+                let Some((woken, addresses, rules)) = heard.wait(deadline, addr_at.is_some())?
+                else {
                     bail!(
                         "event {e}: {addr} not in the kernel after 60 s:\n{}",
                         agent.log_tail()
                     );
                 };
+                // Confirmed by queries made before the notifications are read (a read that
+                // can take milliseconds): what they find was there when the kernel woke this
+                // thread, or came within the query's own fraction of a millisecond.
                 let at = woken.duration_since(t);
                 if addresses
                     && addr_at.is_none()
@@ -582,7 +613,11 @@ pub fn run_bench(a: &Args) -> Result<String> {
                 {
                     rule_at = Some(at);
                 }
+                if addr_at.is_none() || rule_at.is_none() {
+                    heard.drain(addresses, rules)?;
+                }
             }
+            drop(kept);
             if !nat_rules(&ns)?.contains(&dnat) {
                 bail!("event {e}: the rules changed but hold no {dnat:?}");
             }

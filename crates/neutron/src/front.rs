@@ -373,6 +373,23 @@ fn router_index(path: &str) -> Option<(usize, &str)> {
     Some((n, rest.strip_prefix('.').unwrap_or(rest)))
 }
 
+/// The indexes `routers[N]` named in `text` (a cross-router problem names the other
+/// router in its message).
+fn routers_named(text: &str) -> impl Iterator<Item = usize> + '_ {
+    text.match_indices("routers[").filter_map(|(at, _)| {
+        let rest = &text[at + "routers[".len()..];
+        let (n, _) = rest.split_once(']')?;
+        n.parse().ok()
+    })
+}
+
+/// A problem found at router `id`'s path, for another router it names: `router <id>
+/// <field>: <message>`.
+fn seen_at(e: &ConfigError, id: &RouterId) -> String {
+    let field = router_index(&e.path).map_or("", |(_, rest)| rest);
+    format!("router {id} {field}: {}", e.message)
+}
+
 /// A router document in force, with its JSON form (to see whether a new dict changes it).
 #[derive(Debug, Clone)]
 pub struct Kept {
@@ -495,9 +512,12 @@ pub fn merge(desired: &mut Desired, scope: Scope<'_>, fetched: Vec<Parsed>) -> M
 }
 
 /// Validates `desired` as a whole. A problem across routers (a floating IP in two routers,
-/// colliding device names) is blamed on the routers of its paths that changed since
-/// `previous` (else on all of them): each goes back to its version in `previous`, or out,
-/// and is added to `invalid`. Bounded: a few rounds, then `Err` (nothing in force changes).
+/// colliding device names, an address or a MAC twice on a network) is blamed on the
+/// routers it names (by its path, which is the later router's, and in its message, which
+/// names the other) that changed since `previous` (else on all of them): each goes back to
+/// its version in `previous`, or out, and is added to `invalid`. A router in force is thus
+/// never dropped for a newcomer that collides with it, whichever sorts first. Bounded: a
+/// few rounds, then `Err` (nothing in force changes).
 pub fn assemble(
     agent: &AgentDoc,
     desired: &mut Desired,
@@ -518,9 +538,17 @@ pub fn assemble(
         last = errors.iter().map(ToString::to_string).collect();
         let mut blamed: BTreeMap<RouterId, Vec<String>> = BTreeMap::new();
         for e in &errors {
-            match router_index(&e.path).and_then(|(i, _)| ids.get(i)) {
-                Some(id) => blamed.entry(id.clone()).or_default().push(relative(e)),
-                None => return Err(last),
+            let Some(id) = router_index(&e.path).and_then(|(i, _)| ids.get(i)) else {
+                return Err(last);
+            };
+            blamed.entry(id.clone()).or_default().push(relative(e));
+            for other in routers_named(&e.message).filter_map(|i| ids.get(i)) {
+                if other != id {
+                    blamed
+                        .entry(other.clone())
+                        .or_default()
+                        .push(seen_at(e, id));
+                }
             }
         }
         let changed: BTreeSet<RouterId> = blamed
@@ -2344,6 +2372,39 @@ mod tests {
         assert_eq!(cfg.routers[0].id, rid(R1));
         assert!(!desired.contains_key(&rid(R2)));
         assert!(!m.invalid.contains_key(&rid(R1)));
+    }
+
+    /// The same when the newcomer sorts first: the problem's path is then the router in
+    /// force's (the later one), and its message names the newcomer, which is refused.
+    #[test]
+    fn a_newcomer_sorting_first_is_refused_not_the_router_in_force() {
+        let mut previous = Desired::new();
+        merge(&mut previous, Scope::All, vec![parse(&server_dict())]);
+        let first = "0e1bd2e5-640a-424f-a965-331fae02c144";
+        assert!(first < R1);
+        let mut d0 = other(first, 3);
+        d0["_floatingips"] = server_dict()["_floatingips"].clone();
+        d0["_floatingips"][0]["router_id"] = json!(first);
+        let mut desired = previous.clone();
+        let mut m = merge(
+            &mut desired,
+            Scope::All,
+            vec![parse(&server_dict()), parse(&d0)],
+        );
+        let cfg = match assemble(&agent(), &mut desired, &previous, &mut m.invalid) {
+            Ok(c) => c,
+            Err(e) => panic!("{e:?}"),
+        };
+        assert_eq!(cfg.routers.len(), 1);
+        assert_eq!(cfg.routers[0].id, rid(R1));
+        assert!(!desired.contains_key(&rid(first)));
+        let why = m.invalid.get(&rid(first)).expect("the newcomer refused");
+        assert!(
+            why.iter()
+                .any(|w| w.contains("floating IP") && w.contains(&format!("router {R1} "))),
+            "{why:?}"
+        );
+        assert!(!m.invalid.contains_key(&rid(R1)), "{:?}", m.invalid);
     }
 
     #[test]

@@ -2024,7 +2024,8 @@ fn across_routers_since(
 
 /// Checks between the routers of one host: names that collide after truncation (host ends
 /// `tap` + 11 id characters, and `rfp-`/`fpr-` + 10 router id characters, B-10), one FIP
-/// gateway port per external network, and a floating IP in one router only. `routers` are
+/// gateway port per external network, an address and a MAC on a network one port's only,
+/// and a floating IP in one router only. `routers` are
 /// the validated routers with their index in the document; each check is one indexed pass
 /// over the whole set, and paths are written only for a problem.
 fn across_routers(routers: &[(usize, &Router)], agent: &Agent, p: &mut Problems) {
@@ -2305,10 +2306,11 @@ impl ConfigDoc {
     /// that [`ConfigDoc::validate`] made: a reload). When the agent section is the same, a
     /// router whose dict is the same as one of `in_force`'s (by id, compared whole) is not
     /// checked again: a router's own checks depend on its dict and the agent section only,
-    /// so its validated form is `in_force`'s. Every other router is checked, and the checks
-    /// between routers (ids, device names after truncation, FIP gateways, floating IPs) run
-    /// on the whole set as always: the result, and every problem with its path and in its
-    /// order, are exactly those of [`ConfigDoc::validate`].
+    /// so its validated form is `in_force`'s. Every other router is checked, and so are the
+    /// checks between routers (ids, device names after truncation, FIP gateways, addresses and
+    /// MACs on a network, floating IPs) for the routers that share a claim with a changed one
+    /// (the whole set if they find anything): the result, and every problem with its path and
+    /// in its order, are exactly those of [`ConfigDoc::validate`].
     pub fn validate_since(self, in_force: &HostConfig) -> Result<HostConfig, Vec<ConfigError>> {
         let (agent, routers) = self.check(Some(in_force))?;
         Ok(HostConfig {
@@ -2943,6 +2945,8 @@ mod tests {
         fip_on_port["_floatingips"][0]["floating_ip_address"] = "203.0.113.4".into();
         let mut same_address = b.clone();
         same_address["gw_port"]["fixed_ips"][0]["ip_address"] = "203.0.113.4".into();
+        let mut same_mac = b.clone();
+        same_mac["gw_port"]["mac_address"] = a["gw_port"]["mac_address"].clone();
         let pool = [
             a,
             b,
@@ -2952,6 +2956,7 @@ mod tests {
             other_bridge,
             fip_on_port,
             same_address,
+            same_mac,
         ];
         let mut lists: Vec<Vec<serde_json::Value>> = vec![Vec::new()];
         for _ in 0..3 {
@@ -3004,7 +3009,9 @@ mod tests {
         same_address["gw_port"]["fixed_ips"][0]["ip_address"] = "203.0.113.4".into();
         let mut same_tap = b.clone();
         same_tap["gw_port"]["id"] = "184a6791-c4ff-0000-0000-000000000000".into();
-        for edit in [&same_fip, &fip_on_port, &same_address, &same_tap] {
+        let mut same_mac = b.clone();
+        same_mac["_interfaces"][1]["mac_address"] = a["_interfaces"][1]["mac_address"].clone();
+        for edit in [&same_fip, &fip_on_port, &same_address, &same_tap, &same_mac] {
             let e = both_ways(doc_of(&[a.clone(), edit.clone()]), &in_force).unwrap_err();
             assert_eq!(e.len(), 1, "{e:?}");
             assert!(e[0].starts_with("routers[1]."), "{e:?}");

@@ -34,7 +34,8 @@ fn opts() -> ApplyOptions {
     ApplyOptions::new(facts(), Arc::new(AtomicBool::new(false)))
 }
 
-/// Neutron's legacy example router under `id`, with port ids, MACs of its own (fa:16:3e:…).
+/// Neutron's legacy example router under `id`, with port ids and MACs of its own (the first
+/// router `fa:16:3e:0<n>:00:0<i>`; the others renumbered, MACs included).
 /// Port `i` of the router is `0a5e<n><i>…` (qr-0a5e<n><i>xxx-xx), the gateway `0a5e<n>9…`.
 fn router(id: &str) -> Value {
     let n = &id[7..8];
