@@ -1879,6 +1879,7 @@ fn ha_router(doc: &RouterDoc, path: &str, agent: &Agent, p: &mut Problems) -> Op
 enum Claim<'a> {
     Address(&'a NetworkId, IpAddr),
     Mac(&'a NetworkId, MacAddr),
+    VrId(&'a NetworkId, u8),
     Floating(Ipv4Addr),
     Name(&'a str),
     Link(IfName),
@@ -1894,7 +1895,11 @@ fn claims<'a>(r: &'a Router, mut f: impl FnMut(Claim<'a>)) {
         .iter()
         .chain(&r.snat_interfaces)
         .chain(&r.fip_agent_interfaces)
-        .chain(r.gw_port.iter());
+        .chain(r.gw_port.iter())
+        .chain(r.ha.iter().map(|h| &h.port));
+    if let Some(h) = &r.ha {
+        f(Claim::VrId(&h.port.network_id, h.vr_id));
+    }
     for port in ports {
         for ip in &port.ips {
             f(Claim::Address(&port.network_id, ip.addr()));
@@ -2024,8 +2029,9 @@ fn across_routers_since(
 
 /// Checks between the routers of one host: names that collide after truncation (host ends
 /// `tap` + 11 id characters, and `rfp-`/`fpr-` + 10 router id characters, B-10), one FIP
-/// gateway port per external network, an address and a MAC on a network one port's only,
-/// and a floating IP in one router only. `routers` are
+/// gateway port per external network, an address and a MAC on a network one port's only
+/// (HA ports included), a VRRP router id once per HA network, and a floating IP in one
+/// router only. `routers` are
 /// the validated routers with their index in the document; each check is one indexed pass
 /// over the whole set, and paths are written only for a problem.
 fn across_routers(routers: &[(usize, &Router)], agent: &Agent, p: &mut Problems) {
@@ -2041,6 +2047,7 @@ fn across_routers(routers: &[(usize, &Router)], agent: &Agent, p: &mut Problems)
                 + r.snat_interfaces.len()
                 + r.fip_agent_interfaces.len()
                 + usize::from(r.gw_port.is_some())
+                + usize::from(r.ha.is_some())
         })
         .sum();
     let fips: usize = routers.iter().map(|(_, r)| r.fips.len()).sum();
@@ -2057,6 +2064,7 @@ fn across_routers(routers: &[(usize, &Router)], agent: &Agent, p: &mut Problems)
     // network; two devices with one MAC on one bridge take each other's traffic).
     let mut macs: HashMap<(&NetworkId, MacAddr), (usize, &'static str, &PortId)> =
         HashMap::with_capacity(ports);
+    let mut vr_ids: HashMap<(&NetworkId, u8), usize> = HashMap::new();
     for &(i, r) in routers {
         let lists: [(&'static str, &[Port], bool); 3] = [
             ("_interfaces", &r.interfaces, false),
@@ -2070,7 +2078,26 @@ fn across_routers(routers: &[(usize, &Router)], agent: &Agent, p: &mut Problems)
         let ports = lists
             .into_iter()
             .flat_map(|(field, list, shared)| list.iter().map(move |port| (field, port, shared)))
-            .chain(r.gw_port.iter().map(|g| ("gw_port", g, false)));
+            .chain(r.gw_port.iter().map(|g| ("gw_port", g, false)))
+            .chain(r.ha.iter().map(|h| ("_ha_interface", &h.port, false)));
+        if let Some(h) = &r.ha {
+            // Neutron allocates a VRRP router id once per HA network: two routers with one
+            // would answer for each other's virtual addresses.
+            match vr_ids.get(&(&h.port.network_id, h.vr_id)) {
+                Some(&j) => p.add(
+                    &format!("{}.ha_vr_id", at(i)),
+                    format!(
+                        "VRRP router id {} is also {}'s on HA network {}",
+                        h.vr_id,
+                        at(j),
+                        h.port.network_id
+                    ),
+                ),
+                None => {
+                    vr_ids.insert((&h.port.network_id, h.vr_id), i);
+                }
+            }
+        }
         for (field, port, shared) in ports {
             // (A FIP agent gateway port is one per network: its own check below.)
             for ip in port.ips.iter().map(IpNet::addr).filter(|_| !shared) {
@@ -2308,9 +2335,10 @@ impl ConfigDoc {
     /// checked again: a router's own checks depend on its dict and the agent section only,
     /// so its validated form is `in_force`'s. Every other router is checked, and so are the
     /// checks between routers (ids, device names after truncation, FIP gateways, addresses and
-    /// MACs on a network, floating IPs) for the routers that share a claim with a changed one
-    /// (the whole set if they find anything): the result, and every problem with its path and
-    /// in its order, are exactly those of [`ConfigDoc::validate`].
+    /// MACs on a network, VRRP router ids on an HA network, floating IPs) for the routers
+    /// that share a claim with a changed one (the whole set if they find anything): the
+    /// result, and every problem with its path and in its order, are exactly those of
+    /// [`ConfigDoc::validate`].
     pub fn validate_since(self, in_force: &HostConfig) -> Result<HostConfig, Vec<ConfigError>> {
         let (agent, routers) = self.check(Some(in_force))?;
         Ok(HostConfig {
@@ -3169,6 +3197,67 @@ mod tests {
         let mut other_net = same.clone();
         other_net["_interfaces"][0]["network_id"] = "c6910e18-fb1f-4988-9af4-211a8c2e2926".into();
         since_as("legacy", &format!("{a},{other_net}"), &in_force).expect("another network");
+    }
+
+    /// HA routers of one host on one HA network: each has its own VRRP router id, and its HA
+    /// port its own address, MAC and host device (Neutron allocates each once per network),
+    /// found the same way by a reload that validates only what changed; on another HA
+    /// network the same VRRP router id is fine.
+    #[test]
+    fn ha_routers_on_one_ha_network_have_their_own_vrid_and_port() {
+        const HA_NET: &str = "740cd353-7ee8-49e2-96f6-17ed0dc7b3da";
+        fn ha(mut r: serde_json::Value, vr_id: u32, n: u8) -> serde_json::Value {
+            r["ha"] = true.into();
+            r["ha_vr_id"] = vr_id.into();
+            r["_ha_interface"] = serde_json::json!({
+                "id": format!("{n}111aaaa-bbbb-4ccc-8ddd-eeeeffff0000"), "network_id": HA_NET,
+                "mac_address": format!("fa:16:3e:00:00:0{n}"),
+                "fixed_ips": [{"ip_address": format!("169.254.192.{n}"), "prefixlen": 18,
+                               "subnet_id": "2222aaaa-bbbb-4ccc-8ddd-eeeeffff0000"}],
+                "subnets": [{"id": "2222aaaa-bbbb-4ccc-8ddd-eeeeffff0000",
+                             "cidr": "169.254.192.0/18", "gateway_ip": null}]});
+            r
+        }
+        let a = ha(legacy_example(), 7, 1);
+        let b = ha(second_router(5), 8, 2);
+        let in_force = load(&format!("{a},{b}")).expect("each its own");
+        type Edit = fn(&mut serde_json::Value);
+        let cases: [(&str, Edit, String); 4] = [
+            (
+                "VRRP router id",
+                |v| v["ha_vr_id"] = 7.into(),
+                format!("routers[1].ha_vr_id: VRRP router id 7 is also routers[0]'s on HA network {HA_NET}"),
+            ),
+            (
+                "address",
+                |v| v["_ha_interface"]["fixed_ips"][0]["ip_address"] = "169.254.192.1".into(),
+                "routers[1]._ha_interface: address 169.254.192.1 of port".into(),
+            ),
+            (
+                "MAC",
+                |v| v["_ha_interface"]["mac_address"] = "fa:16:3e:00:00:01".into(),
+                "routers[1]._ha_interface: MAC fa:16:3e:00:00:01 of port".into(),
+            ),
+            (
+                "host device",
+                |v| v["_ha_interface"]["id"] = "1111aaaa-bbbb-4ccc-8ddd-000000000000".into(),
+                "routers[1]._ha_interface: port 1111aaaa-bbbb-4ccc-8ddd-000000000000 and port \
+                 1111aaaa-bbbb-4ccc-8ddd-eeeeffff0000 of routers[0]._ha_interface both map to \
+                 host device tap1111aaaa-bb"
+                    .into(),
+            ),
+        ];
+        for (what, edit, expect) in cases {
+            let mut c = b.clone();
+            edit(&mut c);
+            let e = errors(since_as("legacy", &format!("{a},{c}"), &in_force));
+            assert_eq!(e.len(), 1, "{what}: {e:?}");
+            assert!(e[0].starts_with(&expect), "{what}: {e:?}");
+        }
+        let mut other_net = b.clone();
+        other_net["ha_vr_id"] = 7.into();
+        other_net["_ha_interface"]["network_id"] = "d8282fc8-37e4-43a7-801d-8d2c91dbbb98".into();
+        since_as("legacy", &format!("{a},{other_net}"), &in_force).expect("another HA network");
     }
 
     /// One row per class of semantic mistake neutron-server refuses: the field path and the
