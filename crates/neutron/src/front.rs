@@ -376,11 +376,8 @@ fn router_index(path: &str) -> Option<(usize, &str)> {
 /// The indexes `routers[N]` named in `text` (a cross-router problem names the other
 /// router in its message).
 fn routers_named(text: &str) -> impl Iterator<Item = usize> + '_ {
-    text.match_indices("routers[").filter_map(|(at, _)| {
-        let rest = &text[at + "routers[".len()..];
-        let (n, _) = rest.split_once(']')?;
-        n.parse().ok()
-    })
+    text.match_indices("routers[")
+        .filter_map(|(at, _)| router_index(&text[at..]).map(|(n, _)| n))
 }
 
 /// A problem found at router `id`'s path, for another router it names: `router <id>
