@@ -462,7 +462,6 @@ impl Shared {
         for k in keys {
             self.queue.mark_dirty(k);
         }
-        self.refresh_gauges();
     }
 
     /// Re-reads the config file: a valid one replaces the config in force and marks what
@@ -568,7 +567,8 @@ impl Shared {
     }
 
     /// The `l3agent_routers`, `l3agent_floating_ips`, `l3agent_ha_routers` and
-    /// `l3agent_queue_depth` gauges.
+    /// `l3agent_queue_depth` gauges: counted when scraped (a walk over every router's view,
+    /// under the lock the worker takes: not on an event's way to the kernel).
     fn refresh_gauges(&self) {
         let s = lock(&self.state);
         let mut routers: BTreeMap<RouterState, u64> = BTreeMap::new();
@@ -676,7 +676,6 @@ fn worker(
             }
             info!("initial convergence done: ready");
         }
-        shared.refresh_gauges();
         let _ = shared.notifier.status(&summary(shared));
     }
 }
@@ -1012,13 +1011,14 @@ pub fn run_fed(
             if let Some((chains, rules)) = owned() {
                 m.set_iptables_owned(chains, rules);
             }
-            let Some(meter) = &meter else {
+            let Some(shared) = weak.upgrade() else {
                 return;
             };
-            let Some(cfg) = weak.upgrade().map(|s| Arc::clone(&lock(&s.state).config)) else {
-                return;
-            };
-            meter.refresh(&cfg, m);
+            shared.refresh_gauges();
+            if let Some(meter) = &meter {
+                let cfg = Arc::clone(&lock(&shared.state).config);
+                meter.refresh(&cfg, m);
+            }
         });
     }
 

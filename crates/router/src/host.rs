@@ -871,10 +871,10 @@ fn narrowable<'a>(
     only: Option<&'a BTreeSet<RouterId>>,
 ) -> Option<&'a BTreeSet<RouterId>> {
     let shared = cfg.routers.iter().any(|r| r.distributed)
-        || records
-            .namespaces
-            .iter()
-            .any(|n| matches!(names::parse_ns(n.as_str()), Some((NsKind::Fip, _))));
+        || records.namespaces.iter().any(|n| {
+            n.as_str().starts_with("fip-")
+                && matches!(names::parse_ns(n.as_str()), Some((NsKind::Fip, _)))
+        });
     only.filter(|_| !shared)
 }
 
@@ -1001,13 +1001,12 @@ pub fn apply(
         }
     }
     if new_namespaces {
-        state.save_records(&records)?;
+        state.save_records(records.clone())?;
     } else if !voided.is_empty() {
         state.void_fingerprints(&voided)?;
     }
     laps.lap("record");
-    let recorded = records.namespaces.clone();
-    let mut report = run(&spec, &recorded, make, opts, &skip, true)?;
+    let mut report = run(&spec, &records.namespaces, make, opts, &skip, true)?;
     laps.lap("run");
     report.routers.extend(not_compiled(&spec));
     let configured: BTreeSet<&str> = cfg.routers.iter().map(|r| r.id.as_str()).collect();
@@ -1053,7 +1052,7 @@ pub fn apply(
     records
         .routers
         .retain(|id, _| configured.contains(id.as_str()) && !removed.contains(id.as_str()));
-    state.save_records(&records)?;
+    state.save_records(records)?;
     laps.lap("records_saved");
     state.save_applied(cfg, &opts.facts, opts.only.as_ref())?;
     laps.lap("applied_saved");
@@ -1261,7 +1260,7 @@ pub fn destroy(
     match cfg {
         None if !report.failed() => state.clear()?,
         _ => {
-            state.save_records(&records)?;
+            state.save_records(records)?;
             if let Some(c) = cfg {
                 state.forget_applied(c)?;
             }

@@ -176,7 +176,7 @@ pub const DAEMON_GRACE: Duration = Duration::from_secs(5);
 /// entries of all namespaces on the host (thousands of them on a busy host).
 #[derive(Debug)]
 pub struct RealKernel {
-    host: Rtnl,
+    host: HostRtnl,
     open: HashMap<NetnsName, (Netns, Rtnl)>,
     /// Per namespace, its `/proc/sys` directories opened so far, by path (`net/ipv4`).
     sysctl_dirs: HashMap<NetnsName, HashMap<String, OwnedFd>>,
@@ -190,6 +190,28 @@ pub struct RealKernel {
     kept: Option<Opened>,
 }
 
+/// The host's netlink socket, there from [`RealKernel`]'s making until its drop hands it back
+/// to what [`Opened`] keeps.
+#[derive(Debug)]
+struct HostRtnl(Option<Rtnl>);
+
+impl std::ops::Deref for HostRtnl {
+    type Target = Rtnl;
+    fn deref(&self) -> &Rtnl {
+        self.0
+            .as_ref()
+            .expect("the host socket is there until drop")
+    }
+}
+
+impl std::ops::DerefMut for HostRtnl {
+    fn deref_mut(&mut self) -> &mut Rtnl {
+        self.0
+            .as_mut()
+            .expect("the host socket is there until drop")
+    }
+}
+
 /// What one namespace's handle, netlink socket and `/proc/sys` directories are, once open.
 type NsOpen = ((Netns, Rtnl), HashMap<String, OwnedFd>);
 
@@ -198,9 +220,16 @@ type NsOpen = ((Netns, Rtnl), HashMap<String, OwnedFd>);
 /// namespace (opening its netlink socket and its `/proc/sys` directories does; on a busy host
 /// that was a millisecond or more of each event). One set per namespace is kept; a namespace
 /// l3agent deletes or creates is forgotten, and one whose name now denotes another namespace
-/// (deleted and made anew by someone else) is opened again.
+/// (deleted and made anew by someone else) is opened again. The host's netlink socket is
+/// kept too (a socket less to open and bind per apply).
 #[derive(Debug, Clone, Default)]
-pub struct Opened(Arc<Mutex<HashMap<NetnsName, NsOpen>>>);
+pub struct Opened(Arc<Mutex<KeptOpen>>);
+
+#[derive(Debug, Default)]
+struct KeptOpen {
+    namespaces: HashMap<NetnsName, NsOpen>,
+    host: Option<Rtnl>,
+}
 
 impl Opened {
     /// Nothing open yet.
@@ -210,7 +239,7 @@ impl Opened {
 
     /// The namespaces with something kept.
     pub fn len(&self) -> usize {
-        locked(&self.0).len()
+        locked(&self.0).namespaces.len()
     }
 
     /// Whether nothing is kept.
@@ -222,23 +251,31 @@ impl Opened {
     /// now (deleted by someone else): a kept handle would keep such a namespace, and its
     /// devices, alive. Returns how many.
     pub fn prune(&self) -> usize {
-        let mut kept = locked(&self.0);
+        let kept = &mut locked(&self.0).namespaces;
         let before = kept.len();
         kept.retain(|_, ((n, _), _)| n.still_named());
         before - kept.len()
     }
 
     fn take(&self, ns: &NetnsName) -> Option<NsOpen> {
-        let taken = locked(&self.0).remove(ns)?;
+        let taken = locked(&self.0).namespaces.remove(ns)?;
         taken.0 .0.still_named().then_some(taken)
     }
 
     fn forget(&self, ns: &NetnsName) {
-        locked(&self.0).remove(ns);
+        locked(&self.0).namespaces.remove(ns);
     }
 
     fn put(&self, ns: NetnsName, open: NsOpen) {
-        locked(&self.0).entry(ns).or_insert(open);
+        locked(&self.0).namespaces.entry(ns).or_insert(open);
+    }
+
+    fn take_host(&self) -> Option<Rtnl> {
+        locked(&self.0).host.take()
+    }
+
+    fn put_host(&self, host: Rtnl) {
+        locked(&self.0).host.get_or_insert(host);
     }
 }
 
@@ -258,7 +295,7 @@ impl RealKernel {
     /// Works from the caller's namespace as the host; announcements go through `announcer`.
     pub fn new(announcer: Announcer) -> Result<RealKernel, Error> {
         Ok(RealKernel {
-            host: Rtnl::current()?,
+            host: HostRtnl(Some(Rtnl::current()?)),
             open: HashMap::new(),
             sysctl_dirs: HashMap::new(),
             announcer,
@@ -271,9 +308,19 @@ impl RealKernel {
     /// Like [`RealKernel::new`], taking what is open per namespace from `kept`, and giving
     /// it back when dropped.
     pub fn keeping(announcer: Announcer, kept: Opened) -> Result<RealKernel, Error> {
-        let mut k = RealKernel::new(announcer)?;
-        k.kept = Some(kept);
-        Ok(k)
+        let host = match kept.take_host() {
+            Some(host) => host,
+            None => Rtnl::current()?,
+        };
+        Ok(RealKernel {
+            host: HostRtnl(Some(host)),
+            open: HashMap::new(),
+            sysctl_dirs: HashMap::new(),
+            announcer,
+            dying: Vec::new(),
+            ovsdb: None,
+            kept: Some(kept),
+        })
     }
 
     /// The OVSDB client for `db` (made on first use, or anew for another socket).
@@ -372,6 +419,9 @@ impl Drop for RealKernel {
                 let dirs = self.sysctl_dirs.remove(&ns).unwrap_or_default();
                 kept.put(ns, (open, dirs));
             }
+            if let Some(host) = self.host.0.take() {
+                kept.put_host(host);
+            }
         }
     }
 }
@@ -424,7 +474,7 @@ impl Kernel for RealKernel {
 
     fn netlink(&mut self, ns: Option<&NetnsName>) -> Result<&mut dyn Netlink, Error> {
         match ns {
-            None => Ok(&mut self.host),
+            None => Ok(&mut *self.host),
             Some(ns) => Ok(&mut self.entry(ns)?.1),
         }
     }
@@ -466,7 +516,7 @@ impl Kernel for RealKernel {
     fn create_port(&mut self, ns: &NetnsName, port: &VethPort) -> Result<(), Error> {
         self.entry(ns)?;
         let (n, r) = self.open.get_mut(ns).expect("opened above");
-        create_veth_port(&mut self.host, r, n, port)
+        create_veth_port(&mut *self.host, r, n, port)
     }
 
     fn create_link(&mut self, link: &LinkPair) -> Result<(), Error> {

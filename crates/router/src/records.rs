@@ -98,25 +98,31 @@ struct Facts {
 const RECORDS: &str = "records.json";
 const VOIDED: &str = "voided.json";
 
-/// The records this process last read or wrote, with the bytes of the file that held them:
-/// the agent reads `records.json` before every apply, and parsing and checking it again (at
-/// 1,000 routers, milliseconds an event waits for) gives what it gave the last time whenever
-/// the file holds the same bytes (what was read is always read again; a record written by
+/// The records this process last wrote, with the bytes of the file that holds them: the agent
+/// reads `records.json` before every apply, and parsing and checking it again (at 1,000
+/// routers, milliseconds an event waits for) gives what it gave the last time whenever the
+/// file holds the same bytes (what was read is always read again; a record written by
 /// another program reads as new bytes).
+///
+/// The records are handed over, not copied (a copy of 1,000 routers' records was most of an
+/// event's reading): the apply that takes them writes them back with
+/// [`State::save_records`], which puts them back here; an apply that fails before that
+/// leaves nothing here, and the next one parses the file.
 #[derive(Default)]
 struct LastRecords(Option<(std::path::PathBuf, Vec<u8>, Records)>);
 
 impl LastRecords {
-    fn get(&self, path: &Path, bytes: &[u8]) -> Option<Records> {
+    fn take(&mut self, path: &Path, bytes: &[u8]) -> Option<Records> {
         match &self.0 {
-            Some((p, b, r)) if p == path && b.as_slice() == bytes => Some(r.clone()),
+            Some((p, b, _)) if p == path && b.as_slice() == bytes => {
+                self.0.take().map(|(_, _, r)| r)
+            }
             _ => None,
         }
     }
 
     /// `r` must be what `bytes` reads as (sanitized, not rebuilt).
-    fn set(&mut self, path: &Path, bytes: Vec<u8>, r: &Records) {
-        let mut r = r.clone();
+    fn set(&mut self, path: &Path, bytes: Vec<u8>, mut r: Records) {
         r.rebuilt = false;
         self.0 = Some((path.to_owned(), bytes, r));
     }
@@ -133,6 +139,9 @@ pub struct State {
     /// `None`: the directory does not exist yet (a plan before the first apply).
     dir: Option<StateDir>,
     path: std::path::PathBuf,
+    /// Opened for changes (holds the lock): its reads take the records [`LastRecords`]
+    /// keeps, which its [`State::save_records`] puts back; a read-only view parses the file.
+    locked: bool,
 }
 
 impl State {
@@ -146,6 +155,7 @@ impl State {
         Ok(State {
             path: dir.path().to_owned(),
             dir: Some(dir),
+            locked: true,
         })
     }
 
@@ -156,10 +166,12 @@ impl State {
             Ok(dir) => Ok(State {
                 path: dir.path().to_owned(),
                 dir: Some(dir),
+                locked: false,
             }),
             Err(e) if e.is_not_found() => Ok(State {
                 dir: None,
                 path: path.to_owned(),
+                locked: false,
             }),
             Err(e) => Err(e.into()),
         }
@@ -219,12 +231,13 @@ impl State {
         let parsed = dir.read(RECORDS).and_then(|bytes| match bytes {
             None => Ok(None),
             Some(bytes) => {
-                if let Some(r) = lock_last().get(&path, &bytes) {
-                    return Ok(Some(r));
+                if self.locked {
+                    if let Some(r) = lock_last().take(&path, &bytes) {
+                        return Ok(Some(r));
+                    }
                 }
                 let mut r: Records = dir.parse_json(RECORDS, &bytes)?;
                 r.sanitize(&path);
-                lock_last().set(&path, bytes, &r);
                 Ok(Some(r))
             }
         });
@@ -307,9 +320,12 @@ impl State {
     /// one is rebuilt conservatively ([`State::records`]: no router trusted). Every apply
     /// writes them before its first kernel change: an fsync there is milliseconds added to
     /// every event of the agent.
-    pub fn save_records(&self, r: &Records) -> Result<(), HostError> {
+    ///
+    /// Takes the records: the next [`State::records`] of this file hands them back without
+    /// parsing it again (a caller that goes on using them saves a copy).
+    pub fn save_records(&self, r: Records) -> Result<(), HostError> {
         let dir = self.dir()?;
-        let bytes = dir.encode(RECORDS, r)?;
+        let bytes = dir.encode(RECORDS, &r)?;
         dir.write_volatile(RECORDS, &bytes)?;
         lock_last().set(&self.path.join(RECORDS), bytes, r);
         dir.remove(VOIDED)?;
@@ -642,7 +658,7 @@ mod tests {
         r.namespaces
             .insert(NetnsName::new("ns", &format!("qrouter-{ID}")).unwrap());
         r.routers.insert(ID.to_owned(), "00ff".to_owned());
-        s.save_records(&r).unwrap();
+        s.save_records(r.clone()).unwrap();
         assert_eq!(s.records().unwrap(), r);
         assert_eq!(s.records().unwrap(), r);
         // Another writer: its bytes are read, checked and parsed.
@@ -657,7 +673,7 @@ mod tests {
         // The same records in another state directory are that directory's.
         let q = dir("again-other");
         let t = open(&q);
-        t.save_records(&r).unwrap();
+        t.save_records(r.clone()).unwrap();
         assert_eq!(s.records().unwrap(), again);
         assert_eq!(t.records().unwrap(), r);
         let _ = std::fs::remove_dir_all(p);
@@ -672,14 +688,14 @@ mod tests {
         let mut r = Records::default();
         r.routers.insert(ID.to_owned(), "00ff".to_owned());
         r.routers.insert(other.to_owned(), "11ee".to_owned());
-        s.save_records(&r).unwrap();
+        s.save_records(r.clone()).unwrap();
         s.void_fingerprints(&[ID]).unwrap();
         let read = s.records().unwrap();
         assert_eq!(read.routers[ID], "");
         assert_eq!(read.routers[other], "11ee");
         // Read-only views see it too.
         assert_eq!(State::inspect(&p).unwrap().records().unwrap(), read);
-        s.save_records(&r).unwrap();
+        s.save_records(r.clone()).unwrap();
         assert!(!p.join(VOIDED).exists());
         assert_eq!(s.records().unwrap(), r);
         // An unreadable list voids every fingerprint.

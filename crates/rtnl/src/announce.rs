@@ -426,8 +426,28 @@ impl Drop for Exit {
     }
 }
 
+/// The scheduler thread's nice value: the lowest priority. An announcement is a broadcast, and
+/// on a network node every router's gateway port is on the one external bridge: each packet
+/// is flooded to all of them, milliseconds of the kernel's receive work per packet at 1,000
+/// routers, done on the sending thread. At the lowest priority that work yields the CPU at
+/// once to the agent's changes (an event's kernel writes wait for no announcement round),
+/// and still gets its share of a busy host: it is never starved, only later.
+pub const SCHEDULER_NICE: i32 = 19;
+
+/// Lowers the calling thread's priority to [`SCHEDULER_NICE`] (Linux: a thread's nice value
+/// is its own). A failure is logged: announcing at the normal priority still works.
+fn lower_priority() {
+    let tid = nix::unistd::gettid().as_raw();
+    // SAFETY: setpriority reads its three integer arguments only.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, SCHEDULER_NICE) };
+    if rc != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot lower the announcer thread's priority");
+    }
+}
+
 fn scheduler(shared: Arc<Shared>, mut sender: impl Sender) {
     let _exit = Exit(Arc::clone(&shared));
+    lower_priority();
     while let Some(batch) = next_batch(&shared) {
         let outcomes = run_batch(&mut sender, &batch);
         for target in apply(&shared, &batch, outcomes) {
@@ -769,6 +789,8 @@ mod tests {
     #[derive(Debug, Default)]
     struct Log {
         sends: Vec<(Instant, Option<NetnsName>, IfName, IpAddr)>,
+        /// The sending thread's nice value at each send.
+        nice: Vec<i32>,
         checks: usize,
         /// Addresses the check no longer finds.
         gone: HashSet<IpAddr>,
@@ -842,6 +864,10 @@ mod tests {
                 target.dev().clone(),
                 addr,
             ));
+            let tid = nix::unistd::gettid().as_raw();
+            // SAFETY: getpriority reads its two integer arguments only.
+            l.nice
+                .push(unsafe { libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t) });
             Ok(if addr.is_ipv4() { 2 } else { 1 })
         }
 
@@ -1063,6 +1089,20 @@ mod tests {
             Arc::strong_count(&fake.token) == 1
         });
         assert_eq!(fake.log().sends.len(), 1, "pending rounds are abandoned");
+    }
+
+    #[test]
+    fn rounds_are_sent_at_the_lowest_priority_and_the_caller_keeps_its_own() {
+        let tid = nix::unistd::gettid().as_raw();
+        // SAFETY: getpriority reads its two integer arguments only.
+        let mine = || unsafe { libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t) };
+        let before = mine();
+        let fake = Fake::default();
+        let a = Announcer::with_sender(opts(2, 1), fake.clone());
+        a.announce(ns("n"), dev("qg-1"), vec![ip("192.0.2.1")]);
+        assert!(a.drain(Duration::from_secs(5)));
+        assert_eq!(fake.log().nice, [SCHEDULER_NICE, SCHEDULER_NICE]);
+        assert_eq!(mine(), before, "the caller's thread keeps its priority");
     }
 
     #[test]
