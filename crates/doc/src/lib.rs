@@ -117,22 +117,30 @@ const MAX_MESSAGE: usize = 300;
 
 /// Reads a file, refusing it past `limits.max_bytes` without reading it whole.
 pub fn read(path: &Path, limits: &Limits) -> Result<Vec<u8>, DocError> {
+    read_into(path, limits, Vec::new())
+}
+
+/// [`read`] into `buf` (emptied first; its memory is reused): for a caller that reads the
+/// same large file again and again (an agent's config), a buffer whose pages are already
+/// there instead of a fresh one per read.
+pub fn read_into(path: &Path, limits: &Limits, mut buf: Vec<u8>) -> Result<Vec<u8>, DocError> {
     let file = std::fs::File::open(path).map_err(DocError::Read)?;
     // Sized from the file's length (one allocation instead of a dozen doublings and their
     // copies for a multi-megabyte file), never beyond the cap: the length is only a hint.
     let hint = file
         .metadata()
         .map_or(0, |m| m.len().min(limits.max_bytes.saturating_add(1)));
-    let mut bytes = Vec::with_capacity(usize::try_from(hint).unwrap_or(0).saturating_add(1));
+    buf.clear();
+    buf.reserve(usize::try_from(hint).unwrap_or(0).saturating_add(1));
     file.take(limits.max_bytes.saturating_add(1))
-        .read_to_end(&mut bytes)
+        .read_to_end(&mut buf)
         .map_err(DocError::Read)?;
-    if bytes.len() as u64 > limits.max_bytes {
+    if buf.len() as u64 > limits.max_bytes {
         return Err(DocError::TooLarge {
             limit: limits.max_bytes,
         });
     }
-    Ok(bytes)
+    Ok(buf)
 }
 
 /// Parses a document into `T`. `explicit` is what an intentionally empty document of this

@@ -78,10 +78,10 @@ impl ArrayIndex {
     /// How `new` differs from this document: see [`Splice`].
     pub fn splice(&self, new: Vec<u8>) -> Splice {
         let old = &self.bytes;
-        if *old == new {
+        let prefix = common_prefix(old, &new);
+        if prefix == old.len() && prefix == new.len() {
             return Splice::Same;
         }
-        let prefix = common_prefix(old, &new);
         // The common suffix, not overlapping the prefix in either version.
         let room = old.len().min(new.len()) - prefix;
         let suffix = common_suffix(&old[old.len() - room..], &new[new.len() - room..]);

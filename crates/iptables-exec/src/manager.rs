@@ -267,24 +267,25 @@ impl<R: Runner> Manager<R> {
     pub fn plan(&mut self) -> Result<Vec<(Family, Plan)>, ApplyError> {
         let mut out = Vec::new();
         for family in self.model.families() {
-            let (state, scope) = match &self.committed[family.index()] {
-                Some(c) => (c.clone(), Some(self.model.dirty(family).clone())),
-                None if self.assumed_empty[family.index()] => (KernelState::default(), None),
-                None if self.known[family.index()].is_some() => {
-                    (self.known[family.index()].clone().unwrap_or_default(), None)
+            let i = family.index();
+            // Planned against what is known, borrowed (a copy of a namespace's rules per plan
+            // was most of an agent event's planning).
+            let plan = match (&self.committed[i], &self.known[i]) {
+                (Some(c), _) => plan_family(c, &self.model, family, Some(self.model.dirty(family))),
+                (None, _) if self.assumed_empty[i] => {
+                    plan_family(&KernelState::default(), &self.model, family, None)
                 }
-                None => match self.read(family)? {
+                (None, Some(k)) => plan_family(k, &self.model, family, None),
+                (None, None) => match self.read(family)? {
                     Some(s) => {
-                        self.planned_read[family.index()] = Some(s.clone());
-                        (s, None)
+                        let plan = plan_family(&s, &self.model, family, None);
+                        self.planned_read[i] = Some(s);
+                        plan
                     }
                     None => return Ok(out),
                 },
             };
-            out.push((
-                family,
-                plan_family(&state, &self.model, family, scope.as_ref()),
-            ));
+            out.push((family, plan));
         }
         Ok(out)
     }

@@ -18,6 +18,6 @@ pub mod spec;
 pub use error::Error;
 pub use kernel::{KernelState, KernelTable, Op};
 pub use l3agent_types::NetnsName;
-pub use model::{Feed, Help, IptablesModel, ModelOptions, RuleSpec};
+pub use model::{Feed, Help, Hints, IptablesModel, ModelOptions, RuleSpec};
 pub use names::{ChainName, Comment, Family, Table, WrapName};
 pub use plan::{created_chains, plan_family, Plan};

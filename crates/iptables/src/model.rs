@@ -340,6 +340,94 @@ pub struct IptablesModel {
     options: ModelOptions,
     tables: [BTreeMap<Table, DesiredTable>; 2],
     dirty: [BTreeMap<Table, BTreeSet<String>>; 2],
+    /// Rules an earlier model resolved (see [`Hints`]); only while rules are being added.
+    hints: Option<Arc<Hints>>,
+}
+
+/// The rules of a model as it resolved them, for a new model of the same namespace to resolve
+/// the same rules again without reading them (reading, checking and canonicalising a rule's
+/// text is most of the cost of building a model; an agent compiles a router again for each
+/// of its events, and its rules are mostly the ones it had).
+///
+/// A hint is taken only for exactly the same rule: the same family, table, kernel chain and
+/// chain kind, the same text as written, comment, tag and place (`top`); every `$name` of its
+/// text must still be a chain of ours and its target what the text was resolved to. Anything
+/// else, or a model with another wrap name or other options, reads the rule as usual (so
+/// every error is still the reader's). What a hint gives is what reading gave before: a
+/// reader only ever resolves the same rule text to the same rule.
+///
+/// Each hint is taken once (moved into the new model, not copied): a rule added twice reads
+/// its second copy.
+#[derive(Debug, Default)]
+pub struct Hints {
+    wrap: Option<WrapName>,
+    options: ModelOptions,
+    rules: std::sync::Mutex<HashMap<u64, Hint, Prehashed>>,
+}
+
+#[derive(Debug)]
+struct Hint {
+    family: Family,
+    table: Table,
+    full: String,
+    kind: ChainKind,
+    top: bool,
+    rule: DesiredRule,
+}
+
+/// The key of a rule as written, for [`Hints`] (FNV-1a over its parts, each closed by a byte
+/// no part holds: a key only finds a candidate, which is then compared in full).
+fn hint_key(family: Family, table: Table, full: &str, spec: &RuleSpec<'_>) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut put = |b: &[u8]| {
+        for &x in b.iter().chain(&[0xff]) {
+            h = (h ^ u64::from(x)).wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    put(&[family.index() as u8, table as u8, u8::from(spec.top)]);
+    put(full.as_bytes());
+    put(spec.chain.as_bytes());
+    put(spec.rule.as_bytes());
+    put(spec.comment.unwrap_or("\u{0}").as_bytes());
+    put(spec.tag.unwrap_or("\u{0}").as_bytes());
+    h
+}
+
+impl Hints {
+    fn rules(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Hint, Prehashed>> {
+        self.rules.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How many rules are hinted (and not taken yet).
+    pub fn len(&self) -> usize {
+        self.rules().len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Takes the hint of exactly this rule, if there is one.
+    fn take(&self, family: Family, table: Table, full: &str, spec: &RuleSpec<'_>) -> Option<Hint> {
+        let mut rules = self.rules();
+        let key = hint_key(family, table, full, spec);
+        let h = rules.get(&key)?;
+        let r = &h.rule;
+        let same = h.family == family
+            && h.table == table
+            && h.full == full
+            && h.top == spec.top
+            && r.origin.chain == spec.chain
+            && r.origin.rule == spec.rule
+            && r.comment.as_ref().map(Comment::as_str) == spec.comment
+            && r.tag.as_ref().map(Tag::as_str) == spec.tag;
+        if same {
+            rules.remove(&key)
+        } else {
+            None
+        }
+    }
 }
 
 impl IptablesModel {
@@ -362,6 +450,7 @@ impl IptablesModel {
             options,
             tables: Default::default(),
             dirty: Default::default(),
+            hints: None,
         };
         m.install_defaults()?;
         Ok(m)
@@ -408,6 +497,100 @@ impl IptablesModel {
     /// whatever either has pending.
     pub fn same_rules(&self, other: &IptablesModel) -> bool {
         self.wrap == other.wrap && self.options == other.options && self.tables == other.tables
+    }
+
+    /// Its rules as resolved, for [`IptablesModel::use_hints`] of the next model of the same
+    /// namespace.
+    pub fn hints(&self) -> Hints {
+        let mut rules = HashMap::with_hasher(Prehashed);
+        for (fi, tables) in self.tables.iter().enumerate() {
+            let family = Family::ALL[fi];
+            for (&table, t) in tables {
+                for (full, c) in &t.chains {
+                    for (top, list) in [(true, &c.top), (false, &c.bottom)] {
+                        for r in list {
+                            let spec = RuleSpec {
+                                chain: &r.origin.chain,
+                                rule: &r.origin.rule,
+                                wrap: false,
+                                top,
+                                tag: r.tag.as_ref().map(Tag::as_str),
+                                comment: r.comment.as_ref().map(Comment::as_str),
+                            };
+                            let key = hint_key(family, table, full, &spec);
+                            rules.entry(key).or_insert_with(|| Hint {
+                                family,
+                                table,
+                                full: full.clone(),
+                                kind: c.kind,
+                                top,
+                                rule: DesiredRule {
+                                    refs: 1,
+                                    ..r.clone()
+                                },
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        Hints {
+            wrap: Some(self.wrap.clone()),
+            options: self.options.clone(),
+            rules: std::sync::Mutex::new(rules),
+        }
+    }
+
+    /// Resolves the rules added from now on that `hints` holds as it did (see [`Hints`]),
+    /// until [`IptablesModel::drop_hints`]. Hints of a model with another wrap name or other
+    /// options are ignored.
+    pub fn use_hints(&mut self, hints: Arc<Hints>) {
+        if hints.wrap.as_ref() == Some(&self.wrap) && hints.options == self.options {
+            self.hints = Some(hints);
+        }
+    }
+
+    /// Stops using hints (and lets go of them).
+    pub fn drop_hints(&mut self) {
+        self.hints = None;
+    }
+
+    /// The hinted resolution of `spec` into `full` (a chain of `kind`) in `t`, if it holds
+    /// now: every `$name` word of the text is still a chain of ours, and a target of ours is a
+    /// chain of ours.
+    fn hinted(
+        &self,
+        family: Family,
+        table: Table,
+        t: &DesiredTable,
+        full: &str,
+        kind: ChainKind,
+        spec: &RuleSpec<'_>,
+    ) -> Option<DesiredRule> {
+        let hints = self.hints.as_ref()?;
+        let h = hints.take(family, table, full, spec)?;
+        if h.kind != kind {
+            return None;
+        }
+        let own = |chain: &str| {
+            t.chains
+                .get(chain)
+                .is_some_and(|c| c.kind == ChainKind::Own)
+        };
+        for word in spec.rule.split_ascii_whitespace() {
+            if let Some(name) = word.strip_prefix('$') {
+                let short = ChainName::new("rule", name).ok()?;
+                if !own(&self.wrap.wrap_chain("rule", &short).ok()?) {
+                    return None;
+                }
+            }
+        }
+        if let Some(target) = &h.rule.target {
+            if self.wrap.strip(target).is_some() && !own(target) {
+                return None;
+            }
+        }
+        Some(h.rule)
     }
 
     /// The wrap name.
@@ -708,6 +891,9 @@ impl IptablesModel {
             }
             None => ChainKind::Foreign,
         };
+        if let Some(rule) = self.hinted(family, table, t, &full, kind, spec) {
+            return Ok((full, kind, rule));
+        }
         let expand = |name: &str| -> Result<String, Error> {
             let short = ChainName::new("rule", name)?;
             let target = self.wrap.wrap_chain("rule", &short)?;
@@ -1127,6 +1313,130 @@ mod tests {
 
     fn model() -> IptablesModel {
         IptablesModel::new(WrapName::new("w").unwrap(), ModelOptions::default())
+    }
+
+    /// A router-like set of rules: `$` jumps, top, comment and tag, an unwrapped rule, both
+    /// families, and `extra` (the rule that changes between two versions).
+    fn hintable(m: &mut IptablesModel, with_b: bool, extra: &str) -> Result<(), Error> {
+        m.add_chain(Family::V4, Table::Filter, "a", true)?;
+        if with_b {
+            m.add_chain(Family::V4, Table::Filter, "b", true)?;
+            m.add_chain(Family::V6, Table::Filter, "b", true)?;
+        }
+        // `$b` as a word that is not the target (an interface name here), then as the target.
+        m.add_rule(
+            Family::V4,
+            Table::Filter,
+            RuleSpec::new("a", "-i $b -j ACCEPT"),
+        )?;
+        m.add_rule(
+            Family::V4,
+            Table::Filter,
+            RuleSpec::new("a", "-s 192.0.2.1/32 -j $b"),
+        )?;
+        m.add_rule(
+            Family::V4,
+            Table::Filter,
+            RuleSpec {
+                top: true,
+                comment: Some("ssh"),
+                tag: Some("t"),
+                ..RuleSpec::new("a", "-p tcp --dport 22 -j ACCEPT")
+            },
+        )?;
+        m.add_rule(
+            Family::V4,
+            Table::Filter,
+            RuleSpec {
+                wrap: false,
+                ..RuleSpec::new("INPUT", "-j $a")
+            },
+        )?;
+        m.add_rule(
+            Family::V4,
+            Table::Filter,
+            RuleSpec::new("a", "-p udp -j $a-x"),
+        )
+        .err();
+        m.add_rule(Family::V4, Table::Filter, RuleSpec::new("a", extra))?;
+        if with_b {
+            m.add_rule(
+                Family::V6,
+                Table::Filter,
+                RuleSpec::new("b", "-s 2001:db8::1/128 -j DROP"),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn origins(m: &IptablesModel) -> Vec<Arc<Origin>> {
+        Family::ALL
+            .iter()
+            .filter_map(|&f| m.table(f, Table::Filter))
+            .flat_map(|t| t.chains.values())
+            .flat_map(|c| c.rules())
+            .map(|r| Arc::clone(&r.origin))
+            .collect()
+    }
+
+    /// Hints give the model reading gives, and are taken only for the same rules.
+    #[test]
+    fn hinted_rules_are_what_reading_gives_and_only_the_same_rules_are_taken() {
+        let mut before = model();
+        hintable(&mut before, true, "-s 192.0.2.9/32 -j DROP").unwrap();
+        let hints = Arc::new(before.hints());
+        let all: usize = Family::ALL
+            .iter()
+            .flat_map(|&f| before.tables_of(f).into_iter().map(move |t| (f, t)))
+            .filter_map(|(f, t)| before.table(f, t))
+            .flat_map(|t| t.chains.values())
+            .map(|c| c.rules().count())
+            .sum();
+        assert_eq!(
+            hints.len(),
+            all,
+            "every rule is hinted, Neutron's defaults too"
+        );
+        let mut read = model();
+        hintable(&mut read, true, "-s 192.0.2.10/32 -j DROP").unwrap();
+        let mut hinted = model();
+        hinted.use_hints(Arc::clone(&hints));
+        hintable(&mut hinted, true, "-s 192.0.2.10/32 -j DROP").unwrap();
+        hinted.drop_hints();
+        assert!(hinted.same_rules(&read));
+        assert_eq!(hinted.digest(), read.digest());
+        // The five rules unchanged were taken (their origin is the earlier model's), the
+        // new one was read.
+        let old = origins(&before);
+        let taken: Vec<String> = origins(&hinted)
+            .iter()
+            .filter(|o| old.iter().any(|x| Arc::ptr_eq(x, o)))
+            .map(|o| o.rule.clone())
+            .collect();
+        assert_eq!(taken.len(), 5, "{taken:?}");
+        assert!(!taken.iter().any(|r| r.contains("192.0.2.10")));
+        // Another wrap name: not taken.
+        let mut other = IptablesModel::new(WrapName::new("v").unwrap(), ModelOptions::default());
+        other.use_hints(Arc::clone(&hints));
+        hintable(&mut other, true, "-s 192.0.2.9/32 -j DROP").unwrap();
+        assert!(!origins(&other)
+            .iter()
+            .any(|o| old.iter().any(|x| Arc::ptr_eq(x, o))));
+    }
+
+    /// A hinted rule whose `$` jump is no longer a chain of ours fails as reading fails.
+    #[test]
+    fn a_hint_whose_jump_is_gone_is_not_taken() {
+        let mut before = model();
+        hintable(&mut before, true, "-j DROP").unwrap();
+        let mut read = model();
+        let want = hintable(&mut read, false, "-j DROP").unwrap_err();
+        let mut hinted = model();
+        hinted.use_hints(Arc::new(before.hints()));
+        let got = hintable(&mut hinted, false, "-j DROP").unwrap_err();
+        assert_eq!(got.to_string(), want.to_string());
+        // Refused at the same rule: the first one with `$b`, nothing of it added.
+        assert!(hinted.same_rules(&read));
     }
 
     /// Many rules added at once count copies (of each other, and of rules already there) as

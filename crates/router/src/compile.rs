@@ -23,10 +23,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use l3agent_iptables::{
-    Family, IptablesModel, KernelState, ModelOptions, RuleSpec, Table, WrapName,
+    Family, Hints, IptablesModel, KernelState, ModelOptions, RuleSpec, Table, WrapName,
 };
 use l3agent_rtnl::route::{NextHop, Protocol, Route};
 use l3agent_rtnl::rule::Rule;
@@ -168,13 +169,46 @@ fn link_end(
 /// [`needs`]`(cfg)` and its facts. A DVR router whose allocation is missing is not compiled:
 /// it is listed in [`HostSpec::failed`] with the reason (never a panic).
 pub fn compile(cfg: &HostConfig, alloc: &Allocations, facts: &HostFacts) -> HostSpec {
+    compile_hinted(cfg, alloc, facts, &|_| None)
+}
+
+/// Where [`compile_hinted`] finds the rules a namespace's last model resolved (the agent's
+/// long-lived iptables managers hold them).
+pub type HintSource<'a> = dyn Fn(&NetnsName) -> Option<Arc<Hints>> + 'a;
+
+/// [`compile`], resolving each namespace's rules that `hints` holds for it as they were
+/// resolved before (see [`Hints`]): the same spec, with less reading of rule text.
+pub fn compile_hinted(
+    cfg: &HostConfig,
+    alloc: &Allocations,
+    facts: &HostFacts,
+    hints: &HintSource<'_>,
+) -> HostSpec {
+    let mut spec = compile_with(cfg, alloc, facts, hints);
+    for ns in spec.namespaces.values_mut() {
+        ns.iptables.drop_hints();
+    }
+    spec
+}
+
+fn compile_with(
+    cfg: &HostConfig,
+    alloc: &Allocations,
+    facts: &HostFacts,
+    hints: &HintSource<'_>,
+) -> HostSpec {
     let mut spec = HostSpec {
         ovs: cfg.agent.ovs.clone(),
         ..HostSpec::default()
     };
     let mut routers: Vec<&Router> = cfg.routers.iter().filter(|r| r.admin_state_up).collect();
     routers.sort_by(|a, b| a.id.cmp(&b.id));
-    let cx = Cx { cfg, alloc, facts };
+    let cx = Cx {
+        cfg,
+        alloc,
+        facts,
+        hints,
+    };
     // The fip- namespaces, by external network, each made from the first router (in id
     // order) that carries the agent gateway port (validation made them all carry the same
     // port). A namespace is there as long as one admin-up DVR router uses it, even one that
@@ -1010,9 +1044,19 @@ struct Cx<'a> {
     cfg: &'a HostConfig,
     alloc: &'a Allocations,
     facts: &'a HostFacts,
+    hints: &'a HintSource<'a>,
 }
 
 impl Cx<'_> {
+    /// [`base_ns`] for the namespace `name`, its model resolving rules with its hints.
+    fn base_ns(&self, kind: NsKind, owner: Option<RouterId>, name: &NetnsName) -> NsSpec {
+        let mut ns = base_ns(kind, owner);
+        if let Some(h) = (self.hints)(name) {
+            ns.iptables.use_hints(h);
+        }
+        ns
+    }
+
     fn host(&self) -> &str {
         &self.cfg.agent.host
     }
@@ -1020,7 +1064,7 @@ impl Cx<'_> {
     /// A legacy router (Neutron's `LegacyRouter`, D-10, D-21, D-22, D-24, D-36..D-38, D-41..D-43).
     fn legacy(&self, r: &Router) -> Result<NsSpec, String> {
         let marks = ScopeMarks::of(r)?;
-        let mut ns = base_ns(NsKind::Router, Some(r.id.clone()));
+        let mut ns = self.base_ns(NsKind::Router, Some(r.id.clone()), &names::router_ns(&r.id));
         for p in &r.interfaces {
             ns.devices
                 .insert(p.dev.clone(), port_device(p, Role::Internal));
@@ -1202,7 +1246,7 @@ impl Cx<'_> {
     fn dvr(&self, r: &Router) -> Result<DvrParts, String> {
         let marks = ScopeMarks::of(r)?;
         let qrouter_name = names::router_ns(&r.id);
-        let mut ns = base_ns(NsKind::Router, Some(r.id.clone()));
+        let mut ns = self.base_ns(NsKind::Router, Some(r.id.clone()), &qrouter_name);
         // `external_gateway_added` sets it with a gateway; l3agent always does (no redirects
         // from a router whose neighbours are on the same bridge either way).
         ns.sysctls.insert(Sysctl::SendRedirects(Scope::All), 0);
@@ -1492,7 +1536,7 @@ impl Cx<'_> {
         let (Some(gw), true) = (&r.gw_port, here) else {
             return Ok(None);
         };
-        let mut ns = base_ns(NsKind::Snat, Some(r.id.clone()));
+        let mut ns = self.base_ns(NsKind::Snat, Some(r.id.clone()), &names::snat_ns(&r.id));
         ns.sysctls
             .extend([(Sysctl::IpNonlocalBind, 1), (Sysctl::ConntrackTcpLoose, 0)]);
         for p in &r.snat_interfaces {
@@ -1884,6 +1928,69 @@ mod tests {
         let f = ns(&spec, &format!("fip-{EXT_NET}"));
         assert_eq!(f.devices[&fpr].mac, Some(fpr_mac));
         assert_eq!(f.neighbours[&(fpr, ip("169.254.64.0"))], rfp_mac);
+    }
+
+    /// Compiled with the rules each namespace's last model resolved (the agent's managers'):
+    /// the same spec as without, and the rules the routers kept were taken, not read again.
+    #[test]
+    fn a_hinted_compile_is_the_compile_and_takes_what_the_last_models_resolved() {
+        let cfg = config("dvr_snat", vec![dvr_dict(), legacy_dict_as_other()]);
+        let alloc = alloc_for(&cfg);
+        let facts = HostFacts::default();
+        let before = compile(&cfg, &alloc, &facts);
+        let hints: BTreeMap<NetnsName, Arc<Hints>> = before
+            .namespaces
+            .iter()
+            .map(|(n, s)| (n.clone(), Arc::new(s.iptables.hints())))
+            .collect();
+        let plain = compile(&cfg, &alloc, &facts);
+        let hinted = compile_hinted(&cfg, &alloc, &facts, &|n| hints.get(n).cloned());
+        assert_eq!(
+            hinted.namespaces.keys().collect::<Vec<_>>(),
+            plain.namespaces.keys().collect::<Vec<_>>()
+        );
+        let origins = |m: &IptablesModel| -> Vec<Arc<l3agent_iptables::model::Origin>> {
+            Family::ALL
+                .into_iter()
+                .flat_map(|f| m.tables_of(f).into_iter().map(move |t| (f, t)))
+                .filter_map(|(f, t)| m.table(f, t))
+                .flat_map(|t| t.chains.values())
+                .flat_map(|c| c.rules())
+                .map(|r| Arc::clone(&r.origin))
+                .collect()
+        };
+        // Neutron's default rules are shared by every model (copied from one): not counted.
+        let defaults = origins(&empty_model());
+        let mut taken = Vec::new();
+        for (name, ns) in &hinted.namespaces {
+            let want = &plain.namespaces[name].iptables;
+            assert!(ns.iptables.same_rules(want), "{name}");
+            assert_eq!(ns.iptables.digest(), want.digest(), "{name}");
+            let old: Vec<_> = origins(&before.namespaces[name].iptables)
+                .into_iter()
+                .filter(|o| !defaults.iter().any(|d| Arc::ptr_eq(d, o)))
+                .collect();
+            let shared = origins(&ns.iptables)
+                .iter()
+                .filter(|o| old.iter().any(|x| Arc::ptr_eq(x, o)))
+                .count();
+            taken.push((
+                name.as_str().split('-').next().unwrap_or("").to_owned(),
+                shared > 0,
+            ));
+        }
+        taken.sort();
+        // A router's own namespaces take hints; the fip- namespace, shared by routers, is
+        // compiled from its parts as before.
+        assert_eq!(
+            taken,
+            [
+                ("fip".to_owned(), false),
+                ("qrouter".to_owned(), true),
+                ("qrouter".to_owned(), true),
+                ("snat".to_owned(), true),
+            ]
+        );
     }
 
     #[test]

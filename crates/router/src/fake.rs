@@ -16,7 +16,7 @@ use std::os::fd::BorrowedFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use ipnet::IpNet;
-use l3agent_iptables::{Family, IptablesModel};
+use l3agent_iptables::{Family, Hints, IptablesModel};
 use l3agent_iptables_exec::ApplyError;
 use l3agent_ovsdb::fake::FakeOvs;
 use l3agent_ovsdb::{Applied, ChangeSet, OvsPorts, OvsdbError, PortChange, PortRecord};
@@ -98,6 +98,8 @@ pub struct World {
     /// The supervisor's daemons, by (router, service). A deleted namespace does not stop
     /// them (as on a real host, where a daemon keeps its namespace alive).
     pub daemons: BTreeMap<(RouterId, Service), FakeDaemon>,
+    /// The namespaces whose rules' hints a compile asked for ([`Firewall::hints`]), in order.
+    pub hints_asked: Vec<NetnsName>,
     next_index: u32,
 }
 
@@ -1071,6 +1073,16 @@ impl Firewall for FakeFirewall {
     fn forget(&mut self, _: &NetnsName) {}
 
     fn refresh(&mut self) {}
+
+    /// Counted; hints of Neutron's default rules only (the fake keeps restore text, not
+    /// models: what a real manager's hints give is tested with the compile).
+    fn hints(&self, ns: &NetnsName) -> Option<Arc<Hints>> {
+        let mut w = lock(&self.world);
+        w.hints_asked.push(ns.clone());
+        w.namespaces
+            .contains_key(ns)
+            .then(|| Arc::new(crate::compile::empty_model().hints()))
+    }
 }
 
 /// A [`crate::host::Factory`] body over one shared world.

@@ -830,6 +830,7 @@ fn compile_host(
     facts: &HostFacts,
     persist: bool,
     only: Option<&BTreeSet<RouterId>>,
+    hints: &compile::HintSource<'_>,
 ) -> Result<(HostSpec, compile::Needs), HostError> {
     let mut laps = Laps::start();
     let needs = compile::needs(cfg);
@@ -837,7 +838,7 @@ fn compile_host(
     let alloc = records::allocate(state, &needs, persist)?;
     laps.lap("allocate");
     let spec = match only {
-        None => compile::compile(cfg, &alloc, facts),
+        None => compile::compile_hinted(cfg, &alloc, facts, hints),
         Some(only) => {
             let narrowed = HostConfig {
                 agent: cfg.agent.clone(),
@@ -852,7 +853,7 @@ fn compile_host(
                     routers: Vec::new(),
                 },
             };
-            compile::compile(&narrowed, &alloc, facts)
+            compile::compile_hinted(&narrowed, &alloc, facts, hints)
         }
     };
     laps.lap("compile");
@@ -966,7 +967,12 @@ pub fn apply(
     let mut records = load_records(&state, make)?;
     laps.lap("records");
     let narrow = narrowable(cfg, &records, opts.only.as_ref());
-    let (spec, needs) = compile_host(&state, cfg, &opts.facts, true, narrow)?;
+    // The rules each namespace's iptables manager last resolved: an agent's managers live
+    // from apply to apply, and a router's rules are mostly the ones it had.
+    let firewall = make()?.1;
+    let hints = |ns: &NetnsName| firewall.hints(ns);
+    let (spec, needs) = compile_host(&state, cfg, &opts.facts, true, narrow, &hints)?;
+    drop(firewall);
     laps.lap("compile");
     // Routers outside `only`: skipped like trusted ones, and left out of the report.
     let only = opts.only.as_ref();
@@ -1079,7 +1085,7 @@ pub fn plan(
     preflight(cfg, None, make)?;
     let state = State::inspect(&cfg.agent.state_path)?;
     let records = load_records(&state, make)?;
-    let (spec, _) = compile_host(&state, cfg, facts, false, None)?;
+    let (spec, _) = compile_host(&state, cfg, facts, false, None, &|_| None)?;
     let opts = ApplyOptions::new(facts.clone(), Arc::new(AtomicBool::new(false)));
     let mut report = run(
         &spec,
@@ -1126,7 +1132,7 @@ pub fn status(state_path: &Path, make: Factory<'_>) -> Result<Vec<RouterHealth>,
         return Ok(Vec::new());
     };
     let records = load_records(&state, make)?;
-    let (spec, _) = compile_host(&state, &cfg, &facts, false, None)?;
+    let (spec, _) = compile_host(&state, &cfg, &facts, false, None, &|_| None)?;
     let opts = ApplyOptions::new(facts, Arc::new(AtomicBool::new(false)));
     let report = run(&spec, &BTreeSet::new(), make, &opts, &Skip::none(), false)?;
     let mut out = Vec::new();

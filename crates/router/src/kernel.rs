@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use l3agent_iptables::{Family, IptablesModel};
+use l3agent_iptables::{Family, Hints, IptablesModel};
 use l3agent_iptables_exec::{
     ApplyError, Backend, ExecOptions, GenerationSocket, Manager, NetnsTarget, ProcessRunner,
 };
@@ -718,6 +718,11 @@ pub trait Firewall {
     fn forget(&mut self, ns: &NetnsName);
     /// Forget every committed state: the next plan reads the kernel again (drift checks).
     fn refresh(&mut self);
+    /// The rules of the model `ns` was last given, as resolved (for the next compile of the
+    /// namespace, see [`l3agent_iptables::Hints`]); `None` if there is none.
+    fn hints(&self, _ns: &NetnsName) -> Option<Arc<Hints>> {
+        None
+    }
 }
 
 /// One namespace's manager, shared by the clones of [`Managers`].
@@ -895,6 +900,12 @@ fn lines(plans: Vec<(Family, l3agent_iptables::Plan)>) -> Vec<(Family, Vec<Strin
 }
 
 impl Firewall for Managers {
+    fn hints(&self, ns: &NetnsName) -> Option<Arc<Hints>> {
+        let shared = locked(&self.managers).get(ns).cloned()?;
+        let hints = use_manager(&shared).m.model().hints();
+        Some(Arc::new(hints))
+    }
+
     fn plan(
         &mut self,
         ns: &NetnsName,

@@ -309,3 +309,23 @@ fn a_failed_event_keeps_no_picture_so_the_next_one_reads_the_namespace() {
     assert!(has_address(&w, A, FIP));
     assert!(has_address(&w, A, &qr_address(A)));
 }
+
+/// An apply compiles each router's namespace with the rules its iptables manager last resolved
+/// (the firewall's hints): an apply of some routers asks for theirs only.
+#[test]
+fn an_apply_compiles_with_the_hints_of_the_namespaces_it_compiles() {
+    let w = world();
+    let state = state_dir();
+    let cfg = config(&state, &[router(A), router(B)]);
+    apply(&w, &cfg, None);
+    let asked = |w: &SharedWorld| -> Vec<String> {
+        let mut w = w.lock().unwrap();
+        std::mem::take(&mut w.hints_asked)
+            .iter()
+            .map(|n| n.to_string())
+            .collect()
+    };
+    assert_eq!(asked(&w), [qrouter_ns(B), qrouter_ns(A)]);
+    apply(&w, &cfg, Some(&[A]));
+    assert_eq!(asked(&w), [qrouter_ns(A)]);
+}

@@ -15,7 +15,17 @@ use super::{doc_failure, limits, parse_doc, validated, Failure, EXPLICIT_HOST};
 /// Anything else is loaded whole.
 #[derive(Default)]
 pub(super) struct Reloader {
-    last: std::sync::Mutex<Option<(ArrayIndex, HostConfig)>>,
+    last: std::sync::Mutex<Last>,
+}
+
+/// What a [`Reloader`] keeps between loads.
+#[derive(Default)]
+struct Last {
+    /// The file as last loaded, indexed, with the config it gave.
+    kept: Option<(ArrayIndex, HostConfig)>,
+    /// The memory of the version before, for the next read (a megabyte buffer whose pages
+    /// are there, not a fresh one per event).
+    spare: Vec<u8>,
 }
 
 impl Reloader {
@@ -26,16 +36,18 @@ impl Reloader {
         in_force: Option<&HostConfig>,
     ) -> Result<HostConfig, Failure> {
         let mut laps = l3agent_router::laps::Laps::start();
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let last = &mut *guard;
         let json = l3agent_doc::Format::of(path) == l3agent_doc::Format::Json;
         // What was kept is of no use unless it is the config in force.
         let kept = last
+            .kept
             .take()
             .filter(|(_, cfg)| json && in_force.is_some_and(|f| same_config(cfg, f)));
-        let bytes = match l3agent_doc::read(path, &limits()) {
+        let bytes = match l3agent_doc::read_into(path, &limits(), std::mem::take(&mut last.spare)) {
             Ok(bytes) => bytes,
             Err(e) => {
-                *last = kept;
+                last.kept = kept;
                 return Err(doc_failure(path, &e));
             }
         };
@@ -44,7 +56,7 @@ impl Reloader {
             (Some((index, _)), Some(in_force)) => match index.splice(bytes) {
                 // The file as it was: the config in force, and what was kept of it, stay.
                 Splice::Same => {
-                    *last = kept;
+                    last.kept = kept;
                     return Ok(in_force.clone());
                 }
                 Splice::One { index, text, next } => {
@@ -72,12 +84,15 @@ impl Reloader {
         };
         match loaded {
             Ok((index, cfg)) => {
-                *last = index.map(|i| (i, cfg.clone()));
+                if let Some((old, _)) = kept {
+                    last.spare = old.into_bytes();
+                }
+                last.kept = index.map(|i| (i, cfg.clone()));
                 Ok(cfg)
             }
             // The config in force stays: so does what was kept of it.
             Err(f) => {
-                *last = kept;
+                last.kept = kept;
                 Err(f)
             }
         }
