@@ -148,6 +148,8 @@ pub struct SidesFactory {
     owned: Arc<dyn Fn() -> Option<(u64, u64)> + Send + Sync>,
     ha_monitors: Arc<dyn Monitors>,
     traffic: Option<Arc<dyn TrafficSource>>,
+    prestart: Arc<dyn Fn(&RouterId) + Send + Sync>,
+    release: Arc<dyn Fn(Instant) + Send + Sync>,
 }
 
 impl std::fmt::Debug for SidesFactory {
@@ -166,7 +168,27 @@ impl SidesFactory {
             owned: Arc::new(|| None),
             ha_monitors: Arc::new(KernelMonitors),
             traffic: None,
+            prestart: Arc::new(|_| {}),
+            release: Arc::new(|_| {}),
         }
+    }
+
+    /// `start` starts ahead what the apply of a router an event changed will start anyway
+    /// (its namespace's `iptables-restore`, whose program start then overlaps the apply's
+    /// reading and compiling): called for the routers a new config marks dirty, at most
+    /// [`PRESTART_MAX`] of them, before they are queued; it should return at once (the
+    /// `l3agent agent` command hands each start to a thread of its own: starting a program
+    /// blocks its caller until the program runs). `release` is called after each batch with
+    /// the time the batch began: it ends what was started before then and not used (a
+    /// change without rules, or a start that came after the apply's own).
+    pub fn prestarting(
+        mut self,
+        start: impl Fn(&RouterId) + Send + Sync + 'static,
+        release: impl Fn(Instant) + Send + Sync + 'static,
+    ) -> Self {
+        self.prestart = Arc::new(start);
+        self.release = Arc::new(release);
+        self
     }
 
     /// Reads the routers' and floating IPs' traffic counters with `source` when `/metrics`
@@ -372,7 +394,14 @@ struct Shared {
     ha_watched: HaRouters,
     /// HA events held back until their burst is over.
     ha_settle: Mutex<Settle>,
+    /// [`SidesFactory::prestarting`]'s `start`.
+    prestart: Arc<dyn Fn(&RouterId) + Send + Sync>,
 }
+
+/// At most this many routers changed by one new config get what their apply will start
+/// started ahead (see [`SidesFactory::prestarting`]): an event's few, not a new config's
+/// thousand.
+pub const PRESTART_MAX: usize = 2;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -433,6 +462,21 @@ fn changed_routers(old: &HostConfig, new: &HostConfig) -> Vec<Key> {
     dirty
         .into_iter()
         .map(|id| Key::Router(id.clone()))
+        .collect()
+}
+
+/// The routers of `dirty` whose apply gets what it starts started ahead: those still in
+/// `config`, when they are at most [`PRESTART_MAX`] and not a full apply's.
+fn to_prestart<'a>(dirty: &'a [Key], config: &HostConfig) -> Vec<&'a RouterId> {
+    if dirty.len() > PRESTART_MAX || dirty.contains(&Key::Full) {
+        return Vec::new();
+    }
+    dirty
+        .iter()
+        .filter_map(|k| match k {
+            Key::Router(id) if config.routers.iter().any(|r| &r.id == id) => Some(id),
+            _ => None,
+        })
         .collect()
 }
 
@@ -516,6 +560,13 @@ impl Shared {
             dirty = dirty.len(),
             "config reloaded"
         );
+        // Before they are queued: the batch that takes them begins after this (see
+        // `SidesFactory::prestarting`).
+        let config = Arc::clone(&lock(&self.state).config);
+        for id in to_prestart(&dirty, &config) {
+            (self.prestart)(id);
+        }
+        drop(config);
         self.mark(dirty, now);
         // The config replaced is freed once the worker has its work (at 1,000 routers that
         // is milliseconds of free(), no longer under the state lock the worker needs).
@@ -665,9 +716,11 @@ fn worker(
                 batch.push(k);
             }
         }
-        *lock(&shared.busy_since) = Some(Instant::now());
+        let began = Instant::now();
+        *lock(&shared.busy_since) = Some(began);
         let applied = run_batch(shared, make, opts, apply_stop, &batch, first);
         *lock(&shared.busy_since) = None;
+        (make.release)(began);
         if applied && batch.contains(&Key::Full) && first {
             first = false;
             shared.ready.store(true, Ordering::SeqCst);
@@ -995,6 +1048,7 @@ pub fn run_fed(
         kept: Arc::new(Kept::new()),
         ha_watched: Arc::default(),
         ha_settle: Mutex::new(Settle::new(opts.ha_settle)),
+        prestart: Arc::clone(&make.prestart),
     });
 
     // Counted when scraped, not after every batch (a walk over every namespace's rules): the
@@ -1533,6 +1587,81 @@ mod tests {
         let mut r = router(id);
         r["routes"] = json!([{"destination": dst, "nexthop": "192.0.2.50"}]);
         r
+    }
+
+    /// What an event's routers get started ahead: only routers still configured, none for
+    /// more than `PRESTART_MAX` routers or a full apply.
+    #[test]
+    fn only_an_events_few_configured_routers_get_their_restore_started_ahead() {
+        let s = scratch();
+        s.write_routers(&[router(A)]);
+        let cfg = load(&s.config()).unwrap();
+        let key = |id: &str| Key::Router(RouterId::new("id", id).unwrap());
+        let ids = |v: Vec<&RouterId>| v.iter().map(|id| id.to_string()).collect::<Vec<_>>();
+        assert_eq!(ids(to_prestart(&[key(A)], &cfg)), [A]);
+        assert!(
+            to_prestart(&[key(B)], &cfg).is_empty(),
+            "B is not configured"
+        );
+        assert_eq!(ids(to_prestart(&[key(A), key(B)], &cfg)), [A]);
+        let c = "5d2ab1e0-0000-4000-8000-00000000000c";
+        assert_eq!(PRESTART_MAX, 2);
+        assert!(to_prestart(&[key(A), key(B), key(c)], &cfg).is_empty());
+        assert!(to_prestart(&[Key::Full, key(A)], &cfg).is_empty());
+    }
+
+    /// A changed router gets its restore started ahead before it is queued, and the batch
+    /// that applies it releases, after it, what was started before it began; the start-up
+    /// apply starts nothing ahead.
+    #[test]
+    fn a_changed_router_is_started_ahead_before_its_batch_which_releases_it() {
+        let s = scratch();
+        let w = world();
+        s.write_routers(&[router(A), router(B)]);
+        type Calls = Arc<Mutex<Vec<(String, Instant)>>>;
+        let calls: Calls = Arc::default();
+        let (starts, releases) = (Arc::clone(&calls), Arc::clone(&calls));
+        let d = start_with(&s, &w, Duration::from_secs(3600), move |_, make| {
+            make.prestarting(
+                move |id| lock(&starts).push((format!("start {id}"), Instant::now())),
+                move |began| lock(&releases).push(("release".into(), began)),
+            )
+        });
+        wait("ready", || d.status()["ready"] == true);
+        wait("the start-up batch's release", || !lock(&calls).is_empty());
+        assert!(
+            lock(&calls).iter().all(|(c, _)| c == "release"),
+            "{:?}",
+            lock(&calls)
+        );
+        lock(&calls).clear();
+        ops(&w);
+
+        s.write_routers(&[router(A), with_route(B, "100.64.1.0/24")]);
+        wait("B's new route", || has_route(&w, B, "100.64.1.0/24"));
+        let started = || {
+            lock(&calls)
+                .iter()
+                .find(|(c, _)| c.starts_with("start"))
+                .cloned()
+        };
+        let (what, at) = started().expect("B started ahead");
+        assert_eq!(what, format!("start {B}"));
+        wait("a release by a batch begun after the start", || {
+            lock(&calls)
+                .iter()
+                .any(|(c, began)| c == "release" && *began > at)
+        });
+        assert_eq!(
+            lock(&calls)
+                .iter()
+                .filter(|(c, _)| c.starts_with("start"))
+                .count(),
+            1,
+            "{:?}",
+            lock(&calls)
+        );
+        d.stop().unwrap();
     }
 
     #[test]

@@ -576,3 +576,82 @@ fn lock_files_do_not_pile_up() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The processes inside `ns` (their network namespace is its).
+fn processes_in(ns: &TestNs) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata(format!("/run/netns/{}", ns.name))
+        .unwrap()
+        .ino();
+    let want = format!("net:[{ino}]");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter(|e| {
+            std::fs::read_link(e.path().join("ns/net")).is_ok_and(|l| l.to_string_lossy() == want)
+        })
+        .map(|e| {
+            std::fs::read_to_string(e.path().join("comm"))
+                .unwrap_or_default()
+                .trim()
+                .to_owned()
+        })
+        .collect()
+}
+
+/// A restore started ahead (nf_tables): the next apply of its family gives it its input
+/// instead of starting a process, and the rule is in the kernel; one left unused is ended
+/// having applied nothing, its process gone; one per family at a time. On the legacy
+/// backend (whose restore may hold the host's xtables lock while waiting) none is started.
+#[test]
+fn a_restore_started_ahead_serves_the_next_apply_or_ends_having_done_nothing() {
+    for be in BACKENDS {
+        let ns = TestNs::new("ahead");
+        let mut m = manager(&ns, be, "l3agent");
+        m.model_mut()
+            .add_chain(Family::V4, Table::Nat, "float", true)
+            .unwrap();
+        add(&mut m, Family::V4, Table::Nat, "PREROUTING", "-j $float");
+        m.apply().unwrap();
+
+        let started = m.runner().prestart(Family::V4).unwrap();
+        assert_eq!(started, be == "nft", "{be}");
+        if !started {
+            assert!(processes_in(&ns).is_empty(), "{be}");
+            continue;
+        }
+        assert_eq!(
+            processes_in(&ns).len(),
+            1,
+            "the restore waits in the namespace"
+        );
+        assert!(!m.runner().prestart(Family::V4).unwrap(), "one per family");
+        let before = m.stats();
+        add(
+            &mut m,
+            Family::V4,
+            Table::Nat,
+            "float",
+            "-d 192.0.2.10/32 -j DNAT --to-destination 198.51.100.10",
+        );
+        m.apply().unwrap();
+        let used = m.stats().since(&before);
+        assert_eq!((used.processes, used.restores), (0, 1), "{used:?}");
+        let save = ns.save(be, false);
+        assert!(
+            save.contains(
+                "-A l3agent-float -d 192.0.2.10/32 -j DNAT --to-destination 198.51.100.10"
+            ),
+            "{save}"
+        );
+        assert!(processes_in(&ns).is_empty());
+        assert_eq!(m.runner().release_prestarted(), 0, "nothing left to end");
+
+        // Unused: ended before any input, nothing applied.
+        assert!(m.runner().prestart(Family::V4).unwrap());
+        assert_eq!(m.runner().release_prestarted(), 1);
+        assert!(processes_in(&ns).is_empty(), "{:?}", processes_in(&ns));
+        assert_eq!(ns.save(be, false), save);
+    }
+}

@@ -292,6 +292,12 @@ impl Fed {
         self.child.id()
     }
 
+    /// Whether the process is still running (one that exited is reaped here; its output is
+    /// still read at [`Fed::finish`]).
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// What kills the process from another thread (while a write to it may be blocked).
     pub fn killer(&self) -> Killer {
         Killer(self.child.id())

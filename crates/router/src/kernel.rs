@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 
@@ -781,6 +781,8 @@ impl Entry {
 pub struct Managers {
     backend: Backend,
     managers: Arc<Mutex<HashMap<NetnsName, Shared>>>,
+    /// The namespaces whose restore was started ahead (see [`Managers::prestart`]), and when.
+    prestarted: Arc<Mutex<Vec<(NetnsName, Instant)>>>,
 }
 
 fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -804,7 +806,49 @@ impl Managers {
         Managers {
             backend,
             managers: Arc::default(),
+            prestarted: Arc::default(),
         }
+    }
+
+    /// Starts the restore of `family` in `ns` ahead of the apply about to come (see
+    /// [`ProcessRunner::prestart`]), if `ns` has a manager (a namespace this process wrote
+    /// before: a new one is read before anything is restored there) on the nf_tables backend.
+    /// Returns whether one was started. Each one started is ended by the first
+    /// [`Managers::release_prestarted`] with a later time, if its apply did not use it.
+    pub fn prestart(&self, ns: &NetnsName, family: Family) -> bool {
+        let Some(shared) = locked(&self.managers).get(ns).cloned() else {
+            return false;
+        };
+        let started = use_manager(&shared).m.runner().prestart(family);
+        match started {
+            Ok(true) => {
+                locked(&self.prestarted).push((ns.clone(), Instant::now()));
+                true
+            }
+            Ok(false) => false,
+            Err(e) => {
+                tracing::debug!(%ns, error = %e, "no restore started ahead; the apply starts its own");
+                false
+            }
+        }
+    }
+
+    /// Ends the restores started ahead before `before` that their apply did not use (an
+    /// event whose change held no rule of theirs); how many there were.
+    pub fn release_prestarted(&self, before: Instant) -> usize {
+        let due: Vec<NetnsName> = {
+            let mut p = locked(&self.prestarted);
+            let (due, later) = p.drain(..).partition(|(_, at)| *at < before);
+            *p = later;
+            due.into_iter().map(|(ns, _)| ns).collect()
+        };
+        due.iter()
+            .filter_map(|ns| locked(&self.managers).get(ns).cloned())
+            .map(|shared| {
+                let unused = use_manager(&shared).m.runner().release_prestarted();
+                unused
+            })
+            .sum()
     }
 
     /// The namespaces that have a manager.

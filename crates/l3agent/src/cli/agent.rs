@@ -97,6 +97,7 @@ fn sides_factory(
     let pruned = opened.clone();
     let forget = managers.clone();
     let owned = managers.clone();
+    let (prestart, release) = (managers.clone(), managers.clone());
     // The error type is the router crate's (`host::Factory`'s), not ours to shrink.
     #[allow(clippy::result_large_err)]
     let make = SidesFactory::new(move || {
@@ -112,6 +113,35 @@ fn sides_factory(
         );
     })
     .owning(move || owned.owned())
+    // An event's router gets its namespace's IPv4 restore started while the agent reads and
+    // compiles the change (a floating IP is IPv4 rules).
+    .prestarting(
+        {
+            // Started from a thread of its own: the start of a process blocks its caller
+            // until the program runs, and the reload that asks for it goes on meanwhile.
+            let (tx, rx) = std::sync::mpsc::channel::<l3agent_types::NetnsName>();
+            let _ = std::thread::Builder::new()
+                .name("prestart".into())
+                .spawn(move || {
+                    for ns in rx {
+                        if prestart.prestart(&ns, l3agent_iptables::Family::V4) {
+                            tracing::debug!(%ns, "restore started ahead");
+                        }
+                    }
+                });
+            let tx = std::sync::Mutex::new(tx);
+            move |id| {
+                let ns = l3agent_router::spec::names::router_ns(id);
+                let _ = tx.lock().unwrap_or_else(|e| e.into_inner()).send(ns);
+            }
+        },
+        move |began| {
+            let unused = release.release_prestarted(began);
+            if unused > 0 {
+                tracing::debug!(unused, "restores started ahead and not used, ended");
+            }
+        },
+    )
     // Traffic counters read in-process with the backend the routers are written with.
     .traffic(l3agent_agent::traffic::KernelTraffic::new(backend));
     make
