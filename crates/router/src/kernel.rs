@@ -294,15 +294,7 @@ fn split_sysctl(key: &Sysctl) -> (String, String) {
 impl RealKernel {
     /// Works from the caller's namespace as the host; announcements go through `announcer`.
     pub fn new(announcer: Announcer) -> Result<RealKernel, Error> {
-        Ok(RealKernel {
-            host: HostRtnl(Some(Rtnl::current()?)),
-            open: HashMap::new(),
-            sysctl_dirs: HashMap::new(),
-            announcer,
-            dying: Vec::new(),
-            ovsdb: None,
-            kept: None,
-        })
+        Ok(RealKernel::with_host(announcer, Rtnl::current()?, None))
     }
 
     /// Like [`RealKernel::new`], taking what is open per namespace from `kept`, and giving
@@ -312,15 +304,19 @@ impl RealKernel {
             Some(host) => host,
             None => Rtnl::current()?,
         };
-        Ok(RealKernel {
+        Ok(RealKernel::with_host(announcer, host, Some(kept)))
+    }
+
+    fn with_host(announcer: Announcer, host: Rtnl, kept: Option<Opened>) -> RealKernel {
+        RealKernel {
             host: HostRtnl(Some(host)),
             open: HashMap::new(),
             sysctl_dirs: HashMap::new(),
             announcer,
             dying: Vec::new(),
             ovsdb: None,
-            kept: Some(kept),
-        })
+            kept,
+        }
     }
 
     /// The OVSDB client for `db` (made on first use, or anew for another socket).
