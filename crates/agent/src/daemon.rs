@@ -718,7 +718,13 @@ fn worker(
         }
         let began = Instant::now();
         *lock(&shared.busy_since) = Some(began);
-        let applied = run_batch(shared, make, opts, apply_stop, &batch, first);
+        // Re-checks due at the time of an event wait for it: the event's apply trusts what
+        // it kept and has the cores to itself; theirs reads every namespace after.
+        let (batch, rechecks) = rechecks_apart(shared, batch);
+        let mut applied = run_batch(shared, make, opts, apply_stop, &batch, first);
+        if !rechecks.is_empty() {
+            applied &= run_batch(shared, make, opts, apply_stop, &rechecks, first);
+        }
         *lock(&shared.busy_since) = None;
         (make.release)(began);
         if applied && batch.contains(&Key::Full) && first {
@@ -730,6 +736,41 @@ fn worker(
             info!("initial convergence done: ready");
         }
         let _ = shared.notifier.status(&summary(shared));
+    }
+}
+
+/// `batch` split into what an event asked for (or a full apply) and the re-checks no event
+/// asked for; all in the first when either part would be empty.
+fn rechecks_apart(shared: &Shared, batch: Vec<Key>) -> (Vec<Key>, Vec<Key>) {
+    if batch.contains(&Key::Full) {
+        return (batch, Vec::new());
+    }
+    let asked: BTreeSet<Key> = {
+        let s = lock(&shared.state);
+        batch
+            .iter()
+            .filter(|k| s.events.contains_key(*k))
+            .cloned()
+            .collect()
+    };
+    let rechecking = lock(&shared.rechecking);
+    split_rechecks(batch, &asked, &rechecking)
+}
+
+/// [`rechecks_apart`] given the keys an event asked for and the routers being re-checked.
+fn split_rechecks(
+    batch: Vec<Key>,
+    asked: &BTreeSet<Key>,
+    rechecking: &BTreeSet<RouterId>,
+) -> (Vec<Key>, Vec<Key>) {
+    let (rechecks, others): (Vec<Key>, Vec<Key>) = batch.into_iter().partition(|k| match k {
+        Key::Router(id) => !asked.contains(k) && rechecking.contains(id),
+        Key::Full => false,
+    });
+    if others.is_empty() {
+        (rechecks, others)
+    } else {
+        (others, rechecks)
     }
 }
 
@@ -1803,6 +1844,40 @@ mod tests {
         assert!(text.contains(&series(A)), "{text}");
         assert!(!text.contains(B), "{text}");
         d.stop().unwrap();
+    }
+
+    #[test]
+    fn rechecks_due_with_an_event_wait_for_its_apply() {
+        const C: &str = "5d2ab1e0-0000-4000-8000-00000000000c";
+        const D: &str = "5d2ab1e0-0000-4000-8000-00000000000d";
+        let key = |id: &str| Key::Router(RouterId::new("id", id).unwrap());
+        let rid = |id: &str| RouterId::new("id", id).unwrap();
+        let asked: BTreeSet<Key> = [key(A)].into();
+        let rechecking: BTreeSet<RouterId> = [rid(B), rid(C)].into();
+        // B only re-checked: after A's apply. C also asked for by an event: with A.
+        let asked_c: BTreeSet<Key> = [key(A), key(C)].into();
+        assert_eq!(
+            split_rechecks(vec![key(B), key(A), key(C)], &asked_c, &rechecking),
+            (vec![key(A), key(C)], vec![key(B)])
+        );
+        assert_eq!(
+            split_rechecks(vec![key(B), key(A), key(C)], &asked, &rechecking),
+            (vec![key(A)], vec![key(B), key(C)])
+        );
+        // One part alone is one apply.
+        assert_eq!(
+            split_rechecks(vec![key(B), key(C)], &asked, &rechecking),
+            (vec![key(B), key(C)], vec![])
+        );
+        assert_eq!(
+            split_rechecks(vec![key(A)], &asked, &rechecking),
+            (vec![key(A)], vec![])
+        );
+        // A router without an event nor a re-check (a retry after backoff) goes first.
+        assert_eq!(
+            split_rechecks(vec![key(B), key(D)], &asked, &rechecking),
+            (vec![key(D)], vec![key(B)])
+        );
     }
 
     #[test]
