@@ -135,6 +135,14 @@ impl<R: Runner> Manager<R> {
         self.model.mark_all_dirty();
     }
 
+    /// Takes `model`'s rules as the desired state, marking only the chains that differ from
+    /// the current one (see [`IptablesModel::update_from`]): the next plan and apply compare
+    /// those chains alone, and a chain `model` no longer has is deleted. Returns whether
+    /// anything differed. What an agent does with each new compile of a namespace.
+    pub fn update_model(&mut self, model: &IptablesModel) -> bool {
+        self.model.update_from(model)
+    }
+
     /// The runner.
     pub fn runner(&self) -> &R {
         &self.runner
@@ -826,6 +834,52 @@ mod fault_tests {
             saves,
             "an incremental apply must not read the kernel"
         );
+    }
+
+    #[test]
+    fn an_updated_model_sends_only_what_changed_and_deletes_a_chain_it_dropped() {
+        let with_x = |source: &str| {
+            let mut m = IptablesModel::new(WrapName::new("w").unwrap(), ModelOptions::default());
+            m.add_chain(Family::V4, Table::Filter, "x", true).unwrap();
+            let rule = format!("-s {source} -j DROP");
+            m.add_rule(Family::V4, Table::Filter, RuleSpec::new("x", &rule))
+                .unwrap();
+            m.add_rule(Family::V4, Table::Filter, RuleSpec::new("INPUT", "-j $x"))
+                .unwrap();
+            m
+        };
+        let mut m = manager();
+        assert!(m.update_model(&with_x("192.0.2.1/32")));
+        m.apply().unwrap();
+        assert!(m.check_convergence().unwrap().is_empty());
+
+        // One rule of x changed: x alone is compared, and only its rule is sent.
+        assert!(m.update_model(&with_x("192.0.2.2/32")));
+        let dirty: Vec<(Table, Vec<String>)> = m
+            .model()
+            .dirty(Family::V4)
+            .iter()
+            .map(|(t, c)| (*t, c.iter().cloned().collect()))
+            .collect();
+        assert_eq!(dirty, vec![(Table::Filter, vec!["w-x".to_owned()])]);
+        assert!(m.model().dirty(Family::V6).is_empty());
+        let sent = m.apply().unwrap().sent;
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert!(sent[0].1.contains("192.0.2.2/32"), "{sent:?}");
+        assert!(!sent[0].1.contains("INPUT"), "{sent:?}");
+        assert!(m.check_convergence().unwrap().is_empty());
+
+        // The same rules again: nothing to compare, nothing sent.
+        assert!(!m.update_model(&with_x("192.0.2.2/32")));
+        assert!(m.apply().unwrap().is_noop());
+
+        // x and the jump to it dropped: both leave the kernel.
+        let bare = IptablesModel::new(WrapName::new("w").unwrap(), ModelOptions::default());
+        assert!(m.update_model(&bare));
+        m.apply().unwrap();
+        let saved = m.runner().state.borrow()[Family::V4.index()].to_save();
+        assert!(!saved.contains("w-x"), "{saved}");
+        assert!(m.check_convergence().unwrap().is_empty());
     }
 
     #[test]

@@ -1277,6 +1277,68 @@ impl IptablesModel {
             .is_none_or(|r| r.is_empty())
     }
 
+    /// Takes `other`'s rules (what [`IptablesModel::same_rules`] compares), marking dirty
+    /// only the chains that differ: chains changed, added or gone, and releases begun or
+    /// ended; what was dirty stays dirty. So the next plan compares the chains an edit
+    /// touched, not every chain. With another wrap name, other options or other tables, the
+    /// whole of `other` is taken and, as [`IptablesModel::mark_all_dirty`] does, every chain
+    /// marked (with those of this model in the tables both have). Returns whether anything
+    /// differed.
+    pub fn update_from(&mut self, other: &IptablesModel) -> bool {
+        let same_tables = (0..2).all(|i| self.tables[i].keys().eq(other.tables[i].keys()));
+        if self.wrap != other.wrap || self.options != other.options || !same_tables {
+            let before = std::mem::take(&mut self.dirty);
+            let old = std::mem::replace(&mut self.tables, other.tables.clone());
+            self.wrap = other.wrap.clone();
+            self.options = other.options.clone();
+            self.dirty = before;
+            self.mark_all_dirty();
+            for family in Family::ALL {
+                for (table, t) in &old[family.index()] {
+                    if self.tables[family.index()].contains_key(table) {
+                        for name in t.chains.keys().chain(t.release.iter()) {
+                            self.mark(family, *table, name);
+                        }
+                    }
+                }
+            }
+            return true;
+        }
+        let mut changed = false;
+        for family in Family::ALL {
+            let i = family.index();
+            for (table, new) in &other.tables[i] {
+                let old = self.tables[i].get_mut(table).expect("same tables");
+                if old == new {
+                    continue;
+                }
+                changed = true;
+                let mut marks: Vec<String> = Vec::new();
+                for (name, chain) in &new.chains {
+                    if old.chains.get(name) != Some(chain) {
+                        old.chains.insert(name.clone(), chain.clone());
+                        marks.push(name.clone());
+                    }
+                }
+                old.chains.retain(|name, _| {
+                    let keep = new.chains.contains_key(name);
+                    if !keep {
+                        marks.push(name.clone());
+                    }
+                    keep
+                });
+                if old.release != new.release {
+                    marks.extend(old.release.symmetric_difference(&new.release).cloned());
+                    old.release = new.release.clone();
+                }
+                for name in marks {
+                    self.mark(family, *table, &name);
+                }
+            }
+        }
+        changed
+    }
+
     /// Marks every chain of every table dirty (used to force a full plan).
     pub fn mark_all_dirty(&mut self) {
         for family in Family::ALL {
@@ -1377,6 +1439,86 @@ mod tests {
             .flat_map(|c| c.rules())
             .map(|r| Arc::clone(&r.origin))
             .collect()
+    }
+
+    fn dirty_chains(m: &IptablesModel, family: Family) -> Vec<(Table, Vec<String>)> {
+        m.dirty(family)
+            .iter()
+            .map(|(t, c)| (*t, c.iter().cloned().collect()))
+            .collect()
+    }
+
+    fn clean(m: &mut IptablesModel) {
+        for f in Family::ALL {
+            m.take_dirty(f);
+        }
+    }
+
+    #[test]
+    fn an_update_marks_the_chains_that_differ_and_only_them() {
+        let mut kept = model();
+        hintable(&mut kept, true, "-s 192.0.2.9/32 -j DROP").unwrap();
+        clean(&mut kept);
+        let same = {
+            let mut m = model();
+            hintable(&mut m, true, "-s 192.0.2.9/32 -j DROP").unwrap();
+            m
+        };
+        assert!(!kept.update_from(&same));
+        assert!(Family::ALL.iter().all(|&f| kept.dirty(f).is_empty()));
+
+        // One rule of `a` changed.
+        let edited = {
+            let mut m = model();
+            hintable(&mut m, true, "-s 192.0.2.10/32 -j DROP").unwrap();
+            m
+        };
+        assert!(kept.update_from(&edited));
+        assert!(kept.same_rules(&edited));
+        assert_eq!(
+            dirty_chains(&kept, Family::V4),
+            vec![(Table::Filter, vec!["w-a".to_owned()])]
+        );
+        assert!(kept.dirty(Family::V6).is_empty());
+
+        // What was dirty stays dirty; a chain gone is marked (its plan deletes it).
+        let mut with_c = edited.clone();
+        with_c
+            .add_chain(Family::V6, Table::Filter, "c", true)
+            .unwrap();
+        assert!(kept.update_from(&with_c));
+        assert!(kept.update_from(&edited));
+        assert!(kept.same_rules(&edited));
+        assert_eq!(
+            dirty_chains(&kept, Family::V4),
+            vec![(Table::Filter, vec!["w-a".to_owned()])]
+        );
+        assert_eq!(
+            dirty_chains(&kept, Family::V6),
+            vec![(Table::Filter, vec!["w-c".to_owned()])]
+        );
+
+        // Other options (no IPv6, no mangle): all of it taken, every chain of both marked.
+        clean(&mut kept);
+        let mut other = IptablesModel::new(
+            WrapName::new("w").unwrap(),
+            ModelOptions {
+                ipv6: false,
+                state_less: true,
+                ..ModelOptions::default()
+            },
+        );
+        other
+            .add_chain(Family::V4, Table::Filter, "a", true)
+            .unwrap();
+        assert!(kept.update_from(&other));
+        assert!(kept.same_rules(&other));
+        let marked: Vec<String> = kept.dirty(Family::V4)[&Table::Filter]
+            .iter()
+            .cloned()
+            .collect();
+        assert!(marked.contains(&"w-a".to_owned()), "{marked:?}");
+        assert!(marked.contains(&"w-INPUT".to_owned()), "{marked:?}");
     }
 
     /// Hints give the model reading gives, and are taken only for the same rules.

@@ -904,12 +904,8 @@ impl Managers {
                     .clone()
             }
         };
-        {
-            let mut e = use_manager(&shared);
-            if !e.m.model().same_rules(model) {
-                e.m.set_model(model.clone());
-            }
-        }
+        // Only the chains this compile changed are planned again.
+        use_manager(&shared).m.update_model(model);
         Ok(shared)
     }
 
