@@ -34,6 +34,9 @@ use l3agent_types::NetnsName;
 use serde_json::{json, Value};
 
 use crate::floor::{inside, FloorNs};
+
+/// The quiet time before each event and each floor.
+const PAUSE: Duration = Duration::from_millis(100);
 use crate::routers::{fip, host_with_bridges, router};
 
 /// Arguments of `l3agent-bench agent`.
@@ -581,6 +584,7 @@ pub fn run_bench(a: &Args) -> Result<String> {
             // The file replaced is kept (a link) until the event is timed: the rename does not
             // free its 1.5 MB on this thread meanwhile.
             let kept = Kept::link(&config)?;
+            std::thread::sleep(PAUSE);
             let t = Instant::now();
             staged.install()?;
             let deadline = t + Duration::from_secs(60);
@@ -622,8 +626,11 @@ pub fn run_bench(a: &Args) -> Result<String> {
                 bail!("event {e}: the rules changed but hold no {dnat:?}");
             }
             events.push(addr_at.max(rule_at).unwrap_or_default().as_secs_f64());
-            std::thread::sleep(Duration::from_millis(100));
+            // Each floor, like each event, starts after a pause: the second of two floors
+            // in a row would find the caches the first one warmed.
+            std::thread::sleep(PAUSE);
             floors.push(empty_floor.once()?);
+            std::thread::sleep(PAUSE);
             populated.push(like_floor.once()?);
         }
         // Normal priority again for the idle and restart measures.
@@ -688,7 +695,7 @@ pub fn run_bench(a: &Args) -> Result<String> {
              notifications, each confirmed by a query; the DNAT rule then checked with `iptables-save`); \
              {n} events, one router each. \
              Floor: one `iptables-restore --noflush` of the same three rules plus one address add over rtnetlink, \
-             in a namespace of its own, once after each event (the same minutes of the run); the namespace holds the three chains they go \
+             in a namespace of its own, once after each event (the same minutes of the run; each event and each floor after a 100 ms pause); the namespace holds the three chains they go \
              in, empty, or (*floor in a router-like namespace*) every rule of a router's namespace, restored from \
              its `iptables-save`: `iptables-nft-restore --noflush` reads the tables it writes first. \
              The thread timing both runs at {observer} (its children at normal priority), so that the agent's \
