@@ -175,12 +175,13 @@ impl SidesFactory {
 
     /// `start` starts ahead what the apply of a router an event changed will start anyway
     /// (its namespace's `iptables-restore`, whose program start then overlaps the apply's
-    /// reading and compiling): called for the routers a new config marks dirty, at most
-    /// [`PRESTART_MAX`] of them, before they are queued; it should return at once (the
-    /// `l3agent agent` command hands each start to a thread of its own: starting a program
-    /// blocks its caller until the program runs). `release` is called after each batch with
-    /// the time the batch began: it ends what was started before then and not used (a
-    /// change without rules, or a start that came after the apply's own).
+    /// reading and compiling): called by the worker as it begins a batch, for the batch's
+    /// routers when they are at most [`PRESTART_MAX`] (an event's few; not a full apply's,
+    /// not re-checks'); it should return at once (the `l3agent agent` command hands each
+    /// start to a thread of its own: starting a program blocks its caller until the program
+    /// runs). `release` is called after each batch with the time it ended: it ends what was
+    /// started before then and not used (a change without rules, or a start that came after
+    /// the apply's own).
     pub fn prestarting(
         mut self,
         start: impl Fn(&RouterId) + Send + Sync + 'static,
@@ -398,9 +399,8 @@ struct Shared {
     prestart: Arc<dyn Fn(&RouterId) + Send + Sync>,
 }
 
-/// At most this many routers changed by one new config get what their apply will start
-/// started ahead (see [`SidesFactory::prestarting`]): an event's few, not a new config's
-/// thousand.
+/// At most this many routers of one batch get what their apply will start started ahead
+/// (see [`SidesFactory::prestarting`]): an event's few, not a new config's thousand.
 pub const PRESTART_MAX: usize = 2;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -465,8 +465,8 @@ fn changed_routers(old: &HostConfig, new: &HostConfig) -> Vec<Key> {
         .collect()
 }
 
-/// The routers of `dirty` whose apply gets what it starts started ahead: those still in
-/// `config`, when they are at most [`PRESTART_MAX`] and not a full apply's.
+/// The routers of a batch (`dirty`) whose apply gets what it starts started ahead: those
+/// still in `config`, when they are at most [`PRESTART_MAX`] and not a full apply's.
 fn to_prestart<'a>(dirty: &'a [Key], config: &HostConfig) -> Vec<&'a RouterId> {
     if dirty.len() > PRESTART_MAX || dirty.contains(&Key::Full) {
         return Vec::new();
@@ -560,13 +560,6 @@ impl Shared {
             dirty = dirty.len(),
             "config reloaded"
         );
-        // Before they are queued: the batch that takes them begins after this (see
-        // `SidesFactory::prestarting`).
-        let config = Arc::clone(&lock(&self.state).config);
-        for id in to_prestart(&dirty, &config) {
-            (self.prestart)(id);
-        }
-        drop(config);
         self.mark(dirty, now);
         // The config replaced is freed once the worker has its work (at 1,000 routers that
         // is milliseconds of free(), no longer under the state lock the worker needs).
@@ -721,12 +714,22 @@ fn worker(
         // Re-checks due at the time of an event wait for it: the event's apply trusts what
         // it kept and has the cores to itself; theirs reads every namespace after.
         let (batch, rechecks) = rechecks_apart(shared, batch);
-        let mut applied = run_batch(shared, make, opts, apply_stop, &batch, first);
-        if !rechecks.is_empty() {
-            applied &= run_batch(shared, make, opts, apply_stop, &rechecks, first);
+        // Started now, from its own thread, while this one goes on reading and compiling:
+        // on a core of its own (started before the worker runs, the process took the core
+        // the worker was then woken on, with the other one idle).
+        let config = Arc::clone(&lock(&shared.state).config);
+        for id in to_prestart(&batch, &config) {
+            (shared.prestart)(id);
+        }
+        drop(config);
+        let mut applied = true;
+        for part in [&batch, &rechecks] {
+            if !part.is_empty() {
+                applied &= run_batch(shared, make, opts, apply_stop, part, first);
+            }
         }
         *lock(&shared.busy_since) = None;
-        (make.release)(began);
+        (make.release)(Instant::now());
         if applied && batch.contains(&Key::Full) && first {
             first = false;
             shared.ready.store(true, Ordering::SeqCst);
@@ -739,8 +742,8 @@ fn worker(
     }
 }
 
-/// `batch` split into what an event asked for (or a full apply) and the re-checks no event
-/// asked for; all in the first when either part would be empty.
+/// `batch` split into what an event asked for (or a full apply, or a retry) and the
+/// re-checks no event asked for; either may be empty.
 fn rechecks_apart(shared: &Shared, batch: Vec<Key>) -> (Vec<Key>, Vec<Key>) {
     if batch.contains(&Key::Full) {
         return (batch, Vec::new());
@@ -767,11 +770,7 @@ fn split_rechecks(
         Key::Router(id) => !asked.contains(k) && rechecking.contains(id),
         Key::Full => false,
     });
-    if others.is_empty() {
-        (rechecks, others)
-    } else {
-        (others, rechecks)
-    }
+    (others, rechecks)
 }
 
 /// One line for `systemctl status`.
@@ -1651,11 +1650,11 @@ mod tests {
         assert!(to_prestart(&[Key::Full, key(A)], &cfg).is_empty());
     }
 
-    /// A changed router gets its restore started ahead before it is queued, and the batch
-    /// that applies it releases, after it, what was started before it began; the start-up
-    /// apply starts nothing ahead.
+    /// A changed router gets its restore started ahead as its batch begins, and the batch
+    /// releases, after it, what was started before it ended; the start-up apply starts
+    /// nothing ahead.
     #[test]
-    fn a_changed_router_is_started_ahead_before_its_batch_which_releases_it() {
+    fn a_changed_router_is_started_ahead_as_its_batch_begins_and_released_after_it() {
         let s = scratch();
         let w = world();
         s.write_routers(&[router(A), router(B)]);
@@ -1665,7 +1664,7 @@ mod tests {
         let d = start_with(&s, &w, Duration::from_secs(3600), move |_, make| {
             make.prestarting(
                 move |id| lock(&starts).push((format!("start {id}"), Instant::now())),
-                move |began| lock(&releases).push(("release".into(), began)),
+                move |ended| lock(&releases).push(("release".into(), ended)),
             )
         });
         wait("ready", || d.status()["ready"] == true);
@@ -1688,10 +1687,10 @@ mod tests {
         };
         let (what, at) = started().expect("B started ahead");
         assert_eq!(what, format!("start {B}"));
-        wait("a release by a batch begun after the start", || {
+        wait("a release by the batch, after the start", || {
             lock(&calls)
                 .iter()
-                .any(|(c, began)| c == "release" && *began > at)
+                .any(|(c, ended)| c == "release" && *ended > at)
         });
         assert_eq!(
             lock(&calls)
@@ -1699,6 +1698,19 @@ mod tests {
                 .filter(|(c, _)| c.starts_with("start"))
                 .count(),
             1,
+            "{:?}",
+            lock(&calls)
+        );
+        // B's re-check (a batch with no event) starts nothing ahead.
+        lock(&calls).clear();
+        std::thread::sleep(RECHECKS[0] + Duration::from_secs(1));
+        assert!(
+            lock(&calls).iter().any(|(c, _)| c == "release"),
+            "no batch ran: {:?}",
+            lock(&calls)
+        );
+        assert!(
+            lock(&calls).iter().all(|(c, _)| c == "release"),
             "{:?}",
             lock(&calls)
         );
@@ -1864,10 +1876,9 @@ mod tests {
             split_rechecks(vec![key(B), key(A), key(C)], &asked, &rechecking),
             (vec![key(A)], vec![key(B), key(C)])
         );
-        // One part alone is one apply.
         assert_eq!(
             split_rechecks(vec![key(B), key(C)], &asked, &rechecking),
-            (vec![key(B), key(C)], vec![])
+            (vec![], vec![key(B), key(C)])
         );
         assert_eq!(
             split_rechecks(vec![key(A)], &asked, &rechecking),

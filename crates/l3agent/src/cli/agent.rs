@@ -118,7 +118,7 @@ fn sides_factory(
     .prestarting(
         {
             // Started from a thread of its own: the start of a process blocks its caller
-            // until the program runs, and the reload that asks for it goes on meanwhile.
+            // until the program runs, and the worker that asks for it goes on meanwhile.
             let (tx, rx) = std::sync::mpsc::channel::<l3agent_types::NetnsName>();
             let _ = std::thread::Builder::new()
                 .name("prestart".into())
@@ -135,8 +135,8 @@ fn sides_factory(
                 let _ = tx.lock().unwrap_or_else(|e| e.into_inner()).send(ns);
             }
         },
-        move |began| {
-            let unused = release.release_prestarted(began);
+        move |ended| {
+            let unused = release.release_prestarted(ended);
             if unused > 0 {
                 tracing::debug!(unused, "restores started ahead and not used, ended");
             }
