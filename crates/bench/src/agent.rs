@@ -10,7 +10,8 @@
 //!   the kernel (heard from the router namespace's address and nf_tables
 //!   notifications, each confirmed by a query), the DNAT rule then checked with
 //!   `iptables-save -t nat`; p50 and p99;
-//! - its **floor**, measured once right after each event: one `iptables-restore --noflush` of
+//! - its **floor**, measured once after each event (each event and each floor after a 100 ms
+//!   pause): one `iptables-restore --noflush` of
 //!   the same three rules (DNAT in PREROUTING and OUTPUT, SNAT in float-snat) into the same
 //!   chains plus one address add over rtnetlink, in a namespace of its own: what any agent
 //!   must at least do;
