@@ -1287,11 +1287,9 @@ impl IptablesModel {
     pub fn update_from(&mut self, other: &IptablesModel) -> bool {
         let same_tables = (0..2).all(|i| self.tables[i].keys().eq(other.tables[i].keys()));
         if self.wrap != other.wrap || self.options != other.options || !same_tables {
-            let before = std::mem::take(&mut self.dirty);
             let old = std::mem::replace(&mut self.tables, other.tables.clone());
             self.wrap = other.wrap.clone();
             self.options = other.options.clone();
-            self.dirty = before;
             self.mark_all_dirty();
             for family in Family::ALL {
                 for (table, t) in &old[family.index()] {
