@@ -713,12 +713,13 @@ fn worker(
         *lock(&shared.busy_since) = Some(began);
         // Re-checks due at the time of an event wait for it: the event's apply trusts what
         // it kept and has the cores to itself; theirs reads every namespace after.
-        let (batch, rechecks) = rechecks_apart(shared, batch);
-        // Started now, from its own thread, while this one goes on reading and compiling:
+        let (batch, rechecks, asked) = rechecks_apart(shared, batch);
+        // An event's routers (not a retry's or a rerun's, which may change nothing): started
+        // now, from its own thread, while this one goes on reading and compiling:
         // on a core of its own (started before the worker runs, the process took the core
         // the worker was then woken on, with the other one idle).
         let config = Arc::clone(&lock(&shared.state).config);
-        for id in to_prestart(&batch, &config) {
+        for id in to_prestart(&asked, &config) {
             (shared.prestart)(id);
         }
         drop(config);
@@ -742,12 +743,9 @@ fn worker(
     }
 }
 
-/// `batch` split into what an event asked for (or a full apply, or a retry) and the
-/// re-checks no event asked for; either may be empty.
-fn rechecks_apart(shared: &Shared, batch: Vec<Key>) -> (Vec<Key>, Vec<Key>) {
-    if batch.contains(&Key::Full) {
-        return (batch, Vec::new());
-    }
+/// `batch` split into what an event asked for (or a full apply, or a retry or rerun) and
+/// the re-checks no event asked for, either may be empty; and the keys an event asked for.
+fn rechecks_apart(shared: &Shared, batch: Vec<Key>) -> (Vec<Key>, Vec<Key>, Vec<Key>) {
     let asked: BTreeSet<Key> = {
         let s = lock(&shared.state);
         batch
@@ -756,8 +754,12 @@ fn rechecks_apart(shared: &Shared, batch: Vec<Key>) -> (Vec<Key>, Vec<Key>) {
             .cloned()
             .collect()
     };
-    let rechecking = lock(&shared.rechecking);
-    split_rechecks(batch, &asked, &rechecking)
+    let (now, rechecks) = if batch.contains(&Key::Full) {
+        (batch, Vec::new())
+    } else {
+        split_rechecks(batch, &asked, &lock(&shared.rechecking))
+    };
+    (now, rechecks, asked.into_iter().collect())
 }
 
 /// [`rechecks_apart`] given the keys an event asked for and the routers being re-checked.
